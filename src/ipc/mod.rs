@@ -1,0 +1,404 @@
+//! The control socket: the versioned handshake that hands a reader the ring,
+//! and the liveness signal afterwards. No GStreamer in here either.
+//!
+//! Wire format, version 1 (native-endian, one SOCK_SEQPACKET message each):
+//!
+//! ```text
+//! reader → writer  ClientHello, 16 bytes
+//!   0  [u8; 8]  "SHMRHELO"
+//!   8  u32      protocol version
+//!   12 u32      reserved, 0
+//!
+//! writer → reader  ServerHello, 32 bytes, with SCM_RIGHTS
+//!                  [memfd, data-ready eventfd, space-ready eventfd]
+//!                  when status is 0 and no fds otherwise
+//!   0  [u8; 8]  "SHMRRING"
+//!   8  u32      protocol version
+//!   12 u32      status: 0 accepted, 1 version mismatch, 2 busy
+//!   16 u64      ring capacity in bytes
+//!   24 u32      reader slot
+//!   28 u32      reserved, 0
+//! ```
+//!
+//! The magic and version words come first in every version, so two builds
+//! that disagree can always tell the user so. After the handshake nothing
+//! more is sent: the socket stays open only so that each side sees the
+//! other's exit as a hang-up in its poll set.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::socket::{
+    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, accept4,
+    bind, connect, listen, recv, recvmsg, sendmsg, socket,
+};
+
+use crate::ring::RingFds;
+
+/// Version of the handshake and of the ring layout it hands over.
+pub const PROTOCOL_VERSION: u32 = crate::ring::layout::LAYOUT_VERSION;
+
+const CLIENT_MAGIC: [u8; 8] = *b"SHMRHELO";
+const SERVER_MAGIC: [u8; 8] = *b"SHMRRING";
+const CLIENT_HELLO_LEN: usize = 16;
+const SERVER_HELLO_LEN: usize = 32;
+
+/// Errors of the control socket, worded for the user who has to fix them.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    #[error("socket-path {0} is already served by a running shmringsink; stop it or choose another socket-path")]
+    InUse(PathBuf),
+    #[error("socket-path {0} exists and is not a socket; remove it or choose another socket-path")]
+    NotASocket(PathBuf),
+    #[error("the directory of socket-path {0} does not exist; create it or choose another socket-path")]
+    NoDirectory(PathBuf),
+    #[error("the peer speaks shmring protocol version {peer}, this build speaks version {ours}; use the same gst-plugin-shmring on both sides")]
+    VersionMismatch { peer: u32, ours: u32 },
+    #[error("the peer is not a shmring element (bad handshake magic)")]
+    NotShmring,
+    #[error("the shmringsink at {0} already has a reader; version 1 serves one reader per sink")]
+    Busy(PathBuf),
+    #[error("the peer closed the control socket")]
+    PeerGone,
+    #[error("malformed handshake: {0}")]
+    Malformed(&'static str),
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(context: &'static str) -> impl FnOnce(Errno) -> IpcError {
+    move |errno| IpcError::Io { context, source: errno.into() }
+}
+
+/// What the writer tells a reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerHello {
+    pub version: u32,
+    pub status: HelloStatus,
+    pub capacity: u64,
+    pub reader_slot: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloStatus {
+    Accepted,
+    VersionMismatch,
+    Busy,
+}
+
+/// Outcome of waiting in [`wait_readable`].
+pub struct Ready<const N: usize>(pub [bool; N]);
+
+/// Sleeps until at least one of `fds` is readable or hung up. Returns which.
+pub fn wait_readable<const N: usize>(fds: [BorrowedFd<'_>; N]) -> Result<Ready<N>, IpcError> {
+    let mut poll_fds = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
+    loop {
+        match poll(&mut poll_fds, PollTimeout::NONE) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(io_err("poll")(errno)),
+        }
+    }
+    Ok(Ready(poll_fds.map(|fd| fd.revents().is_some_and(|events| !events.is_empty()))))
+}
+
+fn seqpacket_socket() -> Result<OwnedFd, IpcError> {
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(io_err("creating a unix socket"))
+}
+
+/// The writer's listening socket. The socket file is removed on drop.
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+    path: PathBuf,
+    inode: (u64, u64),
+}
+
+impl Listener {
+    /// Binds `path` with file mode `mode`. A stale socket file with nobody
+    /// behind it is replaced; a live one is an error.
+    pub fn bind(path: &Path, mode: u32) -> Result<Self, IpcError> {
+        let directory = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !directory.is_dir() {
+            return Err(IpcError::NoDirectory(path.to_owned()));
+        }
+        if let Ok(metadata) = std::fs::symlink_metadata(path) {
+            if !metadata.file_type().is_socket() {
+                return Err(IpcError::NotASocket(path.to_owned()));
+            }
+            match Connection::connect(path) {
+                Ok(_) => return Err(IpcError::InUse(path.to_owned())),
+                Err(ConnectError::NoListener) => {}
+                Err(ConnectError::Other(err)) => return Err(err),
+            }
+        }
+        // Bind under a private name, set the mode, then rename into place,
+        // so that the socket is never reachable with the wrong permissions.
+        let file_name = path.file_name().ok_or_else(|| IpcError::NoDirectory(path.to_owned()))?;
+        let mut staging_name = file_name.to_owned();
+        staging_name.push(format!(".{}.tmp", std::process::id()));
+        let staging = directory.join(staging_name);
+        let _ = std::fs::remove_file(&staging);
+        let fd = seqpacket_socket()?;
+        let addr = UnixAddr::new(&staging).map_err(io_err("building the socket address"))?;
+        bind(fd.as_raw_fd(), &addr).map_err(io_err("binding the socket"))?;
+        let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
+            .and_then(|()| std::fs::rename(&staging, path));
+        if let Err(source) = placed {
+            let _ = std::fs::remove_file(&staging);
+            return Err(IpcError::Io { context: "placing the socket file", source });
+        }
+        let metadata = std::fs::symlink_metadata(path).map_err(|source| IpcError::Io {
+            context: "reading the socket file",
+            source,
+        })?;
+        listen(&fd, Backlog::new(8).map_err(io_err("listen backlog"))?).map_err(io_err("listening"))?;
+        Ok(Self { fd, path: path.to_owned(), inode: (metadata.dev(), metadata.ino()) })
+    }
+
+    /// A pending reader, if one is waiting.
+    pub fn accept(&self) -> Result<Option<Connection>, IpcError> {
+        match accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
+            // SAFETY: accept4 returned a new fd that nothing else owns.
+            Ok(fd) => Ok(Some(Connection { fd: unsafe { OwnedFd::from_raw_fd(fd) } })),
+            Err(Errno::EAGAIN | Errno::ECONNABORTED | Errno::EINTR) => Ok(None),
+            Err(errno) => Err(io_err("accepting a reader")(errno)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Remove the file only if it is still ours, not a newer sink's.
+        if let Ok(metadata) = std::fs::symlink_metadata(&self.path)
+            && (metadata.dev(), metadata.ino()) == self.inode
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Why a reader could not connect.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// No socket file, or a stale one: wait for a writer.
+    NoListener,
+    Other(IpcError),
+}
+
+/// One end of an established control connection.
+#[derive(Debug)]
+pub struct Connection {
+    fd: OwnedFd,
+}
+
+impl Connection {
+    pub fn connect(path: &Path) -> Result<Self, ConnectError> {
+        let fd = seqpacket_socket().map_err(ConnectError::Other)?;
+        let addr = UnixAddr::new(path).map_err(|errno| ConnectError::Other(io_err("socket address")(errno)))?;
+        loop {
+            match connect(fd.as_raw_fd(), &addr) {
+                Ok(()) => return Ok(Self { fd }),
+                Err(Errno::EINTR) => continue,
+                Err(Errno::ENOENT | Errno::ECONNREFUSED) => return Err(ConnectError::NoListener),
+                // A full backlog: the writer exists but is busy; a later
+                // attempt will do.
+                Err(Errno::EAGAIN) => return Err(ConnectError::NoListener),
+                Err(errno) => return Err(ConnectError::Other(io_err("connecting to the writer")(errno))),
+            }
+        }
+    }
+
+    pub fn send_client_hello(&self) -> Result<(), IpcError> {
+        let mut message = [0u8; CLIENT_HELLO_LEN];
+        message[0..8].copy_from_slice(&CLIENT_MAGIC);
+        message[8..12].copy_from_slice(&PROTOCOL_VERSION.to_ne_bytes());
+        self.send(&message, &[])
+    }
+
+    /// The reader's hello, once it has arrived: `Ok(None)` means not yet.
+    /// Returns the reader's protocol version.
+    pub fn recv_client_hello(&self) -> Result<Option<u32>, IpcError> {
+        let mut message = [0u8; CLIENT_HELLO_LEN];
+        let len = match recv(self.fd.as_raw_fd(), &mut message, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => return Err(IpcError::PeerGone),
+            Ok(len) => len,
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(errno) => return Err(io_err("receiving the reader's hello")(errno)),
+        };
+        if len < 12 || message[0..8] != CLIENT_MAGIC {
+            return Err(IpcError::NotShmring);
+        }
+        Ok(Some(u32::from_ne_bytes([message[8], message[9], message[10], message[11]])))
+    }
+
+    pub fn send_server_hello(&self, hello: &ServerHello, fds: Option<RingFds<'_>>) -> Result<(), IpcError> {
+        let mut message = [0u8; SERVER_HELLO_LEN];
+        message[0..8].copy_from_slice(&SERVER_MAGIC);
+        message[8..12].copy_from_slice(&hello.version.to_ne_bytes());
+        let status: u32 = match hello.status {
+            HelloStatus::Accepted => 0,
+            HelloStatus::VersionMismatch => 1,
+            HelloStatus::Busy => 2,
+        };
+        message[12..16].copy_from_slice(&status.to_ne_bytes());
+        message[16..24].copy_from_slice(&hello.capacity.to_ne_bytes());
+        message[24..28].copy_from_slice(&hello.reader_slot.to_ne_bytes());
+        match fds {
+            Some(fds) => {
+                let raw = [fds.memfd.as_raw_fd(), fds.data_ready.as_raw_fd(), fds.space_ready.as_raw_fd()];
+                self.send(&message, &raw)
+            }
+            None => self.send(&message, &[]),
+        }
+    }
+
+    /// The writer's hello and the fds that came with it, once it has
+    /// arrived: `Ok(None)` means not yet. A version mismatch or a busy
+    /// writer is reported as an error.
+    pub fn recv_server_hello(&self) -> Result<Option<(ServerHello, Vec<OwnedFd>)>, IpcError> {
+        let mut message = [0u8; SERVER_HELLO_LEN];
+        let mut control = nix::cmsg_space!([RawFd; 4]);
+        let mut iov = [io::IoSliceMut::new(&mut message)];
+        let (len, fds, truncated) = loop {
+            match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut control),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(received) => {
+                    let mut fds = Vec::new();
+                    for cmsg in received.cmsgs().map_err(io_err("reading control messages"))? {
+                        if let ControlMessageOwned::ScmRights(raw_fds) = cmsg {
+                            // SAFETY: the kernel just installed these fds in
+                            // our table for us alone; wrapping each in an
+                            // OwnedFd at once means every one is closed,
+                            // even the ones we reject.
+                            fds.extend(raw_fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                        }
+                    }
+                    let truncated = received.flags.intersects(MsgFlags::MSG_CTRUNC | MsgFlags::MSG_TRUNC);
+                    break (received.bytes, fds, truncated);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(errno) => return Err(io_err("receiving the writer's hello")(errno)),
+            }
+        };
+        if len == 0 {
+            return Err(IpcError::PeerGone);
+        }
+        if len < 12 || message[0..8] != SERVER_MAGIC {
+            return Err(IpcError::NotShmring);
+        }
+        let u32_at = |at: usize| u32::from_ne_bytes([message[at], message[at + 1], message[at + 2], message[at + 3]]);
+        let version = u32_at(8);
+        if version != PROTOCOL_VERSION {
+            return Err(IpcError::VersionMismatch { peer: version, ours: PROTOCOL_VERSION });
+        }
+        if len != SERVER_HELLO_LEN || truncated {
+            return Err(IpcError::Malformed("the writer's hello has the wrong size"));
+        }
+        let status = match u32_at(12) {
+            0 => HelloStatus::Accepted,
+            1 => HelloStatus::VersionMismatch,
+            2 => HelloStatus::Busy,
+            _ => return Err(IpcError::Malformed("unknown hello status")),
+        };
+        let mut capacity = [0u8; 8];
+        capacity.copy_from_slice(&message[16..24]);
+        let hello = ServerHello { version, status, capacity: u64::from_ne_bytes(capacity), reader_slot: u32_at(24) };
+        Ok(Some((hello, fds)))
+    }
+
+    /// After a poll says this socket is readable: whether the peer is gone.
+    /// Nothing is expected after the handshake, so any data is drained.
+    pub fn peer_gone(&self) -> bool {
+        let mut scratch = [0u8; 64];
+        match recv(self.fd.as_raw_fd(), &mut scratch, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => true,
+            Ok(_) | Err(Errno::EAGAIN | Errno::EINTR) => false,
+            Err(_) => true,
+        }
+    }
+
+    fn send(&self, message: &[u8], fds: &[RawFd]) -> Result<(), IpcError> {
+        let iov = [io::IoSlice::new(message)];
+        let rights = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+        loop {
+            match sendmsg::<()>(self.fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(IpcError::PeerGone),
+                Err(errno) => return Err(io_err("sending a handshake message")(errno)),
+            }
+        }
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Watches the directory of a socket path, so a reader can sleep until a
+/// writer creates the socket instead of polling the file system.
+pub struct ListenerWatch {
+    inotify: Inotify,
+}
+
+impl ListenerWatch {
+    pub fn new(path: &Path) -> Result<Self, IpcError> {
+        let directory = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !directory.is_dir() {
+            return Err(IpcError::NoDirectory(path.to_owned()));
+        }
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(io_err("inotify_init"))?;
+        inotify
+            .add_watch(
+                directory,
+                AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ATTRIB,
+            )
+            .map_err(io_err("watching the socket directory"))?;
+        Ok(Self { inotify })
+    }
+
+    /// Forgets the events seen so far, after a wake-up.
+    pub fn drain(&self) {
+        while self.inotify.read_events().is_ok_and(|events| !events.is_empty()) {}
+    }
+}
+
+impl AsFd for ListenerWatch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inotify.as_fd()
+    }
+}

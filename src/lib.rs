@@ -1,0 +1,2 @@
+pub mod ipc;
+pub mod ring;

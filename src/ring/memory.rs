@@ -1,0 +1,258 @@
+//! The ring's shared memory: creating the sealed memfd, checking one received
+//! from a peer, and mapping it. Every `unsafe` block of the ring lives here.
+
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use memfd::{FileSeal, Memfd, MemfdOptions};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, mmap_anonymous, munmap};
+use nix::sys::stat::fstat;
+
+use super::RingError;
+use super::layout::*;
+
+/// The seals a ring memfd must carry before it is shared: its size can never
+/// change, so a mapping of it can never fault with SIGBUS, and no other seal
+/// can be added later.
+const REQUIRED_SEALS: [FileSeal; 3] = [FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal];
+
+/// A mapped ring: the control page followed by the data area mapped twice.
+pub struct RingMemory {
+    memfd: Memfd,
+    base: NonNull<u8>,
+    mapped_len: usize,
+    capacity: u64,
+    data_writable: bool,
+}
+
+// SAFETY: the mapping stays valid until drop. Shared fields are only touched
+// through atomics; the data area is written only through a `WriteGrant`,
+// which the single `Producer` hands out one at a time.
+unsafe impl Send for RingMemory {}
+// SAFETY: as above; `&RingMemory` only gives out atomics and byte slices.
+unsafe impl Sync for RingMemory {}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |size| size as u64)
+}
+
+/// Checks a capacity before anything is created or mapped with it.
+pub fn check_capacity(capacity: u64) -> Result<(), RingError> {
+    if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || capacity % page_size() != 0 {
+        return Err(RingError::Invalid(format!(
+            "ring capacity {capacity} must be a multiple of the page size between {MIN_CAPACITY} and {MAX_CAPACITY}"
+        )));
+    }
+    if page_size() as usize > CONTROL_SIZE {
+        return Err(RingError::Invalid(format!(
+            "page size {} is larger than the {CONTROL_SIZE}-byte control page",
+            page_size()
+        )));
+    }
+    Ok(())
+}
+
+impl RingMemory {
+    /// Creates a new sealed memfd ring of `capacity` data bytes and writes its
+    /// control page.
+    pub fn create(capacity: u64) -> Result<Self, RingError> {
+        check_capacity(capacity)?;
+        let memfd = MemfdOptions::default()
+            .close_on_exec(true)
+            .allow_sealing(true)
+            .create("shmring")
+            .map_err(|err| RingError::io("creating the ring memfd", std::io::Error::other(err)))?;
+        memfd
+            .as_file()
+            .set_len(CONTROL_SIZE as u64 + capacity)
+            .map_err(|err| RingError::io("sizing the ring memfd", err))?;
+        memfd
+            .add_seals(&REQUIRED_SEALS)
+            .map_err(|err| RingError::io("sealing the ring memfd", std::io::Error::other(err)))?;
+        let memory = Self::map(memfd, capacity, true)?;
+        // SAFETY: the control page is mapped read-write, these offsets lie
+        // inside it and are aligned for their types, and no peer has the fd
+        // yet, so nothing else touches the page.
+        unsafe {
+            let page = memory.base.as_ptr();
+            page.add(OFFSET_MAGIC).cast::<[u8; 8]>().write(MAGIC);
+            page.add(OFFSET_VERSION).cast::<u32>().write(LAYOUT_VERSION);
+            page.add(OFFSET_CONTROL_SIZE).cast::<u32>().write(CONTROL_SIZE as u32);
+            page.add(OFFSET_CAPACITY).cast::<u64>().write(capacity);
+            page.add(OFFSET_READER_SLOTS).cast::<u32>().write(READER_SLOTS);
+        }
+        Ok(memory)
+    }
+
+    /// Maps a ring received from a peer, after checking that the fd is a
+    /// memfd with the required seals and at least as large as `capacity`
+    /// needs, and that its control page agrees. The data area is mapped
+    /// read-only: a reader cannot scribble on what the writer wrote.
+    pub fn open(fd: OwnedFd, capacity: u64) -> Result<Self, RingError> {
+        check_capacity(capacity)?;
+        let memfd = Memfd::try_from_fd(fd)
+            .map_err(|_| RingError::Invalid("the ring fd the writer sent is not a memfd".into()))?;
+        let seals = memfd
+            .seals()
+            .map_err(|err| RingError::io("reading the ring memfd's seals", std::io::Error::other(err)))?;
+        if let Some(missing) = REQUIRED_SEALS.iter().find(|seal| !seals.contains(seal)) {
+            return Err(RingError::Invalid(format!(
+                "the ring memfd lacks the {missing:?} seal, so the writer could still resize it"
+            )));
+        }
+        let stat = fstat(memfd.as_file()).map_err(|err| RingError::io("fstat of the ring memfd", err.into()))?;
+        let needed = CONTROL_SIZE as u64 + capacity;
+        if (stat.st_size as u64) < needed {
+            return Err(RingError::Invalid(format!(
+                "the ring memfd holds {} bytes but a ring of capacity {capacity} needs {needed}",
+                stat.st_size
+            )));
+        }
+        let memory = Self::map(memfd, capacity, false)?;
+        // SAFETY: the control page is mapped and at least 0x20 bytes long.
+        // The peer may change these bytes concurrently, so they are copied
+        // once with a volatile read and only the copy is checked.
+        let page = unsafe { std::ptr::read_volatile(memory.base.as_ptr().cast::<[u8; 0x20]>()) };
+        let u32_at = |at: usize| u32::from_ne_bytes(page[at..at + 4].try_into().unwrap_or_default());
+        let u64_at = |at: usize| u64::from_ne_bytes(page[at..at + 8].try_into().unwrap_or_default());
+        if page[OFFSET_MAGIC..OFFSET_MAGIC + 8] != MAGIC {
+            return Err(RingError::Invalid("the ring memfd does not start with the shmring magic".into()));
+        }
+        let version = u32_at(OFFSET_VERSION);
+        if version != LAYOUT_VERSION {
+            return Err(RingError::Invalid(format!(
+                "the ring uses layout version {version}, this build reads version {LAYOUT_VERSION}"
+            )));
+        }
+        if u32_at(OFFSET_CONTROL_SIZE) as usize != CONTROL_SIZE || u64_at(OFFSET_CAPACITY) != capacity {
+            return Err(RingError::Invalid(
+                "the ring's control page disagrees with the handshake about its size".into(),
+            ));
+        }
+        Ok(memory)
+    }
+
+    /// Reserves address space for the control page and two copies of the data
+    /// area, then maps the memfd over it so that data byte `i` and
+    /// `i + capacity` are the same memory.
+    fn map(memfd: Memfd, capacity: u64, data_writable: bool) -> Result<Self, RingError> {
+        let capacity_len = usize::try_from(capacity).map_err(|_| RingError::Invalid("ring too large".into()))?;
+        let mapped_len = CONTROL_SIZE + 2 * capacity_len;
+        let reserve_len = NonZeroUsize::new(mapped_len).ok_or_else(|| RingError::Invalid("empty ring".into()))?;
+        // SAFETY: an anonymous PROT_NONE mapping at an address the kernel
+        // chooses aliases nothing.
+        let reserved = unsafe {
+            mmap_anonymous(
+                None,
+                reserve_len,
+                ProtFlags::PROT_NONE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )
+        }
+        .map_err(|err| RingError::io("reserving address space for the ring", err.into()))?;
+        let base = reserved.cast::<u8>();
+        // From here on, dropping `memory` unmaps the whole reservation.
+        let memory = Self { memfd, base, mapped_len, capacity, data_writable };
+        let read_write = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+        let data_prot = if data_writable { read_write } else { ProtFlags::PROT_READ };
+        let control = CONTROL_SIZE as i64;
+        memory.map_fixed(0, CONTROL_SIZE, read_write, 0)?;
+        memory.map_fixed(CONTROL_SIZE, capacity_len, data_prot, control)?;
+        memory.map_fixed(CONTROL_SIZE + capacity_len, capacity_len, data_prot, control)?;
+        Ok(memory)
+    }
+
+    fn map_fixed(&self, at: usize, len: usize, prot: ProtFlags, file_offset: i64) -> Result<(), RingError> {
+        let invalid = || RingError::Invalid("ring mapping out of range".into());
+        if at.checked_add(len).is_none_or(|end| end > self.mapped_len) {
+            return Err(invalid());
+        }
+        let addr = NonZeroUsize::new(self.base.as_ptr() as usize + at).ok_or_else(invalid)?;
+        let len = NonZeroUsize::new(len).ok_or_else(invalid)?;
+        // SAFETY: [addr, addr + len) lies inside the reservation made in
+        // `map`, which this object owns and nothing else has references
+        // into yet, so MAP_FIXED replaces only our own PROT_NONE pages. The
+        // file is sealed against shrinking and was checked to be long enough,
+        // so the pages never fault.
+        unsafe {
+            mmap(
+                Some(addr),
+                len,
+                prot,
+                MapFlags::MAP_SHARED | MapFlags::MAP_FIXED,
+                self.memfd.as_file(),
+                file_offset,
+            )
+        }
+        .map_err(|err| RingError::io("mapping the ring memfd", err.into()))?;
+        Ok(())
+    }
+
+    /// The memfd, to send to a reader.
+    pub fn memfd(&self) -> BorrowedFd<'_> {
+        self.memfd.as_file().as_fd()
+    }
+
+    pub(crate) fn control_u64(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset % 8 == 0 && offset + 8 <= CONTROL_SIZE);
+        // SAFETY: the offset is inside the mapped read-write control page
+        // and 8-byte aligned (the page is page-aligned). AtomicU64 has the
+        // layout of u64, and every access to this word, from either process,
+        // is atomic.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    pub(crate) fn control_u32(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset % 4 == 0 && offset + 4 <= CONTROL_SIZE);
+        // SAFETY: as in `control_u64`, for a 4-byte aligned u32.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// `len` bytes of the data area starting at `offset` (in `0..2 * capacity`).
+    pub(crate) fn data(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let range = self.data_range(offset, len)?;
+        // SAFETY: the range lies inside the mapped data area (checked by
+        // `data_range`). A hostile writer may change these bytes while we
+        // hold the slice; they are only ever copied or handed on as opaque
+        // media bytes, never read twice to make a decision.
+        Some(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(range.0), range.1) })
+    }
+
+    /// Mutable access to `len` data bytes at `offset`.
+    ///
+    /// # Safety
+    /// The caller must be the ring's only producer, and the range must lie in
+    /// the free part of the ring, which the reader does not touch, with no
+    /// other slice into it alive.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn data_mut(&self, offset: u64, len: u64) -> Option<&mut [u8]> {
+        if !self.data_writable {
+            return None;
+        }
+        let range = self.data_range(offset, len)?;
+        // SAFETY: in bounds (checked), mapped writable, and exclusive by the
+        // caller's contract.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(range.0), range.1) })
+    }
+
+    fn data_range(&self, offset: u64, len: u64) -> Option<(usize, usize)> {
+        let end = offset.checked_add(len)?;
+        if end > 2 * self.capacity {
+            return None;
+        }
+        Some((CONTROL_SIZE + usize::try_from(offset).ok()?, usize::try_from(len).ok()?))
+    }
+}
+
+impl Drop for RingMemory {
+    fn drop(&mut self) {
+        // SAFETY: `base` and `mapped_len` describe the reservation this object
+        // made, and no reference into it outlives `self`.
+        let _ = unsafe { munmap(self.base.cast(), self.mapped_len) };
+    }
+}

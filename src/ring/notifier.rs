@@ -1,0 +1,62 @@
+//! The eventfds that wake a sleeping side.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use super::RingError;
+
+/// One eventfd, always non-blocking: a wake-up never blocks the side that
+/// sends it, even when a hostile peer let the counter saturate.
+#[derive(Debug)]
+pub struct Notifier(EventFd);
+
+impl Notifier {
+    pub fn new() -> Result<Self, RingError> {
+        EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map(Self)
+            .map_err(|err| RingError::io("creating an eventfd", err.into()))
+    }
+
+    /// Takes an fd received from a peer, after checking that it really is an
+    /// eventfd, and makes it non-blocking.
+    pub fn from_peer(fd: OwnedFd, role: &str) -> Result<Self, RingError> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|err| RingError::io("inspecting a received fd", err))?;
+        if link.as_os_str() != "anon_inode:[eventfd]" {
+            return Err(RingError::Invalid(format!(
+                "the {role} fd the writer sent is {}, not an eventfd",
+                link.display()
+            )));
+        }
+        let flags = fcntl(&fd, FcntlArg::F_GETFL).map_err(|err| RingError::io("reading eventfd flags", err.into()))?;
+        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        fcntl(&fd, FcntlArg::F_SETFL(flags)).map_err(|err| RingError::io("making an eventfd non-blocking", err.into()))?;
+        // SAFETY: the fd was just checked to be an eventfd.
+        Ok(Self(unsafe { EventFd::from_owned_fd(fd) }))
+    }
+
+    /// Wakes whoever polls this fd. A full counter (EAGAIN) already means a
+    /// wake-up is pending, so it is not an error.
+    pub fn notify(&self) {
+        // EBADF or EINVAL cannot happen on an fd we own and checked; EAGAIN
+        // is the saturated counter. Neither leaves anything to do.
+        let _ = self.0.write(1);
+    }
+
+    /// Resets the counter after a wake-up.
+    pub fn drain(&self) {
+        let _ = self.0.read();
+    }
+
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl AsFd for Notifier {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
