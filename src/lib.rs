@@ -1,2 +1,3 @@
+pub mod codec;
 pub mod ipc;
 pub mod ring;

@@ -38,7 +38,7 @@ use nix::sys::socket::{
     bind, connect, listen, recv, recvmsg, sendmsg, socket,
 };
 
-use crate::ring::RingFds;
+use crate::ring::{Consumer, Producer, RingError, RingFds};
 
 /// Version of the handshake and of the ring layout it hands over.
 pub const PROTOCOL_VERSION: u32 = crate::ring::layout::LAYOUT_VERSION;
@@ -67,6 +67,8 @@ pub enum IpcError {
     PeerGone,
     #[error("malformed handshake: {0}")]
     Malformed(&'static str),
+    #[error("{0}")]
+    Ring(#[from] RingError),
     #[error("{context}: {source}")]
     Io {
         context: &'static str,
@@ -95,11 +97,8 @@ pub enum HelloStatus {
     Busy,
 }
 
-/// Outcome of waiting in [`wait_readable`].
-pub struct Ready<const N: usize>(pub [bool; N]);
-
 /// Sleeps until at least one of `fds` is readable or hung up. Returns which.
-pub fn wait_readable<const N: usize>(fds: [BorrowedFd<'_>; N]) -> Result<Ready<N>, IpcError> {
+pub fn wait_readable<const N: usize>(fds: [BorrowedFd<'_>; N]) -> Result<[bool; N], IpcError> {
     let mut poll_fds = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
     loop {
         match poll(&mut poll_fds, PollTimeout::NONE) {
@@ -108,7 +107,7 @@ pub fn wait_readable<const N: usize>(fds: [BorrowedFd<'_>; N]) -> Result<Ready<N
             Err(errno) => return Err(io_err("poll")(errno)),
         }
     }
-    Ok(Ready(poll_fds.map(|fd| fd.revents().is_some_and(|events| !events.is_empty()))))
+    Ok(poll_fds.map(|fd| fd.revents().is_some_and(|events| !events.is_empty())))
 }
 
 fn seqpacket_socket() -> Result<OwnedFd, IpcError> {
@@ -401,4 +400,76 @@ impl AsFd for ListenerWatch {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.inotify.as_fd()
     }
+}
+
+/// The reader's side of the handshake: sleeps until a writer listens at
+/// `path`, connects, and attaches to the ring it sends after checking every
+/// part of it. Returns `Ok(None)` as soon as `interrupt` becomes readable.
+pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(Connection, Consumer)>, IpcError> {
+    let watch = ListenerWatch::new(path)?;
+    loop {
+        let connection = match Connection::connect(path) {
+            Ok(connection) => connection,
+            Err(ConnectError::NoListener) => {
+                if wait_readable([watch.as_fd(), interrupt])?[1] {
+                    return Ok(None);
+                }
+                watch.drain();
+                continue;
+            }
+            Err(ConnectError::Other(err)) => return Err(err),
+        };
+        connection.send_client_hello()?;
+        let (hello, fds) = loop {
+            match connection.recv_server_hello() {
+                Ok(Some(reply)) => break reply,
+                Ok(None) => {
+                    if wait_readable([connection.as_fd(), interrupt])?[1] {
+                        return Ok(None);
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        match hello.status {
+            HelloStatus::Accepted => {}
+            HelloStatus::Busy => return Err(IpcError::Busy(path.to_owned())),
+            HelloStatus::VersionMismatch => {
+                return Err(IpcError::VersionMismatch { peer: hello.version, ours: PROTOCOL_VERSION });
+            }
+        }
+        if hello.reader_slot != 0 {
+            return Err(IpcError::Malformed("the writer assigned a reader slot this version does not have"));
+        }
+        let Ok([memfd, data_ready, space_ready]) = <[OwnedFd; 3]>::try_from(fds) else {
+            return Err(IpcError::Malformed("the writer's hello did not carry exactly three fds"));
+        };
+        let consumer = Consumer::attach(memfd, data_ready, space_ready, hello.capacity)?;
+        return Ok(Some((connection, consumer)));
+    }
+}
+
+/// The writer's side of the handshake on a freshly accepted connection:
+/// waits for the reader's hello, then creates a ring of `capacity` bytes and
+/// hands it over. Returns `Ok(None)` as soon as `interrupt` becomes readable.
+pub fn serve_reader(connection: &Connection, capacity: u64, interrupt: BorrowedFd<'_>) -> Result<Option<Producer>, IpcError> {
+    let version = loop {
+        match connection.recv_client_hello()? {
+            Some(version) => break version,
+            None => {
+                if wait_readable([connection.as_fd(), interrupt])?[1] {
+                    return Ok(None);
+                }
+            }
+        }
+    };
+    if version != PROTOCOL_VERSION {
+        let refusal = ServerHello { version: PROTOCOL_VERSION, status: HelloStatus::VersionMismatch, capacity: 0, reader_slot: 0 };
+        let _ = connection.send_server_hello(&refusal, None);
+        return Err(IpcError::VersionMismatch { peer: version, ours: PROTOCOL_VERSION });
+    }
+    let producer = Producer::create(capacity)?;
+    let hello = ServerHello { version: PROTOCOL_VERSION, status: HelloStatus::Accepted, capacity, reader_slot: 0 };
+    connection.send_server_hello(&hello, Some(producer.fds()))?;
+    Ok(Some(producer))
 }

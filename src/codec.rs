@@ -1,0 +1,260 @@
+//! How GStreamer objects become ring records and come back: buffer
+//! metadata, caps and serialized events. Payload encodings are part of the
+//! wire format (see `PROTOCOL.md`).
+//!
+//! | record            | payload                                            |
+//! |-------------------|----------------------------------------------------|
+//! | buffer            | the buffer's bytes                                 |
+//! | caps              | the caps as a UTF-8 string                         |
+//! | event stream-start| u32 flags, u32 group-id (0 = none), UTF-8 stream-id |
+//! | event segment     | u32 format, u32 flags, f64 rate, f64 applied-rate, then base, offset, start, stop, time, position, duration as u64 |
+//! | event eos         | empty                                              |
+//! | event gap         | u64 timestamp, u64 duration                        |
+//! | event tag         | u32 scope, UTF-8 tag list string                   |
+//! | event custom-*    | UTF-8 structure string                             |
+//!
+//! An event record's `flags` is its `GstEventType` value.
+
+use std::str::FromStr;
+
+use gst::glib::prelude::*;
+use gst::glib::translate::{FromGlib, IntoGlib};
+use gst::prelude::*;
+
+use crate::ring::layout::NONE;
+use crate::ring::{RecordHeader, RecordKind};
+
+/// A record whose payload does not decode, with what was wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("the writer sent an unreadable {what} record")]
+pub struct DecodeError {
+    what: &'static str,
+}
+
+fn bad(what: &'static str) -> DecodeError {
+    DecodeError { what }
+}
+
+/// What a decoded record asks the reader to do.
+#[derive(Debug)]
+pub enum Decoded {
+    Caps(gst::Caps),
+    Segment(gst::Segment),
+    Eos,
+    Event(gst::Event),
+    /// An event type this build does not forward.
+    Unsupported(u32),
+}
+
+/// The record header describing `buffer`.
+pub fn buffer_header(buffer: &gst::BufferRef) -> RecordHeader {
+    let time = |value: Option<gst::ClockTime>| value.map_or(NONE, gst::ClockTime::nseconds);
+    RecordHeader {
+        kind: RecordKind::Buffer,
+        flags: buffer.flags().bits(),
+        pts: time(buffer.pts()),
+        dts: time(buffer.dts()),
+        duration: time(buffer.duration()),
+        offset: buffer.offset(),
+        offset_end: buffer.offset_end(),
+    }
+}
+
+/// Restores the metadata of a buffer record.
+pub fn apply_buffer_header(header: &RecordHeader, buffer: &mut gst::BufferRef) {
+    let time = |value: u64| (value != NONE).then(|| gst::ClockTime::from_nseconds(value));
+    buffer.set_pts(time(header.pts));
+    buffer.set_dts(time(header.dts));
+    buffer.set_duration(time(header.duration));
+    buffer.set_offset(header.offset);
+    buffer.set_offset_end(header.offset_end);
+    buffer.set_flags(gst::BufferFlags::from_bits_truncate(header.flags));
+}
+
+/// A record for an event, or `None` for events that stay in this process:
+/// flushes, and event types this version does not carry.
+pub fn encode_event(event: &gst::Event) -> Option<(RecordHeader, Vec<u8>)> {
+    use gst::EventView;
+    let mut payload = Vec::new();
+    let kind = match event.view() {
+        EventView::Caps(caps) => {
+            return Some((
+                RecordHeader::untimed(RecordKind::Caps, 0),
+                caps.caps().to_string().into_bytes(),
+            ));
+        }
+        EventView::StreamStart(start) => {
+            payload.extend_from_slice(&start.stream_flags().bits().to_ne_bytes());
+            let group: u32 = event.structure().and_then(|s| s.get::<u32>("group-id").ok()).unwrap_or(0);
+            payload.extend_from_slice(&group.to_ne_bytes());
+            payload.extend_from_slice(start.stream_id().as_bytes());
+            event.type_()
+        }
+        EventView::Segment(segment) => {
+            let segment = segment.segment();
+            payload.extend_from_slice(&segment.format().into_glib().to_ne_bytes());
+            payload.extend_from_slice(&segment.flags().bits().to_ne_bytes());
+            payload.extend_from_slice(&segment.rate().to_ne_bytes());
+            payload.extend_from_slice(&segment.applied_rate().to_ne_bytes());
+            for value in [
+                segment.base(),
+                segment.offset(),
+                segment.start(),
+                segment.stop(),
+                segment.time(),
+                segment.position(),
+                segment.duration(),
+            ] {
+                payload.extend_from_slice(&value.value().to_ne_bytes());
+            }
+            event.type_()
+        }
+        EventView::Eos(_) => event.type_(),
+        EventView::Gap(gap) => {
+            let (timestamp, duration) = gap.get();
+            payload.extend_from_slice(&timestamp.nseconds().to_ne_bytes());
+            payload.extend_from_slice(&duration.map_or(NONE, gst::ClockTime::nseconds).to_ne_bytes());
+            event.type_()
+        }
+        EventView::Tag(tag) => {
+            let tags = tag.tag();
+            payload.extend_from_slice(&tags.scope().into_glib().to_ne_bytes());
+            payload.extend_from_slice(tags.to_string().as_bytes());
+            event.type_()
+        }
+        EventView::CustomDownstream(_) | EventView::CustomDownstreamSticky(_) | EventView::CustomBoth(_) => {
+            payload.extend_from_slice(event.structure()?.to_string().as_bytes());
+            event.type_()
+        }
+        _ => return None,
+    };
+    let event_type = kind.into_glib() as u32;
+    Some((RecordHeader::untimed(RecordKind::Event, event_type), payload))
+}
+
+fn split_u32(payload: &[u8]) -> Option<(u32, &[u8])> {
+    let (head, rest) = payload.split_first_chunk::<4>()?;
+    Some((u32::from_ne_bytes(*head), rest))
+}
+
+fn split_u64(payload: &[u8]) -> Option<(u64, &[u8])> {
+    let (head, rest) = payload.split_first_chunk::<8>()?;
+    Some((u64::from_ne_bytes(*head), rest))
+}
+
+fn text<'a>(bytes: &'a [u8], what: &'static str) -> Result<&'a str, DecodeError> {
+    std::str::from_utf8(bytes).map_err(|_| bad(what))
+}
+
+/// Decodes a caps or event record.
+pub fn decode(header: &RecordHeader, payload: &[u8]) -> Result<Decoded, DecodeError> {
+    match header.kind {
+        RecordKind::Caps => {
+            let caps = gst::Caps::from_str(text(payload, "caps")?).map_err(|_| bad("caps"))?;
+            if !caps.is_fixed() {
+                return Err(bad("caps"));
+            }
+            Ok(Decoded::Caps(caps))
+        }
+        RecordKind::Event => decode_event(header.flags, payload),
+        RecordKind::Buffer => Err(bad("buffer")),
+    }
+}
+
+fn decode_event(event_type: u32, payload: &[u8]) -> Result<Decoded, DecodeError> {
+    use gst::EventType;
+    // SAFETY: `from_glib` for a GLib enum accepts any i32: a value that
+    // names no known event type becomes `__Unknown` and matches no arm.
+    let kind = unsafe { EventType::from_glib(event_type as i32) };
+    let event = match kind {
+        EventType::Eos => return Ok(Decoded::Eos),
+        EventType::StreamStart => {
+            let (flags, rest) = split_u32(payload).ok_or(bad("stream-start"))?;
+            let (group, stream_id) = split_u32(rest).ok_or(bad("stream-start"))?;
+            let mut event = gst::event::StreamStart::builder(text(stream_id, "stream-start")?)
+                .flags(gst::StreamFlags::from_bits_truncate(flags))
+                .build();
+            // gstreamer-rs cannot build a GroupId from a number, but the
+            // group id is just this field of the event's structure.
+            if group != 0 {
+                event.make_mut().structure_mut().set("group-id", group);
+            }
+            event
+        }
+        EventType::Segment => return decode_segment(payload).map(Decoded::Segment).ok_or(bad("segment")),
+        EventType::Gap => {
+            let (timestamp, rest) = split_u64(payload).ok_or(bad("gap"))?;
+            let (duration, _) = split_u64(rest).ok_or(bad("gap"))?;
+            if timestamp == NONE {
+                return Err(bad("gap"));
+            }
+            let duration = (duration != NONE).then(|| gst::ClockTime::from_nseconds(duration));
+            gst::event::Gap::builder(gst::ClockTime::from_nseconds(timestamp)).duration(duration).build()
+        }
+        EventType::Tag => {
+            let (scope, rest) = split_u32(payload).ok_or(bad("tag"))?;
+            let mut tags = gst::glib::Value::deserialize(text(rest, "tag")?, gst::TagList::static_type())
+                .ok()
+                .and_then(|value| value.get::<gst::TagList>().ok())
+                .ok_or(bad("tag"))?;
+            // SAFETY: as for the event type, any i32 is a valid input; an
+            // unknown scope becomes `__Unknown` and is treated as stream scope.
+            let scope = unsafe { gst::TagScope::from_glib(scope as i32) };
+            tags.make_mut().set_scope(match scope {
+                gst::TagScope::Global => gst::TagScope::Global,
+                _ => gst::TagScope::Stream,
+            });
+            gst::event::Tag::new(tags)
+        }
+        EventType::CustomDownstream | EventType::CustomDownstreamSticky | EventType::CustomBoth => {
+            let structure = gst::Structure::from_str(text(payload, "custom event")?).map_err(|_| bad("custom event"))?;
+            match kind {
+                EventType::CustomDownstream => gst::event::CustomDownstream::new(structure),
+                EventType::CustomDownstreamSticky => gst::event::CustomDownstreamSticky::new(structure),
+                _ => gst::event::CustomBoth::new(structure),
+            }
+        }
+        _ => return Ok(Decoded::Unsupported(event_type)),
+    };
+    Ok(Decoded::Event(event))
+}
+
+fn decode_segment(payload: &[u8]) -> Option<gst::Segment> {
+    let (format, rest) = split_u32(payload)?;
+    let (flags, rest) = split_u32(rest)?;
+    let (rate, rest) = split_u64(rest)?;
+    let (applied_rate, mut rest) = split_u64(rest)?;
+    let mut values = [0i64; 7];
+    for value in &mut values {
+        let (raw, tail) = split_u64(rest)?;
+        *value = raw as i64;
+        rest = tail;
+    }
+    let format = match format {
+        1 => gst::Format::Default,
+        2 => gst::Format::Bytes,
+        3 => gst::Format::Time,
+        4 => gst::Format::Buffers,
+        5 => gst::Format::Percent,
+        _ => return None,
+    };
+    let (rate, applied_rate) = (f64::from_bits(rate), f64::from_bits(applied_rate));
+    if !rate.is_normal() || !applied_rate.is_normal() {
+        return None;
+    }
+    let mut segment = gst::Segment::new();
+    segment.set_format(format);
+    segment.set_flags(gst::SegmentFlags::from_bits_truncate(flags));
+    segment.set_rate(rate);
+    segment.set_applied_rate(applied_rate);
+    let value = |raw: i64| gst::GenericFormattedValue::new(format, raw);
+    let [base, offset, start, stop, time, position, duration] = values;
+    segment.set_base(value(base));
+    segment.set_offset(value(offset));
+    segment.set_start(value(start));
+    segment.set_stop(value(stop));
+    segment.set_time(value(time));
+    segment.set_position(value(position));
+    segment.set_duration(value(duration));
+    Some(segment)
+}
