@@ -85,7 +85,10 @@ pub fn encode_event(event: &gst::Event) -> Option<(RecordHeader, Vec<u8>)> {
         }
         EventView::StreamStart(start) => {
             payload.extend_from_slice(&start.stream_flags().bits().to_ne_bytes());
-            let group: u32 = event.structure().and_then(|s| s.get::<u32>("group-id").ok()).unwrap_or(0);
+            let group: u32 = event
+                .structure()
+                .and_then(|s| s.get::<u32>("group-id").ok())
+                .unwrap_or(0);
             payload.extend_from_slice(&group.to_ne_bytes());
             payload.extend_from_slice(start.stream_id().as_bytes());
             event.type_()
@@ -189,7 +192,9 @@ fn decode_event(event_type: u32, payload: &[u8]) -> Result<Decoded, DecodeError>
                 return Err(bad("gap"));
             }
             let duration = (duration != NONE).then(|| gst::ClockTime::from_nseconds(duration));
-            gst::event::Gap::builder(gst::ClockTime::from_nseconds(timestamp)).duration(duration).build()
+            gst::event::Gap::builder(gst::ClockTime::from_nseconds(timestamp))
+                .duration(duration)
+                .build()
         }
         EventType::Tag => {
             let (scope, rest) = split_u32(payload).ok_or(bad("tag"))?;
@@ -207,7 +212,8 @@ fn decode_event(event_type: u32, payload: &[u8]) -> Result<Decoded, DecodeError>
             gst::event::Tag::new(tags)
         }
         EventType::CustomDownstream | EventType::CustomDownstreamSticky | EventType::CustomBoth => {
-            let structure = gst::Structure::from_str(text(payload, "custom event")?).map_err(|_| bad("custom event"))?;
+            let structure =
+                gst::Structure::from_str(text(payload, "custom event")?).map_err(|_| bad("custom event"))?;
             match kind {
                 EventType::CustomDownstream => gst::event::CustomDownstream::new(structure),
                 EventType::CustomDownstreamSticky => gst::event::CustomDownstreamSticky::new(structure),

@@ -1,3 +1,33 @@
+//! gst-shmring: move any GStreamer stream between processes on one machine
+//! through a sealed shared-memory ring.
+//!
+//! - [`ring`]: the ring itself, with no GStreamer in it;
+//! - [`ipc`]: the control socket that hands a reader the ring;
+//! - [`codec`]: how caps, events and buffer metadata become records;
+//! - `shmringsink` and `shmringsrc`: the elements.
+
+use gst::glib;
+
 pub mod codec;
 pub mod ipc;
 pub mod ring;
+mod shmringsink;
+mod shmringsrc;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    shmringsink::register(plugin)?;
+    shmringsrc::register(plugin)?;
+    Ok(())
+}
+
+gst::plugin_define!(
+    shmring,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "MIT/X11",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);

@@ -34,8 +34,8 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::socket::{
-    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, accept4,
-    bind, connect, listen, recv, recvmsg, sendmsg, socket,
+    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, accept4, bind,
+    connect, listen, recv, recvmsg, sendmsg, socket,
 };
 
 use crate::ring::{Consumer, Producer, RingError, RingFds};
@@ -57,7 +57,9 @@ pub enum IpcError {
     NotASocket(PathBuf),
     #[error("the directory of socket-path {0} does not exist; create it or choose another socket-path")]
     NoDirectory(PathBuf),
-    #[error("the peer speaks shmring protocol version {peer}, this build speaks version {ours}; use the same gst-plugin-shmring on both sides")]
+    #[error(
+        "the peer speaks shmring protocol version {peer}, this build speaks version {ours}; use the same gst-plugin-shmring on both sides"
+    )]
     VersionMismatch { peer: u32, ours: u32 },
     #[error("the peer is not a shmring element (bad handshake magic)")]
     NotShmring,
@@ -78,7 +80,10 @@ pub enum IpcError {
 }
 
 fn io_err(context: &'static str) -> impl FnOnce(Errno) -> IpcError {
-    move |errno| IpcError::Io { context, source: errno.into() }
+    move |errno| IpcError::Io {
+        context,
+        source: errno.into(),
+    }
 }
 
 /// What the writer tells a reader.
@@ -132,7 +137,10 @@ impl Listener {
     /// Binds `path` with file mode `mode`. A stale socket file with nobody
     /// behind it is replaced; a live one is an error.
     pub fn bind(path: &Path, mode: u32) -> Result<Self, IpcError> {
-        let directory = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let directory = path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         if !directory.is_dir() {
             return Err(IpcError::NoDirectory(path.to_owned()));
         }
@@ -160,21 +168,30 @@ impl Listener {
             .and_then(|()| std::fs::rename(&staging, path));
         if let Err(source) = placed {
             let _ = std::fs::remove_file(&staging);
-            return Err(IpcError::Io { context: "placing the socket file", source });
+            return Err(IpcError::Io {
+                context: "placing the socket file",
+                source,
+            });
         }
         let metadata = std::fs::symlink_metadata(path).map_err(|source| IpcError::Io {
             context: "reading the socket file",
             source,
         })?;
         listen(&fd, Backlog::new(8).map_err(io_err("listen backlog"))?).map_err(io_err("listening"))?;
-        Ok(Self { fd, path: path.to_owned(), inode: (metadata.dev(), metadata.ino()) })
+        Ok(Self {
+            fd,
+            path: path.to_owned(),
+            inode: (metadata.dev(), metadata.ino()),
+        })
     }
 
     /// A pending reader, if one is waiting.
     pub fn accept(&self) -> Result<Option<Connection>, IpcError> {
         match accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK) {
             // SAFETY: accept4 returned a new fd that nothing else owns.
-            Ok(fd) => Ok(Some(Connection { fd: unsafe { OwnedFd::from_raw_fd(fd) } })),
+            Ok(fd) => Ok(Some(Connection {
+                fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            })),
             Err(Errno::EAGAIN | Errno::ECONNABORTED | Errno::EINTR) => Ok(None),
             Err(errno) => Err(io_err("accepting a reader")(errno)),
         }
@@ -253,7 +270,12 @@ impl Connection {
         if len < 12 || message[0..8] != CLIENT_MAGIC {
             return Err(IpcError::NotShmring);
         }
-        Ok(Some(u32::from_ne_bytes([message[8], message[9], message[10], message[11]])))
+        Ok(Some(u32::from_ne_bytes([
+            message[8],
+            message[9],
+            message[10],
+            message[11],
+        ])))
     }
 
     pub fn send_server_hello(&self, hello: &ServerHello, fds: Option<RingFds<'_>>) -> Result<(), IpcError> {
@@ -270,7 +292,11 @@ impl Connection {
         message[24..28].copy_from_slice(&hello.reader_slot.to_ne_bytes());
         match fds {
             Some(fds) => {
-                let raw = [fds.memfd.as_raw_fd(), fds.data_ready.as_raw_fd(), fds.space_ready.as_raw_fd()];
+                let raw = [
+                    fds.memfd.as_raw_fd(),
+                    fds.data_ready.as_raw_fd(),
+                    fds.space_ready.as_raw_fd(),
+                ];
                 self.send(&message, &raw)
             }
             None => self.send(&message, &[]),
@@ -319,7 +345,10 @@ impl Connection {
         let u32_at = |at: usize| u32::from_ne_bytes([message[at], message[at + 1], message[at + 2], message[at + 3]]);
         let version = u32_at(8);
         if version != PROTOCOL_VERSION {
-            return Err(IpcError::VersionMismatch { peer: version, ours: PROTOCOL_VERSION });
+            return Err(IpcError::VersionMismatch {
+                peer: version,
+                ours: PROTOCOL_VERSION,
+            });
         }
         if len != SERVER_HELLO_LEN || truncated {
             return Err(IpcError::Malformed("the writer's hello has the wrong size"));
@@ -332,7 +361,12 @@ impl Connection {
         };
         let mut capacity = [0u8; 8];
         capacity.copy_from_slice(&message[16..24]);
-        let hello = ServerHello { version, status, capacity: u64::from_ne_bytes(capacity), reader_slot: u32_at(24) };
+        let hello = ServerHello {
+            version,
+            status,
+            capacity: u64::from_ne_bytes(capacity),
+            reader_slot: u32_at(24),
+        };
         Ok(Some((hello, fds)))
     }
 
@@ -376,7 +410,10 @@ pub struct ListenerWatch {
 
 impl ListenerWatch {
     pub fn new(path: &Path) -> Result<Self, IpcError> {
-        let directory = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let directory = path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         if !directory.is_dir() {
             return Err(IpcError::NoDirectory(path.to_owned()));
         }
@@ -435,14 +472,21 @@ pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(
             HelloStatus::Accepted => {}
             HelloStatus::Busy => return Err(IpcError::Busy(path.to_owned())),
             HelloStatus::VersionMismatch => {
-                return Err(IpcError::VersionMismatch { peer: hello.version, ours: PROTOCOL_VERSION });
+                return Err(IpcError::VersionMismatch {
+                    peer: hello.version,
+                    ours: PROTOCOL_VERSION,
+                });
             }
         }
         if hello.reader_slot != 0 {
-            return Err(IpcError::Malformed("the writer assigned a reader slot this version does not have"));
+            return Err(IpcError::Malformed(
+                "the writer assigned a reader slot this version does not have",
+            ));
         }
         let Ok([memfd, data_ready, space_ready]) = <[OwnedFd; 3]>::try_from(fds) else {
-            return Err(IpcError::Malformed("the writer's hello did not carry exactly three fds"));
+            return Err(IpcError::Malformed(
+                "the writer's hello did not carry exactly three fds",
+            ));
         };
         let consumer = Consumer::attach(memfd, data_ready, space_ready, hello.capacity)?;
         return Ok(Some((connection, consumer)));
@@ -452,7 +496,11 @@ pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(
 /// The writer's side of the handshake on a freshly accepted connection:
 /// waits for the reader's hello, then creates a ring of `capacity` bytes and
 /// hands it over. Returns `Ok(None)` as soon as `interrupt` becomes readable.
-pub fn serve_reader(connection: &Connection, capacity: u64, interrupt: BorrowedFd<'_>) -> Result<Option<Producer>, IpcError> {
+pub fn serve_reader(
+    connection: &Connection,
+    capacity: u64,
+    interrupt: BorrowedFd<'_>,
+) -> Result<Option<Producer>, IpcError> {
     let version = loop {
         match connection.recv_client_hello()? {
             Some(version) => break version,
@@ -464,12 +512,25 @@ pub fn serve_reader(connection: &Connection, capacity: u64, interrupt: BorrowedF
         }
     };
     if version != PROTOCOL_VERSION {
-        let refusal = ServerHello { version: PROTOCOL_VERSION, status: HelloStatus::VersionMismatch, capacity: 0, reader_slot: 0 };
+        let refusal = ServerHello {
+            version: PROTOCOL_VERSION,
+            status: HelloStatus::VersionMismatch,
+            capacity: 0,
+            reader_slot: 0,
+        };
         let _ = connection.send_server_hello(&refusal, None);
-        return Err(IpcError::VersionMismatch { peer: version, ours: PROTOCOL_VERSION });
+        return Err(IpcError::VersionMismatch {
+            peer: version,
+            ours: PROTOCOL_VERSION,
+        });
     }
     let producer = Producer::create(capacity)?;
-    let hello = ServerHello { version: PROTOCOL_VERSION, status: HelloStatus::Accepted, capacity, reader_slot: 0 };
+    let hello = ServerHello {
+        version: PROTOCOL_VERSION,
+        status: HelloStatus::Accepted,
+        capacity,
+        reader_slot: 0,
+    };
     connection.send_server_hello(&hello, Some(producer.fds()))?;
     Ok(Some(producer))
 }

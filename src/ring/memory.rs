@@ -121,7 +121,9 @@ impl RingMemory {
         let u32_at = |at: usize| u32::from_ne_bytes(page[at..at + 4].try_into().unwrap_or_default());
         let u64_at = |at: usize| u64::from_ne_bytes(page[at..at + 8].try_into().unwrap_or_default());
         if page[OFFSET_MAGIC..OFFSET_MAGIC + 8] != MAGIC {
-            return Err(RingError::Invalid("the ring memfd does not start with the shmring magic".into()));
+            return Err(RingError::Invalid(
+                "the ring memfd does not start with the shmring magic".into(),
+            ));
         }
         let version = u32_at(OFFSET_VERSION);
         if version != LAYOUT_VERSION {
@@ -142,7 +144,12 @@ impl RingMemory {
     /// `i + capacity` are the same memory.
     fn map(memfd: Memfd, capacity: u64, data_writable: bool) -> Result<Self, RingError> {
         let capacity_len = usize::try_from(capacity).map_err(|_| RingError::Invalid("ring too large".into()))?;
-        let mapped_len = CONTROL_SIZE + 2 * capacity_len;
+        // Checked: on a 32-bit target twice `MAX_CAPACITY` does not fit in a
+        // usize, and the capacity comes from the peer.
+        let mapped_len = capacity_len
+            .checked_mul(2)
+            .and_then(|data_len| data_len.checked_add(CONTROL_SIZE))
+            .ok_or_else(|| RingError::Invalid("ring too large for this address space".into()))?;
         let reserve_len = NonZeroUsize::new(mapped_len).ok_or_else(|| RingError::Invalid("empty ring".into()))?;
         // SAFETY: an anonymous PROT_NONE mapping at an address the kernel
         // chooses aliases nothing.
@@ -157,9 +164,19 @@ impl RingMemory {
         .map_err(|err| RingError::io("reserving address space for the ring", err.into()))?;
         let base = reserved.cast::<u8>();
         // From here on, dropping `memory` unmaps the whole reservation.
-        let memory = Self { memfd, base, mapped_len, capacity, data_writable };
+        let memory = Self {
+            memfd,
+            base,
+            mapped_len,
+            capacity,
+            data_writable,
+        };
         let read_write = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-        let data_prot = if data_writable { read_write } else { ProtFlags::PROT_READ };
+        let data_prot = if data_writable {
+            read_write
+        } else {
+            ProtFlags::PROT_READ
+        };
         let control = CONTROL_SIZE as i64;
         memory.map_fixed(0, CONTROL_SIZE, read_write, 0)?;
         memory.map_fixed(CONTROL_SIZE, capacity_len, data_prot, control)?;
@@ -254,5 +271,195 @@ impl Drop for RingMemory {
         // SAFETY: `base` and `mapped_len` describe the reservation this object
         // made, and no reference into it outlives `self`.
         let _ = unsafe { munmap(self.base.cast(), self.mapped_len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+
+    const CAPACITY: u64 = 4096;
+    const RING_LEN: u64 = CONTROL_SIZE as u64 + CAPACITY;
+
+    /// A memfd of `len` bytes with a valid control page for `CAPACITY` and
+    /// the given seals, for a test to spoil before handing it to `open`.
+    fn fake_ring(len: u64, seals: &[FileSeal]) -> Memfd {
+        let memfd = MemfdOptions::default().allow_sealing(true).create("fake ring").unwrap();
+        let file = memfd.as_file();
+        file.set_len(len).unwrap();
+        file.write_all_at(&MAGIC, OFFSET_MAGIC as u64).unwrap();
+        put_u32(file, OFFSET_VERSION, LAYOUT_VERSION);
+        put_u32(file, OFFSET_CONTROL_SIZE, CONTROL_SIZE as u32);
+        put_u64(file, OFFSET_CAPACITY, CAPACITY);
+        put_u32(file, OFFSET_READER_SLOTS, READER_SLOTS);
+        memfd.add_seals(seals).unwrap();
+        memfd
+    }
+
+    fn put_u32(file: &File, at: usize, value: u32) {
+        file.write_all_at(&value.to_ne_bytes(), at as u64).unwrap();
+    }
+
+    fn put_u64(file: &File, at: usize, value: u64) {
+        file.write_all_at(&value.to_ne_bytes(), at as u64).unwrap();
+    }
+
+    fn open(memfd: Memfd, capacity: u64) -> Result<RingMemory, RingError> {
+        RingMemory::open(OwnedFd::from(memfd.into_file()), capacity)
+    }
+
+    /// The message of the `Invalid` error that opening `memfd` must give.
+    fn rejection(memfd: Memfd, capacity: u64) -> String {
+        match open(memfd, capacity) {
+            Ok(_) => panic!("a bad ring memfd was accepted"),
+            Err(RingError::Invalid(message)) => message,
+            Err(other) => panic!("expected RingError::Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn well_formed_ring_opens() {
+        // The baseline the rejections below each spoil in one way.
+        let memory = open(fake_ring(RING_LEN, &REQUIRED_SEALS), CAPACITY).unwrap();
+        assert_eq!(memory.capacity, CAPACITY);
+        assert!(!memory.data_writable);
+    }
+
+    #[test]
+    fn memfd_missing_any_seal_is_rejected() {
+        assert!(rejection(fake_ring(RING_LEN, &[]), CAPACITY).contains("seal"));
+        for missing in REQUIRED_SEALS {
+            let seals: Vec<FileSeal> = REQUIRED_SEALS.into_iter().filter(|seal| *seal != missing).collect();
+            let message = rejection(fake_ring(RING_LEN, &seals), CAPACITY);
+            assert!(message.contains(&format!("{missing:?}")), "{message}");
+        }
+    }
+
+    #[test]
+    fn memfd_smaller_than_the_ring_is_rejected() {
+        let message = rejection(fake_ring(RING_LEN - 4096, &REQUIRED_SEALS), CAPACITY);
+        assert!(message.contains("needs"), "{message}");
+        // A handshake claiming a larger ring than the memfd holds.
+        let message = rejection(fake_ring(RING_LEN, &REQUIRED_SEALS), 2 * CAPACITY);
+        assert!(message.contains("needs"), "{message}");
+    }
+
+    #[test]
+    fn wrong_magic_is_rejected() {
+        let memfd = fake_ring(RING_LEN, &REQUIRED_SEALS);
+        memfd.as_file().write_all_at(b"SHMRINGX", OFFSET_MAGIC as u64).unwrap();
+        assert!(rejection(memfd, CAPACITY).contains("magic"));
+    }
+
+    #[test]
+    fn wrong_version_is_rejected() {
+        let memfd = fake_ring(RING_LEN, &REQUIRED_SEALS);
+        put_u32(memfd.as_file(), OFFSET_VERSION, LAYOUT_VERSION + 1);
+        assert!(rejection(memfd, CAPACITY).contains("version"));
+    }
+
+    #[test]
+    fn control_page_disagreeing_about_sizes_is_rejected() {
+        let memfd = fake_ring(RING_LEN + CAPACITY, &REQUIRED_SEALS);
+        put_u64(memfd.as_file(), OFFSET_CAPACITY, 2 * CAPACITY);
+        assert!(rejection(memfd, CAPACITY).contains("disagrees"));
+        let memfd = fake_ring(RING_LEN, &REQUIRED_SEALS);
+        put_u32(memfd.as_file(), OFFSET_CONTROL_SIZE, 8192);
+        assert!(rejection(memfd, CAPACITY).contains("disagrees"));
+    }
+
+    #[test]
+    fn fd_that_is_not_a_memfd_is_rejected() {
+        let (pipe, _writer) = nix::unistd::pipe().unwrap();
+        match RingMemory::open(pipe, CAPACITY) {
+            Err(RingError::Invalid(message)) => assert!(message.contains("not a memfd"), "{message}"),
+            Err(other) => panic!("expected RingError::Invalid, got {other:?}"),
+            Ok(_) => panic!("a pipe was accepted as a ring"),
+        }
+    }
+
+    #[test]
+    fn memfd_that_cannot_be_mapped_writable_is_an_error() {
+        // A writer that also sealed writes, or sent a read-only fd, must get
+        // an mmap error, not a fault on our first store to the control page.
+        let sealed = fake_ring(
+            RING_LEN,
+            &[
+                FileSeal::SealWrite,
+                FileSeal::SealShrink,
+                FileSeal::SealGrow,
+                FileSeal::SealSeal,
+            ],
+        );
+        assert!(matches!(open(sealed, CAPACITY), Err(RingError::Io { .. })));
+
+        let memfd = fake_ring(RING_LEN, &REQUIRED_SEALS);
+        let path = format!("/proc/self/fd/{}", memfd.as_file().as_fd().as_raw_fd());
+        let read_only = File::open(path).unwrap();
+        assert!(matches!(
+            RingMemory::open(read_only.into(), CAPACITY),
+            Err(RingError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn capacity_must_be_whole_pages_within_bounds() {
+        for bad in [
+            0,
+            MIN_CAPACITY - 1,
+            MIN_CAPACITY + 1,
+            MAX_CAPACITY + MIN_CAPACITY,
+            u64::MAX,
+        ] {
+            assert!(
+                matches!(check_capacity(bad), Err(RingError::Invalid(_))),
+                "capacity {bad}"
+            );
+        }
+        for good in [MIN_CAPACITY, 4 * MIN_CAPACITY, MAX_CAPACITY] {
+            assert!(check_capacity(good).is_ok(), "capacity {good}");
+        }
+        assert!(matches!(
+            RingMemory::create(MIN_CAPACITY + 1),
+            Err(RingError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn data_area_is_mapped_twice_back_to_back() {
+        let writer = RingMemory::create(CAPACITY).unwrap();
+        let pattern: Vec<u8> = (1..=16).collect();
+        // SAFETY: this test is the only user of the ring.
+        let slot = unsafe { writer.data_mut(CAPACITY - 8, 16) }.unwrap();
+        slot.copy_from_slice(&pattern);
+        // The tail of the write went through the second mapping, onto the
+        // start of the area.
+        assert_eq!(writer.data(0, 8).unwrap(), &pattern[8..]);
+        assert_eq!(writer.data(CAPACITY + CAPACITY - 8, 8).unwrap(), &pattern[..8]);
+
+        // The reader's mapping sees the same bytes, and cannot write them.
+        let reader = RingMemory::open(writer.memfd().try_clone_to_owned().unwrap(), CAPACITY).unwrap();
+        assert_eq!(reader.data(CAPACITY - 8, 16).unwrap(), &pattern[..]);
+        // SAFETY: `data_mut` on a reader's mapping must refuse before any
+        // slice exists.
+        assert!(unsafe { reader.data_mut(0, 1) }.is_none());
+    }
+
+    #[test]
+    fn data_outside_the_double_mapping_is_refused() {
+        let memory = RingMemory::create(CAPACITY).unwrap();
+        assert!(memory.data(0, 2 * CAPACITY).is_some());
+        assert!(memory.data(2 * CAPACITY - 8, 9).is_none());
+        assert!(memory.data(2 * CAPACITY, 1).is_none());
+        assert!(memory.data(u64::MAX, 2).is_none());
+        // SAFETY: each call must refuse before any slice exists.
+        unsafe {
+            assert!(memory.data_mut(2 * CAPACITY - 8, 9).is_none());
+            assert!(memory.data_mut(u64::MAX, 2).is_none());
+        }
     }
 }

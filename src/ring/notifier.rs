@@ -32,7 +32,8 @@ impl Notifier {
         }
         let flags = fcntl(&fd, FcntlArg::F_GETFL).map_err(|err| RingError::io("reading eventfd flags", err.into()))?;
         let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-        fcntl(&fd, FcntlArg::F_SETFL(flags)).map_err(|err| RingError::io("making an eventfd non-blocking", err.into()))?;
+        fcntl(&fd, FcntlArg::F_SETFL(flags))
+            .map_err(|err| RingError::io("making an eventfd non-blocking", err.into()))?;
         // SAFETY: the fd was just checked to be an eventfd.
         Ok(Self(unsafe { EventFd::from_owned_fd(fd) }))
     }

@@ -208,7 +208,10 @@ impl Producer {
                 return Ok(None);
             }
         }
-        Ok(Some(WriteGrant { producer: self, payload_len }))
+        Ok(Some(WriteGrant {
+            producer: self,
+            payload_len,
+        }))
     }
 
     /// Announces that the producer will sleep until a record of
@@ -235,7 +238,10 @@ impl Producer {
     fn check_fits(&self, payload_len: u64) -> Result<u64, RingError> {
         match record_size(payload_len) {
             Some(size) if size <= self.capacity => Ok(size),
-            _ => Err(RingError::TooLarge { payload_len, capacity: self.capacity }),
+            _ => Err(RingError::TooLarge {
+                payload_len,
+                capacity: self.capacity,
+            }),
         }
     }
 
@@ -251,7 +257,6 @@ impl Producer {
         self.read_cached = read;
         Ok(())
     }
-
 }
 
 impl WriteGrant<'_> {
@@ -270,7 +275,9 @@ impl WriteGrant<'_> {
     pub fn commit(self, header: &RecordHeader) {
         let producer = self.producer;
         let offset = producer.write % producer.capacity;
-        let Some(size) = record_size(self.payload_len) else { return };
+        let Some(size) = record_size(self.payload_len) else {
+            return;
+        };
         let mut raw = [0u8; RECORD_HEADER_SIZE as usize];
         raw[0..4].copy_from_slice(&(header.kind as u32).to_ne_bytes());
         raw[4..8].copy_from_slice(&header.flags.to_ne_bytes());
@@ -377,7 +384,11 @@ impl Consumer {
             offset: word(5),
             offset_end: word(6),
         };
-        Ok(Some(ReadRecord { consumer: self, header, payload_len }))
+        Ok(Some(ReadRecord {
+            consumer: self,
+            header,
+            payload_len,
+        }))
     }
 
     /// Announces that the consumer will sleep until a record arrives. Returns
@@ -408,12 +419,9 @@ impl Consumer {
         Ok(())
     }
 
-
     fn release(&mut self, size: u64) {
         self.read += size;
-        self.memory
-            .control_u64(READ_POS)
-            .store(self.read, Ordering::SeqCst);
+        self.memory.control_u64(READ_POS).store(self.read, Ordering::SeqCst);
         let peer_sleep = self.memory.control_u32(OFFSET_WRITER_SLEEP);
         if self.sleep.wake_peer(peer_sleep, &self.space_ready) {
             self.wakeups_sent += 1;
@@ -446,8 +454,423 @@ impl ReadRecord<'_> {
 /// applications that pass the consumer's fds on by other means.
 pub fn channel(capacity: u64) -> Result<(Producer, Consumer), RingError> {
     let producer = Producer::create(capacity)?;
-    let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().map_err(|err| RingError::io("duplicating a ring fd", err));
+    let dup = |fd: BorrowedFd<'_>| {
+        fd.try_clone_to_owned()
+            .map_err(|err| RingError::io("duplicating a ring fd", err))
+    };
     let fds = producer.fds();
     let consumer = Consumer::attach(dup(fds.memfd)?, dup(fds.data_ready)?, dup(fds.space_ready)?, capacity)?;
     Ok((producer, consumer))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+    use super::*;
+
+    const CAPACITY: u64 = 4096;
+
+    /// A second handle on the ring's memfd: the hostile peer, able to write
+    /// any byte of the shared memory.
+    fn peer(producer: &Producer) -> File {
+        File::from(producer.fds().memfd.try_clone_to_owned().unwrap())
+    }
+
+    fn put_u32(file: &File, at: u64, value: u32) {
+        file.write_all_at(&value.to_ne_bytes(), at).unwrap();
+    }
+
+    fn put_u64(file: &File, at: u64, value: u64) {
+        file.write_all_at(&value.to_ne_bytes(), at).unwrap();
+    }
+
+    /// Memfd offset of the byte at stream position `position`.
+    fn data_at(position: u64) -> u64 {
+        CONTROL_SIZE as u64 + position % CAPACITY
+    }
+
+    fn caps() -> RecordHeader {
+        RecordHeader::untimed(RecordKind::Caps, 0)
+    }
+
+    fn send(producer: &mut Producer, payload: &[u8], header: &RecordHeader) {
+        let mut grant = producer.grant(payload.len()).unwrap().expect("room for the record");
+        grant.payload().copy_from_slice(payload);
+        grant.commit(header);
+    }
+
+    /// Takes the oldest record out of the ring.
+    fn receive(consumer: &mut Consumer) -> Option<(RecordHeader, Vec<u8>)> {
+        let record = consumer.peek().unwrap()?;
+        let taken = (*record.header(), record.payload().to_vec());
+        record.release();
+        Some(taken)
+    }
+
+    fn assert_corrupt(result: Result<Option<ReadRecord<'_>>, RingError>) {
+        match result {
+            Err(RingError::Corrupt(_)) => {}
+            Err(other) => panic!("expected RingError::Corrupt, got {other:?}"),
+            Ok(Some(_)) => panic!("a corrupt record was accepted"),
+            Ok(None) => panic!("a corrupt ring was read as empty"),
+        }
+    }
+
+    fn attach(memfd: BorrowedFd<'_>, data: BorrowedFd<'_>, space: BorrowedFd<'_>) -> Result<Consumer, RingError> {
+        let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().unwrap();
+        Consumer::attach(dup(memfd), dup(data), dup(space), CAPACITY)
+    }
+
+    fn attach_error(memfd: BorrowedFd<'_>, data: BorrowedFd<'_>, space: BorrowedFd<'_>) -> RingError {
+        match attach(memfd, data, space) {
+            Ok(_) => panic!("a bad ring was attached"),
+            Err(err) => err,
+        }
+    }
+
+    fn readable(fd: BorrowedFd<'_>) -> bool {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
+    }
+
+    #[test]
+    fn every_record_kind_round_trips() {
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        let buffer = RecordHeader {
+            kind: RecordKind::Buffer,
+            flags: 0x4040,
+            pts: 1_000_000_000,
+            dts: 960_000_000,
+            duration: 40_000_000,
+            offset: 25,
+            offset_end: 26,
+        };
+        let sent = [
+            (buffer, b"frame bytes".to_vec()),
+            (caps(), b"video/x-raw, format=I420, width=64, height=48".to_vec()),
+            (RecordHeader::untimed(RecordKind::Event, 0x8000_1c06), vec![0xff; 7]),
+        ];
+        for (header, payload) in &sent {
+            send(&mut producer, payload, header);
+        }
+        for expected in sent {
+            assert_eq!(receive(&mut consumer), Some(expected));
+        }
+        assert_eq!(receive(&mut consumer), None);
+    }
+
+    #[test]
+    fn payload_is_64_byte_aligned() {
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        for len in [0, 1, 63, 64, 65, 200] {
+            let mut grant = producer.grant(len).unwrap().unwrap();
+            assert_eq!(grant.payload().as_ptr() as usize % RECORD_ALIGN as usize, 0);
+            grant.commit(&caps());
+            let record = consumer.peek().unwrap().unwrap();
+            assert_eq!(record.payload().as_ptr() as usize % RECORD_ALIGN as usize, 0);
+            record.release();
+        }
+    }
+
+    #[test]
+    fn zero_length_records_take_one_header_each() {
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        let slots = CAPACITY / RECORD_HEADER_SIZE;
+        for flags in 0..slots as u32 {
+            send(&mut producer, &[], &RecordHeader::untimed(RecordKind::Event, flags));
+        }
+        assert!(producer.grant(0).unwrap().is_none());
+        for flags in 0..slots as u32 {
+            let (header, payload) = receive(&mut consumer).unwrap();
+            assert_eq!(header, RecordHeader::untimed(RecordKind::Event, flags));
+            assert!(payload.is_empty());
+        }
+        assert_eq!(receive(&mut consumer), None);
+    }
+
+    #[test]
+    fn grant_needs_room_and_peek_needs_data() {
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        assert!(consumer.peek().unwrap().is_none());
+        // 1000 bytes of payload take 64 + 1024 bytes: three fit, a fourth does not.
+        let payload = [7u8; 1000];
+        for _ in 0..3 {
+            send(&mut producer, &payload, &caps());
+        }
+        assert!(producer.grant(1000).unwrap().is_none());
+        // The 832 bytes left hold exactly a 768-byte payload.
+        assert!(producer.grant(768).unwrap().is_some());
+        assert!(producer.grant(769).unwrap().is_none());
+        // The dropped grant above wrote nothing.
+        for _ in 0..3 {
+            assert_eq!(receive(&mut consumer).unwrap().1, payload);
+        }
+        assert!(consumer.peek().unwrap().is_none());
+        assert!(producer.grant(1000).unwrap().is_some());
+    }
+
+    #[test]
+    fn peek_without_release_keeps_the_record() {
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        send(&mut producer, b"first", &caps());
+        send(&mut producer, b"second", &caps());
+        for _ in 0..2 {
+            assert_eq!(consumer.peek().unwrap().unwrap().payload(), b"first");
+        }
+        assert_eq!(receive(&mut consumer).unwrap().1, b"first");
+        assert_eq!(receive(&mut consumer).unwrap().1, b"second");
+    }
+
+    #[test]
+    fn largest_record_fills_the_ring_and_larger_is_too_large() {
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        let max = max_payload(CAPACITY) as usize;
+        let payload: Vec<u8> = (0..max).map(|i| (i % 251) as u8).collect();
+        send(&mut producer, &payload, &caps());
+        assert!(producer.grant(0).unwrap().is_none());
+        let too_large = producer.grant(max + 1);
+        assert!(
+            matches!(too_large, Err(RingError::TooLarge { payload_len, capacity: CAPACITY }) if payload_len == max as u64 + 1)
+        );
+        // Rejected before any arithmetic on the length can overflow.
+        assert!(matches!(producer.grant(usize::MAX), Err(RingError::TooLarge { .. })));
+        assert!(matches!(
+            producer.prepare_wait(max + 1),
+            Err(RingError::TooLarge { .. })
+        ));
+        assert_eq!(receive(&mut consumer).unwrap().1, payload);
+        assert!(producer.grant(max).unwrap().is_some());
+    }
+
+    #[test]
+    fn record_across_the_end_comes_out_contiguous() {
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        // A first record of 64 + 3904 bytes leaves the next header at 3968,
+        // so the next payload starts at 4032 and runs past the end at 4096.
+        send(&mut producer, &[0; 3904], &caps());
+        receive(&mut consumer).unwrap();
+        let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let header = RecordHeader {
+            pts: 5,
+            ..RecordHeader::untimed(RecordKind::Buffer, 1)
+        };
+        send(&mut producer, &payload, &header);
+
+        // The payload really is split: its tail sits at the start of the area.
+        let memfd = peer(&producer);
+        let mut tail = vec![0; 1000 - 64];
+        memfd.read_exact_at(&mut tail, data_at(0)).unwrap();
+        assert_eq!(tail, payload[64..]);
+        let mut head = [0; 64];
+        memfd.read_exact_at(&mut head, data_at(4032)).unwrap();
+        assert_eq!(head, payload[..64]);
+
+        assert_eq!(receive(&mut consumer), Some((header, payload)));
+    }
+
+    #[test]
+    fn records_of_varied_sizes_survive_many_wraps() {
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        let mut in_flight = VecDeque::new();
+        let mut sequence = 0u32;
+        while sequence < 2000 {
+            // Sizes that put record boundaries at every 64-byte offset.
+            let len = (sequence as usize * 389) % 1500;
+            let payload: Vec<u8> = (0..len).map(|i| (i as u32 ^ sequence) as u8).collect();
+            let header = RecordHeader {
+                pts: u64::from(sequence),
+                ..RecordHeader::untimed(RecordKind::Buffer, sequence)
+            };
+            match producer.grant(len).unwrap() {
+                Some(mut grant) => {
+                    grant.payload().copy_from_slice(&payload);
+                    grant.commit(&header);
+                    in_flight.push_back((header, payload));
+                    sequence += 1;
+                }
+                None => {
+                    assert!(!in_flight.is_empty(), "an empty ring refused {len} bytes");
+                    while let Some(expected) = in_flight.pop_front() {
+                        assert_eq!(receive(&mut consumer), Some(expected));
+                    }
+                    assert_eq!(receive(&mut consumer), None);
+                }
+            }
+        }
+        while let Some(expected) = in_flight.pop_front() {
+            assert_eq!(receive(&mut consumer), Some(expected));
+        }
+        assert!(producer.write > 100 * CAPACITY);
+    }
+
+    #[test]
+    fn commit_wakes_a_sleeping_consumer_once() {
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        assert!(consumer.prepare_wait().unwrap());
+        assert!(!readable(consumer.data_fd()));
+        send(&mut producer, b"a", &caps());
+        assert!(readable(consumer.data_fd()));
+        send(&mut producer, b"b", &caps());
+        assert_eq!(producer.wakeups_sent(), 1);
+        consumer.finish_wait();
+        assert!(!readable(consumer.data_fd()));
+
+        // With data waiting, the consumer does not sleep, and an awake
+        // consumer gets no wake-up.
+        assert!(!consumer.prepare_wait().unwrap());
+        send(&mut producer, b"c", &caps());
+        assert_eq!(producer.wakeups_sent(), 1);
+        for expected in [b"a", b"b", b"c"] {
+            assert_eq!(receive(&mut consumer).unwrap().1, expected);
+        }
+        assert_eq!(consumer.wakeups_sent(), 0);
+
+        // A second sleep gets its own wake-up.
+        assert!(consumer.prepare_wait().unwrap());
+        send(&mut producer, b"d", &caps());
+        assert_eq!(producer.wakeups_sent(), 2);
+        assert!(readable(consumer.data_fd()));
+    }
+
+    #[test]
+    fn release_wakes_a_producer_waiting_for_room() {
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        for _ in 0..3 {
+            send(&mut producer, &[1; 1000], &caps());
+        }
+        assert!(producer.grant(1000).unwrap().is_none());
+        assert!(producer.prepare_wait(1000).unwrap());
+        assert!(!readable(producer.space_fd()));
+        receive(&mut consumer).unwrap();
+        assert!(readable(producer.space_fd()));
+        receive(&mut consumer).unwrap();
+        assert_eq!(consumer.wakeups_sent(), 1);
+        producer.finish_wait();
+        assert!(!readable(producer.space_fd()));
+        assert!(!producer.prepare_wait(1000).unwrap());
+        assert!(producer.grant(1000).unwrap().is_some());
+        assert_eq!(producer.wakeups_sent(), 0);
+    }
+
+    #[test]
+    fn unknown_record_kind_is_corrupt() {
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        send(&mut producer, b"x", &caps());
+        let memfd = peer(&producer);
+        for kind in [0, 4, u32::MAX] {
+            put_u32(&memfd, data_at(0), kind);
+            assert_corrupt(consumer.peek());
+        }
+        put_u32(&memfd, data_at(0), RecordKind::Caps as u32);
+        assert_eq!(receive(&mut consumer), Some((caps(), b"x".to_vec())));
+    }
+
+    #[test]
+    fn payload_longer_than_what_was_written_is_corrupt() {
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        // 64 + 64 bytes written; the header's length field is at +8.
+        send(&mut producer, &[3; 10], &caps());
+        let memfd = peer(&producer);
+        for len in [65, max_payload(CAPACITY), CAPACITY, u64::MAX - 62, u64::MAX] {
+            put_u64(&memfd, data_at(0) + 8, len);
+            assert_corrupt(consumer.peek());
+        }
+        put_u64(&memfd, data_at(0) + 8, 10);
+        assert_eq!(receive(&mut consumer).unwrap().1, [3; 10]);
+    }
+
+    #[test]
+    fn write_position_moved_backwards_or_past_the_ring_is_corrupt() {
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        send(&mut producer, b"a", &caps());
+        send(&mut producer, b"b", &caps());
+        receive(&mut consumer).unwrap();
+        receive(&mut consumer).unwrap();
+        let memfd = peer(&producer);
+        let write_pos = OFFSET_WRITE_POS as u64;
+        for bad in [64, 0, 256 + CAPACITY + 64, 256 + 32, u64::MAX] {
+            put_u64(&memfd, write_pos, bad);
+            assert_corrupt(consumer.peek());
+            assert!(
+                matches!(consumer.prepare_wait(), Err(RingError::Corrupt(_))),
+                "write position {bad}"
+            );
+        }
+        // The consumer's own view survived the attempts.
+        put_u64(&memfd, write_pos, 256);
+        assert!(consumer.peek().unwrap().is_none());
+        send(&mut producer, b"c", &caps());
+        assert_eq!(receive(&mut consumer).unwrap().1, b"c");
+    }
+
+    #[test]
+    fn read_position_outside_the_ring_is_corrupt() {
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        for _ in 0..3 {
+            send(&mut producer, &[0; 1000], &caps());
+        }
+        receive(&mut consumer).unwrap();
+        // This grant reloads the read position, 1088; the free space is now
+        // 1920 bytes, so a 2000-byte grant must look at the position again.
+        assert!(producer.grant(1000).unwrap().is_some());
+        let memfd = peer(&producer);
+        let read_pos = READ_POS as u64;
+        for bad in [0, 3264 + 64, 1088 + 32, u64::MAX] {
+            put_u64(&memfd, read_pos, bad);
+            assert!(
+                matches!(producer.grant(2000), Err(RingError::Corrupt(_))),
+                "read position {bad}"
+            );
+            assert!(
+                matches!(producer.prepare_wait(2000), Err(RingError::Corrupt(_))),
+                "read position {bad}"
+            );
+        }
+        put_u64(&memfd, read_pos, 3264);
+        assert!(producer.grant(2000).unwrap().is_some());
+    }
+
+    #[test]
+    fn attach_rejects_positions_outside_the_ring() {
+        let (producer, _consumer) = channel(CAPACITY).unwrap();
+        let fds = producer.fds();
+        let memfd = peer(&producer);
+        put_u64(&memfd, READ_POS as u64, 32);
+        assert!(matches!(
+            attach_error(fds.memfd, fds.data_ready, fds.space_ready),
+            RingError::Corrupt(_)
+        ));
+        put_u64(&memfd, READ_POS as u64, 0);
+        for bad in [CAPACITY + 64, 32] {
+            put_u64(&memfd, OFFSET_WRITE_POS as u64, bad);
+            assert!(matches!(
+                attach_error(fds.memfd, fds.data_ready, fds.space_ready),
+                RingError::Corrupt(_)
+            ));
+        }
+        put_u64(&memfd, OFFSET_WRITE_POS as u64, 0);
+        assert!(attach(fds.memfd, fds.data_ready, fds.space_ready).is_ok());
+    }
+
+    #[test]
+    fn attach_rejects_fds_of_the_wrong_kind() {
+        let (producer, _consumer) = channel(CAPACITY).unwrap();
+        let fds = producer.fds();
+        let (pipe, _pipe_writer) = nix::unistd::pipe().unwrap();
+        let pipe = pipe.as_fd();
+        let invalid = |err: RingError, what: &str| match err {
+            RingError::Invalid(message) => assert!(message.contains(what), "{message}"),
+            other => panic!("expected RingError::Invalid, got {other:?}"),
+        };
+        invalid(attach_error(pipe, fds.data_ready, fds.space_ready), "not a memfd");
+        invalid(attach_error(fds.memfd, pipe, fds.space_ready), "not an eventfd");
+        invalid(attach_error(fds.memfd, fds.data_ready, pipe), "not an eventfd");
+        invalid(attach_error(fds.memfd, fds.memfd, fds.space_ready), "not an eventfd");
+        invalid(attach_error(fds.memfd, fds.data_ready, fds.memfd), "not an eventfd");
+    }
 }

@@ -1,0 +1,457 @@
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::prelude::*;
+
+use crate::codec;
+use crate::ipc::{self, Connection, IpcError, Listener};
+use crate::ring::layout::MAX_CAPACITY;
+use crate::ring::{Notifier, Producer, RecordHeader, RingError, check_capacity};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "shmringsink",
+        gst::DebugColorFlags::empty(),
+        Some("Shared-memory ring sink"),
+    )
+});
+
+const DEFAULT_RING_SIZE: u64 = 0;
+const DEFAULT_WAIT_FOR_CONNECTION: bool = true;
+const DEFAULT_PERMS: u32 = 0o600;
+/// Automatic ring sizes: raw video gets this many frames, so the writer can
+/// run ahead of the reader by a few frames while the ring stays small enough
+/// for the last-level cache at 1080p.
+const AUTO_VIDEO_FRAMES: u64 = 4;
+const AUTO_AUDIO_SIZE: u64 = 1 << 20;
+const AUTO_OTHER_SIZE: u64 = 8 << 20;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    socket_path: Option<PathBuf>,
+    ring_size: u64,
+    wait_for_connection: bool,
+    perms: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            socket_path: None,
+            ring_size: DEFAULT_RING_SIZE,
+            wait_for_connection: DEFAULT_WAIT_FOR_CONNECTION,
+            perms: DEFAULT_PERMS,
+        }
+    }
+}
+
+/// A connected reader and the ring it reads.
+struct Link {
+    connection: Connection,
+    producer: Producer,
+}
+
+#[derive(Default)]
+struct State {
+    listener: Option<Listener>,
+    link: Option<Link>,
+}
+
+#[derive(Default)]
+pub struct ShmRingSink {
+    settings: Mutex<Settings>,
+    state: Mutex<State>,
+    /// Written by `unlock` to interrupt a wait; separate from `state` so that
+    /// it can be reached while `render` holds the state lock.
+    unlock: Mutex<Option<Arc<Notifier>>>,
+}
+
+/// Why a write did not happen.
+enum WriteOutcome {
+    Written,
+    /// No reader, and `wait-for-connection` is off: the record is dropped.
+    NoReader,
+}
+
+impl ShmRingSink {
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn settings(&self) -> Settings {
+        self.settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn unlock_notifier(&self) -> Result<Arc<Notifier>, gst::FlowError> {
+        self.unlock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or(gst::FlowError::Flushing)
+    }
+
+    /// The capacity of a new ring: `ring-size`, or sized from the caps.
+    fn ring_capacity(&self, settings: &Settings) -> u64 {
+        let page = 4096;
+        let size = if settings.ring_size != 0 {
+            settings.ring_size
+        } else {
+            let caps = self.obj().static_pad("sink").and_then(|pad| pad.current_caps());
+            let video = caps
+                .as_ref()
+                .and_then(|caps| gst_video::VideoInfo::from_caps(caps).ok());
+            let audio = caps
+                .as_ref()
+                .and_then(|caps| gst_audio::AudioInfo::from_caps(caps).ok());
+            match (video, audio) {
+                (Some(info), _) => (info.size() as u64 * AUTO_VIDEO_FRAMES).max(AUTO_AUDIO_SIZE),
+                (None, Some(_)) => AUTO_AUDIO_SIZE,
+                _ => AUTO_OTHER_SIZE,
+            }
+        };
+        size.div_ceil(page).saturating_mul(page).min(MAX_CAPACITY)
+    }
+
+    /// Makes sure a reader is linked. Accepts a waiting reader if there is
+    /// one; with `wait`, sleeps until one comes. Returns whether one is linked.
+    fn ensure_link(&self, state: &mut State, unlock: &Notifier, wait: bool) -> Result<bool, gst::FlowError> {
+        if state.link.is_some() {
+            return Ok(true);
+        }
+        loop {
+            let listener = state.listener.as_ref().ok_or(gst::FlowError::Flushing)?;
+            let accepted = listener.accept().map_err(|err| self.post_ipc_error(&err))?;
+            if let Some(connection) = accepted {
+                let settings = self.settings();
+                let capacity = self.ring_capacity(&settings);
+                match ipc::serve_reader(&connection, capacity, unlock.as_fd()) {
+                    Ok(Some(producer)) => {
+                        gst::info!(CAT, imp = self, "reader connected; ring of {capacity} bytes");
+                        state.link = Some(Link { connection, producer });
+                        self.replay_sticky_events(state, unlock)?;
+                        return Ok(state.link.is_some());
+                    }
+                    Ok(None) => return Err(gst::FlowError::Flushing),
+                    Err(IpcError::Ring(err)) => {
+                        gst::element_imp_error!(
+                            self,
+                            gst::ResourceError::OpenWrite,
+                            ["Could not create the ring: {err}"]
+                        );
+                        return Err(gst::FlowError::Error);
+                    }
+                    Err(err) => {
+                        gst::element_imp_warning!(self, gst::ResourceError::Read, ["Refused a reader: {err}"]);
+                        continue;
+                    }
+                }
+            }
+            if !wait {
+                return Ok(false);
+            }
+            gst::debug!(CAT, imp = self, "waiting for a reader on {}", listener.path().display());
+            let ready =
+                ipc::wait_readable([listener.as_fd(), unlock.as_fd()]).map_err(|err| self.post_ipc_error(&err))?;
+            if ready[1] {
+                return Err(gst::FlowError::Flushing);
+            }
+        }
+    }
+
+    /// A new reader first gets the stream's sticky events (stream-start,
+    /// caps, segment, tags), so that it can start anywhere in the stream.
+    fn replay_sticky_events(&self, state: &mut State, unlock: &Notifier) -> Result<(), gst::FlowError> {
+        let Some(pad) = self.obj().static_pad("sink") else {
+            return Ok(());
+        };
+        let mut events = Vec::new();
+        pad.sticky_events_foreach(|event| {
+            if event.type_() != gst::EventType::Eos {
+                events.push(event.clone());
+            }
+            std::ops::ControlFlow::Continue(gst::EventForeachAction::Keep)
+        });
+        for event in events {
+            if let Some((header, payload)) = codec::encode_event(&event) {
+                self.write_record(state, unlock, &header, payload.len(), |dest| {
+                    dest.copy_from_slice(&payload)
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one record into the linked reader's ring, sleeping while the
+    /// ring is full. If the reader goes away, the record is dropped with it.
+    fn write_record(
+        &self,
+        state: &mut State,
+        unlock: &Notifier,
+        header: &RecordHeader,
+        payload_len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<WriteOutcome, gst::FlowError> {
+        let Some(link) = state.link.as_mut() else {
+            return Ok(WriteOutcome::NoReader);
+        };
+        loop {
+            match link.producer.grant(payload_len) {
+                Ok(Some(mut grant)) => {
+                    fill(grant.payload());
+                    grant.commit(header);
+                    return Ok(WriteOutcome::Written);
+                }
+                Ok(None) => {}
+                Err(err) => return Err(self.post_ring_error(&err, payload_len)),
+            }
+            match link.producer.prepare_wait(payload_len) {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(err) => return Err(self.post_ring_error(&err, payload_len)),
+            }
+            let ready = ipc::wait_readable([link.producer.space_fd(), link.connection.as_fd(), unlock.as_fd()]);
+            link.producer.finish_wait();
+            let ready = ready.map_err(|err| self.post_ipc_error(&err))?;
+            if ready[2] {
+                return Err(gst::FlowError::Flushing);
+            }
+            if ready[1] && link.connection.peer_gone() {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    ["The reader disconnected; waiting for a new one"]
+                );
+                state.link = None;
+                return Ok(WriteOutcome::NoReader);
+            }
+        }
+    }
+
+    fn post_ring_error(&self, err: &RingError, payload_len: usize) -> gst::FlowError {
+        match err {
+            RingError::TooLarge { capacity, .. } => gst::element_imp_error!(
+                self,
+                gst::ResourceError::NoSpaceLeft,
+                ["A buffer of {payload_len} bytes does not fit in the ring of {capacity} bytes; raise ring-size"]
+            ),
+            _ => gst::element_imp_error!(self, gst::ResourceError::Write, ["{err}"]),
+        }
+        gst::FlowError::Error
+    }
+
+    fn post_ipc_error(&self, err: &IpcError) -> gst::FlowError {
+        gst::element_imp_error!(self, gst::ResourceError::OpenWrite, ["{err}"]);
+        gst::FlowError::Error
+    }
+
+    /// Writes a serialized event, or drops it if no reader is linked: a reader
+    /// that links later gets the sticky ones replayed.
+    fn write_event(&self, event: &gst::Event) -> Result<(), gst::FlowError> {
+        let Some((header, payload)) = codec::encode_event(event) else {
+            return Ok(());
+        };
+        let unlock = self.unlock_notifier()?;
+        let mut state = self.lock_state();
+        // EOS waits for a reader like a buffer does, so that a stream with
+        // no buffers still ends on the reader's side.
+        let is_eos = event.type_() == gst::EventType::Eos;
+        if is_eos && !self.ensure_link(&mut state, &unlock, self.settings().wait_for_connection)? {
+            return Ok(());
+        }
+        self.write_record(&mut state, &unlock, &header, payload.len(), |dest| {
+            dest.copy_from_slice(&payload)
+        })?;
+        Ok(())
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for ShmRingSink {
+    const NAME: &'static str = "GstShmRingSink";
+    type Type = super::ShmRingSink;
+    type ParentType = gst_base::BaseSink;
+}
+
+impl ObjectImpl for ShmRingSink {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("socket-path")
+                    .nick("Socket path")
+                    .blurb("Path of the unix socket that shmringsrc connects to (required)")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("ring-size")
+                    .nick("Ring size")
+                    .blurb("Bytes of shared memory for the ring, rounded up to whole pages; 0 sizes it from the caps (4 frames of raw video, 1 MiB for raw audio, 8 MiB otherwise)")
+                    .maximum(MAX_CAPACITY)
+                    .default_value(DEFAULT_RING_SIZE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("wait-for-connection")
+                    .nick("Wait for connection")
+                    .blurb("Block the stream until a reader connects; if false, data is dropped while no reader is connected")
+                    .default_value(DEFAULT_WAIT_FOR_CONNECTION)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("perms")
+                    .nick("Permissions")
+                    .blurb("File mode of the socket, which decides who may connect (default 0600, owner only)")
+                    .maximum(0o777)
+                    .default_value(DEFAULT_PERMS)
+                    .mutable_ready()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match pspec.name() {
+            "socket-path" => {
+                settings.socket_path = value.get::<Option<String>>().ok().flatten().map(PathBuf::from);
+            }
+            "ring-size" => settings.ring_size = value.get().unwrap_or(DEFAULT_RING_SIZE),
+            "wait-for-connection" => settings.wait_for_connection = value.get().unwrap_or(DEFAULT_WAIT_FOR_CONNECTION),
+            "perms" => settings.perms = value.get().unwrap_or(DEFAULT_PERMS),
+            name => gst::warning!(CAT, imp = self, "no property {name}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings();
+        match pspec.name() {
+            "socket-path" => settings.socket_path.map(|path| path.display().to_string()).to_value(),
+            "ring-size" => settings.ring_size.to_value(),
+            "wait-for-connection" => settings.wait_for_connection.to_value(),
+            "perms" => settings.perms.to_value(),
+            _ => pspec.default_value().clone(),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        // Pacing belongs to the reader's sinks; the writer should hand
+        // buffers over as soon as they are made.
+        self.obj().set_sync(false);
+    }
+}
+
+impl GstObjectImpl for ShmRingSink {}
+
+impl ElementImpl for ShmRingSink {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "Shared-memory ring sink",
+                "Sink/Network",
+                "Writes any stream into a sealed shared-memory ring read by shmringsrc in another process",
+                "gst-shmring developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let template = gst::PadTemplate::new(
+                "sink",
+                gst::PadDirection::Sink,
+                gst::PadPresence::Always,
+                &gst::Caps::new_any(),
+            );
+            vec![template.expect("an ANY sink template is valid")]
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSinkImpl for ShmRingSink {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings();
+        let Some(path) = settings.socket_path.clone() else {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["socket-path is not set; set it to the unix socket readers connect to, e.g. socket-path=/tmp/cam"]
+            ));
+        };
+        if settings.ring_size != 0 {
+            let rounded = settings.ring_size.div_ceil(4096) * 4096;
+            check_capacity(rounded)
+                .map_err(|err| gst::error_msg!(gst::ResourceError::Settings, ["Invalid ring-size: {err}"]))?;
+        }
+        let listener = Listener::bind(&path, settings.perms)
+            .map_err(|err| gst::error_msg!(gst::ResourceError::OpenWrite, ["{err}"]))?;
+        let unlock = Notifier::new().map_err(|err| gst::error_msg!(gst::ResourceError::Failed, ["{err}"]))?;
+        gst::info!(CAT, imp = self, "listening on {}", path.display());
+        *self.unlock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(unlock));
+        self.lock_state().listener = Some(listener);
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        *self.lock_state() = State::default();
+        *self.unlock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        Ok(())
+    }
+
+    fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let unlock = self.unlock_notifier()?;
+        let wait = self.settings().wait_for_connection;
+        let map = buffer.map_readable().map_err(|_| {
+            gst::element_imp_error!(self, gst::CoreError::Failed, ["Could not map a buffer for reading"]);
+            gst::FlowError::Error
+        })?;
+        let header = codec::buffer_header(buffer);
+        let mut state = self.lock_state();
+        loop {
+            if !self.ensure_link(&mut state, &unlock, wait)? {
+                gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
+                return Ok(gst::FlowSuccess::Ok);
+            }
+            match self.write_record(&mut state, &unlock, &header, map.len(), |dest| {
+                dest.copy_from_slice(&map)
+            })? {
+                WriteOutcome::Written => return Ok(gst::FlowSuccess::Ok),
+                // The reader left while we waited for room: the next one
+                // gets this buffer.
+                WriteOutcome::NoReader if wait => continue,
+                WriteOutcome::NoReader => return Ok(gst::FlowSuccess::Ok),
+            }
+        }
+    }
+
+    fn event(&self, event: gst::Event) -> bool {
+        if event.is_serialized() && event.type_() != gst::EventType::FlushStop {
+            match self.write_event(&event) {
+                Ok(()) => {}
+                Err(gst::FlowError::Flushing) => return false,
+                Err(_) => return false,
+            }
+        }
+        self.parent_event(event)
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        if let Ok(unlock) = self.unlock_notifier() {
+            unlock.notify();
+        }
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Ok(unlock) = self.unlock_notifier() {
+            unlock.drain();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,393 @@
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::base_src::CreateSuccess;
+use gst_base::subclass::prelude::*;
+
+use crate::codec::{self, Decoded};
+use crate::ipc::{self, Connection};
+use crate::ring::{Consumer, Notifier, RecordKind};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "shmringsrc",
+        gst::DebugColorFlags::empty(),
+        Some("Shared-memory ring source"),
+    )
+});
+
+const DEFAULT_IS_LIVE: bool = false;
+
+#[derive(Debug, Clone, Default)]
+struct Settings {
+    socket_path: Option<PathBuf>,
+    is_live: bool,
+}
+
+/// The writer we read from.
+struct Link {
+    connection: Connection,
+    consumer: Consumer,
+    /// The writer closed its socket; what is left in the ring is all there is.
+    writer_gone: bool,
+}
+
+#[derive(Default)]
+struct State {
+    link: Option<Link>,
+}
+
+#[derive(Default)]
+pub struct ShmRingSrc {
+    settings: Mutex<Settings>,
+    state: Mutex<State>,
+    /// The caps last read from the ring, answered to caps queries. Kept apart
+    /// from `state` because setting caps queries us back.
+    caps: Mutex<Option<gst::Caps>>,
+    unlock: Mutex<Option<Arc<Notifier>>>,
+}
+
+/// What one record turned into.
+enum Step {
+    Buffer(gst::Buffer),
+    Continue,
+}
+
+impl ShmRingSrc {
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn settings(&self) -> Settings {
+        self.settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn unlock_notifier(&self) -> Result<Arc<Notifier>, gst::FlowError> {
+        self.unlock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or(gst::FlowError::Flushing)
+    }
+
+    fn connect(&self, unlock: &Notifier) -> Result<Link, gst::FlowError> {
+        let Some(path) = self.settings().socket_path else {
+            return Err(gst::FlowError::Flushing);
+        };
+        gst::debug!(CAT, imp = self, "waiting for a shmringsink at {}", path.display());
+        match ipc::connect_reader(&path, unlock.as_fd()) {
+            Ok(Some((connection, consumer))) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "connected to {}; ring of {} bytes",
+                    path.display(),
+                    consumer.capacity()
+                );
+                Ok(Link {
+                    connection,
+                    consumer,
+                    writer_gone: false,
+                })
+            }
+            Ok(None) => Err(gst::FlowError::Flushing),
+            Err(err) => {
+                gst::element_imp_error!(self, gst::ResourceError::OpenRead, ["{err}"]);
+                Err(gst::FlowError::Error)
+            }
+        }
+    }
+
+    /// Takes the record at the read position, if any, and acts on it.
+    fn next_record(&self, link: &mut Link) -> Result<Option<Step>, gst::FlowError> {
+        let record = match link.consumer.peek() {
+            Ok(Some(record)) => record,
+            Ok(None) => return Ok(None),
+            Err(err) => {
+                gst::element_imp_error!(self, gst::StreamError::Decode, ["{err}"]);
+                return Err(gst::FlowError::Error);
+            }
+        };
+        let header = *record.header();
+        if header.kind == RecordKind::Buffer {
+            let payload = record.payload();
+            let mut buffer = gst::Buffer::with_size(payload.len()).map_err(|_| gst::FlowError::Error)?;
+            {
+                let buffer = buffer.get_mut().ok_or(gst::FlowError::Error)?;
+                let mut map = buffer.map_writable().map_err(|_| gst::FlowError::Error)?;
+                map.copy_from_slice(payload);
+                drop(map);
+                codec::apply_buffer_header(&header, buffer);
+            }
+            record.release();
+            return Ok(Some(Step::Buffer(buffer)));
+        }
+        let decoded = codec::decode(&header, record.payload());
+        record.release();
+        let decoded = decoded.map_err(|err| {
+            gst::element_imp_error!(self, gst::StreamError::Decode, ["{err}"]);
+            gst::FlowError::Error
+        })?;
+        let obj = self.obj();
+        match decoded {
+            Decoded::Caps(caps) => {
+                gst::debug!(CAT, imp = self, "caps from the writer: {caps}");
+                *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(caps.clone());
+                if obj.set_caps(&caps).is_err() {
+                    gst::element_imp_error!(
+                        self,
+                        gst::CoreError::Negotiation,
+                        ["Downstream refused the writer's caps {caps}"]
+                    );
+                    return Err(gst::FlowError::NotNegotiated);
+                }
+            }
+            Decoded::Segment(segment) => {
+                if segment.format() != obj.segment().format() {
+                    obj.set_format(segment.format());
+                }
+                if obj.new_segment(&segment).is_err() {
+                    gst::warning!(CAT, imp = self, "could not apply {segment:?}");
+                }
+            }
+            Decoded::Eos => {
+                gst::debug!(CAT, imp = self, "end of stream from the writer");
+                return Err(gst::FlowError::Eos);
+            }
+            Decoded::Event(event) => {
+                gst::debug!(CAT, imp = self, "forwarding {event:?}");
+                obj.src_pad().push_event(event);
+            }
+            Decoded::Unsupported(event_type) => {
+                gst::debug!(CAT, imp = self, "skipping event type {event_type}");
+            }
+        }
+        Ok(Some(Step::Continue))
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for ShmRingSrc {
+    const NAME: &'static str = "GstShmRingSrc";
+    type Type = super::ShmRingSrc;
+    type ParentType = gst_base::PushSrc;
+}
+
+impl ObjectImpl for ShmRingSrc {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("socket-path")
+                    .nick("Socket path")
+                    .blurb("Path of the unix socket of the shmringsink to read from (required); the source waits for it to appear")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("is-live")
+                    .nick("Is live")
+                    .blurb("Act as a live source")
+                    .default_value(DEFAULT_IS_LIVE)
+                    .mutable_ready()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut settings = self.settings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match pspec.name() {
+            "socket-path" => {
+                settings.socket_path = value.get::<Option<String>>().ok().flatten().map(PathBuf::from);
+            }
+            "is-live" => {
+                settings.is_live = value.get().unwrap_or(DEFAULT_IS_LIVE);
+                drop(settings);
+                self.obj().set_live(self.settings().is_live);
+            }
+            name => gst::warning!(CAT, imp = self, "no property {name}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let settings = self.settings();
+        match pspec.name() {
+            "socket-path" => settings.socket_path.map(|path| path.display().to_string()).to_value(),
+            "is-live" => settings.is_live.to_value(),
+            _ => pspec.default_value().clone(),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        obj.set_format(gst::Format::Time);
+        obj.set_live(DEFAULT_IS_LIVE);
+    }
+}
+
+impl GstObjectImpl for ShmRingSrc {}
+
+impl ElementImpl for ShmRingSrc {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "Shared-memory ring source",
+                "Source/Network",
+                "Reads a stream, with its caps, timestamps and events, from a shmringsink in another process",
+                "gst-shmring developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let template = gst::PadTemplate::new(
+                "src",
+                gst::PadDirection::Src,
+                gst::PadPresence::Always,
+                &gst::Caps::new_any(),
+            );
+            vec![template.expect("an ANY src template is valid")]
+        });
+        PAD_TEMPLATES.as_ref()
+    }
+}
+
+impl BaseSrcImpl for ShmRingSrc {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings();
+        let Some(path) = settings.socket_path else {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["socket-path is not set; set it to the socket-path of the shmringsink to read from"]
+            ));
+        };
+        let directory = path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !directory.is_dir() {
+            return Err(gst::error_msg!(
+                gst::ResourceError::NotFound,
+                [
+                    "The directory of socket-path {} does not exist; create it or fix socket-path",
+                    path.display()
+                ]
+            ));
+        }
+        let unlock = Notifier::new().map_err(|err| gst::error_msg!(gst::ResourceError::Failed, ["{err}"]))?;
+        *self.unlock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(unlock));
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        *self.lock_state() = State::default();
+        *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        *self.unlock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        Ok(())
+    }
+
+    fn is_seekable(&self) -> bool {
+        false
+    }
+
+    fn caps(&self, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
+        let caps = self
+            .caps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let caps = caps.unwrap_or_else(gst::Caps::new_any);
+        Some(match filter {
+            Some(filter) => filter.intersect_with_mode(&caps, gst::CapsIntersectMode::First),
+            None => caps,
+        })
+    }
+
+    fn negotiate(&self) -> Result<(), gst::LoggableError> {
+        // The caps come from the writer, in stream order, in `create`.
+        let caps = self
+            .caps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(caps) = caps {
+            self.obj()
+                .set_caps(&caps)
+                .map_err(|_| gst::loggable_error!(CAT, "downstream refused {caps}"))?;
+        }
+        Ok(())
+    }
+
+    fn unlock(&self) -> Result<(), gst::ErrorMessage> {
+        if let Ok(unlock) = self.unlock_notifier() {
+            unlock.notify();
+        }
+        Ok(())
+    }
+
+    fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
+        if let Ok(unlock) = self.unlock_notifier() {
+            unlock.drain();
+        }
+        Ok(())
+    }
+}
+
+impl PushSrcImpl for ShmRingSrc {
+    fn create(&self, _buffer: Option<&mut gst::BufferRef>) -> Result<CreateSuccess, gst::FlowError> {
+        let unlock = self.unlock_notifier()?;
+        let mut state = self.lock_state();
+        if state.link.is_none() {
+            state.link = Some(self.connect(&unlock)?);
+        }
+        let Some(link) = state.link.as_mut() else {
+            return Err(gst::FlowError::Flushing);
+        };
+        loop {
+            match self.next_record(link)? {
+                Some(Step::Buffer(buffer)) => return Ok(CreateSuccess::NewBuffer(buffer)),
+                Some(Step::Continue) => continue,
+                None => {}
+            }
+            if link.writer_gone {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::Read,
+                    ["The shmringsink went away without sending EOS; the writer process stopped or crashed"]
+                );
+                return Err(gst::FlowError::Error);
+            }
+            let sleep = link.consumer.prepare_wait().map_err(|err| {
+                gst::element_imp_error!(self, gst::StreamError::Decode, ["{err}"]);
+                gst::FlowError::Error
+            })?;
+            if !sleep {
+                continue;
+            }
+            let ready = ipc::wait_readable([link.consumer.data_fd(), link.connection.as_fd(), unlock.as_fd()]);
+            link.consumer.finish_wait();
+            let ready = ready.map_err(|err| {
+                gst::element_imp_error!(self, gst::ResourceError::Read, ["{err}"]);
+                gst::FlowError::Error
+            })?;
+            if ready[2] {
+                return Err(gst::FlowError::Flushing);
+            }
+            // The writer's records may still be in the ring; drain them
+            // before reporting that it is gone.
+            if ready[1] && link.connection.peer_gone() {
+                link.writer_gone = true;
+            }
+        }
+    }
+}
