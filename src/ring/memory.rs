@@ -43,7 +43,7 @@ fn page_size() -> u64 {
 
 /// Checks a capacity before anything is created or mapped with it.
 pub fn check_capacity(capacity: u64) -> Result<(), RingError> {
-    if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || capacity % page_size() != 0 {
+    if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) || !capacity.is_multiple_of(page_size()) {
         return Err(RingError::Invalid(format!(
             "ring capacity {capacity} must be a multiple of the page size between {MIN_CAPACITY} and {MAX_CAPACITY}"
         )));
@@ -216,16 +216,17 @@ impl RingMemory {
     }
 
     pub(crate) fn control_u64(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= CONTROL_SIZE);
+        assert!(offset.is_multiple_of(8) && offset + 8 <= CONTROL_SIZE);
         // SAFETY: the offset is inside the mapped read-write control page
         // and 8-byte aligned (the page is page-aligned). AtomicU64 has the
-        // layout of u64, and every access to this word, from either process,
-        // is atomic.
+        // layout of u64, and this process only accesses the word atomically.
+        // Whatever a hostile peer stores there is only a value that the
+        // protocol checks before using it.
         unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
     }
 
     pub(crate) fn control_u32(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset % 4 == 0 && offset + 4 <= CONTROL_SIZE);
+        assert!(offset.is_multiple_of(4) && offset + 4 <= CONTROL_SIZE);
         // SAFETY: as in `control_u64`, for a 4-byte aligned u32.
         unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU32>() }
     }
@@ -235,8 +236,10 @@ impl RingMemory {
         let range = self.data_range(offset, len)?;
         // SAFETY: the range lies inside the mapped data area (checked by
         // `data_range`). A hostile writer may change these bytes while we
-        // hold the slice; they are only ever copied or handed on as opaque
-        // media bytes, never read twice to make a decision.
+        // hold the slice, so they must only be copied or handed on as opaque
+        // media bytes, never validated in place and then used: `peek` copies
+        // the header out first, and `ReadRecord::payload` states the same
+        // rule for its callers.
         Some(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(range.0), range.1) })
     }
 
@@ -244,8 +247,10 @@ impl RingMemory {
     ///
     /// # Safety
     /// The caller must be the ring's only producer, and the range must lie in
-    /// the free part of the ring, which the reader does not touch, with no
-    /// other slice into it alive.
+    /// the free part of the ring, which an honest reader does not touch, with
+    /// no other slice into it alive. A hostile reader that maps the memfd
+    /// writable itself can still store there, so the bytes are written, never
+    /// read back to make a decision.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn data_mut(&self, offset: u64, len: u64) -> Option<&mut [u8]> {
         if !self.data_writable {

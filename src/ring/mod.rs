@@ -21,11 +21,13 @@
 //! ```
 
 pub mod layout;
+pub mod lease;
 mod memory;
 mod notifier;
 pub mod spsc;
 
 pub use layout::{RecordHeader, RecordKind};
+pub use lease::Lease;
 pub use notifier::Notifier;
 pub use spsc::{Consumer, Producer, ReadRecord, RingFds, WriteGrant, channel};
 

@@ -71,6 +71,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::RingError;
 use super::layout::*;
+use super::lease::{Lease, ReleaseTracker};
 use super::memory::RingMemory;
 use super::notifier::Notifier;
 
@@ -128,11 +129,15 @@ pub struct Producer {
 pub struct Consumer {
     memory: Arc<RingMemory>,
     capacity: u64,
+    /// Start of the next record to take.
     read: u64,
     write_cached: u64,
     sleep: SleepState,
     data_ready: Notifier,
-    space_ready: Notifier,
+    /// Publishes the read position once records are leased; until then the
+    /// consumer publishes it itself, in order.
+    tracker: Arc<ReleaseTracker>,
+    leasing: bool,
     wakeups_sent: u64,
 }
 
@@ -190,6 +195,11 @@ impl Producer {
     /// Wake-ups this side has sent so far.
     pub fn wakeups_sent(&self) -> u64 {
         self.wakeups_sent
+    }
+
+    #[cfg(test)]
+    pub(crate) fn memory_for_tests(&self) -> &RingMemory {
+        &self.memory
     }
 
     /// Readable when the consumer has made room after [`Self::prepare_wait`].
@@ -251,7 +261,7 @@ impl Producer {
 
     fn reload_read(&mut self, order: Ordering) -> Result<(), RingError> {
         let read = self.memory.control_u64(READ_POS).load(order);
-        if read < self.read_cached || read > self.write || read % RECORD_ALIGN != 0 {
+        if read < self.read_cached || read > self.write || !read.is_multiple_of(RECORD_ALIGN) {
             return Err(RingError::Corrupt("the reader's position moved outside the ring"));
         }
         self.read_cached = read;
@@ -261,6 +271,7 @@ impl Producer {
 
 impl WriteGrant<'_> {
     /// The payload area, `payload_len` bytes, contiguous even across the wrap.
+    /// Write it; do not read it back, since a hostile reader can change it.
     pub fn payload(&mut self) -> &mut [u8] {
         let producer = &*self.producer;
         let offset = producer.write % producer.capacity + RECORD_HEADER_SIZE;
@@ -316,6 +327,7 @@ impl Consumer {
         let data_ready = Notifier::from_peer(data_ready, "data-ready")?;
         let space_ready = Notifier::from_peer(space_ready, "space-ready")?;
         let read = memory.control_u64(READ_POS).load(Ordering::Acquire);
+        let tracker = Arc::new(ReleaseTracker::new(memory.clone(), capacity, space_ready, read));
         let mut consumer = Self {
             memory,
             capacity,
@@ -323,10 +335,11 @@ impl Consumer {
             write_cached: read,
             sleep: SleepState::default(),
             data_ready,
-            space_ready,
+            tracker,
+            leasing: false,
             wakeups_sent: 0,
         };
-        if read % RECORD_ALIGN != 0 {
+        if !read.is_multiple_of(RECORD_ALIGN) {
             return Err(RingError::Corrupt("the ring's read position is not record-aligned"));
         }
         consumer.reload_write(Ordering::Acquire)?;
@@ -339,7 +352,7 @@ impl Consumer {
 
     /// Wake-ups this side has sent so far.
     pub fn wakeups_sent(&self) -> u64 {
-        self.wakeups_sent
+        self.wakeups_sent + self.tracker.wakeups_sent()
     }
 
     /// Readable when the producer has committed after [`Self::prepare_wait`].
@@ -412,7 +425,7 @@ impl Consumer {
 
     fn reload_write(&mut self, order: Ordering) -> Result<(), RingError> {
         let write = self.memory.control_u64(OFFSET_WRITE_POS).load(order);
-        if write < self.write_cached || write - self.read > self.capacity || write % RECORD_ALIGN != 0 {
+        if write < self.write_cached || write - self.read > self.capacity || !write.is_multiple_of(RECORD_ALIGN) {
             return Err(RingError::Corrupt("the writer's position moved outside the ring"));
         }
         self.write_cached = write;
@@ -421,9 +434,13 @@ impl Consumer {
 
     fn release(&mut self, size: u64) {
         self.read += size;
+        if self.leasing {
+            self.tracker.move_cursor(self.read);
+            return;
+        }
         self.memory.control_u64(READ_POS).store(self.read, Ordering::SeqCst);
         let peer_sleep = self.memory.control_u32(OFFSET_WRITER_SLEEP);
-        if self.sleep.wake_peer(peer_sleep, &self.space_ready) {
+        if self.sleep.wake_peer(peer_sleep, self.tracker.space_ready()) {
             self.wakeups_sent += 1;
         }
     }
@@ -435,6 +452,10 @@ impl ReadRecord<'_> {
     }
 
     /// The payload, contiguous even across the wrap.
+    ///
+    /// These are the shared bytes themselves, and a hostile writer can change
+    /// them at any moment: copy them out before validating or parsing them
+    /// (UTF-8, structures), or a check may pass on bytes that then change.
     pub fn payload(&self) -> &[u8] {
         let consumer = &*self.consumer;
         let offset = consumer.read % consumer.capacity + RECORD_HEADER_SIZE;
@@ -447,6 +468,29 @@ impl ReadRecord<'_> {
     pub fn release(self) {
         let size = record_size(self.payload_len).unwrap_or(0);
         self.consumer.release(size);
+    }
+
+    /// Moves past the record but keeps its payload in the ring until the
+    /// returned [`Lease`] is dropped, on any thread. Gives the record back
+    /// (to copy, then release) when leases already pin half the ring or
+    /// [`MAX_LEASES`](super::lease::MAX_LEASES) are out.
+    pub fn into_lease(self) -> Result<Lease, Self> {
+        let consumer = &mut *self.consumer;
+        let size = record_size(self.payload_len).unwrap_or(0);
+        if !consumer.leasing {
+            consumer.tracker.start(consumer.read, consumer.sleep.peer_woken);
+            consumer.leasing = true;
+        }
+        if !consumer.tracker.can_lease(consumer.read, size) {
+            return Err(self);
+        }
+        let start = consumer.read;
+        let slot = consumer.tracker.push_lease(start);
+        let offset = start % consumer.capacity + RECORD_HEADER_SIZE;
+        let lease = Lease::new(consumer.tracker.clone(), slot, offset, self.payload_len);
+        consumer.read += size;
+        consumer.tracker.move_cursor(consumer.read);
+        Ok(lease)
     }
 }
 

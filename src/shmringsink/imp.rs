@@ -1,5 +1,6 @@
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use gst::glib;
@@ -69,6 +70,34 @@ pub struct ShmRingSink {
     /// Written by `unlock` to interrupt a wait; separate from `state` so that
     /// it can be reached while `render` holds the state lock.
     unlock: Mutex<Option<Arc<Notifier>>>,
+    stats: Stats,
+}
+
+/// Counters behind the `stats` property.
+#[derive(Default)]
+struct Stats {
+    buffers: AtomicU64,
+    bytes: AtomicU64,
+    bytes_copied: AtomicU64,
+    buffers_zero_copy: AtomicU64,
+    wakeups_sent: AtomicU64,
+    wakeups_received: AtomicU64,
+    times_blocked_full: AtomicU64,
+}
+
+impl Stats {
+    fn to_structure(&self) -> gst::Structure {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        gst::Structure::builder("application/x-shmringsink-stats")
+            .field("buffers", get(&self.buffers))
+            .field("bytes", get(&self.bytes))
+            .field("bytes-copied", get(&self.bytes_copied))
+            .field("buffers-zero-copy", get(&self.buffers_zero_copy))
+            .field("wakeups-sent", get(&self.wakeups_sent))
+            .field("wakeups-received", get(&self.wakeups_received))
+            .field("times-blocked-full", get(&self.times_blocked_full))
+            .build()
+    }
 }
 
 /// Why a write did not happen.
@@ -207,6 +236,9 @@ impl ShmRingSink {
                 Ok(Some(mut grant)) => {
                     fill(grant.payload());
                     grant.commit(header);
+                    self.stats
+                        .wakeups_sent
+                        .store(link.producer.wakeups_sent(), Ordering::Relaxed);
                     return Ok(WriteOutcome::Written);
                 }
                 Ok(None) => {}
@@ -214,12 +246,17 @@ impl ShmRingSink {
             }
             match link.producer.prepare_wait(payload_len) {
                 Ok(false) => continue,
-                Ok(true) => {}
+                Ok(true) => {
+                    self.stats.times_blocked_full.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(err) => return Err(self.post_ring_error(&err, payload_len)),
             }
             let ready = ipc::wait_readable([link.producer.space_fd(), link.connection.as_fd(), unlock.as_fd()]);
             link.producer.finish_wait();
             let ready = ready.map_err(|err| self.post_ipc_error(&err))?;
+            if ready[0] {
+                self.stats.wakeups_received.fetch_add(1, Ordering::Relaxed);
+            }
             if ready[2] {
                 return Err(gst::FlowError::Flushing);
             }
@@ -309,6 +346,11 @@ impl ObjectImpl for ShmRingSink {
                     .default_value(DEFAULT_PERMS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, times-blocked-full")
+                    .read_only()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -334,6 +376,7 @@ impl ObjectImpl for ShmRingSink {
             "ring-size" => settings.ring_size.to_value(),
             "wait-for-connection" => settings.wait_for_connection.to_value(),
             "perms" => settings.perms.to_value(),
+            "stats" => self.stats.to_structure().to_value(),
             _ => pspec.default_value().clone(),
         }
     }
@@ -431,12 +474,9 @@ impl BaseSinkImpl for ShmRingSink {
     }
 
     fn event(&self, event: gst::Event) -> bool {
-        if event.is_serialized() && event.type_() != gst::EventType::FlushStop {
-            match self.write_event(&event) {
-                Ok(()) => {}
-                Err(gst::FlowError::Flushing) => return false,
-                Err(_) => return false,
-            }
+        let crosses = event.is_serialized() && event.type_() != gst::EventType::FlushStop;
+        if crosses && self.write_event(&event).is_err() {
+            return false;
         }
         self.parent_event(event)
     }

@@ -1,5 +1,6 @@
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use gst::glib;
@@ -50,6 +51,32 @@ pub struct ShmRingSrc {
     /// from `state` because setting caps queries us back.
     caps: Mutex<Option<gst::Caps>>,
     unlock: Mutex<Option<Arc<Notifier>>>,
+    stats: Stats,
+}
+
+/// Counters behind the `stats` property.
+#[derive(Default)]
+struct Stats {
+    buffers: AtomicU64,
+    bytes: AtomicU64,
+    bytes_copied: AtomicU64,
+    buffers_zero_copy: AtomicU64,
+    wakeups_sent: AtomicU64,
+    wakeups_received: AtomicU64,
+}
+
+impl Stats {
+    fn to_structure(&self) -> gst::Structure {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        gst::Structure::builder("application/x-shmringsrc-stats")
+            .field("buffers", get(&self.buffers))
+            .field("bytes", get(&self.bytes))
+            .field("bytes-copied", get(&self.bytes_copied))
+            .field("buffers-zero-copy", get(&self.buffers_zero_copy))
+            .field("wakeups-sent", get(&self.wakeups_sent))
+            .field("wakeups-received", get(&self.wakeups_received))
+            .build()
+    }
 }
 
 /// What one record turned into.
@@ -118,20 +145,33 @@ impl ShmRingSrc {
         };
         let header = *record.header();
         if header.kind == RecordKind::Buffer {
-            let payload = record.payload();
-            let mut buffer = gst::Buffer::with_size(payload.len()).map_err(|_| gst::FlowError::Error)?;
-            {
-                let buffer = buffer.get_mut().ok_or(gst::FlowError::Error)?;
-                let mut map = buffer.map_writable().map_err(|_| gst::FlowError::Error)?;
-                map.copy_from_slice(payload);
-                drop(map);
-                codec::apply_buffer_header(&header, buffer);
-            }
-            record.release();
+            let len = record.payload().len() as u64;
+            let mut buffer = match record.into_lease() {
+                // Downstream gets the ring memory itself, read-only; the
+                // writer may reuse it once the last reference is dropped.
+                Ok(lease) => {
+                    self.stats.buffers_zero_copy.fetch_add(1, Ordering::Relaxed);
+                    gst::Buffer::from_slice(lease)
+                }
+                // Downstream already pins half the ring: copy, so that the
+                // writer never waits on buffers held downstream.
+                Err(record) => {
+                    let buffer = gst::Buffer::from_mut_slice(record.payload().to_vec());
+                    record.release();
+                    self.stats.bytes_copied.fetch_add(len, Ordering::Relaxed);
+                    buffer
+                }
+            };
+            self.stats.buffers.fetch_add(1, Ordering::Relaxed);
+            self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+            codec::apply_buffer_header(&header, buffer.make_mut());
             return Ok(Some(Step::Buffer(buffer)));
         }
-        let decoded = codec::decode(&header, record.payload());
+        // Parse a private copy: the writer could change shared bytes between
+        // the UTF-8 check and the parse.
+        let payload = record.payload().to_vec();
         record.release();
+        let decoded = codec::decode(&header, &payload);
         let decoded = decoded.map_err(|err| {
             gst::element_imp_error!(self, gst::StreamError::Decode, ["{err}"]);
             gst::FlowError::Error
@@ -196,6 +236,11 @@ impl ObjectImpl for ShmRingSrc {
                     .default_value(DEFAULT_IS_LIVE)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received")
+                    .read_only()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -221,6 +266,7 @@ impl ObjectImpl for ShmRingSrc {
         match pspec.name() {
             "socket-path" => settings.socket_path.map(|path| path.display().to_string()).to_value(),
             "is-live" => settings.is_live.to_value(),
+            "stats" => self.stats.to_structure().to_value(),
             _ => pspec.default_value().clone(),
         }
     }
@@ -354,6 +400,9 @@ impl PushSrcImpl for ShmRingSrc {
             return Err(gst::FlowError::Flushing);
         };
         loop {
+            self.stats
+                .wakeups_sent
+                .store(link.consumer.wakeups_sent(), Ordering::Relaxed);
             match self.next_record(link)? {
                 Some(Step::Buffer(buffer)) => return Ok(CreateSuccess::NewBuffer(buffer)),
                 Some(Step::Continue) => continue,
@@ -380,6 +429,9 @@ impl PushSrcImpl for ShmRingSrc {
                 gst::element_imp_error!(self, gst::ResourceError::Read, ["{err}"]);
                 gst::FlowError::Error
             })?;
+            if ready[0] {
+                self.stats.wakeups_received.fetch_add(1, Ordering::Relaxed);
+            }
             if ready[2] {
                 return Err(gst::FlowError::Flushing);
             }
