@@ -46,22 +46,46 @@ pub enum Decoded {
     Unsupported(u32),
 }
 
+/// The metadata-area kind of a buffer record that carries a GstVideoMeta:
+/// u32 format, u32 frame flags, u32 width, u32 height, u32 planes,
+/// u32 reserved, u32 plane offsets[4], i32 plane strides[4].
+pub const META_VIDEO: u32 = 1;
+
 /// The record header describing `buffer`.
 pub fn buffer_header(buffer: &gst::BufferRef) -> RecordHeader {
     let time = |value: Option<gst::ClockTime>| value.map_or(NONE, gst::ClockTime::nseconds);
-    RecordHeader {
-        kind: RecordKind::Buffer,
-        flags: buffer.flags().bits(),
-        pts: time(buffer.pts()),
-        dts: time(buffer.dts()),
-        duration: time(buffer.duration()),
-        offset: buffer.offset(),
-        offset_end: buffer.offset_end(),
+    let mut header = RecordHeader::untimed(RecordKind::Buffer, buffer.flags().bits());
+    header.pts = time(buffer.pts());
+    header.dts = time(buffer.dts());
+    header.duration = time(buffer.duration());
+    header.offset = buffer.offset();
+    header.offset_end = buffer.offset_end();
+    if let Some(meta) = buffer.meta::<gst_video::VideoMeta>() {
+        let planes = meta.n_planes() as usize;
+        let fits = planes <= 4 && meta.offset().iter().all(|&offset| u32::try_from(offset).is_ok());
+        if fits {
+            header.meta_kind = META_VIDEO;
+            let mut words = [0u32; 14];
+            words[0] = meta.format().into_glib() as u32;
+            words[1] = meta.video_frame_flags().bits();
+            words[2] = meta.width();
+            words[3] = meta.height();
+            words[4] = planes as u32;
+            for plane in 0..planes {
+                words[6 + plane] = meta.offset()[plane] as u32;
+                words[10 + plane] = meta.stride()[plane] as u32;
+            }
+            for (chunk, word) in header.meta.chunks_exact_mut(4).zip(words) {
+                chunk.copy_from_slice(&word.to_ne_bytes());
+            }
+        }
     }
+    header
 }
 
-/// Restores the metadata of a buffer record.
-pub fn apply_buffer_header(header: &RecordHeader, buffer: &mut gst::BufferRef) {
+/// Restores the metadata of a buffer record. A video layout that does not
+/// describe memory inside the buffer is refused.
+pub fn apply_buffer_header(header: &RecordHeader, buffer: &mut gst::BufferRef) -> Result<(), DecodeError> {
     let time = |value: u64| (value != NONE).then(|| gst::ClockTime::from_nseconds(value));
     buffer.set_pts(time(header.pts));
     buffer.set_dts(time(header.dts));
@@ -69,6 +93,48 @@ pub fn apply_buffer_header(header: &RecordHeader, buffer: &mut gst::BufferRef) {
     buffer.set_offset(header.offset);
     buffer.set_offset_end(header.offset_end);
     buffer.set_flags(gst::BufferFlags::from_bits_truncate(header.flags));
+    if header.meta_kind == META_VIDEO {
+        add_video_meta(&header.meta, buffer).ok_or(bad("video layout"))?;
+    }
+    Ok(())
+}
+
+fn add_video_meta(meta: &[u8; 64], buffer: &mut gst::BufferRef) -> Option<()> {
+    let word = |index: usize| {
+        let at = index * 4;
+        u32::from_ne_bytes([meta[at], meta[at + 1], meta[at + 2], meta[at + 3]])
+    };
+    // SAFETY: `from_glib` for a GLib enum accepts any i32; an unknown value
+    // becomes `__Unknown`, which the format-info lookup below rejects.
+    let format = unsafe { gst_video::VideoFormat::from_glib(word(0) as i32) };
+    let (width, height, planes) = (word(2), word(3), word(4) as usize);
+    let info = gst_video::VideoFormatInfo::from_format(format);
+    if matches!(
+        format,
+        gst_video::VideoFormat::Unknown | gst_video::VideoFormat::Encoded
+    ) || planes != info.n_planes() as usize
+        || planes > 4
+        || width == 0
+        || height == 0
+    {
+        return None;
+    }
+    let offsets: Vec<usize> = (0..planes).map(|plane| word(6 + plane) as usize).collect();
+    let strides: Vec<i32> = (0..planes).map(|plane| word(10 + plane) as i32).collect();
+    // Every plane must lie inside the buffer: downstream trusts the layout.
+    let size = buffer.size() as u64;
+    for plane in 0..planes {
+        let component = info.plane().iter().position(|&p| p as usize == plane)?;
+        let rows = u64::from(info.scale_height(component as u8, height));
+        let stride = u64::try_from(strides[plane]).ok().filter(|&stride| stride > 0)?;
+        let end = (offsets[plane] as u64).checked_add(stride.checked_mul(rows)?)?;
+        if end > size {
+            return None;
+        }
+    }
+    let flags = gst_video::VideoFrameFlags::from_bits_truncate(word(1));
+    gst_video::VideoMeta::add_full(buffer, flags, format, width, height, &offsets, &strides).ok()?;
+    Some(())
 }
 
 /// A record for an event, or `None` for events that stay in this process:
@@ -160,7 +226,7 @@ pub fn decode(header: &RecordHeader, payload: &[u8]) -> Result<Decoded, DecodeEr
             Ok(Decoded::Caps(caps))
         }
         RecordKind::Event => decode_event(header.flags, payload),
-        RecordKind::Buffer => Err(bad("buffer")),
+        RecordKind::Buffer | RecordKind::Padding => Err(bad("buffer")),
     }
 }
 

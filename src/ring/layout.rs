@@ -41,8 +41,11 @@
 //! 32  u64  duration     }
 //! 40  u64  offset       } u64::MAX means "none", as GST_BUFFER_OFFSET_NONE
 //! 48  u64  offset end   }
-//! 56  u64  reserved, 0
-//! 64  payload, then padding up to the next multiple of 64
+//! 56  u32  kind of the metadata area: 0 none, else the user's (the GStreamer
+//!          elements use 1 for a video layout, see codec.rs)
+//! 60  u32  reserved, 0
+//! 64  [u8; 64] metadata area
+//! 128 payload, then padding up to the next multiple of 64
 //! ```
 
 /// First eight bytes of the control page.
@@ -54,8 +57,10 @@ pub const CONTROL_SIZE: usize = 4096;
 /// Records start at multiples of this, which also keeps every payload
 /// aligned for SIMD code downstream.
 pub const RECORD_ALIGN: u64 = 64;
-/// Size of a record header.
-pub const RECORD_HEADER_SIZE: u64 = 64;
+/// Size of a record header, metadata area included.
+pub const RECORD_HEADER_SIZE: u64 = 128;
+/// Size of the metadata area at the end of a record header.
+pub const RECORD_META_SIZE: usize = 64;
 /// Largest data area a reader accepts from a writer; it bounds the address
 /// space a hostile writer can make us reserve.
 pub const MAX_CAPACITY: u64 = 1 << 31;
@@ -90,6 +95,8 @@ pub enum RecordKind {
     /// A serialized event; `flags` holds its GstEventType, and the payload
     /// its encoding (see `codec.rs`).
     Event = 3,
+    /// Space the writer reserved and then gave up; the reader skips it.
+    Padding = 4,
 }
 
 impl RecordKind {
@@ -98,6 +105,7 @@ impl RecordKind {
             1 => Some(Self::Buffer),
             2 => Some(Self::Caps),
             3 => Some(Self::Event),
+            4 => Some(Self::Padding),
             _ => None,
         }
     }
@@ -114,6 +122,10 @@ pub struct RecordHeader {
     pub duration: u64,
     pub offset: u64,
     pub offset_end: u64,
+    /// What `meta` holds; 0 for nothing.
+    pub meta_kind: u32,
+    /// Opaque to the ring.
+    pub meta: [u8; RECORD_META_SIZE],
 }
 
 impl RecordHeader {
@@ -127,7 +139,57 @@ impl RecordHeader {
             duration: NONE,
             offset: NONE,
             offset_end: NONE,
+            meta_kind: 0,
+            meta: [0; RECORD_META_SIZE],
         }
+    }
+
+    /// The header's bytes as they sit in the ring, for a record with
+    /// `payload_len` bytes of payload.
+    pub(crate) fn encode(&self, payload_len: u64) -> [u8; RECORD_HEADER_SIZE as usize] {
+        let mut raw = [0u8; RECORD_HEADER_SIZE as usize];
+        raw[0..4].copy_from_slice(&(self.kind as u32).to_ne_bytes());
+        raw[4..8].copy_from_slice(&self.flags.to_ne_bytes());
+        let words = [
+            payload_len,
+            self.pts,
+            self.dts,
+            self.duration,
+            self.offset,
+            self.offset_end,
+        ];
+        for (chunk, word) in raw[8..56].chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        raw[56..60].copy_from_slice(&self.meta_kind.to_ne_bytes());
+        raw[64..128].copy_from_slice(&self.meta);
+        raw
+    }
+
+    /// Parses a header copied out of the ring: its fields and the payload
+    /// length it claims. `None` if the kind is unknown.
+    pub(crate) fn decode(raw: &[u8; RECORD_HEADER_SIZE as usize]) -> Option<(Self, u64)> {
+        let u32_at = |at: usize| u32::from_ne_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
+        let u64_at = |at: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&raw[at..at + 8]);
+            u64::from_ne_bytes(bytes)
+        };
+        let kind = RecordKind::from_u32(u32_at(0))?;
+        let mut meta = [0u8; RECORD_META_SIZE];
+        meta.copy_from_slice(&raw[64..128]);
+        let header = Self {
+            kind,
+            flags: u32_at(4),
+            pts: u64_at(16),
+            dts: u64_at(24),
+            duration: u64_at(32),
+            offset: u64_at(40),
+            offset_end: u64_at(48),
+            meta_kind: u32_at(56),
+            meta,
+        };
+        Some((header, u64_at(8)))
     }
 }
 

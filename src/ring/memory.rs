@@ -262,6 +262,14 @@ impl RingMemory {
         Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(range.0), range.1) })
     }
 
+    /// The data offset (in `0..2 * capacity`) of a pointer into the data
+    /// area, if it points there.
+    pub(crate) fn data_offset_of(&self, pointer: *const u8) -> Option<u64> {
+        let data_start = self.base.as_ptr() as usize + CONTROL_SIZE;
+        let offset = (pointer as usize).checked_sub(data_start)? as u64;
+        (offset < 2 * self.capacity).then_some(offset)
+    }
+
     fn data_range(&self, offset: u64, len: u64) -> Option<(usize, usize)> {
         let end = offset.checked_add(len)?;
         if end > 2 * self.capacity {
@@ -452,6 +460,21 @@ mod tests {
         // SAFETY: `data_mut` on a reader's mapping must refuse before any
         // slice exists.
         assert!(unsafe { reader.data_mut(0, 1) }.is_none());
+    }
+
+    #[test]
+    fn pointers_map_back_to_data_offsets_in_either_mapping() {
+        let memory = RingMemory::create(CAPACITY).unwrap();
+        for offset in [0, 64, CAPACITY - 1, CAPACITY, 2 * CAPACITY - 1] {
+            let pointer = memory.data(offset, 1).unwrap().as_ptr();
+            assert_eq!(memory.data_offset_of(pointer), Some(offset));
+        }
+        let end = memory.data(2 * CAPACITY - 1, 1).unwrap().as_ptr().wrapping_add(1);
+        assert_eq!(memory.data_offset_of(end), None);
+        let control = memory.base.as_ptr().cast_const();
+        assert_eq!(memory.data_offset_of(control), None);
+        let elsewhere = [0u8; 4];
+        assert_eq!(memory.data_offset_of(elsewhere.as_ptr()), None);
     }
 
     #[test]

@@ -21,15 +21,15 @@
 //! ```
 
 pub mod layout;
-pub mod lease;
 mod memory;
 mod notifier;
+pub mod ordered;
 pub mod spsc;
 
 pub use layout::{RecordHeader, RecordKind};
-pub use lease::Lease;
 pub use notifier::Notifier;
-pub use spsc::{Consumer, Producer, ReadRecord, RingFds, WriteGrant, channel};
+pub use ordered::{Lease, Reservation};
+pub use spsc::{CommitOutcome, Consumer, Producer, ReadRecord, RingFds, StaleReservation, WriteGrant, channel};
 
 /// What can go wrong with a ring.
 #[derive(Debug, thiserror::Error)]

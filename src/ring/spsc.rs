@@ -71,9 +71,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::RingError;
 use super::layout::*;
-use super::lease::{Lease, ReleaseTracker};
 use super::memory::RingMemory;
 use super::notifier::Notifier;
+use super::ordered::{Lease, OrderedPublisher, Reservation, Side, Ticket, pad_outstanding, write_header, write_record};
 
 /// Version 1 has one reader, in slot 0.
 const READ_POS: usize = OFFSET_READER_SLOT0 + SLOT_READ_POS;
@@ -117,12 +117,53 @@ impl SleepState {
 pub struct Producer {
     memory: Arc<RingMemory>,
     capacity: u64,
+    /// End of the last record granted or reserved.
     write: u64,
     read_cached: u64,
     sleep: SleepState,
-    data_ready: Notifier,
     space_ready: Notifier,
+    /// Publishes the write position once reservations are in use; until
+    /// then the producer publishes it itself, in order.
+    publisher: Arc<OrderedPublisher>,
+    reserving: bool,
+    /// Start of the last granted record: a reservation older than it can no
+    /// longer be committed in place.
+    last_grant: Option<u64>,
     wakeups_sent: u64,
+}
+
+/// What [`Producer::commit_reserved`] did.
+pub enum CommitOutcome {
+    /// The record is committed where it was reserved: nothing was copied.
+    Committed,
+    /// The pointer is not the payload of a pending reservation of this ring.
+    NotReserved,
+    /// Committing in place would break stream order: copy instead.
+    OutOfOrder(StaleReservation),
+}
+
+/// A reservation that can no longer be committed in place. Dropping it
+/// turns it into padding; do that after writing its copy.
+pub struct StaleReservation {
+    publisher: Arc<OrderedPublisher>,
+    found: (Ticket, u64, u64),
+}
+
+impl Drop for StaleReservation {
+    fn drop(&mut self) {
+        let (ticket, start, size) = self.found;
+        pad_outstanding(&self.publisher, ticket, start, size);
+    }
+}
+
+/// Whether `records` fit in `room` bytes of preamble and leave either
+/// nothing or room for the padding record that fills the rest.
+fn preamble_fits(records: &[(RecordHeader, &[u8])], room: u64) -> bool {
+    let used: u64 = records
+        .iter()
+        .map(|(_, bytes)| record_size(bytes.len() as u64).unwrap_or(u64::MAX))
+        .sum();
+    used == room || used.saturating_add(RECORD_HEADER_SIZE) <= room
 }
 
 /// The reading end of a ring.
@@ -136,7 +177,7 @@ pub struct Consumer {
     data_ready: Notifier,
     /// Publishes the read position once records are leased; until then the
     /// consumer publishes it itself, in order.
-    tracker: Arc<ReleaseTracker>,
+    publisher: Arc<OrderedPublisher>,
     leasing: bool,
     wakeups_sent: u64,
 }
@@ -167,14 +208,22 @@ impl Producer {
     /// Creates a ring with `capacity` bytes of data area.
     pub fn create(capacity: u64) -> Result<Self, RingError> {
         let memory = Arc::new(RingMemory::create(capacity)?);
+        let side = Side {
+            position: OFFSET_WRITE_POS,
+            peer_sleep: READER_SLEEP,
+            notifier: Notifier::new()?,
+        };
+        let publisher = Arc::new(OrderedPublisher::new(memory.clone(), capacity, side));
         Ok(Self {
             memory,
             capacity,
             write: 0,
             read_cached: 0,
             sleep: SleepState::default(),
-            data_ready: Notifier::new()?,
             space_ready: Notifier::new()?,
+            publisher,
+            reserving: false,
+            last_grant: None,
             wakeups_sent: 0,
         })
     }
@@ -183,7 +232,7 @@ impl Producer {
     pub fn fds(&self) -> RingFds<'_> {
         RingFds {
             memfd: self.memory.memfd(),
-            data_ready: self.data_ready.as_fd(),
+            data_ready: self.publisher.notifier().as_fd(),
             space_ready: self.space_ready.as_fd(),
         }
     }
@@ -194,7 +243,7 @@ impl Producer {
 
     /// Wake-ups this side has sent so far.
     pub fn wakeups_sent(&self) -> u64 {
-        self.wakeups_sent
+        self.wakeups_sent + self.publisher.wakeups_sent()
     }
 
     #[cfg(test)]
@@ -211,17 +260,115 @@ impl Producer {
     /// means the ring is too full right now; `TooLarge` that it never fits.
     pub fn grant(&mut self, payload_len: usize) -> Result<Option<WriteGrant<'_>>, RingError> {
         let payload_len = payload_len as u64;
-        let size = self.check_fits(payload_len)?;
+        if !self.make_room(payload_len)? {
+            return Ok(None);
+        }
+        Ok(Some(WriteGrant {
+            producer: self,
+            payload_len,
+        }))
+    }
+
+    /// Reserves room for a record that is filled in place and committed
+    /// later with [`Producer::commit_reserved`], with `preamble` bytes in
+    /// front of it for records that must come first. `Ok(None)` means no
+    /// room now, or that outstanding reservations already span half the
+    /// ring.
+    pub fn reserve(&mut self, payload_len: usize, preamble: usize) -> Result<Option<Reservation>, RingError> {
+        let payload_len = payload_len as u64;
+        let preamble = (preamble as u64).next_multiple_of(RECORD_ALIGN);
+        let size = record_size(payload_len)
+            .and_then(|record| record.checked_add(preamble))
+            .filter(|&size| size <= self.capacity)
+            .ok_or(RingError::TooLarge {
+                payload_len,
+                capacity: self.capacity,
+            })?;
+        if !self.reserving {
+            self.publisher.take_over(self.write, self.sleep.peer_woken);
+            self.reserving = true;
+        }
+        if !self.publisher.can_hold(self.write, size) {
+            return Ok(None);
+        }
         if self.free() < size {
             self.reload_read(Ordering::Acquire)?;
             if self.free() < size {
                 return Ok(None);
             }
         }
-        Ok(Some(WriteGrant {
-            producer: self,
+        let start = self.write;
+        let payload_at = start + preamble + RECORD_HEADER_SIZE;
+        let ticket = self.publisher.push(start, size, payload_at);
+        self.write += size;
+        self.publisher.move_cursor(self.write);
+        Ok(Some(Reservation::new(
+            self.publisher.clone(),
+            ticket,
+            (start, size, payload_at),
             payload_len,
-        }))
+        )))
+    }
+
+    /// Whether a reservation is still waiting for its commit.
+    pub fn has_pending(&self) -> bool {
+        self.reserving && self.publisher.has_pending()
+    }
+
+    /// Commits, in place, the reservation whose payload is the
+    /// `payload_len` bytes at `payload` (a pointer from the buffer that
+    /// wraps it), with `preamble` records written in front of it.
+    ///
+    /// That keeps stream order only if nothing written since belongs after
+    /// it: no older reservation may still be pending, and no record may have
+    /// been granted after it was reserved. Otherwise, or if the preamble
+    /// records do not fit, the reservation is [`CommitOutcome::OutOfOrder`]:
+    /// the caller writes the records and a copy of the payload with
+    /// [`Producer::grant`], then drops the [`StaleReservation`].
+    pub fn commit_reserved(
+        &mut self,
+        payload: *const u8,
+        payload_len: usize,
+        preamble: &[(RecordHeader, &[u8])],
+        header: &RecordHeader,
+    ) -> CommitOutcome {
+        let Some(offset) = self.memory.data_offset_of(payload) else {
+            return CommitOutcome::NotReserved;
+        };
+        let Some(found) = self.publisher.find_pending(offset, payload_len as u64) else {
+            return CommitOutcome::NotReserved;
+        };
+        let stale = StaleReservation {
+            publisher: self.publisher.clone(),
+            found: (found.ticket, found.start, found.size),
+        };
+        let granted_after = self.last_grant.is_some_and(|grant| grant >= found.start);
+        let room = found.payload_at - RECORD_HEADER_SIZE - found.start;
+        if !found.oldest || granted_after || !preamble_fits(preamble, room) {
+            return CommitOutcome::OutOfOrder(stale);
+        }
+        if !self.publisher.claim(found.ticket) {
+            return CommitOutcome::NotReserved;
+        }
+        std::mem::forget(stale);
+        let mut at = found.start;
+        for (record, bytes) in preamble {
+            write_record(&self.memory, at % self.capacity, record, bytes);
+            at += record_size(bytes.len() as u64).unwrap_or(0);
+        }
+        let left = found.payload_at - RECORD_HEADER_SIZE - at;
+        if left > 0 {
+            let padding = RecordHeader::untimed(RecordKind::Padding, 0);
+            write_header(&self.memory, at % self.capacity, left - RECORD_HEADER_SIZE, &padding);
+        }
+        write_header(
+            &self.memory,
+            (found.payload_at - RECORD_HEADER_SIZE) % self.capacity,
+            payload_len as u64,
+            header,
+        );
+        self.publisher.finish(found.ticket);
+        CommitOutcome::Committed
     }
 
     /// Announces that the producer will sleep until a record of
@@ -245,6 +392,16 @@ impl Producer {
         self.sleep.leave(self.memory.control_u32(OFFSET_WRITER_SLEEP));
     }
 
+    /// Whether a record with `payload_len` bytes of payload fits now,
+    /// reloading the reader's position only if the cached one says full.
+    fn make_room(&mut self, payload_len: u64) -> Result<bool, RingError> {
+        let size = self.check_fits(payload_len)?;
+        if self.free() < size {
+            self.reload_read(Ordering::Acquire)?;
+        }
+        Ok(self.free() >= size)
+    }
+
     fn check_fits(&self, payload_len: u64) -> Result<u64, RingError> {
         match record_size(payload_len) {
             Some(size) if size <= self.capacity => Ok(size),
@@ -261,7 +418,14 @@ impl Producer {
 
     fn reload_read(&mut self, order: Ordering) -> Result<(), RingError> {
         let read = self.memory.control_u64(READ_POS).load(order);
-        if read < self.read_cached || read > self.write || !read.is_multiple_of(RECORD_ALIGN) {
+        // The reader cannot be past what we published; with reservations
+        // outstanding that is less than `write`.
+        let published = if self.reserving {
+            self.publisher.published()
+        } else {
+            self.write
+        };
+        if read < self.read_cached || read > published || !read.is_multiple_of(RECORD_ALIGN) {
             return Err(RingError::Corrupt("the reader's position moved outside the ring"));
         }
         self.read_cached = read;
@@ -282,39 +446,30 @@ impl WriteGrant<'_> {
         unsafe { producer.memory.data_mut(offset, self.payload_len) }.unwrap_or_default()
     }
 
-    /// Publishes the record and wakes the consumer if it sleeps.
+    /// Publishes the record (after any outstanding reservations before it)
+    /// and wakes the consumer if it sleeps.
     pub fn commit(self, header: &RecordHeader) {
         let producer = self.producer;
-        let offset = producer.write % producer.capacity;
         let Some(size) = record_size(self.payload_len) else {
             return;
         };
-        let mut raw = [0u8; RECORD_HEADER_SIZE as usize];
-        raw[0..4].copy_from_slice(&(header.kind as u32).to_ne_bytes());
-        raw[4..8].copy_from_slice(&header.flags.to_ne_bytes());
-        let words = [
+        write_header(
+            &producer.memory,
+            producer.write % producer.capacity,
             self.payload_len,
-            header.pts,
-            header.dts,
-            header.duration,
-            header.offset,
-            header.offset_end,
-        ];
-        for (chunk, word) in raw[8..56].chunks_exact_mut(8).zip(words) {
-            chunk.copy_from_slice(&word.to_ne_bytes());
-        }
-        // SAFETY: as in `payload`: the header's 64 bytes are in the granted
-        // free space, and no other slice into them exists.
-        if let Some(slot) = unsafe { producer.memory.data_mut(offset, RECORD_HEADER_SIZE) } {
-            slot.copy_from_slice(&raw);
-        }
+            header,
+        );
         producer.write += size;
+        if producer.reserving {
+            producer.publisher.move_cursor(producer.write);
+            return;
+        }
         producer
             .memory
             .control_u64(OFFSET_WRITE_POS)
             .store(producer.write, Ordering::SeqCst);
         let peer_sleep = producer.memory.control_u32(READER_SLEEP);
-        if producer.sleep.wake_peer(peer_sleep, &producer.data_ready) {
+        if producer.sleep.wake_peer(peer_sleep, producer.publisher.notifier()) {
             producer.wakeups_sent += 1;
         }
     }
@@ -327,7 +482,12 @@ impl Consumer {
         let data_ready = Notifier::from_peer(data_ready, "data-ready")?;
         let space_ready = Notifier::from_peer(space_ready, "space-ready")?;
         let read = memory.control_u64(READ_POS).load(Ordering::Acquire);
-        let tracker = Arc::new(ReleaseTracker::new(memory.clone(), capacity, space_ready, read));
+        let side = Side {
+            position: READ_POS,
+            peer_sleep: OFFSET_WRITER_SLEEP,
+            notifier: space_ready,
+        };
+        let publisher = Arc::new(OrderedPublisher::new(memory.clone(), capacity, side));
         let mut consumer = Self {
             memory,
             capacity,
@@ -335,7 +495,7 @@ impl Consumer {
             write_cached: read,
             sleep: SleepState::default(),
             data_ready,
-            tracker,
+            publisher,
             leasing: false,
             wakeups_sent: 0,
         };
@@ -352,7 +512,7 @@ impl Consumer {
 
     /// Wake-ups this side has sent so far.
     pub fn wakeups_sent(&self) -> u64 {
-        self.wakeups_sent + self.tracker.wakeups_sent()
+        self.wakeups_sent + self.publisher.wakeups_sent()
     }
 
     /// Readable when the producer has committed after [`Self::prepare_wait`].
@@ -360,7 +520,7 @@ impl Consumer {
         self.data_ready.as_fd()
     }
 
-    /// The oldest unreleased record, or `None` if the ring is empty.
+    /// The oldest record not yet taken, or `None` if the ring is empty.
     pub fn peek(&mut self) -> Result<Option<ReadRecord<'_>>, RingError> {
         if self.write_cached - self.read < RECORD_HEADER_SIZE {
             self.reload_write(Ordering::Acquire)?;
@@ -376,27 +536,11 @@ impl Consumer {
             .data(offset, RECORD_HEADER_SIZE)
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or(corrupt("a record header lies outside the ring"))?;
-        let word = |index: usize| {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(&raw[index * 8..index * 8 + 8]);
-            u64::from_ne_bytes(bytes)
-        };
-        let kind = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
-        let kind = RecordKind::from_u32(kind).ok_or(corrupt("a record has an unknown kind"))?;
-        let payload_len = word(1);
+        let (header, payload_len) = RecordHeader::decode(&raw).ok_or(corrupt("a record has an unknown kind"))?;
         match record_size(payload_len) {
             Some(size) if size <= available => {}
             _ => return Err(corrupt("a record claims more bytes than were written")),
         }
-        let header = RecordHeader {
-            kind,
-            flags: u32::from_ne_bytes([raw[4], raw[5], raw[6], raw[7]]),
-            pts: word(2),
-            dts: word(3),
-            duration: word(4),
-            offset: word(5),
-            offset_end: word(6),
-        };
         Ok(Some(ReadRecord {
             consumer: self,
             header,
@@ -435,12 +579,12 @@ impl Consumer {
     fn release(&mut self, size: u64) {
         self.read += size;
         if self.leasing {
-            self.tracker.move_cursor(self.read);
+            self.publisher.move_cursor(self.read);
             return;
         }
         self.memory.control_u64(READ_POS).store(self.read, Ordering::SeqCst);
         let peer_sleep = self.memory.control_u32(OFFSET_WRITER_SLEEP);
-        if self.sleep.wake_peer(peer_sleep, self.tracker.space_ready()) {
+        if self.sleep.wake_peer(peer_sleep, self.publisher.notifier()) {
             self.wakeups_sent += 1;
         }
     }
@@ -451,11 +595,9 @@ impl ReadRecord<'_> {
         &self.header
     }
 
-    /// The payload, contiguous even across the wrap.
-    ///
-    /// These are the shared bytes themselves, and a hostile writer can change
-    /// them at any moment: copy them out before validating or parsing them
-    /// (UTF-8, structures), or a check may pass on bytes that then change.
+    /// The payload, contiguous even across the wrap. A hostile writer can
+    /// change these bytes at any time: copy them before checking or parsing
+    /// them.
     pub fn payload(&self) -> &[u8] {
         let consumer = &*self.consumer;
         let offset = consumer.read % consumer.capacity + RECORD_HEADER_SIZE;
@@ -472,24 +614,27 @@ impl ReadRecord<'_> {
 
     /// Moves past the record but keeps its payload in the ring until the
     /// returned [`Lease`] is dropped, on any thread. Gives the record back
-    /// (to copy, then release) when leases already pin half the ring or
-    /// [`MAX_LEASES`](super::lease::MAX_LEASES) are out.
+    /// (to copy, then release) when leases already span half the ring or
+    /// [`MAX_OUTSTANDING`](super::ordered::MAX_OUTSTANDING) are out.
+    // The record comes back by value: boxing it would allocate per record on
+    // the read path, to save a copy of its 136 bytes.
+    #[allow(clippy::result_large_err)]
     pub fn into_lease(self) -> Result<Lease, Self> {
         let consumer = &mut *self.consumer;
         let size = record_size(self.payload_len).unwrap_or(0);
         if !consumer.leasing {
-            consumer.tracker.start(consumer.read, consumer.sleep.peer_woken);
+            consumer.publisher.take_over(consumer.read, consumer.sleep.peer_woken);
             consumer.leasing = true;
         }
-        if !consumer.tracker.can_lease(consumer.read, size) {
+        if !consumer.publisher.can_hold(consumer.read, size) {
             return Err(self);
         }
         let start = consumer.read;
-        let slot = consumer.tracker.push_lease(start);
+        let ticket = consumer.publisher.push(start, size, start + RECORD_HEADER_SIZE);
         let offset = start % consumer.capacity + RECORD_HEADER_SIZE;
-        let lease = Lease::new(consumer.tracker.clone(), slot, offset, self.payload_len);
+        let lease = Lease::new(consumer.publisher.clone(), ticket, offset, self.payload_len);
         consumer.read += size;
-        consumer.tracker.move_cursor(consumer.read);
+        consumer.publisher.move_cursor(consumer.read);
         Ok(lease)
     }
 }
@@ -593,6 +738,8 @@ mod tests {
             duration: 40_000_000,
             offset: 25,
             offset_end: 26,
+            meta_kind: 7,
+            meta: std::array::from_fn(|index| index as u8),
         };
         let sent = [
             (buffer, b"frame bytes".to_vec()),
@@ -641,15 +788,18 @@ mod tests {
     fn grant_needs_room_and_peek_needs_data() {
         let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
         assert!(consumer.peek().unwrap().is_none());
-        // 1000 bytes of payload take 64 + 1024 bytes: three fit, a fourth does not.
+        // 1000 bytes of payload take a header and 1024 bytes: three fit, a
+        // fourth does not.
         let payload = [7u8; 1000];
         for _ in 0..3 {
             send(&mut producer, &payload, &caps());
         }
         assert!(producer.grant(1000).unwrap().is_none());
-        // The 832 bytes left hold exactly a 768-byte payload.
-        assert!(producer.grant(768).unwrap().is_some());
-        assert!(producer.grant(769).unwrap().is_none());
+        // The bytes left hold exactly one header and the largest payload
+        // below; one byte more pads to another 64.
+        let largest = CAPACITY - 3 * record_size(1000).unwrap() - RECORD_HEADER_SIZE;
+        assert!(producer.grant(largest as usize).unwrap().is_some());
+        assert!(producer.grant(largest as usize + 1).unwrap().is_none());
         // The dropped grant above wrote nothing.
         for _ in 0..3 {
             assert_eq!(receive(&mut consumer).unwrap().1, payload);
@@ -694,9 +844,11 @@ mod tests {
     #[test]
     fn record_across_the_end_comes_out_contiguous() {
         let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
-        // A first record of 64 + 3904 bytes leaves the next header at 3968,
-        // so the next payload starts at 4032 and runs past the end at 4096.
-        send(&mut producer, &[0; 3904], &caps());
+        // A first record that ends one header before 4032 puts the next
+        // payload at 4032, so it runs past the end of the area at 4096.
+        let payload_start = CAPACITY - 64;
+        let first = payload_start - 2 * RECORD_HEADER_SIZE;
+        send(&mut producer, &vec![0; first as usize], &caps());
         receive(&mut consumer).unwrap();
         let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 256) as u8).collect();
         let header = RecordHeader {
@@ -711,7 +863,7 @@ mod tests {
         memfd.read_exact_at(&mut tail, data_at(0)).unwrap();
         assert_eq!(tail, payload[64..]);
         let mut head = [0; 64];
-        memfd.read_exact_at(&mut head, data_at(4032)).unwrap();
+        memfd.read_exact_at(&mut head, data_at(payload_start)).unwrap();
         assert_eq!(head, payload[..64]);
 
         assert_eq!(receive(&mut consumer), Some((header, payload)));
@@ -806,7 +958,7 @@ mod tests {
         let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
         send(&mut producer, b"x", &caps());
         let memfd = peer(&producer);
-        for kind in [0, 4, u32::MAX] {
+        for kind in [0, RecordKind::Padding as u32 + 1, u32::MAX] {
             put_u32(&memfd, data_at(0), kind);
             assert_corrupt(consumer.peek());
         }
@@ -817,7 +969,8 @@ mod tests {
     #[test]
     fn payload_longer_than_what_was_written_is_corrupt() {
         let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
-        // 64 + 64 bytes written; the header's length field is at +8.
+        // A header and 64 bytes of payload written; the header's length
+        // field is at +8, and 65 bytes would need another 64.
         send(&mut producer, &[3; 10], &caps());
         let memfd = peer(&producer);
         for len in [65, max_payload(CAPACITY), CAPACITY, u64::MAX - 62, u64::MAX] {
@@ -837,7 +990,8 @@ mod tests {
         receive(&mut consumer).unwrap();
         let memfd = peer(&producer);
         let write_pos = OFFSET_WRITE_POS as u64;
-        for bad in [64, 0, 256 + CAPACITY + 64, 256 + 32, u64::MAX] {
+        let write = 2 * record_size(1).unwrap();
+        for bad in [64, 0, write + CAPACITY + 64, write + 32, u64::MAX] {
             put_u64(&memfd, write_pos, bad);
             assert_corrupt(consumer.peek());
             assert!(
@@ -846,7 +1000,7 @@ mod tests {
             );
         }
         // The consumer's own view survived the attempts.
-        put_u64(&memfd, write_pos, 256);
+        put_u64(&memfd, write_pos, write);
         assert!(consumer.peek().unwrap().is_none());
         send(&mut producer, b"c", &caps());
         assert_eq!(receive(&mut consumer).unwrap().1, b"c");
@@ -859,12 +1013,16 @@ mod tests {
             send(&mut producer, &[0; 1000], &caps());
         }
         receive(&mut consumer).unwrap();
-        // This grant reloads the read position, 1088; the free space is now
-        // 1920 bytes, so a 2000-byte grant must look at the position again.
+        // This grant reloads the read position, one record in; the free space
+        // is then too little for a 2000-byte grant, which must look at the
+        // position again.
+        let size = record_size(1000).unwrap();
         assert!(producer.grant(1000).unwrap().is_some());
+        assert!(CAPACITY - 2 * size < record_size(2000).unwrap());
         let memfd = peer(&producer);
         let read_pos = READ_POS as u64;
-        for bad in [0, 3264 + 64, 1088 + 32, u64::MAX] {
+        let write = 3 * size;
+        for bad in [0, write + 64, size + 32, u64::MAX] {
             put_u64(&memfd, read_pos, bad);
             assert!(
                 matches!(producer.grant(2000), Err(RingError::Corrupt(_))),
@@ -875,7 +1033,7 @@ mod tests {
                 "read position {bad}"
             );
         }
-        put_u64(&memfd, read_pos, 3264);
+        put_u64(&memfd, read_pos, write);
         assert!(producer.grant(2000).unwrap().is_some());
     }
 

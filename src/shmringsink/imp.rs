@@ -12,7 +12,9 @@ use gst_base::subclass::prelude::*;
 use crate::codec;
 use crate::ipc::{self, Connection, IpcError, Listener};
 use crate::ring::layout::MAX_CAPACITY;
-use crate::ring::{Notifier, Producer, RecordHeader, RingError, check_capacity};
+use crate::ring::{CommitOutcome, Notifier, Producer, RecordHeader, Reservation, RingError, check_capacity};
+
+use super::pool::RingBufferPool;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -31,6 +33,9 @@ const DEFAULT_PERMS: u32 = 0o600;
 const AUTO_VIDEO_FRAMES: u64 = 4;
 const AUTO_AUDIO_SIZE: u64 = 1 << 20;
 const AUTO_OTHER_SIZE: u64 = 8 << 20;
+/// Room in front of each pool buffer for the events that arrive between
+/// its allocation and its rendering (a segment, at the start of a stream).
+const POOL_PREAMBLE: usize = 4096;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -61,6 +66,10 @@ struct Link {
 struct State {
     listener: Option<Listener>,
     link: Option<Link>,
+    /// Events that arrived while a pool buffer was reserved but not yet
+    /// rendered. They belong before that buffer, so they go into its
+    /// reservation's preamble when it is rendered.
+    queued_events: Vec<(RecordHeader, Vec<u8>)>,
 }
 
 #[derive(Default)]
@@ -98,6 +107,16 @@ impl Stats {
             .field("times-blocked-full", get(&self.times_blocked_full))
             .build()
     }
+}
+
+/// How `render` handled a buffer the pool may have reserved.
+enum InPlace {
+    /// Committed where it was reserved.
+    Committed,
+    /// Out of stream order: copied after the queued events.
+    Copied(WriteOutcome),
+    /// Not a reservation of the current ring.
+    NotReserved,
 }
 
 /// Why a write did not happen.
@@ -165,6 +184,8 @@ impl ShmRingSink {
                     Ok(Some(producer)) => {
                         gst::info!(CAT, imp = self, "reader connected; ring of {capacity} bytes");
                         state.link = Some(Link { connection, producer });
+                        // The replay below carries the sticky ones.
+                        state.queued_events.clear();
                         self.replay_sticky_events(state, unlock)?;
                         return Ok(state.link.is_some());
                     }
@@ -228,10 +249,10 @@ impl ShmRingSink {
         payload_len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<WriteOutcome, gst::FlowError> {
-        let Some(link) = state.link.as_mut() else {
-            return Ok(WriteOutcome::NoReader);
-        };
         loop {
+            let Some(link) = state.link.as_mut() else {
+                return Ok(WriteOutcome::NoReader);
+            };
             match link.producer.grant(payload_len) {
                 Ok(Some(mut grant)) => {
                     fill(grant.payload());
@@ -241,35 +262,51 @@ impl ShmRingSink {
                         .store(link.producer.wakeups_sent(), Ordering::Relaxed);
                     return Ok(WriteOutcome::Written);
                 }
-                Ok(None) => {}
+                Ok(None) => self.wait_for_space(state, unlock, payload_len)?,
                 Err(err) => return Err(self.post_ring_error(&err, payload_len)),
-            }
-            match link.producer.prepare_wait(payload_len) {
-                Ok(false) => continue,
-                Ok(true) => {
-                    self.stats.times_blocked_full.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(err) => return Err(self.post_ring_error(&err, payload_len)),
-            }
-            let ready = ipc::wait_readable([link.producer.space_fd(), link.connection.as_fd(), unlock.as_fd()]);
-            link.producer.finish_wait();
-            let ready = ready.map_err(|err| self.post_ipc_error(&err))?;
-            if ready[0] {
-                self.stats.wakeups_received.fetch_add(1, Ordering::Relaxed);
-            }
-            if ready[2] {
-                return Err(gst::FlowError::Flushing);
-            }
-            if ready[1] && link.connection.peer_gone() {
-                gst::element_imp_warning!(
-                    self,
-                    gst::ResourceError::Write,
-                    ["The reader disconnected; waiting for a new one"]
-                );
-                state.link = None;
-                return Ok(WriteOutcome::NoReader);
             }
         }
+    }
+
+    /// Writes the events queued behind a reservation, in order.
+    fn write_queued_events(&self, state: &mut State, unlock: &Notifier) -> Result<(), gst::FlowError> {
+        for (header, payload) in std::mem::take(&mut state.queued_events) {
+            self.write_record(state, unlock, &header, payload.len(), |dest| {
+                dest.copy_from_slice(&payload)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sleeps until a record with `payload_len` bytes of payload fits, the
+    /// reader leaves (the link is dropped), or the sink is unlocked.
+    fn wait_for_space(&self, state: &mut State, unlock: &Notifier, payload_len: usize) -> Result<(), gst::FlowError> {
+        let Some(link) = state.link.as_mut() else { return Ok(()) };
+        match link.producer.prepare_wait(payload_len) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {
+                self.stats.times_blocked_full.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => return Err(self.post_ring_error(&err, payload_len)),
+        }
+        let ready = ipc::wait_readable([link.producer.space_fd(), link.connection.as_fd(), unlock.as_fd()]);
+        link.producer.finish_wait();
+        let ready = ready.map_err(|err| self.post_ipc_error(&err))?;
+        if ready[0] {
+            self.stats.wakeups_received.fetch_add(1, Ordering::Relaxed);
+        }
+        if ready[2] {
+            return Err(gst::FlowError::Flushing);
+        }
+        if ready[1] && link.connection.peer_gone() {
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Write,
+                ["The reader disconnected; waiting for a new one"]
+            );
+            state.link = None;
+        }
+        Ok(())
     }
 
     fn post_ring_error(&self, err: &RingError, payload_len: usize) -> gst::FlowError {
@@ -287,6 +324,94 @@ impl ShmRingSink {
     fn post_ipc_error(&self, err: &IpcError) -> gst::FlowError {
         gst::element_imp_error!(self, gst::ResourceError::OpenWrite, ["{err}"]);
         gst::FlowError::Error
+    }
+
+    /// Room in the linked reader's ring for a buffer of `size` bytes that
+    /// upstream fills in place, for the buffer pool. Waits for a reader
+    /// (with `wait-for-connection`) and for room like `render` does, except
+    /// behind another reservation: upstream may hold that one until it gets
+    /// this buffer, so then it returns `None` and the buffer is copied.
+    pub(super) fn reserve(&self, size: usize) -> Result<Option<Reservation>, gst::FlowError> {
+        let unlock = self.unlock_notifier()?;
+        let wait = self.settings().wait_for_connection;
+        let mut state = self.lock_state();
+        loop {
+            if !self.ensure_link(&mut state, &unlock, wait)? {
+                return Ok(None);
+            }
+            let Some(link) = state.link.as_mut() else { continue };
+            let needed = size + POOL_PREAMBLE;
+            if crate::ring::layout::record_size(needed as u64)
+                .is_none_or(|record| record > link.producer.capacity() / 2)
+            {
+                // Too big to pool: render says so, or copies it.
+                return Ok(None);
+            }
+            match link.producer.reserve(size, POOL_PREAMBLE) {
+                Ok(Some(reservation)) => return Ok(Some(reservation)),
+                Ok(None) if link.producer.has_pending() => return Ok(None),
+                Ok(None) => self.wait_for_space(&mut state, &unlock, needed)?,
+                Err(err) => {
+                    gst::debug!(CAT, imp = self, "not reserving {size} bytes: {err}");
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Interrupts a pool allocation waiting for a reader or for room.
+    pub(super) fn interrupt_reserve(&self) {
+        if let Ok(unlock) = self.unlock_notifier() {
+            unlock.notify();
+        }
+    }
+
+    /// Commits `buffer` where the pool reserved it, with the queued events
+    /// in its preamble: nothing is copied. Returns `false` if it has to be
+    /// copied, after turning an out-of-order reservation into padding.
+    fn commit_in_place(
+        &self,
+        state: &mut State,
+        unlock: &Notifier,
+        buffer: &gst::BufferRef,
+        header: &RecordHeader,
+    ) -> Result<InPlace, gst::FlowError> {
+        let Some(link) = state.link.as_mut() else {
+            return Ok(InPlace::NotReserved);
+        };
+        if buffer.n_memory() != 1 {
+            return Ok(InPlace::NotReserved);
+        }
+        let Ok(map) = buffer.map_readable() else {
+            return Ok(InPlace::NotReserved);
+        };
+        let preamble: Vec<(RecordHeader, &[u8])> = state
+            .queued_events
+            .iter()
+            .map(|(header, payload)| (*header, payload.as_slice()))
+            .collect();
+        match link
+            .producer
+            .commit_reserved(map.as_ptr(), map.len(), &preamble, header)
+        {
+            CommitOutcome::Committed => {
+                state.queued_events.clear();
+                self.stats
+                    .wakeups_sent
+                    .store(link.producer.wakeups_sent(), Ordering::Relaxed);
+                Ok(InPlace::Committed)
+            }
+            CommitOutcome::NotReserved => Ok(InPlace::NotReserved),
+            CommitOutcome::OutOfOrder(stale) => {
+                drop(preamble);
+                self.write_queued_events(state, unlock)?;
+                let outcome = self.write_record(state, unlock, header, map.len(), |dest| dest.copy_from_slice(&map));
+                // Padding only now, after the copy: the reservation's memory
+                // is what was copied from.
+                drop(stale);
+                Ok(InPlace::Copied(outcome?))
+            }
+        }
     }
 
     /// Writes a serialized event, or drops it if no reader is linked: a reader
@@ -386,6 +511,9 @@ impl ObjectImpl for ShmRingSink {
         // Pacing belongs to the reader's sinks; the writer should hand
         // buffers over as soon as they are made.
         self.obj().set_sync(false);
+        // A kept last sample could be ring memory that the reader has
+        // released and the writer is about to reuse.
+        self.obj().set_enable_last_sample(false);
     }
 }
 
@@ -461,10 +589,29 @@ impl BaseSinkImpl for ShmRingSink {
                 gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
                 return Ok(gst::FlowSuccess::Ok);
             }
-            match self.write_record(&mut state, &unlock, &header, map.len(), |dest| {
-                dest.copy_from_slice(&map)
-            })? {
-                WriteOutcome::Written => return Ok(gst::FlowSuccess::Ok),
+            let outcome = match self.commit_in_place(&mut state, &unlock, buffer, &header)? {
+                InPlace::Committed => {
+                    self.stats.buffers.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bytes.fetch_add(map.len() as u64, Ordering::Relaxed);
+                    self.stats.buffers_zero_copy.fetch_add(1, Ordering::Relaxed);
+                    return Ok(gst::FlowSuccess::Ok);
+                }
+                InPlace::Copied(outcome) => outcome,
+                InPlace::NotReserved => {
+                    self.write_queued_events(&mut state, &unlock)?;
+                    self.write_record(&mut state, &unlock, &header, map.len(), |dest| {
+                        dest.copy_from_slice(&map)
+                    })?
+                }
+            };
+            match outcome {
+                WriteOutcome::Written => {
+                    let len = map.len() as u64;
+                    self.stats.buffers.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+                    self.stats.bytes_copied.fetch_add(len, Ordering::Relaxed);
+                    return Ok(gst::FlowSuccess::Ok);
+                }
                 // The reader left while we waited for room: the next one
                 // gets this buffer.
                 WriteOutcome::NoReader if wait => continue,
@@ -479,6 +626,26 @@ impl BaseSinkImpl for ShmRingSink {
             return false;
         }
         self.parent_event(event)
+    }
+
+    fn propose_allocation(&self, query: &mut gst::query::Allocation) -> Result<(), gst::LoggableError> {
+        // Only raw video gets the ring-backed pool: its frames are large and
+        // fixed-size. Small buffers cost less to copy than to reserve.
+        let (caps, need_pool) = query.get_owned();
+        let info = caps
+            .as_ref()
+            .and_then(|caps| gst_video::VideoInfo::from_caps(caps).ok());
+        if let (Some(caps), Some(info), true) = (caps, info, need_pool) {
+            let pool = RingBufferPool::new(&self.obj());
+            let mut config = pool.config();
+            let size = info.size() as u32;
+            config.set_params(Some(&caps), size, 0, 0);
+            pool.set_config(config)
+                .map_err(|err| gst::loggable_error!(CAT, "could not configure the ring pool: {err}"))?;
+            query.add_allocation_pool(Some(&pool), size, 0, 0);
+        }
+        query.add_allocation_meta::<gst_video::VideoMeta>(None);
+        Ok(())
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {

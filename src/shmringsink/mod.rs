@@ -5,6 +5,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+mod pool;
 
 glib::wrapper! {
     pub struct ShmRingSink(ObjectSubclass<imp::ShmRingSink>) @extends gst_base::BaseSink, gst::Element, gst::Object;

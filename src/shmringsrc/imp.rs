@@ -144,6 +144,10 @@ impl ShmRingSrc {
             }
         };
         let header = *record.header();
+        if header.kind == RecordKind::Padding {
+            record.release();
+            return Ok(Some(Step::Continue));
+        }
         if header.kind == RecordKind::Buffer {
             let len = record.payload().len() as u64;
             let mut buffer = match record.into_lease() {
@@ -164,7 +168,10 @@ impl ShmRingSrc {
             };
             self.stats.buffers.fetch_add(1, Ordering::Relaxed);
             self.stats.bytes.fetch_add(len, Ordering::Relaxed);
-            codec::apply_buffer_header(&header, buffer.make_mut());
+            codec::apply_buffer_header(&header, buffer.make_mut()).map_err(|err| {
+                gst::element_imp_error!(self, gst::StreamError::Decode, ["{err}"]);
+                gst::FlowError::Error
+            })?;
             return Ok(Some(Step::Buffer(buffer)));
         }
         // Parse a private copy: the writer could change shared bytes between
