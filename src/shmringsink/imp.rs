@@ -138,6 +138,11 @@ impl ShmRingSink {
             .clone()
     }
 
+    /// Read on every buffer, so without cloning the settings.
+    fn wait_for_connection(&self) -> bool {
+        self.settings.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).wait_for_connection
+    }
+
     fn unlock_notifier(&self) -> Result<Arc<Notifier>, gst::FlowError> {
         self.unlock
             .lock()
@@ -333,7 +338,7 @@ impl ShmRingSink {
     /// this buffer, so then it returns `None` and the buffer is copied.
     pub(super) fn reserve(&self, size: usize) -> Result<Option<Reservation>, gst::FlowError> {
         let unlock = self.unlock_notifier()?;
-        let wait = self.settings().wait_for_connection;
+        let wait = self.wait_for_connection();
         let mut state = self.lock_state();
         loop {
             if !self.ensure_link(&mut state, &unlock, wait)? {
@@ -425,7 +430,7 @@ impl ShmRingSink {
         // EOS waits for a reader like a buffer does, so that a stream with
         // no buffers still ends on the reader's side.
         let is_eos = event.type_() == gst::EventType::Eos;
-        if is_eos && !self.ensure_link(&mut state, &unlock, self.settings().wait_for_connection)? {
+        if is_eos && !self.ensure_link(&mut state, &unlock, self.wait_for_connection())? {
             return Ok(());
         }
         self.write_record(&mut state, &unlock, &header, payload.len(), |dest| {
@@ -577,7 +582,7 @@ impl BaseSinkImpl for ShmRingSink {
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         let unlock = self.unlock_notifier()?;
-        let wait = self.settings().wait_for_connection;
+        let wait = self.wait_for_connection();
         let map = buffer.map_readable().map_err(|_| {
             gst::element_imp_error!(self, gst::CoreError::Failed, ["Could not map a buffer for reading"]);
             gst::FlowError::Error

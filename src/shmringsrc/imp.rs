@@ -23,11 +23,13 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_IS_LIVE: bool = false;
+const DEFAULT_ALWAYS_COPY: bool = false;
 
 #[derive(Debug, Clone, Default)]
 struct Settings {
     socket_path: Option<PathBuf>,
     is_live: bool,
+    always_copy: bool,
 }
 
 /// The writer we read from.
@@ -36,6 +38,8 @@ struct Link {
     consumer: Consumer,
     /// The writer closed its socket; what is left in the ring is all there is.
     writer_gone: bool,
+    /// `always-copy`, read once per connection.
+    always_copy: bool,
 }
 
 #[derive(Default)]
@@ -106,7 +110,8 @@ impl ShmRingSrc {
     }
 
     fn connect(&self, unlock: &Notifier) -> Result<Link, gst::FlowError> {
-        let Some(path) = self.settings().socket_path else {
+        let settings = self.settings();
+        let Some(path) = settings.socket_path else {
             return Err(gst::FlowError::Flushing);
         };
         gst::debug!(CAT, imp = self, "waiting for a shmringsink at {}", path.display());
@@ -123,6 +128,7 @@ impl ShmRingSrc {
                     connection,
                     consumer,
                     writer_gone: false,
+                    always_copy: settings.always_copy,
                 })
             }
             Ok(None) => Err(gst::FlowError::Flushing),
@@ -150,7 +156,12 @@ impl ShmRingSrc {
         }
         if header.kind == RecordKind::Buffer {
             let len = record.payload().len() as u64;
-            let mut buffer = match record.into_lease() {
+            let lease = if link.always_copy {
+                Err(record)
+            } else {
+                record.into_lease()
+            };
+            let mut buffer = match lease {
                 // Downstream gets the ring memory itself, read-only; the
                 // writer may reuse it once the last reference is dropped.
                 Ok(lease) => {
@@ -243,6 +254,12 @@ impl ObjectImpl for ShmRingSrc {
                     .default_value(DEFAULT_IS_LIVE)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("always-copy")
+                    .nick("Always copy")
+                    .blurb("Copy every buffer out of the ring instead of handing out ring memory; for downstreams that keep more than half a ring of buffers until they get more")
+                    .default_value(DEFAULT_ALWAYS_COPY)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received")
@@ -264,6 +281,7 @@ impl ObjectImpl for ShmRingSrc {
                 drop(settings);
                 self.obj().set_live(self.settings().is_live);
             }
+            "always-copy" => settings.always_copy = value.get().unwrap_or(DEFAULT_ALWAYS_COPY),
             name => gst::warning!(CAT, imp = self, "no property {name}"),
         }
     }
@@ -273,6 +291,7 @@ impl ObjectImpl for ShmRingSrc {
         match pspec.name() {
             "socket-path" => settings.socket_path.map(|path| path.display().to_string()).to_value(),
             "is-live" => settings.is_live.to_value(),
+            "always-copy" => settings.always_copy.to_value(),
             "stats" => self.stats.to_structure().to_value(),
             _ => pspec.default_value().clone(),
         }
