@@ -534,3 +534,18 @@ pub fn serve_reader(
     connection.send_server_hello(&hello, Some(producer.fds()))?;
     Ok(Some(producer))
 }
+
+/// Tells a reader that connected while the writer already serves one that
+/// it has to go; its `connect_reader` then fails with [`IpcError::Busy`].
+pub fn refuse_busy(connection: &Connection) {
+    // Closing a unix socket with unread data resets it, and the reset would
+    // overtake our reply: read the reader's hello first.
+    let _ = connection.recv_client_hello();
+    let refusal = ServerHello {
+        version: PROTOCOL_VERSION,
+        status: HelloStatus::Busy,
+        capacity: 0,
+        reader_slot: 0,
+    };
+    let _ = connection.send_server_hello(&refusal, None);
+}

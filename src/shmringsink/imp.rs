@@ -36,6 +36,10 @@ const AUTO_OTHER_SIZE: u64 = 8 << 20;
 /// Room in front of each pool buffer for the events that arrive between
 /// its allocation and its rendering (a segment, at the start of a stream).
 const POOL_PREAMBLE: usize = 4096;
+/// How often, in buffers, a linked sink turns away readers that connected
+/// meanwhile. Version 1 serves one reader; the others get a clear "busy"
+/// instead of waiting forever, for one accept() per this many buffers.
+const REFUSAL_INTERVAL: u32 = 256;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -70,6 +74,8 @@ struct State {
     /// rendered. They belong before that buffer, so they go into its
     /// reservation's preamble when it is rendered.
     queued_events: Vec<(RecordHeader, Vec<u8>)>,
+    /// Buffers rendered since extra readers were last turned away.
+    renders_since_refusal: u32,
 }
 
 #[derive(Default)]
@@ -140,7 +146,10 @@ impl ShmRingSink {
 
     /// Read on every buffer, so without cloning the settings.
     fn wait_for_connection(&self) -> bool {
-        self.settings.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).wait_for_connection
+        self.settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .wait_for_connection
     }
 
     fn unlock_notifier(&self) -> Result<Arc<Notifier>, gst::FlowError> {
@@ -221,6 +230,18 @@ impl ShmRingSink {
         }
     }
 
+    /// Answers "busy" to every reader waiting in the listen queue.
+    fn refuse_extra_readers(&self, state: &mut State) {
+        state.renders_since_refusal = 0;
+        let Some(listener) = state.listener.as_ref() else {
+            return;
+        };
+        while let Ok(Some(connection)) = listener.accept() {
+            gst::warning!(CAT, imp = self, "refusing a second reader: this sink already has one");
+            ipc::refuse_busy(&connection);
+        }
+    }
+
     /// A new reader first gets the stream's sticky events (stream-start,
     /// caps, segment, tags), so that it can start anywhere in the stream.
     fn replay_sticky_events(&self, state: &mut State, unlock: &Notifier) -> Result<(), gst::FlowError> {
@@ -294,7 +315,15 @@ impl ShmRingSink {
             }
             Err(err) => return Err(self.post_ring_error(&err, payload_len)),
         }
-        let ready = ipc::wait_readable([link.producer.space_fd(), link.connection.as_fd(), unlock.as_fd()]);
+        let Some(listener) = state.listener.as_ref() else {
+            return Err(gst::FlowError::Flushing);
+        };
+        let ready = ipc::wait_readable([
+            link.producer.space_fd(),
+            link.connection.as_fd(),
+            unlock.as_fd(),
+            listener.as_fd(),
+        ]);
         link.producer.finish_wait();
         let ready = ready.map_err(|err| self.post_ipc_error(&err))?;
         if ready[0] {
@@ -309,7 +338,11 @@ impl ShmRingSink {
                 gst::ResourceError::Write,
                 ["The reader disconnected; waiting for a new one"]
             );
+            // A reader waiting in the listen queue is the next one, not
+            // one to turn away.
             state.link = None;
+        } else if ready[3] {
+            self.refuse_extra_readers(state);
         }
         Ok(())
     }
@@ -589,6 +622,10 @@ impl BaseSinkImpl for ShmRingSink {
         })?;
         let header = codec::buffer_header(buffer);
         let mut state = self.lock_state();
+        state.renders_since_refusal += 1;
+        if state.renders_since_refusal >= REFUSAL_INTERVAL && state.link.is_some() {
+            self.refuse_extra_readers(&mut state);
+        }
         loop {
             if !self.ensure_link(&mut state, &unlock, wait)? {
                 gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
