@@ -449,3 +449,763 @@ pub(crate) fn write_record(memory: &RingMemory, offset: u64, header: &RecordHead
         slot.copy_from_slice(payload);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ring::layout::{OFFSET_READER_SLOT0, OFFSET_WRITE_POS, RECORD_ALIGN, SLOT_READ_POS, record_size};
+    use crate::ring::spsc::{CommitOutcome, Consumer, Producer, ReadRecord, channel};
+
+    const READ_POS: usize = OFFSET_READER_SLOT0 + SLOT_READ_POS;
+
+    /// The read position the consumer has published, as the producer sees it.
+    fn read_position(producer: &Producer) -> u64 {
+        producer.memory_for_tests().control_u64(READ_POS).load(Ordering::SeqCst)
+    }
+
+    fn write_position(producer: &Producer) -> u64 {
+        producer
+            .memory_for_tests()
+            .control_u64(OFFSET_WRITE_POS)
+            .load(Ordering::SeqCst)
+    }
+
+    fn size_of(payload_len: usize) -> u64 {
+        record_size(payload_len as u64).unwrap()
+    }
+
+    fn byte(id: u32, index: usize) -> u8 {
+        (index as u32).wrapping_mul(31).wrapping_add(id.wrapping_mul(7)) as u8 ^ (index >> 8) as u8
+    }
+
+    /// Payload bytes that differ from record to record, so a record that is
+    /// overwritten or swapped with another shows.
+    fn pattern(id: u32, len: usize) -> Vec<u8> {
+        (0..len).map(|index| byte(id, index)).collect()
+    }
+
+    fn has_pattern(id: u32, bytes: &[u8]) -> bool {
+        bytes.iter().enumerate().all(|(index, &value)| value == byte(id, index))
+    }
+
+    fn buffer(id: u32) -> RecordHeader {
+        RecordHeader {
+            pts: u64::from(id) * 40,
+            duration: 40,
+            offset: u64::from(id),
+            offset_end: u64::from(id) + 1,
+            ..RecordHeader::untimed(RecordKind::Buffer, id)
+        }
+    }
+
+    fn event(flags: u32) -> RecordHeader {
+        RecordHeader::untimed(RecordKind::Event, flags)
+    }
+
+    fn send(producer: &mut Producer, header: &RecordHeader, payload: &[u8]) {
+        let mut grant = producer.grant(payload.len()).unwrap().expect("room for the record");
+        grant.payload().copy_from_slice(payload);
+        grant.commit(header);
+    }
+
+    /// Takes the oldest record out of the ring, copying it.
+    fn receive(consumer: &mut Consumer) -> Option<(RecordHeader, Vec<u8>)> {
+        let record = consumer.peek().unwrap()?;
+        let taken = (*record.header(), record.payload().to_vec());
+        record.release();
+        Some(taken)
+    }
+
+    /// Takes a padding record and returns the bytes it spans.
+    fn skip_padding(consumer: &mut Consumer) -> u64 {
+        let record = consumer.peek().unwrap().expect("a padding record");
+        assert_eq!(*record.header(), RecordHeader::untimed(RecordKind::Padding, 0));
+        let size = size_of(record.payload().len());
+        record.release();
+        size
+    }
+
+    fn lease(consumer: &mut Consumer) -> Lease {
+        let record = consumer.peek().unwrap().expect("a record to lease");
+        match record.into_lease() {
+            Ok(lease) => lease,
+            Err(_) => panic!("leasing was refused"),
+        }
+    }
+
+    fn commit(
+        producer: &mut Producer,
+        reservation: &Reservation,
+        preamble: &[(RecordHeader, &[u8])],
+        header: &RecordHeader,
+    ) -> CommitOutcome {
+        let payload = reservation.as_ref();
+        producer.commit_reserved(payload.as_ptr(), payload.len(), preamble, header)
+    }
+
+    fn reserve(producer: &mut Producer, payload: &[u8], preamble: usize) -> Reservation {
+        let mut reservation = producer
+            .reserve(payload.len(), preamble)
+            .unwrap()
+            .expect("room for the reservation");
+        reservation.as_mut().copy_from_slice(payload);
+        reservation
+    }
+
+    fn wait_for_data(consumer: &mut Consumer) {
+        if consumer.prepare_wait().unwrap() {
+            crate::ipc::wait_readable([consumer.data_fd()]).unwrap();
+            consumer.finish_wait();
+        }
+    }
+
+    fn wait_for_space(producer: &mut Producer, payload_len: usize) {
+        if producer.prepare_wait(payload_len).unwrap() {
+            crate::ipc::wait_readable([producer.space_fd()]).unwrap();
+            producer.finish_wait();
+        }
+    }
+
+    /// Like [`send`], sleeping until the record fits.
+    fn send_waiting(producer: &mut Producer, header: &RecordHeader, payload: &[u8]) {
+        loop {
+            if let Some(mut grant) = producer.grant(payload.len()).unwrap() {
+                grant.payload().copy_from_slice(payload);
+                grant.commit(header);
+                return;
+            }
+            wait_for_space(producer, payload.len());
+        }
+    }
+
+    /// The threaded tests sleep without a timeout, as the elements do, so a
+    /// lost wake-up would hang them: this aborts the whole test binary
+    /// instead, unless the returned sender is dropped first.
+    fn watchdog(test: &'static str) -> mpsc::Sender<()> {
+        let (disarm, armed) = mpsc::channel::<()>();
+        thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = armed.recv_timeout(Duration::from_secs(120)) {
+                eprintln!("{test}: no progress for 120 s (a lost wake-up, or a thread panicked); aborting");
+                std::process::abort();
+            }
+        });
+        disarm
+    }
+
+    /// SplitMix64 with a fixed seed: runs differ only in thread timing.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, bound: u64) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % bound
+        }
+
+        fn shuffle<T>(&mut self, items: &mut [T]) {
+            for last in (1..items.len()).rev() {
+                items.swap(last, self.below(last as u64 + 1) as usize);
+            }
+        }
+    }
+
+    #[test]
+    fn read_position_advances_only_over_the_released_prefix() {
+        const CAPACITY: u64 = 1 << 16;
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        let lens = [100, 300, 0, 1000, 64];
+        for (id, &len) in lens.iter().enumerate() {
+            send(&mut producer, &buffer(id as u32), &pattern(id as u32, len));
+        }
+        let sizes = lens.map(size_of);
+        let total: u64 = sizes.iter().sum();
+
+        let first = lease(&mut consumer);
+        let second = lease(&mut consumer);
+        // The third is copied and released at once, between leases.
+        assert_eq!(receive(&mut consumer), Some((buffer(2), Vec::new())));
+        let fourth = lease(&mut consumer);
+        let fifth = lease(&mut consumer);
+        assert!(consumer.peek().unwrap().is_none());
+        for (id, held) in [(0, &first), (1, &second), (3, &fourth), (4, &fifth)] {
+            assert_eq!(held.as_ref(), pattern(id, lens[id as usize]));
+        }
+        assert_eq!(read_position(&producer), 0);
+
+        drop(second);
+        assert_eq!(read_position(&producer), 0, "the first lease still holds the ring");
+        drop(first);
+        let prefix = sizes[0] + sizes[1] + sizes[2];
+        assert_eq!(read_position(&producer), prefix, "up to the fourth, still leased");
+        drop(fifth);
+        assert_eq!(read_position(&producer), prefix);
+
+        // The producer may now fill the ring right up to the leased fourth
+        // record, wrapping over the space the first three gave back, and no
+        // further: the lease's bytes stay intact.
+        let filler = [0xee; 64];
+        while producer.grant(filler.len()).unwrap().is_some() {
+            send(&mut producer, &RecordHeader::untimed(RecordKind::Caps, 0), &filler);
+        }
+        let written = write_position(&producer);
+        assert!(written > CAPACITY);
+        assert!(written <= prefix + CAPACITY && written + size_of(filler.len()) > prefix + CAPACITY);
+        assert_eq!(fourth.as_ref(), pattern(3, lens[3]));
+
+        drop(fourth);
+        assert_eq!(read_position(&producer), total);
+    }
+
+    #[test]
+    fn leasing_stops_at_half_the_ring_and_resumes_once_leases_drop() {
+        const CAPACITY: u64 = 4096;
+        const LEN: usize = 384;
+        let size = size_of(LEN);
+        assert_eq!(size, CAPACITY / 8);
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        let mut next = 0u32;
+        for round in 0..2 {
+            let start = read_position(&producer);
+            for _ in 0..6 {
+                send(&mut producer, &buffer(next), &pattern(next, LEN));
+                next += 1;
+            }
+            // Four leases span exactly half the ring.
+            let leases: Vec<Lease> = (0..4).map(|_| lease(&mut consumer)).collect();
+            // The fifth would span more: it comes back to be copied, and so
+            // does the sixth, although the fifth took no lease.
+            for refused in [next - 2, next - 1] {
+                let record = consumer.peek().unwrap().unwrap();
+                let Err(record) = record.into_lease() else {
+                    panic!("round {round}: a lease past half the ring was granted");
+                };
+                assert_eq!(*record.header(), buffer(refused));
+                assert!(has_pattern(refused, record.payload()));
+                record.release();
+            }
+            assert_eq!(read_position(&producer), start);
+            for (index, held) in leases.into_iter().enumerate().rev() {
+                assert_eq!(held.as_ref(), pattern(next - 6 + index as u32, LEN));
+                drop(held);
+                let expected = if index == 0 { start + 6 * size } else { start };
+                assert_eq!(read_position(&producer), expected);
+            }
+            assert_eq!(read_position(&producer), write_position(&producer));
+        }
+    }
+
+    #[test]
+    fn leasing_stops_at_max_outstanding() {
+        // Large enough that MAX_OUTSTANDING empty records span far less
+        // than half of it.
+        const CAPACITY: u64 = 1 << 19;
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        let mut next = 0u32;
+        let mut send_empty = |producer: &mut Producer| {
+            send(producer, &event(next), &[]);
+            next += 1;
+        };
+        let refused = |consumer: &mut Consumer| {
+            let record = consumer.peek().unwrap().unwrap();
+            match record.into_lease() {
+                Ok(_) => panic!("more than MAX_OUTSTANDING leases"),
+                Err(record) => record.release(),
+            }
+        };
+        let mut leases = Vec::new();
+        for _ in 0..MAX_OUTSTANDING {
+            send_empty(&mut producer);
+            leases.push(lease(&mut consumer));
+        }
+        send_empty(&mut producer);
+        refused(&mut consumer);
+        // Dropping the newest frees no table entry: entries leave it only
+        // from the oldest end.
+        drop(leases.pop());
+        send_empty(&mut producer);
+        refused(&mut consumer);
+        drop(leases.remove(0));
+        send_empty(&mut producer);
+        leases.push(lease(&mut consumer));
+        assert_eq!(read_position(&producer), RECORD_HEADER_SIZE);
+        drop(leases);
+        assert_eq!(read_position(&producer), write_position(&producer));
+        assert_eq!(read_position(&producer), u64::from(next) * RECORD_HEADER_SIZE);
+    }
+
+    #[test]
+    fn leases_dropped_in_batches_on_another_thread() {
+        const CAPACITY: u64 = 1 << 16;
+        const RECORDS: u32 = 20_000;
+        let _watchdog = watchdog("leases_dropped_in_batches_on_another_thread");
+        let len = |id: u32| (id as usize * 389) % 5000;
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        // The producer moves to its thread: read the position through the memfd.
+        let memfd = File::from(producer.fds().memfd.try_clone_to_owned().unwrap());
+        let published_read = || {
+            let mut raw = [0; 8];
+            memfd.read_exact_at(&mut raw, READ_POS as u64).unwrap();
+            u64::from_ne_bytes(raw)
+        };
+
+        let writer = thread::spawn(move || {
+            for id in 0..RECORDS {
+                send_waiting(&mut producer, &buffer(id), &pattern(id, len(id)));
+            }
+            producer
+        });
+        let (to_dropper, batches) = mpsc::channel::<Vec<(u32, Lease)>>();
+        let (dropped, batches_dropped) = mpsc::channel();
+        let dropper = thread::spawn(move || {
+            for batch in batches {
+                // Newest first: every drop but the last leaves an older lease
+                // holding the read position back.
+                for (id, held) in batch.into_iter().rev() {
+                    assert!(
+                        has_pattern(id, held.as_ref()) && held.as_ref().len() == len(id),
+                        "lease {id} changed"
+                    );
+                }
+                dropped.send(()).unwrap();
+            }
+        });
+
+        let check = |record: &ReadRecord<'_>, id: u32| {
+            assert_eq!(*record.header(), buffer(id));
+            assert!(has_pattern(id, record.payload()) && record.payload().len() == len(id));
+        };
+        let mut rng = Rng(1);
+        let (mut leased, mut refused) = (0, 0);
+        let mut consumed = 0;
+        let mut id = 0;
+        while id < RECORDS {
+            let wanted = 1 + rng.below(16) as usize;
+            let mut batch = Vec::new();
+            while batch.len() < wanted && id < RECORDS {
+                let Some(record) = consumer.peek().unwrap() else {
+                    if !batch.is_empty() {
+                        break;
+                    }
+                    wait_for_data(&mut consumer);
+                    continue;
+                };
+                check(&record, id);
+                match record.into_lease() {
+                    Ok(held) => {
+                        batch.push((id, held));
+                        leased += 1;
+                    }
+                    Err(record) => {
+                        record.release();
+                        refused += 1;
+                    }
+                }
+                consumed += size_of(len(id));
+                id += 1;
+            }
+            to_dropper.send(batch).unwrap();
+            // Copy a few more while the batch is dropped, so that both
+            // threads move the read position at once.
+            for _ in 0..rng.below(4) {
+                let Some(record) = consumer.peek().unwrap().filter(|_| id < RECORDS) else {
+                    break;
+                };
+                check(&record, id);
+                record.release();
+                consumed += size_of(len(id));
+                id += 1;
+            }
+            batches_dropped.recv().unwrap();
+            // Every lease is back and this thread is idle: nothing may hold
+            // the position back any more.
+            assert_eq!(published_read(), consumed, "a release was not published, record {id}");
+        }
+        drop(to_dropper);
+        dropper.join().unwrap();
+        let producer = writer.join().unwrap();
+        assert!(leased > 0 && refused > 0, "{leased} leased, {refused} refused");
+        assert!(consumer.peek().unwrap().is_none());
+        let total: u64 = (0..RECORDS).map(|id| size_of(len(id))).sum();
+        assert_eq!(write_position(&producer), total);
+        assert_eq!(read_position(&producer), total);
+    }
+
+    #[test]
+    fn commit_in_place_writes_preamble_records_then_padding_then_the_buffer() {
+        const CAPACITY: u64 = 1 << 16;
+        const PREAMBLE: usize = 512;
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        let (a_bytes, b_bytes) = (pattern(1, 1000), pattern(2, 300));
+        let a = reserve(&mut producer, &a_bytes, PREAMBLE);
+        let b = reserve(&mut producer, &b_bytes, PREAMBLE);
+        assert_eq!(a.as_ref().as_ptr() as u64 % RECORD_ALIGN, 0);
+        let a_size = PREAMBLE as u64 + size_of(a_bytes.len());
+        let b_size = PREAMBLE as u64 + size_of(b_bytes.len());
+        assert!(producer.has_pending());
+        assert_eq!(write_position(&producer), 0);
+        assert!(consumer.peek().unwrap().is_none());
+
+        let a_header = RecordHeader {
+            flags: 0x40,
+            dts: 900,
+            meta_kind: 1,
+            meta: std::array::from_fn(|index| index as u8),
+            ..buffer(1)
+        };
+        let caps = RecordHeader::untimed(RecordKind::Caps, 0);
+        let tag = event(0x1234);
+        // 192 + 192 bytes of the 512: a 128-byte padding record fills the rest.
+        let preamble: [(RecordHeader, &[u8]); 2] = [(caps, b"video/x-raw"), (tag, &[9; 10])];
+        assert!(matches!(
+            commit(&mut producer, &a, &preamble, &a_header),
+            CommitOutcome::Committed
+        ));
+        assert!(producer.has_pending(), "the second reservation");
+        assert_eq!(write_position(&producer), a_size);
+        assert_eq!(receive(&mut consumer), Some((caps, b"video/x-raw".to_vec())));
+        assert_eq!(receive(&mut consumer), Some((tag, vec![9; 10])));
+        assert_eq!(skip_padding(&mut consumer), RECORD_HEADER_SIZE);
+        assert_eq!(receive(&mut consumer), Some((a_header, a_bytes)));
+        // The pending second reservation holds back everything after it.
+        assert!(consumer.peek().unwrap().is_none());
+        // Dropping a committed reservation changes nothing.
+        drop(a);
+        assert_eq!(write_position(&producer), a_size);
+        assert!(consumer.peek().unwrap().is_none());
+
+        assert!(matches!(
+            commit(&mut producer, &b, &[], &buffer(2)),
+            CommitOutcome::Committed
+        ));
+        assert!(!producer.has_pending());
+        assert_eq!(skip_padding(&mut consumer), PREAMBLE as u64);
+        assert_eq!(receive(&mut consumer), Some((buffer(2), b_bytes)));
+        assert!(consumer.peek().unwrap().is_none());
+        drop(b);
+        assert_eq!(write_position(&producer), a_size + b_size);
+        assert_eq!(read_position(&producer), a_size + b_size);
+    }
+
+    #[test]
+    fn commits_out_of_order_are_copied_in_render_order() {
+        const CAPACITY: u64 = 1 << 16;
+        const PREAMBLE: usize = 256;
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        let a = reserve(&mut producer, &pattern(1, 500), PREAMBLE);
+        let b = reserve(&mut producer, &pattern(2, 200), PREAMBLE);
+
+        // The second is rendered first: committing it in place would put it
+        // behind the first, still pending.
+        let CommitOutcome::OutOfOrder(stale) = commit(&mut producer, &b, &[], &buffer(2)) else {
+            panic!("committed in place behind a pending reservation");
+        };
+        send(&mut producer, &buffer(2), b.as_ref());
+        drop(stale);
+        assert!(
+            consumer.peek().unwrap().is_none(),
+            "the first reservation holds the copy back"
+        );
+        assert!(producer.has_pending());
+
+        // The first is no longer pending behind anything, but the copy of the
+        // second now sits after it and must stay ahead of it.
+        let CommitOutcome::OutOfOrder(stale) = commit(&mut producer, &a, &[], &buffer(1)) else {
+            panic!("committed in place before a record granted after it");
+        };
+        send(&mut producer, &buffer(1), a.as_ref());
+        drop(stale);
+        assert!(!producer.has_pending());
+
+        assert_eq!(skip_padding(&mut consumer), PREAMBLE as u64 + size_of(500));
+        assert_eq!(skip_padding(&mut consumer), PREAMBLE as u64 + size_of(200));
+        assert_eq!(receive(&mut consumer), Some((buffer(2), pattern(2, 200))));
+        assert_eq!(receive(&mut consumer), Some((buffer(1), pattern(1, 500))));
+        drop((a, b));
+        assert!(consumer.peek().unwrap().is_none());
+        assert_eq!(read_position(&producer), write_position(&producer));
+    }
+
+    #[test]
+    fn dropped_reservation_becomes_one_padding_record() {
+        const CAPACITY: u64 = 1 << 16;
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        send(&mut producer, &event(1), b"before");
+        let mut unused = producer.reserve(700, 100).unwrap().unwrap();
+        unused.as_mut()[..10].fill(0xaa);
+        send(&mut producer, &event(2), b"behind it");
+        assert!(receive(&mut consumer).is_some());
+        assert!(consumer.peek().unwrap().is_none());
+        drop(unused);
+        assert!(!producer.has_pending());
+        // The preamble rounds up to 128 bytes.
+        assert_eq!(skip_padding(&mut consumer), 128 + size_of(700));
+        assert_eq!(receive(&mut consumer), Some((event(2), b"behind it".to_vec())));
+
+        let next = reserve(&mut producer, &pattern(3, 50), 0);
+        assert!(matches!(
+            commit(&mut producer, &next, &[], &buffer(3)),
+            CommitOutcome::Committed
+        ));
+        assert_eq!(receive(&mut consumer), Some((buffer(3), pattern(3, 50))));
+        assert!(consumer.peek().unwrap().is_none());
+    }
+
+    #[test]
+    fn preamble_that_does_not_fit_is_out_of_order() {
+        const CAPACITY: u64 = 1 << 16;
+        const PREAMBLE: usize = 256;
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        let size = PREAMBLE as u64 + size_of(100);
+        // 192 bytes would leave 64, too little for a padding record; 384
+        // bytes do not fit at all; 256 bytes fill it exactly.
+        for (id, event_len, fits) in [(1, 64, false), (2, 128, true), (3, 200, false)] {
+            let reservation = reserve(&mut producer, &pattern(id, 100), PREAMBLE);
+            let payload = vec![id as u8; event_len];
+            let preamble = [(event(id), payload.as_slice())];
+            match commit(&mut producer, &reservation, &preamble, &buffer(id)) {
+                CommitOutcome::Committed => assert!(fits, "{event_len}-byte preamble committed"),
+                CommitOutcome::OutOfOrder(stale) => {
+                    assert!(!fits, "{event_len}-byte preamble refused");
+                    send(&mut producer, &event(id), &payload);
+                    send(&mut producer, &buffer(id), reservation.as_ref());
+                    drop(stale);
+                    assert_eq!(skip_padding(&mut consumer), size);
+                }
+                CommitOutcome::NotReserved => panic!("a pending reservation was not found"),
+            }
+            assert_eq!(receive(&mut consumer), Some((event(id), payload)));
+            assert_eq!(receive(&mut consumer), Some((buffer(id), pattern(id, 100))));
+            assert!(consumer.peek().unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn reservations_stop_at_half_the_ring_and_resume_once_committed() {
+        const CAPACITY: u64 = 4096;
+        const LEN: usize = 384;
+        assert_eq!(size_of(LEN), CAPACITY / 8);
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        assert!(matches!(
+            producer.reserve(CAPACITY as usize, 0),
+            Err(crate::ring::RingError::TooLarge { .. })
+        ));
+        let mut reservations: Vec<Reservation> =
+            (0..4).map(|id| reserve(&mut producer, &pattern(id, LEN), 0)).collect();
+        assert!(producer.reserve(LEN, 0).unwrap().is_none());
+        assert!(producer.reserve(0, 0).unwrap().is_none());
+
+        let first = reservations.remove(0);
+        assert!(matches!(
+            commit(&mut producer, &first, &[], &buffer(0)),
+            CommitOutcome::Committed
+        ));
+        reservations.push(reserve(&mut producer, &pattern(4, LEN), 0));
+        assert!(producer.reserve(LEN, 0).unwrap().is_none());
+        for (id, reservation) in (1..).zip(&reservations) {
+            assert!(matches!(
+                commit(&mut producer, reservation, &[], &buffer(id)),
+                CommitOutcome::Committed
+            ));
+        }
+        assert!(!producer.has_pending());
+        for id in 0..5 {
+            assert_eq!(receive(&mut consumer), Some((buffer(id), pattern(id, LEN))));
+        }
+        assert!(consumer.peek().unwrap().is_none());
+    }
+
+    #[test]
+    fn commit_of_anything_but_a_pending_payload_is_not_reserved() {
+        const CAPACITY: u64 = 1 << 16;
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        let a = reserve(&mut producer, &pattern(1, 100), 0);
+        let not_reserved = |outcome| matches!(outcome, CommitOutcome::NotReserved);
+
+        let foreign = pattern(1, 100);
+        assert!(not_reserved(producer.commit_reserved(
+            foreign.as_ptr(),
+            100,
+            &[],
+            &buffer(1)
+        )));
+        let inside = a.as_ref()[64..].as_ptr();
+        assert!(not_reserved(producer.commit_reserved(inside, 36, &[], &buffer(1))));
+        assert!(not_reserved(producer.commit_reserved(
+            a.as_ref().as_ptr(),
+            1000,
+            &[],
+            &buffer(1)
+        )));
+        assert!(matches!(
+            commit(&mut producer, &a, &[], &buffer(1)),
+            CommitOutcome::Committed
+        ));
+        assert!(not_reserved(commit(&mut producer, &a, &[], &buffer(1))));
+
+        // A reservation given up after an out-of-order commit is gone too.
+        let b = reserve(&mut producer, &pattern(2, 100), 0);
+        let c = reserve(&mut producer, &pattern(3, 100), 0);
+        let CommitOutcome::OutOfOrder(stale) = commit(&mut producer, &c, &[], &buffer(3)) else {
+            panic!("committed in place behind a pending reservation");
+        };
+        drop(stale);
+        assert!(not_reserved(commit(&mut producer, &c, &[], &buffer(3))));
+        assert!(matches!(
+            commit(&mut producer, &b, &[], &buffer(2)),
+            CommitOutcome::Committed
+        ));
+        assert!(!producer.has_pending());
+        assert_eq!(receive(&mut consumer), Some((buffer(1), pattern(1, 100))));
+        assert_eq!(receive(&mut consumer), Some((buffer(2), pattern(2, 100))));
+        assert_eq!(skip_padding(&mut consumer), size_of(100));
+        assert!(consumer.peek().unwrap().is_none());
+    }
+
+    /// What the filler thread gives back for a reservation.
+    enum Filled {
+        Ready(u32, Reservation),
+        Dropped,
+    }
+
+    #[test]
+    fn reservations_filled_on_another_thread_and_committed_in_any_order() {
+        const CAPACITY: u64 = 1 << 16;
+        const PREAMBLE: usize = 256;
+        const BUFFERS: u32 = 5000;
+        const END: u32 = u32::MAX;
+        let _watchdog = watchdog("reservations_filled_on_another_thread_and_committed_in_any_order");
+        let len = |id: u32| (id as usize * 389 + 11) % 4000;
+        // A preamble event that fills the preamble exactly, one that leaves
+        // room for padding, none, and one too large that forces a copy.
+        let event_len = |id: u32| match id {
+            _ if id % 11 == 5 => Some(200),
+            _ if id.is_multiple_of(3) => Some(100),
+            _ if id % 3 == 1 => Some(0),
+            _ => None,
+        };
+        let event_payload = move |id: u32| vec![id as u8; event_len(id).unwrap_or(0)];
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+
+        let reader = thread::spawn(move || {
+            let mut received = Vec::new();
+            let mut preamble_event = None;
+            loop {
+                let Some(record) = consumer.peek().unwrap() else {
+                    wait_for_data(&mut consumer);
+                    continue;
+                };
+                let header = *record.header();
+                match header.kind {
+                    RecordKind::Padding => {}
+                    RecordKind::Event if header.flags == END => {
+                        record.release();
+                        break;
+                    }
+                    RecordKind::Event => {
+                        assert_eq!(preamble_event, None, "two events before one buffer");
+                        assert_eq!(record.payload(), event_payload(header.flags));
+                        preamble_event = Some(header.flags);
+                    }
+                    RecordKind::Buffer => {
+                        let id = header.flags;
+                        assert_eq!(header, buffer(id));
+                        assert!(has_pattern(id, record.payload()) && record.payload().len() == len(id));
+                        if let Some(event) = preamble_event.take() {
+                            assert_eq!(event, id, "an event arrived before the wrong buffer");
+                        }
+                        received.push((id, event_len(id).is_some()));
+                    }
+                    RecordKind::Caps => panic!("unexpected caps"),
+                }
+                record.release();
+            }
+            received
+        });
+        let (to_filler, to_fill) = mpsc::channel::<(u32, Reservation)>();
+        let (filled_tx, filled) = mpsc::channel::<Filled>();
+        let filler = thread::spawn(move || {
+            for (id, mut reservation) in to_fill {
+                if id % 7 == 6 {
+                    // Upstream gave the buffer up: the ring gets padding,
+                    // published from this thread.
+                    drop(reservation);
+                    filled_tx.send(Filled::Dropped).unwrap();
+                } else {
+                    reservation.as_mut().copy_from_slice(&pattern(id, len(id)));
+                    filled_tx.send(Filled::Ready(id, reservation)).unwrap();
+                }
+            }
+        });
+
+        let mut rng = Rng(7);
+        let mut expected = Vec::new();
+        let (mut in_place, mut copied) = (0, 0);
+        let mut next = 0;
+        while next < BUFFERS {
+            // Reserve a few, let the filler fill them while we go on
+            // reserving, then commit them in a random order.
+            let wanted = 1 + rng.below(5);
+            let mut out = 0;
+            while out < wanted && next < BUFFERS {
+                match producer.reserve(len(next), PREAMBLE).unwrap() {
+                    Some(reservation) => {
+                        to_filler.send((next, reservation)).unwrap();
+                        next += 1;
+                        out += 1;
+                    }
+                    None if out > 0 => break,
+                    None => wait_for_space(&mut producer, len(next) + PREAMBLE),
+                }
+            }
+            let mut batch: Vec<Filled> = (0..out).map(|_| filled.recv().unwrap()).collect();
+            rng.shuffle(&mut batch);
+            for filled in batch {
+                let Filled::Ready(id, reservation) = filled else {
+                    continue;
+                };
+                let payload = event_payload(id);
+                let preamble = [(event(id), payload.as_slice())];
+                let preamble = if event_len(id).is_some() { &preamble[..] } else { &[] };
+                match commit(&mut producer, &reservation, preamble, &buffer(id)) {
+                    CommitOutcome::Committed => in_place += 1,
+                    CommitOutcome::OutOfOrder(stale) => {
+                        for (header, bytes) in preamble {
+                            send_waiting(&mut producer, header, bytes);
+                        }
+                        send_waiting(&mut producer, &buffer(id), reservation.as_ref());
+                        drop(stale);
+                        copied += 1;
+                    }
+                    CommitOutcome::NotReserved => panic!("reservation {id} was not found"),
+                }
+                expected.push((id, event_len(id).is_some()));
+            }
+        }
+        drop(to_filler);
+        filler.join().unwrap();
+        assert!(!producer.has_pending());
+        send_waiting(&mut producer, &event(END), &[]);
+        let received = reader.join().unwrap();
+
+        if let Some(at) = (0..expected.len()).find(|&at| received.get(at) != Some(&expected[at])) {
+            panic!(
+                "buffer {at} of {}: received {:?}, committed {:?}",
+                expected.len(),
+                &received[at..received.len().min(at + 8)],
+                &expected[at..expected.len().min(at + 8)]
+            );
+        }
+        assert_eq!(received.len(), expected.len());
+        assert_eq!(expected.len(), (0..BUFFERS).filter(|id| id % 7 != 6).count());
+        assert!(in_place > 250 && copied > 250, "{in_place} in place, {copied} copied");
+        assert_eq!(read_position(&producer), write_position(&producer));
+    }
+}

@@ -459,6 +459,7 @@ impl WriteGrant<'_> {
             self.payload_len,
             header,
         );
+        producer.last_grant = Some(producer.write);
         producer.write += size;
         if producer.reserving {
             producer.publisher.move_cursor(producer.write);
