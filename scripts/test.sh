@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: builds every target and runs the unit, integration,
+# benchmark (in test mode) and documentation tests.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Sourced, not run, so that the PATH it sets for cargo holds here.
+. scripts/setup.sh
+
+cargo build --all-targets
+cargo test --all-targets
+cargo test --doc
