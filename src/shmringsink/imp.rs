@@ -31,7 +31,12 @@ const DEFAULT_PERMS: u32 = 0o600;
 /// run ahead of the reader by a few frames while the ring stays small enough
 /// for the last-level cache at 1080p.
 const AUTO_VIDEO_FRAMES: u64 = 4;
-const AUTO_AUDIO_SIZE: u64 = 1 << 20;
+const AUTO_VIDEO_MIN: u64 = 1 << 20;
+/// Raw audio gets 1/this of a second, with a floor: enough to ride out a
+/// slow reader, small enough that a writer running ahead adds little
+/// latency.
+const AUTO_AUDIO_FRACTION: u64 = 5;
+const AUTO_AUDIO_MIN: u64 = 64 << 10;
 const AUTO_OTHER_SIZE: u64 = 8 << 20;
 /// Room in front of each pool buffer for the events that arrive between
 /// its allocation and its rendering (a segment, at the start of a stream).
@@ -174,8 +179,11 @@ impl ShmRingSink {
                 .as_ref()
                 .and_then(|caps| gst_audio::AudioInfo::from_caps(caps).ok());
             match (video, audio) {
-                (Some(info), _) => (info.size() as u64 * AUTO_VIDEO_FRAMES).max(AUTO_AUDIO_SIZE),
-                (None, Some(_)) => AUTO_AUDIO_SIZE,
+                (Some(info), _) => (info.size() as u64 * AUTO_VIDEO_FRAMES).max(AUTO_VIDEO_MIN),
+                (None, Some(info)) => {
+                    let bytes_per_second = u64::from(info.rate()) * u64::from(info.bpf());
+                    (bytes_per_second / AUTO_AUDIO_FRACTION).max(AUTO_AUDIO_MIN)
+                }
                 _ => AUTO_OTHER_SIZE,
             }
         };
@@ -491,7 +499,7 @@ impl ObjectImpl for ShmRingSink {
                     .build(),
                 glib::ParamSpecUInt64::builder("ring-size")
                     .nick("Ring size")
-                    .blurb("Bytes of shared memory for the ring, rounded up to whole pages; 0 sizes it from the caps (4 frames of raw video, 1 MiB for raw audio, 8 MiB otherwise)")
+                    .blurb("Bytes of shared memory for the ring, rounded up to whole pages; 0 sizes it from the caps (4 frames of raw video, 200 ms of raw audio but at least 64 KiB, 8 MiB otherwise)")
                     .maximum(MAX_CAPACITY)
                     .default_value(DEFAULT_RING_SIZE)
                     .mutable_ready()
