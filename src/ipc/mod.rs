@@ -115,6 +115,59 @@ pub fn wait_readable<const N: usize>(fds: [BorrowedFd<'_>; N]) -> Result<[bool; 
     Ok(poll_fds.map(|fd| fd.revents().is_some_and(|events| !events.is_empty())))
 }
 
+/// How a [`Waiter`] watches one fd.
+#[derive(Debug, Clone, Copy)]
+pub enum Trigger {
+    /// Reports the fd while it is readable: for sockets and the unlock fd.
+    Level,
+    /// Reports each new write to an eventfd once, without the counter having
+    /// to be drained: a ring's wake-up fd, which saves a read per wake-up.
+    Edge,
+}
+
+/// An epoll set built once per connection, so that each sleep costs one
+/// system call.
+pub struct Waiter<const N: usize> {
+    epoll: nix::sys::epoll::Epoll,
+}
+
+impl<const N: usize> Waiter<N> {
+    pub fn new(fds: [(BorrowedFd<'_>, Trigger); N]) -> Result<Self, IpcError> {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io_err("epoll_create"))?;
+        for (index, (fd, trigger)) in fds.into_iter().enumerate() {
+            let mut flags = EpollFlags::EPOLLIN;
+            if let Trigger::Edge = trigger {
+                flags |= EpollFlags::EPOLLET;
+            }
+            epoll
+                .add(fd, EpollEvent::new(flags, index as u64))
+                .map_err(io_err("epoll_ctl"))?;
+        }
+        Ok(Self { epoll })
+    }
+
+    /// Sleeps until at least one fd is reported. Returns which were.
+    pub fn wait(&self) -> Result<[bool; N], IpcError> {
+        use nix::sys::epoll::{EpollEvent, EpollTimeout};
+        let mut events = [EpollEvent::empty(); N];
+        let count = loop {
+            match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(count) => break count,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => return Err(io_err("epoll_wait")(errno)),
+            }
+        };
+        let mut ready = [false; N];
+        for event in &events[..count] {
+            if let Some(flag) = ready.get_mut(event.data() as usize) {
+                *flag = true;
+            }
+        }
+        Ok(ready)
+    }
+}
+
 fn seqpacket_socket() -> Result<OwnedFd, IpcError> {
     socket(
         AddressFamily::Unix,

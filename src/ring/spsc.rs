@@ -389,6 +389,13 @@ impl Producer {
     /// Ends a sleep begun with [`Self::prepare_wait`] returning `true`.
     pub fn finish_wait(&mut self) {
         self.space_ready.drain();
+        self.finish_edge_wait();
+    }
+
+    /// Ends a sleep on [`Self::space_fd`] watched edge-triggered (epoll's
+    /// `EPOLLET`), where the eventfd's counter need not be drained: every
+    /// wake-up is a new write, and so a new edge.
+    pub fn finish_edge_wait(&mut self) {
         self.sleep.leave(self.memory.control_u32(OFFSET_WRITER_SLEEP));
     }
 
@@ -565,6 +572,13 @@ impl Consumer {
     /// Ends a sleep begun with [`Self::prepare_wait`] returning `true`.
     pub fn finish_wait(&mut self) {
         self.data_ready.drain();
+        self.finish_edge_wait();
+    }
+
+    /// Ends a sleep on [`Self::data_fd`] watched edge-triggered (epoll's
+    /// `EPOLLET`), where the eventfd's counter need not be drained: every
+    /// wake-up is a new write, and so a new edge.
+    pub fn finish_edge_wait(&mut self) {
         self.sleep.leave(self.memory.control_u32(READER_SLEEP));
     }
 

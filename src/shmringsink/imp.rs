@@ -10,7 +10,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use crate::codec;
-use crate::ipc::{self, Connection, IpcError, Listener};
+use crate::ipc::{self, Connection, IpcError, Listener, Trigger, Waiter};
 use crate::ring::layout::MAX_CAPACITY;
 use crate::ring::{CommitOutcome, Notifier, Producer, RecordHeader, Reservation, RingError, check_capacity};
 
@@ -69,6 +69,9 @@ impl Default for Settings {
 struct Link {
     connection: Connection,
     producer: Producer,
+    /// Sleeps on the ring's space fd, the socket, the unlock fd and the
+    /// listener (to turn away extra readers).
+    waiter: Waiter<4>,
 }
 
 #[derive(Default)]
@@ -205,10 +208,21 @@ impl ShmRingSink {
                 match ipc::serve_reader(&connection, capacity, unlock.as_fd()) {
                     Ok(Some(producer)) => {
                         gst::info!(CAT, imp = self, "reader connected; ring of {capacity} bytes");
-                        state.link = Some(Link { connection, producer });
+                        let fds = [
+                            (producer.space_fd(), Trigger::Edge),
+                            (connection.as_fd(), Trigger::Level),
+                            (unlock.as_fd(), Trigger::Level),
+                            (listener.as_fd(), Trigger::Level),
+                        ];
+                        let waiter = Waiter::new(fds).map_err(|err| self.post_ipc_error(&err))?;
+                        state.link = Some(Link {
+                            connection,
+                            producer,
+                            waiter,
+                        });
                         // The replay below carries the sticky ones.
                         state.queued_events.clear();
-                        self.replay_sticky_events(state, unlock)?;
+                        self.replay_sticky_events(state)?;
                         return Ok(state.link.is_some());
                     }
                     Ok(None) => return Err(gst::FlowError::Flushing),
@@ -252,7 +266,7 @@ impl ShmRingSink {
 
     /// A new reader first gets the stream's sticky events (stream-start,
     /// caps, segment, tags), so that it can start anywhere in the stream.
-    fn replay_sticky_events(&self, state: &mut State, unlock: &Notifier) -> Result<(), gst::FlowError> {
+    fn replay_sticky_events(&self, state: &mut State) -> Result<(), gst::FlowError> {
         let Some(pad) = self.obj().static_pad("sink") else {
             return Ok(());
         };
@@ -265,9 +279,7 @@ impl ShmRingSink {
         });
         for event in events {
             if let Some((header, payload)) = codec::encode_event(&event) {
-                self.write_record(state, unlock, &header, payload.len(), |dest| {
-                    dest.copy_from_slice(&payload)
-                })?;
+                self.write_record(state, &header, payload.len(), |dest| dest.copy_from_slice(&payload))?;
             }
         }
         Ok(())
@@ -278,7 +290,6 @@ impl ShmRingSink {
     fn write_record(
         &self,
         state: &mut State,
-        unlock: &Notifier,
         header: &RecordHeader,
         payload_len: usize,
         fill: impl FnOnce(&mut [u8]),
@@ -296,25 +307,23 @@ impl ShmRingSink {
                         .store(link.producer.wakeups_sent(), Ordering::Relaxed);
                     return Ok(WriteOutcome::Written);
                 }
-                Ok(None) => self.wait_for_space(state, unlock, payload_len)?,
+                Ok(None) => self.wait_for_space(state, payload_len)?,
                 Err(err) => return Err(self.post_ring_error(&err, payload_len)),
             }
         }
     }
 
     /// Writes the events queued behind a reservation, in order.
-    fn write_queued_events(&self, state: &mut State, unlock: &Notifier) -> Result<(), gst::FlowError> {
+    fn write_queued_events(&self, state: &mut State) -> Result<(), gst::FlowError> {
         for (header, payload) in std::mem::take(&mut state.queued_events) {
-            self.write_record(state, unlock, &header, payload.len(), |dest| {
-                dest.copy_from_slice(&payload)
-            })?;
+            self.write_record(state, &header, payload.len(), |dest| dest.copy_from_slice(&payload))?;
         }
         Ok(())
     }
 
     /// Sleeps until a record with `payload_len` bytes of payload fits, the
     /// reader leaves (the link is dropped), or the sink is unlocked.
-    fn wait_for_space(&self, state: &mut State, unlock: &Notifier, payload_len: usize) -> Result<(), gst::FlowError> {
+    fn wait_for_space(&self, state: &mut State, payload_len: usize) -> Result<(), gst::FlowError> {
         let Some(link) = state.link.as_mut() else { return Ok(()) };
         match link.producer.prepare_wait(payload_len) {
             Ok(false) => return Ok(()),
@@ -323,16 +332,8 @@ impl ShmRingSink {
             }
             Err(err) => return Err(self.post_ring_error(&err, payload_len)),
         }
-        let Some(listener) = state.listener.as_ref() else {
-            return Err(gst::FlowError::Flushing);
-        };
-        let ready = ipc::wait_readable([
-            link.producer.space_fd(),
-            link.connection.as_fd(),
-            unlock.as_fd(),
-            listener.as_fd(),
-        ]);
-        link.producer.finish_wait();
+        let ready = link.waiter.wait();
+        link.producer.finish_edge_wait();
         let ready = ready.map_err(|err| self.post_ipc_error(&err))?;
         if ready[0] {
             self.stats.wakeups_received.fetch_add(1, Ordering::Relaxed);
@@ -396,7 +397,7 @@ impl ShmRingSink {
             match link.producer.reserve(size, POOL_PREAMBLE) {
                 Ok(Some(reservation)) => return Ok(Some(reservation)),
                 Ok(None) if link.producer.has_pending() => return Ok(None),
-                Ok(None) => self.wait_for_space(&mut state, &unlock, needed)?,
+                Ok(None) => self.wait_for_space(&mut state, needed)?,
                 Err(err) => {
                     gst::debug!(CAT, imp = self, "not reserving {size} bytes: {err}");
                     return Ok(None);
@@ -418,7 +419,6 @@ impl ShmRingSink {
     fn commit_in_place(
         &self,
         state: &mut State,
-        unlock: &Notifier,
         buffer: &gst::BufferRef,
         header: &RecordHeader,
     ) -> Result<InPlace, gst::FlowError> {
@@ -449,9 +449,14 @@ impl ShmRingSink {
             }
             CommitOutcome::NotReserved => Ok(InPlace::NotReserved),
             CommitOutcome::OutOfOrder(stale) => {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "{buffer:?} was rendered out of the order it was allocated in; copying it"
+                );
                 drop(preamble);
-                self.write_queued_events(state, unlock)?;
-                let outcome = self.write_record(state, unlock, header, map.len(), |dest| dest.copy_from_slice(&map));
+                self.write_queued_events(state)?;
+                let outcome = self.write_record(state, header, map.len(), |dest| dest.copy_from_slice(&map));
                 // Padding only now, after the copy: the reservation's memory
                 // is what was copied from.
                 drop(stale);
@@ -474,7 +479,13 @@ impl ShmRingSink {
         if is_eos && !self.ensure_link(&mut state, &unlock, self.wait_for_connection())? {
             return Ok(());
         }
-        self.write_record(&mut state, &unlock, &header, payload.len(), |dest| {
+        let Some(link) = state.link.as_ref() else { return Ok(()) };
+        if link.producer.has_pending() && !is_eos {
+            state.queued_events.push((header, payload));
+            return Ok(());
+        }
+        self.write_queued_events(&mut state)?;
+        self.write_record(&mut state, &header, payload.len(), |dest| {
             dest.copy_from_slice(&payload)
         })?;
         Ok(())
@@ -639,7 +650,7 @@ impl BaseSinkImpl for ShmRingSink {
                 gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
                 return Ok(gst::FlowSuccess::Ok);
             }
-            let outcome = match self.commit_in_place(&mut state, &unlock, buffer, &header)? {
+            let outcome = match self.commit_in_place(&mut state, buffer, &header)? {
                 InPlace::Committed => {
                     self.stats.buffers.fetch_add(1, Ordering::Relaxed);
                     self.stats.bytes.fetch_add(map.len() as u64, Ordering::Relaxed);
@@ -648,10 +659,8 @@ impl BaseSinkImpl for ShmRingSink {
                 }
                 InPlace::Copied(outcome) => outcome,
                 InPlace::NotReserved => {
-                    self.write_queued_events(&mut state, &unlock)?;
-                    self.write_record(&mut state, &unlock, &header, map.len(), |dest| {
-                        dest.copy_from_slice(&map)
-                    })?
+                    self.write_queued_events(&mut state)?;
+                    self.write_record(&mut state, &header, map.len(), |dest| dest.copy_from_slice(&map))?
                 }
             };
             match outcome {

@@ -11,7 +11,7 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use crate::codec::{self, Decoded};
-use crate::ipc::{self, Connection};
+use crate::ipc::{self, Connection, Trigger, Waiter};
 use crate::ring::{Consumer, Notifier, RecordKind};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -40,6 +40,8 @@ struct Link {
     writer_gone: bool,
     /// `always-copy`, read once per connection.
     always_copy: bool,
+    /// Sleeps on the ring's data fd, the socket and the unlock fd.
+    waiter: Waiter<3>,
 }
 
 #[derive(Default)]
@@ -117,6 +119,15 @@ impl ShmRingSrc {
         gst::debug!(CAT, imp = self, "waiting for a shmringsink at {}", path.display());
         match ipc::connect_reader(&path, unlock.as_fd()) {
             Ok(Some((connection, consumer))) => {
+                let fds = [
+                    (consumer.data_fd(), Trigger::Edge),
+                    (connection.as_fd(), Trigger::Level),
+                    (unlock.as_fd(), Trigger::Level),
+                ];
+                let waiter = Waiter::new(fds).map_err(|err| {
+                    gst::element_imp_error!(self, gst::ResourceError::Failed, ["{err}"]);
+                    gst::FlowError::Error
+                })?;
                 gst::info!(
                     CAT,
                     imp = self,
@@ -129,6 +140,7 @@ impl ShmRingSrc {
                     consumer,
                     writer_gone: false,
                     always_copy: settings.always_copy,
+                    waiter,
                 })
             }
             Ok(None) => Err(gst::FlowError::Flushing),
@@ -449,8 +461,8 @@ impl PushSrcImpl for ShmRingSrc {
             if !sleep {
                 continue;
             }
-            let ready = ipc::wait_readable([link.consumer.data_fd(), link.connection.as_fd(), unlock.as_fd()]);
-            link.consumer.finish_wait();
+            let ready = link.waiter.wait();
+            link.consumer.finish_edge_wait();
             let ready = ready.map_err(|err| {
                 gst::element_imp_error!(self, gst::ResourceError::Read, ["{err}"]);
                 gst::FlowError::Error
