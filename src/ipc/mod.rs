@@ -217,7 +217,15 @@ impl Listener {
         let fd = seqpacket_socket()?;
         let addr = UnixAddr::new(&staging).map_err(io_err("building the socket address"))?;
         bind(fd.as_raw_fd(), &addr).map_err(io_err("binding the socket"))?;
-        let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
+        // Listen before the socket appears under its name: a reader woken by
+        // the rename must find it accepting, or it would see "connection
+        // refused", take the socket for a stale one, and wait for a change
+        // in the directory that never comes.
+        let listening = Backlog::new(8)
+            .and_then(|backlog| listen(&fd, backlog))
+            .map_err(|errno| std::io::Error::from(errno));
+        let placed = listening
+            .and_then(|()| std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode)))
             .and_then(|()| std::fs::rename(&staging, path));
         if let Err(source) = placed {
             let _ = std::fs::remove_file(&staging);
@@ -230,7 +238,6 @@ impl Listener {
             context: "reading the socket file",
             source,
         })?;
-        listen(&fd, Backlog::new(8).map_err(io_err("listen backlog"))?).map_err(io_err("listening"))?;
         Ok(Self {
             fd,
             path: path.to_owned(),

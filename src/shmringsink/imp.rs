@@ -84,6 +84,8 @@ struct State {
     queued_events: Vec<(RecordHeader, Vec<u8>)>,
     /// Buffers rendered since extra readers were last turned away.
     renders_since_refusal: u32,
+    /// Rendering failed: nothing more, EOS included, goes to a reader.
+    failed: bool,
 }
 
 #[derive(Default)]
@@ -465,6 +467,53 @@ impl ShmRingSink {
         }
     }
 
+    fn render_locked(
+        &self,
+        state: &mut State,
+        unlock: &Notifier,
+        buffer: &gst::Buffer,
+        map: &gst::BufferMap<'_, gst::buffer::Readable>,
+        header: &RecordHeader,
+        wait: bool,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        state.renders_since_refusal += 1;
+        if state.renders_since_refusal >= REFUSAL_INTERVAL && state.link.is_some() {
+            self.refuse_extra_readers(state);
+        }
+        loop {
+            if !self.ensure_link(state, unlock, wait)? {
+                gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
+                return Ok(gst::FlowSuccess::Ok);
+            }
+            let outcome = match self.commit_in_place(state, buffer, header)? {
+                InPlace::Committed => {
+                    self.stats.buffers.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bytes.fetch_add(map.len() as u64, Ordering::Relaxed);
+                    self.stats.buffers_zero_copy.fetch_add(1, Ordering::Relaxed);
+                    return Ok(gst::FlowSuccess::Ok);
+                }
+                InPlace::Copied(outcome) => outcome,
+                InPlace::NotReserved => {
+                    self.write_queued_events(state)?;
+                    self.write_record(state, header, map.len(), |dest| dest.copy_from_slice(&map))?
+                }
+            };
+            match outcome {
+                WriteOutcome::Written => {
+                    let len = map.len() as u64;
+                    self.stats.buffers.fetch_add(1, Ordering::Relaxed);
+                    self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+                    self.stats.bytes_copied.fetch_add(len, Ordering::Relaxed);
+                    return Ok(gst::FlowSuccess::Ok);
+                }
+                // The reader left while we waited for room: the next one
+                // gets this buffer.
+                WriteOutcome::NoReader if wait => continue,
+                WriteOutcome::NoReader => return Ok(gst::FlowSuccess::Ok),
+            }
+        }
+    }
+
     /// Writes a serialized event, or drops it if no reader is linked: a reader
     /// that links later gets the sticky ones replayed.
     fn write_event(&self, event: &gst::Event) -> Result<(), gst::FlowError> {
@@ -475,6 +524,9 @@ impl ShmRingSink {
         let mut state = self.lock_state();
         // EOS waits for a reader like a buffer does, so that a stream with
         // no buffers still ends on the reader's side.
+        if state.failed {
+            return Ok(());
+        }
         let is_eos = event.type_() == gst::EventType::Eos;
         if is_eos && !self.ensure_link(&mut state, &unlock, self.wait_for_connection())? {
             return Ok(());
@@ -641,42 +693,17 @@ impl BaseSinkImpl for ShmRingSink {
         })?;
         let header = codec::buffer_header(buffer);
         let mut state = self.lock_state();
-        state.renders_since_refusal += 1;
-        if state.renders_since_refusal >= REFUSAL_INTERVAL && state.link.is_some() {
-            self.refuse_extra_readers(&mut state);
+        if state.failed {
+            return Err(gst::FlowError::Error);
         }
-        loop {
-            if !self.ensure_link(&mut state, &unlock, wait)? {
-                gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
-                return Ok(gst::FlowSuccess::Ok);
-            }
-            let outcome = match self.commit_in_place(&mut state, buffer, &header)? {
-                InPlace::Committed => {
-                    self.stats.buffers.fetch_add(1, Ordering::Relaxed);
-                    self.stats.bytes.fetch_add(map.len() as u64, Ordering::Relaxed);
-                    self.stats.buffers_zero_copy.fetch_add(1, Ordering::Relaxed);
-                    return Ok(gst::FlowSuccess::Ok);
-                }
-                InPlace::Copied(outcome) => outcome,
-                InPlace::NotReserved => {
-                    self.write_queued_events(&mut state)?;
-                    self.write_record(&mut state, &header, map.len(), |dest| dest.copy_from_slice(&map))?
-                }
-            };
-            match outcome {
-                WriteOutcome::Written => {
-                    let len = map.len() as u64;
-                    self.stats.buffers.fetch_add(1, Ordering::Relaxed);
-                    self.stats.bytes.fetch_add(len, Ordering::Relaxed);
-                    self.stats.bytes_copied.fetch_add(len, Ordering::Relaxed);
-                    return Ok(gst::FlowSuccess::Ok);
-                }
-                // The reader left while we waited for room: the next one
-                // gets this buffer.
-                WriteOutcome::NoReader if wait => continue,
-                WriteOutcome::NoReader => return Ok(gst::FlowSuccess::Ok),
-            }
+        let rendered = self.render_locked(&mut state, &unlock, buffer, &map, &header, wait);
+        if let Err(gst::FlowError::Error) = rendered {
+            // Close the connection without EOS, so that the reader reports
+            // that the writer failed instead of ending as if it had finished.
+            state.failed = true;
+            state.link = None;
         }
+        rendered
     }
 
     fn event(&self, event: gst::Event) -> bool {

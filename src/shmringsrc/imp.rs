@@ -1,6 +1,6 @@
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use gst::glib;
@@ -58,6 +58,8 @@ pub struct ShmRingSrc {
     caps: Mutex<Option<gst::Caps>>,
     unlock: Mutex<Option<Arc<Notifier>>>,
     stats: Stats,
+    /// Set while the writer's stream-start is pushed; see `constructed`.
+    forwarding_stream_start: AtomicBool,
 }
 
 /// Counters behind the `stats` property.
@@ -234,7 +236,10 @@ impl ShmRingSrc {
             }
             Decoded::Event(event) => {
                 gst::debug!(CAT, imp = self, "forwarding {event:?}");
+                let is_stream_start = event.type_() == gst::EventType::StreamStart;
+                self.forwarding_stream_start.store(is_stream_start, Ordering::Relaxed);
                 obj.src_pad().push_event(event);
+                self.forwarding_stream_start.store(false, Ordering::Relaxed);
             }
             Decoded::Unsupported(event_type) => {
                 gst::debug!(CAT, imp = self, "skipping event type {event_type}");
@@ -314,6 +319,24 @@ impl ObjectImpl for ShmRingSrc {
         let obj = self.obj();
         obj.set_format(gst::Format::Time);
         obj.set_live(DEFAULT_IS_LIVE);
+        // GstBaseSrc sends a stream-start of its own, with a made-up stream
+        // id, before the first `create`. The writer's comes through the
+        // ring; let only that one through, so downstream sees the stream's
+        // real id once.
+        let element = obj.downgrade();
+        obj.src_pad()
+            .add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+                let is_stream_start =
+                    matches!(info.event(), Some(event) if event.type_() == gst::EventType::StreamStart);
+                let ours = element
+                    .upgrade()
+                    .is_some_and(|element| element.imp().forwarding_stream_start.load(Ordering::Relaxed));
+                if is_stream_start && !ours {
+                    gst::PadProbeReturn::Drop
+                } else {
+                    gst::PadProbeReturn::Ok
+                }
+            });
     }
 }
 
