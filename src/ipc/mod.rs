@@ -223,7 +223,7 @@ impl Listener {
         // in the directory that never comes.
         let listening = Backlog::new(8)
             .and_then(|backlog| listen(&fd, backlog))
-            .map_err(|errno| std::io::Error::from(errno));
+            .map_err(std::io::Error::from);
         let placed = listening
             .and_then(|()| std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode)))
             .and_then(|()| std::fs::rename(&staging, path));
@@ -554,23 +554,26 @@ pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(
 }
 
 /// The writer's side of the handshake on a freshly accepted connection:
-/// waits for the reader's hello, then creates a ring of `capacity` bytes and
-/// hands it over. Returns `Ok(None)` as soon as `interrupt` becomes readable.
+/// waits for the reader's hello, then answers it (see [`answer_hello`]).
+/// Returns `Ok(None)` as soon as `interrupt` becomes readable.
 pub fn serve_reader(
     connection: &Connection,
     capacity: u64,
     interrupt: BorrowedFd<'_>,
 ) -> Result<Option<Producer>, IpcError> {
-    let version = loop {
-        match connection.recv_client_hello()? {
-            Some(version) => break version,
-            None => {
-                if wait_readable([connection.as_fd(), interrupt])?[1] {
-                    return Ok(None);
-                }
-            }
+    loop {
+        if let Some(version) = connection.recv_client_hello()? {
+            return answer_hello(connection, version, capacity).map(Some);
         }
-    };
+        if wait_readable([connection.as_fd(), interrupt])?[1] {
+            return Ok(None);
+        }
+    }
+}
+
+/// Answers a reader's hello: refuses another protocol version, or creates a
+/// ring of `capacity` bytes and hands it over.
+pub fn answer_hello(connection: &Connection, version: u32, capacity: u64) -> Result<Producer, IpcError> {
     if version != PROTOCOL_VERSION {
         let refusal = ServerHello {
             version: PROTOCOL_VERSION,
@@ -592,7 +595,23 @@ pub fn serve_reader(
         reader_slot: 0,
     };
     connection.send_server_hello(&hello, Some(producer.fds()))?;
-    Ok(Some(producer))
+    Ok(producer)
+}
+
+/// Like [`wait_readable`], for a number of fds known only at run time.
+pub fn wait_readable_any(fds: &[BorrowedFd<'_>]) -> Result<Vec<bool>, IpcError> {
+    let mut poll_fds: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
+    loop {
+        match poll(&mut poll_fds, PollTimeout::NONE) {
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(io_err("poll")(errno)),
+        }
+    }
+    Ok(poll_fds
+        .iter()
+        .map(|fd| fd.revents().is_some_and(|events| !events.is_empty()))
+        .collect())
 }
 
 /// Tells a reader that connected while the writer already serves one that

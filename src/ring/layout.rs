@@ -18,7 +18,8 @@
 //! 0x100  u32      writer sleep sequence    (written by the writer only)
 //! 0x180  reader slot 0, 256 bytes each, up to 14 slots:
 //!        +0x00 u64 read position          (written by that reader only)
-//!        +0x80 u32 reader sleep sequence  (written by that reader only)
+//!        +0x80 u32 reader sleep sequence  (written by that reader only;
+//!                  u32::MAX once the reader has detached)
 //! ```
 //!
 //! Every field that one side writes while the other reads sits on its own
@@ -80,6 +81,10 @@ pub const OFFSET_READER_SLOT0: usize = 0x180;
 pub const READER_SLOT_SIZE: usize = 0x100;
 pub const SLOT_READ_POS: usize = 0x00;
 pub const SLOT_READER_SLEEP: usize = 0x80;
+
+/// A reader's sleep sequence once it has let go of the ring for good. The
+/// writer loads that word anyway, so it learns of a clean exit for free.
+pub const READER_DETACHED: u32 = u32::MAX;
 
 /// The value of an unset timestamp or offset in a record header.
 pub const NONE: u64 = u64::MAX;

@@ -91,6 +91,9 @@ struct SleepState {
 impl SleepState {
     fn enter(&mut self, shared: &AtomicU32) {
         self.own = self.own.wrapping_add(1) | 1;
+        if self.own == READER_DETACHED {
+            self.own = 1;
+        }
         shared.store(self.own, Ordering::SeqCst);
     }
 
@@ -249,6 +252,12 @@ impl Producer {
     #[cfg(test)]
     pub(crate) fn memory_for_tests(&self) -> &RingMemory {
         &self.memory
+    }
+
+    /// Whether the reader has let go of the ring (dropped its `Consumer`).
+    /// One load of a word the reader rarely writes.
+    pub fn reader_detached(&self) -> bool {
+        self.memory.control_u32(READER_SLEEP).load(Ordering::Acquire) == READER_DETACHED
     }
 
     /// Readable when the consumer has made room after [`Self::prepare_wait`].
@@ -602,6 +611,16 @@ impl Consumer {
         if self.sleep.wake_peer(peer_sleep, self.publisher.notifier()) {
             self.wakeups_sent += 1;
         }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        // Tells the writer that nothing will read this ring any more, so it
+        // stops writing into it before it notices the closed socket.
+        self.memory
+            .control_u32(READER_SLEEP)
+            .store(READER_DETACHED, Ordering::Release);
     }
 }
 

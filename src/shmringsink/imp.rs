@@ -45,6 +45,8 @@ const POOL_PREAMBLE: usize = 4096;
 /// meanwhile. Version 1 serves one reader; the others get a clear "busy"
 /// instead of waiting forever, for one accept() per this many buffers.
 const REFUSAL_INTERVAL: u32 = 256;
+/// Connections kept waiting for their hello; beyond this the oldest goes.
+const MAX_PENDING_READERS: usize = 8;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -86,6 +88,8 @@ struct State {
     renders_since_refusal: u32,
     /// Rendering failed: nothing more, EOS included, goes to a reader.
     failed: bool,
+    /// Accepted connections whose hello has not arrived yet.
+    pending: Vec<Connection>,
 }
 
 #[derive(Default)]
@@ -195,63 +199,106 @@ impl ShmRingSink {
         size.div_ceil(page).saturating_mul(page).min(MAX_CAPACITY)
     }
 
-    /// Makes sure a reader is linked. Accepts a waiting reader if there is
-    /// one; with `wait`, sleeps until one comes. Returns whether one is linked.
+    /// Makes sure a reader is linked. Accepts waiting readers and links the
+    /// first that says hello; with `wait`, sleeps until one does. Returns
+    /// whether one is linked. A connection that never says hello blocks
+    /// nothing: it waits in `pending` while others are served.
     fn ensure_link(&self, state: &mut State, unlock: &Notifier, wait: bool) -> Result<bool, gst::FlowError> {
-        if state.link.is_some() {
-            return Ok(true);
+        if let Some(link) = &state.link {
+            if !link.producer.reader_detached() {
+                return Ok(true);
+            }
+            gst::info!(CAT, imp = self, "the reader detached; waiting for a new one");
+            state.link = None;
         }
         loop {
             let listener = state.listener.as_ref().ok_or(gst::FlowError::Flushing)?;
-            let accepted = listener.accept().map_err(|err| self.post_ipc_error(&err))?;
-            if let Some(connection) = accepted {
-                let settings = self.settings();
-                let capacity = self.ring_capacity(&settings);
-                match ipc::serve_reader(&connection, capacity, unlock.as_fd()) {
-                    Ok(Some(producer)) => {
-                        gst::info!(CAT, imp = self, "reader connected; ring of {capacity} bytes");
-                        let fds = [
-                            (producer.space_fd(), Trigger::Edge),
-                            (connection.as_fd(), Trigger::Level),
-                            (unlock.as_fd(), Trigger::Level),
-                            (listener.as_fd(), Trigger::Level),
-                        ];
-                        let waiter = Waiter::new(fds).map_err(|err| self.post_ipc_error(&err))?;
-                        state.link = Some(Link {
-                            connection,
-                            producer,
-                            waiter,
-                        });
-                        // The replay below carries the sticky ones.
-                        state.queued_events.clear();
-                        self.replay_sticky_events(state)?;
-                        return Ok(state.link.is_some());
-                    }
-                    Ok(None) => return Err(gst::FlowError::Flushing),
-                    Err(IpcError::Ring(err)) => {
-                        gst::element_imp_error!(
-                            self,
-                            gst::ResourceError::OpenWrite,
-                            ["Could not create the ring: {err}"]
-                        );
-                        return Err(gst::FlowError::Error);
+            while let Some(connection) = listener.accept().map_err(|err| self.post_ipc_error(&err))? {
+                if state.pending.len() == MAX_PENDING_READERS {
+                    state.pending.remove(0);
+                }
+                state.pending.push(connection);
+            }
+            let mut index = 0;
+            while index < state.pending.len() {
+                match state.pending[index].recv_client_hello() {
+                    Ok(None) => index += 1,
+                    Ok(Some(version)) => {
+                        let connection = state.pending.remove(index);
+                        if self.link_reader(state, connection, version, unlock)? {
+                            return Ok(true);
+                        }
                     }
                     Err(err) => {
-                        gst::element_imp_warning!(self, gst::ResourceError::Read, ["Refused a reader: {err}"]);
-                        continue;
+                        gst::debug!(CAT, imp = self, "dropping a would-be reader: {err}");
+                        state.pending.remove(index);
                     }
                 }
             }
             if !wait {
                 return Ok(false);
             }
+            let Some(listener) = state.listener.as_ref() else {
+                return Err(gst::FlowError::Flushing);
+            };
             gst::debug!(CAT, imp = self, "waiting for a reader on {}", listener.path().display());
-            let ready =
-                ipc::wait_readable([listener.as_fd(), unlock.as_fd()]).map_err(|err| self.post_ipc_error(&err))?;
-            if ready[1] {
+            let mut fds = vec![unlock.as_fd(), listener.as_fd()];
+            fds.extend(state.pending.iter().map(|connection| connection.as_fd()));
+            let ready = ipc::wait_readable_any(&fds).map_err(|err| self.post_ipc_error(&err))?;
+            if ready[0] {
                 return Err(gst::FlowError::Flushing);
             }
         }
+    }
+
+    /// Hands a reader that said hello a new ring, and makes it the link.
+    /// Returns `false` if the reader was refused (another protocol version).
+    fn link_reader(
+        &self,
+        state: &mut State,
+        connection: Connection,
+        version: u32,
+        unlock: &Notifier,
+    ) -> Result<bool, gst::FlowError> {
+        let capacity = self.ring_capacity(&self.settings());
+        let producer = match ipc::answer_hello(&connection, version, capacity) {
+            Ok(producer) => producer,
+            Err(IpcError::Ring(err)) => {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::OpenWrite,
+                    ["Could not create the ring: {err}"]
+                );
+                return Err(gst::FlowError::Error);
+            }
+            Err(err) => {
+                gst::element_imp_warning!(self, gst::ResourceError::Read, ["Refused a reader: {err}"]);
+                return Ok(false);
+            }
+        };
+        let Some(listener) = state.listener.as_ref() else {
+            return Err(gst::FlowError::Flushing);
+        };
+        let fds = [
+            (producer.space_fd(), Trigger::Edge),
+            (connection.as_fd(), Trigger::Level),
+            (unlock.as_fd(), Trigger::Level),
+            (listener.as_fd(), Trigger::Level),
+        ];
+        let waiter = Waiter::new(fds).map_err(|err| self.post_ipc_error(&err))?;
+        gst::info!(CAT, imp = self, "reader connected; ring of {capacity} bytes");
+        state.link = Some(Link {
+            connection,
+            producer,
+            waiter,
+        });
+        for extra in std::mem::take(&mut state.pending) {
+            ipc::refuse_busy(&extra);
+        }
+        // The replay below carries the sticky ones.
+        state.queued_events.clear();
+        self.replay_sticky_events(state)?;
+        Ok(state.link.is_some())
     }
 
     /// Answers "busy" to every reader waiting in the listen queue.
@@ -495,7 +542,7 @@ impl ShmRingSink {
                 InPlace::Copied(outcome) => outcome,
                 InPlace::NotReserved => {
                     self.write_queued_events(state)?;
-                    self.write_record(state, header, map.len(), |dest| dest.copy_from_slice(&map))?
+                    self.write_record(state, header, map.len(), |dest| dest.copy_from_slice(map))?
                 }
             };
             match outcome {
