@@ -17,6 +17,11 @@ shmring_setup() {
         gstreamer1.0-plugins-base
         gstreamer1.0-plugins-good
         gstreamer1.0-plugins-bad
+        # The benchmark: syscall counts (perf, or strace where perf cannot
+        # run) and the font its charts are drawn with.
+        linux-perf
+        strace
+        fonts-dejavu-core
     )
     local missing=() package
     for package in "${packages[@]}"; do

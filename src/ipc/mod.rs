@@ -503,19 +503,35 @@ impl AsFd for ListenerWatch {
 /// `path`, connects, and attaches to the ring it sends after checking every
 /// part of it. Returns `Ok(None)` as soon as `interrupt` becomes readable.
 pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(Connection, Consumer)>, IpcError> {
-    let watch = ListenerWatch::new(path)?;
+    // The directory is watched only once a first attempt finds no writer,
+    // and then tried again before sleeping, so no creation is missed.
+    let mut watch: Option<ListenerWatch> = None;
     loop {
         let connection = match Connection::connect(path) {
             Ok(connection) => connection,
             Err(ConnectError::NoListener) => {
-                if wait_readable([watch.as_fd(), interrupt])?[1] {
-                    return Ok(None);
+                match &watch {
+                    None => watch = Some(ListenerWatch::new(path)?),
+                    Some(watch) => {
+                        if wait_readable([watch.as_fd(), interrupt])?[1] {
+                            return Ok(None);
+                        }
+                        watch.drain();
+                    }
                 }
-                watch.drain();
                 continue;
             }
             Err(ConnectError::Other(err)) => return Err(err),
         };
+        if let Some(watch) = watch.take() {
+            // Closing an inotify fd waits for the kernel to retire the watch,
+            // which took 6-14 ms here: do it off the caller's thread, which
+            // is about to stream. Should the thread fail to start, the watch
+            // is simply closed here.
+            let _ = std::thread::Builder::new()
+                .name("shmring-unwatch".into())
+                .spawn(move || drop(watch));
+        }
         connection.send_client_hello()?;
         let (hello, fds) = loop {
             match connection.recv_server_hello() {
