@@ -46,6 +46,10 @@ pub enum Decoded {
     Unsupported(u32),
 }
 
+/// The largest caps or event payload a reader accepts; larger ones are an
+/// error rather than an allocation the writer chose.
+pub const MAX_CONTROL_PAYLOAD: usize = 16 << 20;
+
 /// The metadata-area kind of a buffer record that carries a GstVideoMeta:
 /// u32 format, u32 frame flags, u32 width, u32 height, u32 planes,
 /// u32 reserved, u32 plane offsets[4], i32 plane strides[4].

@@ -28,8 +28,10 @@ pub struct RingMemory {
 }
 
 // SAFETY: the mapping stays valid until drop. Shared fields are only touched
-// through atomics; the data area is written only through a `WriteGrant`,
-// which the single `Producer` hands out one at a time.
+// through atomics. The data area is written only by the writer, through
+// `data_mut`, whose callers own the range they write: a `WriteGrant` (one at
+// a time, from the single `Producer`), a `Reservation` (its own range until
+// it drops), or a header written for a record not yet published.
 unsafe impl Send for RingMemory {}
 // SAFETY: as above; `&RingMemory` only gives out atomics and byte slices.
 unsafe impl Sync for RingMemory {}
@@ -229,6 +231,24 @@ impl RingMemory {
         assert!(offset.is_multiple_of(4) && offset + 4 <= CONTROL_SIZE);
         // SAFETY: as in `control_u64`, for a 4-byte aligned u32.
         unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU32>() }
+    }
+
+    /// A private copy of the record header at data offset `offset`, read
+    /// once with a volatile read so that the compiler cannot read shared
+    /// memory again after the copy has been checked.
+    pub(crate) fn copy_header(&self, offset: u64) -> Option<[u8; RECORD_HEADER_SIZE as usize]> {
+        let range = self.data_range(offset, RECORD_HEADER_SIZE)?;
+        // SAFETY: the range lies inside the mapped data area (checked by
+        // `data_range`), and any byte pattern is a valid [u8; N]. The writer
+        // may change the bytes concurrently; the volatile read takes one copy.
+        Some(unsafe {
+            std::ptr::read_volatile(
+                self.base
+                    .as_ptr()
+                    .add(range.0)
+                    .cast::<[u8; RECORD_HEADER_SIZE as usize]>(),
+            )
+        })
     }
 
     /// `len` bytes of the data area starting at `offset` (in `0..2 * capacity`).

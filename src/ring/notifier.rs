@@ -7,8 +7,11 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use super::RingError;
 
-/// One eventfd, always non-blocking: a wake-up never blocks the side that
-/// sends it, even when a hostile peer let the counter saturate.
+/// One eventfd, made non-blocking, so a saturated counter cannot block a
+/// wake-up. The flag lives in the open file description the two processes
+/// share: a peer that clears it and saturates the counter can still block
+/// our write. That takes a hostile process of the same user (the socket is
+/// 0600 by default), which could just as well ptrace us.
 #[derive(Debug)]
 pub struct Notifier(EventFd);
 

@@ -67,6 +67,9 @@ struct Entry {
     payload_at: AtomicU64,
     /// `state_word(seq, state)`.
     state: AtomicU64,
+    /// The record's memory is still in use after it finished (a writer's
+    /// buffer that upstream still holds), so its space may not be reused.
+    held: AtomicBool,
 }
 
 /// Which shared position a publisher moves, and whom it wakes.
@@ -77,6 +80,10 @@ pub(crate) struct Side {
     pub peer_sleep: usize,
     /// The eventfd the other side sleeps on.
     pub notifier: Notifier,
+    /// The control-page offset of this side's own sleep sequence, and the
+    /// eventfd it sleeps on: a held record's space coming free wakes it.
+    pub own_sleep: usize,
+    pub own_notifier: Notifier,
 }
 
 pub struct OrderedPublisher {
@@ -88,8 +95,12 @@ pub struct OrderedPublisher {
     head: AtomicU64,
     cursor: AtomicU64,
     published: AtomicU64,
+    /// Start of the oldest record whose space is still held; nothing at or
+    /// after it may be reused.
+    floor: AtomicU64,
     advancing: AtomicBool,
     peer_woken: AtomicU32,
+    own_woken: AtomicU32,
     wakeups_sent: AtomicU64,
 }
 
@@ -101,6 +112,7 @@ impl OrderedPublisher {
                 size: AtomicU64::new(0),
                 payload_at: AtomicU64::new(0),
                 state: AtomicU64::new(state_word(0, FINISHED)),
+                held: AtomicBool::new(false),
             })
             .collect();
         Self {
@@ -112,8 +124,10 @@ impl OrderedPublisher {
             head: AtomicU64::new(0),
             cursor: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            floor: AtomicU64::new(0),
             advancing: AtomicBool::new(false),
             peer_woken: AtomicU32::new(0),
+            own_woken: AtomicU32::new(0),
             wakeups_sent: AtomicU64::new(0),
         }
     }
@@ -123,6 +137,7 @@ impl OrderedPublisher {
     pub(crate) fn take_over(&self, position: u64, peer_woken: u32) {
         self.cursor.store(position, Ordering::SeqCst);
         self.published.store(position, Ordering::SeqCst);
+        self.floor.store(position, Ordering::SeqCst);
         self.peer_woken.store(peer_woken, Ordering::Relaxed);
     }
 
@@ -147,18 +162,28 @@ impl OrderedPublisher {
         self.published.load(Ordering::Acquire)
     }
 
+    /// Start of the oldest record whose space is still held.
+    pub(crate) fn floor(&self) -> u64 {
+        self.floor.load(Ordering::SeqCst)
+    }
+
+    /// The eventfd this side sleeps on.
+    pub(crate) fn own_notifier(&self) -> &Notifier {
+        &self.side.own_notifier
+    }
+
     /// Whether a record of `size` bytes at `start` may stay outstanding: the
     /// table has room and outstanding records would not span more than half
     /// the ring, so the other side always keeps room to move.
     pub(crate) fn can_hold(&self, start: u64, size: u64) -> bool {
         let outstanding = self.tail.load(Ordering::Relaxed) - self.head.load(Ordering::Acquire);
-        let span = start + size - self.published.load(Ordering::Acquire);
+        let span = start + size - self.floor.load(Ordering::Acquire);
         outstanding < MAX_OUTSTANDING as u64 && span <= self.capacity / 2
     }
 
     /// Owner's thread: records an outstanding record of `size` bytes at
     /// `start`, before the cursor moves past it. Returns its ticket.
-    pub(crate) fn push(&self, start: u64, size: u64, payload_at: u64) -> Ticket {
+    pub(crate) fn push(&self, start: u64, size: u64, payload_at: u64, held: bool) -> Ticket {
         let seq = self.tail.load(Ordering::Relaxed);
         let slot = (seq % MAX_OUTSTANDING as u64) as usize;
         let entry = &self.entries[slot];
@@ -166,6 +191,7 @@ impl OrderedPublisher {
         entry.size.store(size, Ordering::Relaxed);
         entry.payload_at.store(payload_at, Ordering::Relaxed);
         entry.state.store(state_word(seq, PENDING), Ordering::Relaxed);
+        entry.held.store(held, Ordering::Relaxed);
         self.tail.store(seq + 1, Ordering::Release);
         Ticket { slot, seq }
     }
@@ -189,6 +215,32 @@ impl OrderedPublisher {
                 Ordering::Relaxed,
             )
             .is_ok()
+    }
+
+    /// Any thread: the memory of a held record is no longer in use, so its
+    /// space may be reused once it has finished. The entry cannot have been
+    /// reused meanwhile: a held entry is never popped.
+    pub(crate) fn release_hold(&self, ticket: Ticket) {
+        self.entries[ticket.slot].held.store(false, Ordering::SeqCst);
+        self.advance();
+    }
+
+    /// Owner's thread: the outstanding records still pending, with their
+    /// start and size, oldest first.
+    pub(crate) fn pending(&self) -> impl Iterator<Item = (Ticket, u64, u64)> + '_ {
+        let tail = self.tail.load(Ordering::Acquire);
+        let head = self.head.load(Ordering::Acquire);
+        (head..tail).filter_map(move |seq| {
+            let slot = (seq % MAX_OUTSTANDING as u64) as usize;
+            let entry = &self.entries[slot];
+            (entry.state.load(Ordering::Acquire) == state_word(seq, PENDING)).then(|| {
+                (
+                    Ticket { slot, seq },
+                    entry.start.load(Ordering::Relaxed),
+                    entry.size.load(Ordering::Relaxed),
+                )
+            })
+        })
     }
 
     /// Any thread: finishes a claimed record and publishes what that allows.
@@ -251,47 +303,97 @@ impl OrderedPublisher {
             }
             self.publish();
             self.advancing.store(false, Ordering::SeqCst);
-            if self.finished_prefix().1 <= self.published.load(Ordering::Relaxed) {
+            let scan = self.scan();
+            if scan.published <= self.published.load(Ordering::Relaxed)
+                && scan.floor <= self.floor.load(Ordering::Relaxed)
+            {
                 return;
             }
         }
     }
 
-    /// The number of entries finished in order from `head`, and the position
-    /// that allows: the start of the oldest unfinished entry, or the cursor.
-    fn finished_prefix(&self) -> (u64, u64) {
+    /// Walks the table from `head`: how far entries can be popped (finished
+    /// and not held), the position that may be published (the start of the
+    /// oldest unfinished entry, or the cursor) and the floor (the start of the
+    /// oldest entry not yet popped, or the cursor).
+    fn scan(&self) -> Scan {
         // The cursor before the tail: see the invariants above.
         let cursor = self.cursor.load(Ordering::SeqCst);
         let tail = self.tail.load(Ordering::SeqCst);
-        let mut head = self.head.load(Ordering::Relaxed);
-        while head < tail {
-            let entry = &self.entries[(head % MAX_OUTSTANDING as u64) as usize];
-            if entry.state.load(Ordering::SeqCst) != state_word(head, FINISHED) {
-                return (head, entry.start.load(Ordering::Relaxed));
+        let mut seq = self.head.load(Ordering::Relaxed);
+        let mut scan = Scan {
+            head: tail,
+            published: cursor,
+            floor: cursor,
+        };
+        let mut unfinished_found = false;
+        let mut held_found = false;
+        while seq < tail && !(unfinished_found && held_found) {
+            let entry = &self.entries[(seq % MAX_OUTSTANDING as u64) as usize];
+            let finished = entry.state.load(Ordering::SeqCst) == state_word(seq, FINISHED);
+            let held = entry.held.load(Ordering::SeqCst);
+            if !finished && !unfinished_found {
+                unfinished_found = true;
+                scan.published = entry.start.load(Ordering::Relaxed);
             }
-            head += 1;
+            if (!finished || held) && !held_found {
+                held_found = true;
+                scan.head = seq;
+                scan.floor = entry.start.load(Ordering::Relaxed);
+            }
+            seq += 1;
         }
-        (head, cursor)
+        scan
     }
 
     /// Token holder only: pops finished entries, stores the new position and
-    /// wakes the peer if it sleeps.
+    /// floor, and wakes whichever side sleeps on them.
     fn publish(&self) {
-        let (head, target) = self.finished_prefix();
-        self.head.store(head, Ordering::Release);
-        if target <= self.published.load(Ordering::Relaxed) {
-            return;
+        let scan = self.scan();
+        self.head.store(scan.head, Ordering::Release);
+        if scan.published > self.published.load(Ordering::Relaxed) {
+            self.published.store(scan.published, Ordering::Release);
+            self.memory
+                .control_u64(self.side.position)
+                .store(scan.published, Ordering::SeqCst);
+            if wake(
+                &self.memory,
+                self.side.peer_sleep,
+                &self.peer_woken,
+                &self.side.notifier,
+            ) {
+                self.wakeups_sent.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        self.published.store(target, Ordering::Release);
-        self.memory
-            .control_u64(self.side.position)
-            .store(target, Ordering::SeqCst);
-        let seq = self.memory.control_u32(self.side.peer_sleep).load(Ordering::SeqCst);
-        if seq & 1 == 1 && seq != self.peer_woken.load(Ordering::Relaxed) {
-            self.peer_woken.store(seq, Ordering::Relaxed);
-            self.side.notifier.notify();
-            self.wakeups_sent.fetch_add(1, Ordering::Relaxed);
+        if scan.floor > self.floor.load(Ordering::Relaxed) {
+            self.floor.store(scan.floor, Ordering::SeqCst);
+            wake(
+                &self.memory,
+                self.side.own_sleep,
+                &self.own_woken,
+                &self.side.own_notifier,
+            );
         }
+    }
+}
+
+/// What [`OrderedPublisher::scan`] found.
+struct Scan {
+    head: u64,
+    published: u64,
+    floor: u64,
+}
+
+/// Writes `notifier` if the side whose sleep sequence is at control offset
+/// `sleep` sleeps and has not been woken for that sleep yet.
+fn wake(memory: &RingMemory, sleep: usize, woken: &AtomicU32, notifier: &Notifier) -> bool {
+    let seq = memory.control_u32(sleep).load(Ordering::SeqCst);
+    if seq & 1 == 1 && seq != woken.load(Ordering::Relaxed) {
+        woken.store(seq, Ordering::Relaxed);
+        notifier.notify();
+        true
+    } else {
+        false
     }
 }
 
@@ -389,12 +491,13 @@ impl Reservation {
 impl AsMut<[u8]> for Reservation {
     fn as_mut(&mut self) -> &mut [u8] {
         let offset = self.payload_offset();
-        // SAFETY: this range was free when reserved and stays owned by this
-        // reservation until it is finished: the writer's position, and so
-        // the reader, does not pass it before then, and no other grant or
-        // reservation overlaps it. `&mut self` makes this the only slice
-        // handed out from here. Once the record is committed nothing writes
-        // here any more: the buffer wrapping it has been rendered.
+        // SAFETY: this range was free when reserved, and its entry stays
+        // held until this reservation drops: the writer never grants or
+        // reserves over it before then (the floor), whether it was committed,
+        // padded or neither. `&mut self` makes this the only slice handed out
+        // from here. Once committed, the reader may read it concurrently;
+        // upstream does not write a buffer it has pushed, and if it did, the
+        // reader would see other media bytes, never our memory unsafety.
         unsafe { self.publisher.memory().data_mut(offset, self.payload_len) }.unwrap_or_default()
     }
 }
@@ -411,6 +514,7 @@ impl AsRef<[u8]> for Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         pad_outstanding(&self.publisher, self.ticket, self.start, self.size);
+        self.publisher.release_hold(self.ticket);
     }
 }
 
@@ -988,7 +1092,7 @@ mod tests {
     }
 
     #[test]
-    fn reservations_stop_at_half_the_ring_and_resume_once_committed() {
+    fn reservations_stop_at_half_the_ring_and_resume_once_released() {
         const CAPACITY: u64 = 4096;
         const LEN: usize = 384;
         assert_eq!(size_of(LEN), CAPACITY / 8);
@@ -1007,6 +1111,9 @@ mod tests {
             commit(&mut producer, &first, &[], &buffer(0)),
             CommitOutcome::Committed
         ));
+        // Committed, but its buffer is still held: its space is not free.
+        assert!(producer.reserve(LEN, 0).unwrap().is_none());
+        drop(first);
         reservations.push(reserve(&mut producer, &pattern(4, LEN), 0));
         assert!(producer.reserve(LEN, 0).unwrap().is_none());
         for (id, reservation) in (1..).zip(&reservations) {
@@ -1020,6 +1127,48 @@ mod tests {
             assert_eq!(receive(&mut consumer), Some((buffer(id), pattern(id, LEN))));
         }
         assert!(consumer.peek().unwrap().is_none());
+    }
+
+    /// Writes a record of `len` bytes of `byte` if it fits now.
+    fn write(producer: &mut Producer, byte: u8, len: usize) -> bool {
+        match producer.grant(len).unwrap() {
+            Some(mut grant) => {
+                grant.payload().fill(byte);
+                grant.commit(&RecordHeader::untimed(RecordKind::Buffer, 0));
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[test]
+    fn a_committed_reservation_keeps_its_space_until_it_drops() {
+        const CAPACITY: u64 = 4096;
+        const LEN: usize = 384;
+        let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
+        let held = reserve(&mut producer, &pattern(0, LEN), 0);
+        assert!(matches!(
+            commit(&mut producer, &held, &[], &buffer(0)),
+            CommitOutcome::Committed
+        ));
+        assert_eq!(receive(&mut consumer), Some((buffer(0), pattern(0, LEN))));
+        // The reader is done with it, but upstream still holds the buffer:
+        // grants fill the rest of the ring and must stop short of it.
+        let mut granted = 0;
+        while write(&mut producer, 9, LEN) {
+            granted += 1;
+        }
+        assert_eq!(granted, (CAPACITY / size_of(LEN)) as usize - 1);
+        while consumer.peek().unwrap().is_some() {
+            consumer.peek().unwrap().unwrap().release();
+        }
+        assert!(
+            !write(&mut producer, 9, LEN),
+            "the held buffer's space must stay untouched"
+        );
+        assert_eq!(held.as_ref(), &pattern(0, LEN)[..]);
+        drop(held);
+        assert!(write(&mut producer, 9, LEN), "dropping the buffer frees its space");
     }
 
     #[test]

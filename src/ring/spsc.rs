@@ -124,9 +124,9 @@ pub struct Producer {
     write: u64,
     read_cached: u64,
     sleep: SleepState,
-    space_ready: Notifier,
     /// Publishes the write position once reservations are in use; until
-    /// then the producer publishes it itself, in order.
+    /// then the producer publishes it itself, in order. It also owns the
+    /// eventfds: the reader's (data ready) and ours (space ready).
     publisher: Arc<OrderedPublisher>,
     reserving: bool,
     /// Start of the last granted record: a reservation older than it can no
@@ -177,9 +177,9 @@ pub struct Consumer {
     read: u64,
     write_cached: u64,
     sleep: SleepState,
-    data_ready: Notifier,
     /// Publishes the read position once records are leased; until then the
-    /// consumer publishes it itself, in order.
+    /// consumer publishes it itself, in order. It also owns the eventfds:
+    /// the writer's (space ready) and ours (data ready).
     publisher: Arc<OrderedPublisher>,
     leasing: bool,
     wakeups_sent: u64,
@@ -215,6 +215,8 @@ impl Producer {
             position: OFFSET_WRITE_POS,
             peer_sleep: READER_SLEEP,
             notifier: Notifier::new()?,
+            own_sleep: OFFSET_WRITER_SLEEP,
+            own_notifier: Notifier::new()?,
         };
         let publisher = Arc::new(OrderedPublisher::new(memory.clone(), capacity, side));
         Ok(Self {
@@ -223,7 +225,6 @@ impl Producer {
             write: 0,
             read_cached: 0,
             sleep: SleepState::default(),
-            space_ready: Notifier::new()?,
             publisher,
             reserving: false,
             last_grant: None,
@@ -236,7 +237,7 @@ impl Producer {
         RingFds {
             memfd: self.memory.memfd(),
             data_ready: self.publisher.notifier().as_fd(),
-            space_ready: self.space_ready.as_fd(),
+            space_ready: self.publisher.own_notifier().as_fd(),
         }
     }
 
@@ -262,7 +263,7 @@ impl Producer {
 
     /// Readable when the consumer has made room after [`Self::prepare_wait`].
     pub fn space_fd(&self) -> BorrowedFd<'_> {
-        self.space_ready.as_fd()
+        self.publisher.own_notifier().as_fd()
     }
 
     /// Room for a record with `payload_len` bytes of payload. `Ok(None)`
@@ -308,7 +309,7 @@ impl Producer {
         }
         let start = self.write;
         let payload_at = start + preamble + RECORD_HEADER_SIZE;
-        let ticket = self.publisher.push(start, size, payload_at);
+        let ticket = self.publisher.push(start, size, payload_at, true);
         self.write += size;
         self.publisher.move_cursor(self.write);
         Ok(Some(Reservation::new(
@@ -317,6 +318,19 @@ impl Producer {
             (start, size, payload_at),
             payload_len,
         )))
+    }
+
+    /// Turns every reservation still waiting for its commit into padding, so
+    /// that the records after it can be published now. Its buffer stays
+    /// valid, and its space unused, until upstream drops it; committing it
+    /// later fails, and the caller copies it instead. The writer does this
+    /// before it sleeps on a full ring, since the thread that would commit
+    /// the reservation may be the one waiting.
+    pub fn pad_pending(&mut self) {
+        let pending: Vec<_> = self.publisher.pending().collect();
+        for (ticket, start, size) in pending {
+            pad_outstanding(&self.publisher, ticket, start, size);
+        }
     }
 
     /// Whether a reservation is still waiting for its commit.
@@ -397,7 +411,7 @@ impl Producer {
 
     /// Ends a sleep begun with [`Self::prepare_wait`] returning `true`.
     pub fn finish_wait(&mut self) {
-        self.space_ready.drain();
+        self.publisher.own_notifier().drain();
         self.finish_edge_wait();
     }
 
@@ -428,8 +442,16 @@ impl Producer {
         }
     }
 
+    /// Room left: everything from the reader's position on is in use, and
+    /// with reservations also everything from the oldest one whose buffer
+    /// upstream still holds.
     fn free(&self) -> u64 {
-        self.capacity - (self.write - self.read_cached)
+        let oldest_in_use = if self.reserving {
+            self.read_cached.min(self.publisher.floor())
+        } else {
+            self.read_cached
+        };
+        self.capacity - (self.write - oldest_in_use)
     }
 
     fn reload_read(&mut self, order: Ordering) -> Result<(), RingError> {
@@ -503,6 +525,8 @@ impl Consumer {
             position: READ_POS,
             peer_sleep: OFFSET_WRITER_SLEEP,
             notifier: space_ready,
+            own_sleep: READER_SLEEP,
+            own_notifier: data_ready,
         };
         let publisher = Arc::new(OrderedPublisher::new(memory.clone(), capacity, side));
         let mut consumer = Self {
@@ -511,7 +535,6 @@ impl Consumer {
             read,
             write_cached: read,
             sleep: SleepState::default(),
-            data_ready,
             publisher,
             leasing: false,
             wakeups_sent: 0,
@@ -534,7 +557,7 @@ impl Consumer {
 
     /// Readable when the producer has committed after [`Self::prepare_wait`].
     pub fn data_fd(&self) -> BorrowedFd<'_> {
-        self.data_ready.as_fd()
+        self.publisher.own_notifier().as_fd()
     }
 
     /// The oldest record not yet taken, or `None` if the ring is empty.
@@ -548,10 +571,9 @@ impl Consumer {
         let available = self.write_cached - self.read;
         let offset = self.read % self.capacity;
         let corrupt = RingError::Corrupt;
-        let raw: [u8; RECORD_HEADER_SIZE as usize] = self
+        let raw = self
             .memory
-            .data(offset, RECORD_HEADER_SIZE)
-            .and_then(|bytes| bytes.try_into().ok())
+            .copy_header(offset)
             .ok_or(corrupt("a record header lies outside the ring"))?;
         let (header, payload_len) = RecordHeader::decode(&raw).ok_or(corrupt("a record has an unknown kind"))?;
         match record_size(payload_len) {
@@ -580,7 +602,7 @@ impl Consumer {
 
     /// Ends a sleep begun with [`Self::prepare_wait`] returning `true`.
     pub fn finish_wait(&mut self) {
-        self.data_ready.drain();
+        self.publisher.own_notifier().drain();
         self.finish_edge_wait();
     }
 
@@ -664,7 +686,7 @@ impl ReadRecord<'_> {
             return Err(self);
         }
         let start = consumer.read;
-        let ticket = consumer.publisher.push(start, size, start + RECORD_HEADER_SIZE);
+        let ticket = consumer.publisher.push(start, size, start + RECORD_HEADER_SIZE, false);
         let offset = start % consumer.capacity + RECORD_HEADER_SIZE;
         let lease = Lease::new(consumer.publisher.clone(), ticket, offset, self.payload_len);
         consumer.read += size;

@@ -90,6 +90,9 @@ struct State {
     failed: bool,
     /// Accepted connections whose hello has not arrived yet.
     pending: Vec<Connection>,
+    /// Upstream keeps pool buffers after pushing them: the pool hands out
+    /// ordinary memory instead.
+    pool_disabled: bool,
 }
 
 #[derive(Default)]
@@ -356,7 +359,9 @@ impl ShmRingSink {
                         .store(link.producer.wakeups_sent(), Ordering::Relaxed);
                     return Ok(WriteOutcome::Written);
                 }
-                Ok(None) => self.wait_for_space(state, payload_len)?,
+                Ok(None) => {
+                    self.wait_for_space(state, payload_len)?;
+                }
                 Err(err) => return Err(self.post_ring_error(&err, payload_len)),
             }
         }
@@ -371,11 +376,20 @@ impl ShmRingSink {
     }
 
     /// Sleeps until a record with `payload_len` bytes of payload fits, the
-    /// reader leaves (the link is dropped), or the sink is unlocked.
-    fn wait_for_space(&self, state: &mut State, payload_len: usize) -> Result<(), gst::FlowError> {
-        let Some(link) = state.link.as_mut() else { return Ok(()) };
+    /// reader leaves (the link is dropped), or the sink is unlocked. Returns
+    /// `false` if it did not sleep, because the record already fits.
+    fn wait_for_space(&self, state: &mut State, payload_len: usize) -> Result<bool, gst::FlowError> {
+        let Some(link) = state.link.as_mut() else {
+            return Ok(false);
+        };
+        // The record that waits may sit behind a pool buffer upstream has
+        // not rendered yet, perhaps because this very thread is busy here:
+        // let the records after it through rather than wait on it.
+        if link.producer.has_pending() {
+            link.producer.pad_pending();
+        }
         match link.producer.prepare_wait(payload_len) {
-            Ok(false) => return Ok(()),
+            Ok(false) => return Ok(false),
             Ok(true) => {
                 self.stats.times_blocked_full.fetch_add(1, Ordering::Relaxed);
             }
@@ -402,7 +416,7 @@ impl ShmRingSink {
         } else if ready[3] {
             self.refuse_extra_readers(state);
         }
-        Ok(())
+        Ok(true)
     }
 
     fn post_ring_error(&self, err: &RingError, payload_len: usize) -> gst::FlowError {
@@ -432,7 +446,7 @@ impl ShmRingSink {
         let wait = self.wait_for_connection();
         let mut state = self.lock_state();
         loop {
-            if !self.ensure_link(&mut state, &unlock, wait)? {
+            if state.pool_disabled || !self.ensure_link(&mut state, &unlock, wait)? {
                 return Ok(None);
             }
             let Some(link) = state.link.as_mut() else { continue };
@@ -446,7 +460,10 @@ impl ShmRingSink {
             match link.producer.reserve(size, POOL_PREAMBLE) {
                 Ok(Some(reservation)) => return Ok(Some(reservation)),
                 Ok(None) if link.producer.has_pending() => return Ok(None),
-                Ok(None) => self.wait_for_space(&mut state, needed)?,
+                // Room, but pool buffers already span half the ring: this
+                // one gets ordinary memory.
+                Ok(None) if !self.wait_for_space(&mut state, needed)? => return Ok(None),
+                Ok(None) => {}
                 Err(err) => {
                     gst::debug!(CAT, imp = self, "not reserving {size} bytes: {err}");
                     return Ok(None);
@@ -468,7 +485,7 @@ impl ShmRingSink {
     fn commit_in_place(
         &self,
         state: &mut State,
-        buffer: &gst::BufferRef,
+        buffer: &gst::Buffer,
         header: &RecordHeader,
     ) -> Result<InPlace, gst::FlowError> {
         let Some(link) = state.link.as_mut() else {
@@ -491,6 +508,18 @@ impl ShmRingSink {
         {
             CommitOutcome::Committed => {
                 state.queued_events.clear();
+                if !buffer.is_writable() && !state.pool_disabled {
+                    // Upstream keeps its buffers after pushing them (a
+                    // decoder's reference frames, a tee): their ring space
+                    // stays in use until it lets go, which can hold up the
+                    // whole ring. Hand it ordinary memory from now on.
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "upstream holds on to pool buffers; copying from now on"
+                    );
+                    state.pool_disabled = true;
+                }
                 self.stats
                     .wakeups_sent
                     .store(link.producer.wakeups_sent(), Ordering::Relaxed);
@@ -504,12 +533,12 @@ impl ShmRingSink {
                     "{buffer:?} was rendered out of the order it was allocated in; copying it"
                 );
                 drop(preamble);
-                self.write_queued_events(state)?;
-                let outcome = self.write_record(state, header, map.len(), |dest| dest.copy_from_slice(&map));
-                // Padding only now, after the copy: the reservation's memory
-                // is what was copied from.
+                // Padding first, so that the copy does not wait behind it; the
+                // space stays unused until upstream drops the buffer.
                 drop(stale);
-                Ok(InPlace::Copied(outcome?))
+                self.write_queued_events(state)?;
+                let outcome = self.write_record(state, header, map.len(), |dest| dest.copy_from_slice(&map))?;
+                Ok(InPlace::Copied(outcome))
             }
         }
     }

@@ -109,6 +109,13 @@ mod imp {
             Ok(buffer)
         }
 
+        fn release_buffer(&self, buffer: gst::Buffer) {
+            // Every buffer is carved anew at the write position, so none is
+            // kept for reuse: dropping it here frees its ring space (or its
+            // ordinary memory) instead of parking it in the pool.
+            drop(buffer);
+        }
+
         fn flush_start(&self) {
             if let Some(sink) = self.sink.get().and_then(|sink| sink.upgrade()) {
                 sink.imp().interrupt_reserve();

@@ -38,8 +38,11 @@ struct Link {
     consumer: Consumer,
     /// The writer closed its socket; what is left in the ring is all there is.
     writer_gone: bool,
-    /// `always-copy`, read once per connection.
-    always_copy: bool,
+    /// Whether buffers may be handed out as ring memory: not with
+    /// `always-copy`, and only for raw audio and video. Parsers and decoders
+    /// read compressed data more than once, and the writer could change it
+    /// in between; raw media is only ever read as samples.
+    lease: bool,
     /// Sleeps on the ring's data fd, the socket and the unlock fd.
     waiter: Waiter<3>,
 }
@@ -141,7 +144,7 @@ impl ShmRingSrc {
                     connection,
                     consumer,
                     writer_gone: false,
-                    always_copy: settings.always_copy,
+                    lease: false,
                     waiter,
                 })
             }
@@ -170,11 +173,7 @@ impl ShmRingSrc {
         }
         if header.kind == RecordKind::Buffer {
             let len = record.payload().len() as u64;
-            let lease = if link.always_copy {
-                Err(record)
-            } else {
-                record.into_lease()
-            };
+            let lease = if !link.lease { Err(record) } else { record.into_lease() };
             let mut buffer = match lease {
                 // Downstream gets the ring memory itself, read-only; the
                 // writer may reuse it once the last reference is dropped.
@@ -201,6 +200,19 @@ impl ShmRingSrc {
         }
         // Parse a private copy: the writer could change shared bytes between
         // the UTF-8 check and the parse.
+        if record.payload().len() > codec::MAX_CONTROL_PAYLOAD {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Decode,
+                [
+                    "The writer sent a {:?} record of {} bytes; caps and events are at most {} bytes",
+                    header.kind,
+                    record.payload().len(),
+                    codec::MAX_CONTROL_PAYLOAD
+                ]
+            );
+            return Err(gst::FlowError::Error);
+        }
         let payload = record.payload().to_vec();
         record.release();
         let decoded = codec::decode(&header, &payload);
@@ -212,6 +224,15 @@ impl ShmRingSrc {
         match decoded {
             Decoded::Caps(caps) => {
                 gst::debug!(CAT, imp = self, "caps from the writer: {caps}");
+                let raw = caps
+                    .structure(0)
+                    .is_some_and(|s| matches!(s.name().as_str(), "video/x-raw" | "audio/x-raw"));
+                link.lease = raw
+                    && !self
+                        .settings
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .always_copy;
                 *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(caps.clone());
                 if obj.set_caps(&caps).is_err() {
                     gst::element_imp_error!(
