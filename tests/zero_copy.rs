@@ -225,3 +225,15 @@ fn pool_buffers_dropped_before_render_leave_no_gap() {
     let (seen, _, _) = stream(source, "", 0);
     assert_eq!(seen, reference(source));
 }
+
+#[test]
+fn a_queue_between_upstream_and_the_sink_never_deadlocks() {
+    // Upstream runs ahead of the sink here, allocating pool buffers while
+    // earlier ones wait in the queue: a mix of ring and ordinary memory that
+    // once left the sink waiting for space only its own queue could free.
+    let source = "videotestsrc num-buffers=200 pattern=ball ! video/x-raw,format=I420,width=320,height=240 ! queue";
+    let frame = 320 * 240 * 3 / 2;
+    let (seen, writer, _) = stream(source, &format!("ring-size={}", 4 * (frame + 8192)), 0);
+    assert_eq!(seen, reference(source));
+    assert_eq!(counter(&writer, "buffers"), 200);
+}

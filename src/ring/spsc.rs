@@ -333,6 +333,12 @@ impl Producer {
         }
     }
 
+    /// Whether any reservation is still pending, or committed with its buffer
+    /// still held, so that its space is not free yet.
+    pub fn has_outstanding(&self) -> bool {
+        self.reserving && self.publisher.floor() < self.write
+    }
+
     /// Whether a reservation is still waiting for its commit.
     pub fn has_pending(&self) -> bool {
         self.reserving && self.publisher.has_pending()

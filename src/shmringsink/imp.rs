@@ -459,7 +459,9 @@ impl ShmRingSink {
             }
             match link.producer.reserve(size, POOL_PREAMBLE) {
                 Ok(Some(reservation)) => return Ok(Some(reservation)),
-                Ok(None) if link.producer.has_pending() => return Ok(None),
+                // Never wait behind our own buffers: the thread that would
+                // render or free them may be the one waiting.
+                Ok(None) if link.producer.has_outstanding() => return Ok(None),
                 // Room, but pool buffers already span half the ring: this
                 // one gets ordinary memory.
                 Ok(None) if !self.wait_for_space(&mut state, needed)? => return Ok(None),

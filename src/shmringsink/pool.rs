@@ -9,7 +9,8 @@
 //! sink copies once. A buffer that is dropped without being rendered
 //! becomes padding that the reader skips.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use gst::glib;
 use gst::prelude::*;
@@ -43,6 +44,35 @@ mod imp {
     pub struct RingBufferPool {
         pub(super) sink: OnceLock<glib::WeakRef<ShmRingSink>>,
         config: Mutex<PoolConfig>,
+        /// Buffers of ordinary memory handed out and not yet freed. While
+        /// one is out, no ring space is reserved: a reservation made after
+        /// it could reach the sink before it does, and hold ring space the
+        /// copy of that earlier buffer then waits for.
+        ordinary_outstanding: Arc<AtomicUsize>,
+    }
+
+    /// Ordinary memory for a pool buffer, counted while it lives.
+    struct OrdinaryMemory {
+        bytes: Vec<u8>,
+        outstanding: Arc<AtomicUsize>,
+    }
+
+    impl AsRef<[u8]> for OrdinaryMemory {
+        fn as_ref(&self) -> &[u8] {
+            &self.bytes
+        }
+    }
+
+    impl AsMut<[u8]> for OrdinaryMemory {
+        fn as_mut(&mut self) -> &mut [u8] {
+            &mut self.bytes
+        }
+    }
+
+    impl Drop for OrdinaryMemory {
+        fn drop(&mut self) {
+            self.outstanding.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     #[glib::object_subclass]
@@ -85,13 +115,20 @@ mod imp {
                 (config.size, config.video_layout.clone())
             };
             let sink = self.sink.get().and_then(|sink| sink.upgrade());
-            let reserved = match sink {
-                Some(sink) => sink.imp().reserve(size)?,
-                None => None,
+            let reserved = match &sink {
+                Some(sink) if self.ordinary_outstanding.load(Ordering::SeqCst) == 0 => sink.imp().reserve(size)?,
+                _ => None,
             };
             let mut buffer = match reserved {
                 Some(reservation) => gst::Buffer::from_mut_slice(reservation),
-                None => gst::Buffer::with_size(size).map_err(|_| gst::FlowError::Error)?,
+                None => {
+                    self.ordinary_outstanding.fetch_add(1, Ordering::SeqCst);
+                    let memory = OrdinaryMemory {
+                        bytes: vec![0; size],
+                        outstanding: self.ordinary_outstanding.clone(),
+                    };
+                    gst::Buffer::from_mut_slice(memory)
+                }
             };
             if let Some(info) = video_layout {
                 let buffer = buffer.get_mut().ok_or(gst::FlowError::Error)?;
