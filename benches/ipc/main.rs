@@ -13,6 +13,11 @@
 //! - `--only W1,W4-1kHz`: a subset; the report then goes under target/.
 //! - `--syscalls perf|strace|none`: how syscalls are counted (default: perf
 //!   if it works, else strace in extra untimed runs).
+//! - `--baseline-plugin DIR`: one more transport, "shmring (before
+//!   zero-copy)": the shmring pipelines with the libgstshmring.so in DIR,
+//!   e.g. the target/release of a worktree at 80e78a8. Each round runs it
+//!   right after shmring, and the report, under target/, gives current ÷
+//!   baseline.
 //!
 //! The report is written even when runs fail; the exit code is non-zero if
 //! a shmring, pipe or limit run failed (shmsink/shmsrc may fail: that is
@@ -33,10 +38,12 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use report::Results;
-use runner::{Bench, SyscallCounter, Tracing};
-use transports::{ROUND, Transport};
+use runner::{Bench, Plugin, SyscallCounter, Tracing};
+use transports::Transport;
 use workloads::Workload;
 
+/// The elements a baseline build must have.
+const BASELINE_FACTORIES: &[&str] = &["shmringsink", "shmringsrc"];
 /// Every element a run may use.
 const FACTORIES: &[&str] = &[
     "shmringsink",
@@ -61,6 +68,7 @@ struct Options {
     runs: usize,
     only: Option<Vec<String>>,
     syscalls: Option<SyscallCounter>,
+    baseline: Option<PathBuf>,
 }
 
 impl Options {
@@ -83,6 +91,7 @@ impl Options {
             runs: 0,
             only: None,
             syscalls: None,
+            baseline: None,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -100,6 +109,7 @@ impl Options {
                         other => return Err(format!("--syscalls {other}: expected perf, strace or none")),
                     })
                 }
+                "--baseline-plugin" => options.baseline = Some(PathBuf::from(value()?)),
                 other => return Err(format!("unknown option {other}")),
             }
         }
@@ -143,14 +153,27 @@ fn orchestrate(options: &Options) -> Result<(), String> {
     std::fs::create_dir_all(&scratch).map_err(|err| format!("cannot make {}: {err}", scratch.display()))?;
     let sockets = std::env::temp_dir().join(format!("ipc-bench-{}", std::process::id()));
     std::fs::create_dir_all(&sockets).map_err(|err| format!("cannot make {}: {err}", sockets.display()))?;
+    let baseline = options.baseline.as_ref().map(|dir| Plugin {
+        dir: dir.clone(),
+        registry: scratch.join("registry-baseline.bin"),
+    });
     let bench = Bench {
         exe,
-        plugin_dir,
+        plugin: Plugin {
+            dir: plugin_dir,
+            registry: scratch.join("registry.bin"),
+        },
+        baseline,
         scratch,
         sockets,
     };
     eprintln!("checking the GStreamer elements (and building the plugin registry)");
-    let gstreamer = bench.preflight(FACTORIES)?;
+    let gstreamer = bench.preflight(&bench.plugin, FACTORIES)?;
+    if let Some(baseline) = &bench.baseline {
+        bench
+            .preflight(baseline, BASELINE_FACTORIES)
+            .map_err(|err| format!("--baseline-plugin {}: {err}", baseline.dir.display()))?;
+    }
 
     let load = report::load_average();
     let busy = load.split_whitespace().next().and_then(|one| one.parse::<f64>().ok());
@@ -171,8 +194,10 @@ fn orchestrate(options: &Options) -> Result<(), String> {
     if workloads.is_empty() {
         return Err("--only matched no workload (W1, W2, W3, W4-1kHz, W4-full)".into());
     }
-    let jobs = plan(&workloads, options.runs, counter);
-    let mut results = Results::new(workloads.clone(), options.runs, counter, gstreamer);
+    let round = transports::round(bench.baseline.is_some());
+    let jobs = plan(&workloads, &round, options.runs, counter);
+    let mut results = Results::new(workloads.clone(), round, options.runs, counter, gstreamer);
+    results.baseline = options.baseline.clone();
     let mut estimates = Estimates::default();
     for (index, job) in jobs.iter().enumerate() {
         let workload = &workloads[job.workload];
@@ -206,7 +231,9 @@ fn orchestrate(options: &Options) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&bench.sockets);
     results.load.1 = report::load_average();
 
-    let canonical = !options.smoke && options.only.is_none();
+    // bench/RESULTS.md is the plain comparison; a baseline from some other
+    // directory does not belong in it.
+    let canonical = !options.smoke && options.only.is_none() && options.baseline.is_none();
     let out_dir = if canonical {
         manifest_dir.join("bench")
     } else {
@@ -226,7 +253,8 @@ fn orchestrate(options: &Options) -> Result<(), String> {
         clock(started.elapsed()),
         out_dir.join("RESULTS.md").display()
     );
-    // shmsink/shmsrc is expected to fail at times; the others must not.
+    // shmsink/shmsrc is expected to fail at times, and so may an old
+    // baseline build; the others must not.
     let broken = results.failed_runs(&[Transport::Shmring, Transport::Pipe, Transport::Limit]);
     if broken.is_empty() {
         Ok(())
@@ -304,7 +332,7 @@ fn detect_counter() -> SyscallCounter {
 /// The runs in order: rounds of every transport, interleaved, then
 /// shmsink's default configuration once, then (without perf) one traced run
 /// of each transport for the syscall counts.
-fn plan(workloads: &[Workload], runs: usize, counter: SyscallCounter) -> Vec<Job> {
+fn plan(workloads: &[Workload], transports: &[Transport], runs: usize, counter: SyscallCounter) -> Vec<Job> {
     let mut jobs = Vec::new();
     for (index, workload) in workloads.iter().enumerate() {
         let job = |transport, round, tracing| Job {
@@ -319,13 +347,13 @@ fn plan(workloads: &[Workload], runs: usize, counter: SyscallCounter) -> Vec<Job
             Tracing::Off
         };
         for round in 0..runs {
-            jobs.extend(ROUND.map(|transport| job(transport, round, tracing)));
+            jobs.extend(transports.iter().map(|&transport| job(transport, round, tracing)));
         }
         if workload.peer_default {
             jobs.push(job(Transport::ShmDefault, 0, tracing));
         }
         if counter == SyscallCounter::Strace {
-            jobs.extend(ROUND.map(|transport| job(transport, 0, Tracing::Strace)));
+            jobs.extend(transports.iter().map(|&transport| job(transport, 0, Tracing::Strace)));
         }
     }
     jobs

@@ -33,6 +33,7 @@ pub struct Chart {
 fn color(transport: Transport) -> RGBColor {
     match transport {
         Transport::Shmring => RGBColor(0x1f, 0x77, 0xb4),
+        Transport::ShmringBaseline => RGBColor(0x9e, 0xc5, 0xe8),
         Transport::Shm => RGBColor(0xff, 0x7f, 0x0e),
         Transport::ShmDefault => RGBColor(0x8c, 0x56, 0x4b),
         Transport::Pipe => RGBColor(0x2c, 0xa0, 0x2c),
@@ -92,6 +93,7 @@ type DrawResult = Result<(), Box<dyn std::error::Error>>;
 fn throughput(path: &Path, title: &str, results: &Results, workload: usize) -> DrawResult {
     let transports: Vec<Transport> = [
         Transport::Shmring,
+        Transport::ShmringBaseline,
         Transport::Shm,
         Transport::ShmDefault,
         Transport::Pipe,
@@ -120,7 +122,9 @@ fn throughput(path: &Path, title: &str, results: &Results, workload: usize) -> D
         })
         .collect();
 
-    let root = BitMapBackend::new(path, (1200, 640)).into_drawing_area();
+    // About 200 px for each bar's label, and one more share for the axis.
+    let width = 200 * (transports.len() as u32 + 1);
+    let root = BitMapBackend::new(path, (width, 640)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, (FONT, 26))
@@ -170,6 +174,7 @@ fn throughput(path: &Path, title: &str, results: &Results, workload: usize) -> D
 fn short_label(transport: Transport) -> &'static str {
     match transport {
         Transport::Shmring => "shmring",
+        Transport::ShmringBaseline => "shmring, copying",
         Transport::Shm => "shmsink/shmsrc",
         Transport::ShmDefault => "shmsink default",
         Transport::Pipe => "pipe",
@@ -191,9 +196,10 @@ fn latency_cdf(path: &Path, results: &Results, workloads: &[usize]) -> DrawResul
 }
 
 fn cdf_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, results: &Results, workload: usize) -> DrawResult {
-    let lines: Vec<(Transport, Vec<f64>)> = crate::transports::ROUND
-        .into_iter()
-        .map(|transport| {
+    let lines: Vec<(Transport, Vec<f64>)> = results
+        .round
+        .iter()
+        .map(|&transport| {
             let mut microseconds: Vec<f64> = results
                 .runs(workload, transport)
                 .iter()

@@ -2,17 +2,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::plot::Chart;
 use crate::runner::{RunOutcome, SideStats, SyscallCounter, Tracing};
-use crate::transports::{ROUND, Transport};
+use crate::transports::Transport;
 use crate::workloads::{Measure, Workload};
 
 /// Every run's outcome, by workload and transport, in round order.
 pub struct Results {
     pub workloads: Vec<Workload>,
+    /// The transports of each round, in the order they ran.
+    pub round: Vec<Transport>,
+    /// The directory of the plugin the baseline transport ran, if any.
+    pub baseline: Option<PathBuf>,
     pub runs: usize,
     pub counter: SyscallCounter,
     pub gstreamer: String,
@@ -80,9 +84,17 @@ pub fn median(mut values: Vec<f64>) -> Option<f64> {
 }
 
 impl Results {
-    pub fn new(workloads: Vec<Workload>, runs: usize, counter: SyscallCounter, gstreamer: String) -> Self {
+    pub fn new(
+        workloads: Vec<Workload>,
+        round: Vec<Transport>,
+        runs: usize,
+        counter: SyscallCounter,
+        gstreamer: String,
+    ) -> Self {
         Results {
             workloads,
+            round,
+            baseline: None,
             runs,
             counter,
             gstreamer,
@@ -207,8 +219,9 @@ impl Results {
     }
 
     fn transports(&self, workload: usize) -> Vec<Transport> {
-        ROUND
-            .into_iter()
+        self.round
+            .iter()
+            .copied()
             .chain([Transport::ShmDefault])
             .filter(|&transport| !self.runs(workload, transport).is_empty())
             .collect()
@@ -335,12 +348,13 @@ impl Machine {
     }
 }
 
-/// The commit the plugin was built from, and whether src/ had changes on top.
-fn source_version() -> String {
+/// The commit of the git tree holding `dir`, and whether src/ had changes
+/// on top: what a plugin built in that tree was built from.
+fn source_version(dir: &Path) -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(dir)
             .output()
             .ok()
             .filter(|output| output.status.success())
@@ -348,7 +362,8 @@ fn source_version() -> String {
     };
     match (
         git(&["rev-parse", "--short", "HEAD"]),
-        git(&["status", "--porcelain", "--", "src"]),
+        // `:/src`: src/ at the tree's top, wherever in it `dir` is.
+        git(&["status", "--porcelain", "--", ":/src"]),
     ) {
         (Some(commit), Some(changes)) if !changes.is_empty() => {
             format!("commit {commit} with uncommitted changes in src/")
@@ -402,7 +417,20 @@ fn render(results: &Results, charts: &[Chart], command: &str, runtime: Duration)
     let _ = writeln!(out, "| memory | {} |", machine.memory);
     let _ = writeln!(out, "| kernel | {} |", machine.kernel);
     let _ = writeln!(out, "| GStreamer | {} |", results.gstreamer);
-    let _ = writeln!(out, "| plugin source | {} |", source_version());
+    let _ = writeln!(
+        out,
+        "| plugin source | {} |",
+        source_version(Path::new(env!("CARGO_MANIFEST_DIR")))
+    );
+    if let Some(dir) = &results.baseline {
+        let _ = writeln!(
+            out,
+            "| {} | {}, {} |",
+            Transport::ShmringBaseline.label(),
+            dir.display(),
+            source_version(dir)
+        );
+    }
     let _ = writeln!(
         out,
         "| load average (1, 5, 15 min) at start / end | {} / {} |",
@@ -413,6 +441,7 @@ fn render(results: &Results, charts: &[Chart], command: &str, runtime: Duration)
     write_method(&mut out, results);
     write_reading_notes(&mut out);
     write_targets(&mut out, results);
+    write_baseline(&mut out, results);
     for (index, workload) in results.workloads.iter().enumerate() {
         match workload.measure {
             Measure::Throughput => write_throughput(&mut out, results, index, charts),
@@ -431,10 +460,13 @@ fn render(results: &Results, charts: &[Chart], command: &str, runtime: Duration)
 
 fn write_method(out: &mut String, results: &Results) {
     let _ = writeln!(out, "## Method\n");
+    let order: Vec<&str> = results.round.iter().map(|transport| transport.label()).collect();
     let lines = [
         format!(
-            "Each configuration ran {} times, interleaved: shmring, shmsink/shmsrc, pipe, limit, shmring, ... Tables give medians over the runs that completed; a ratio is the median over rounds of shmring's value divided by the other transport's in the same round.",
-            results.runs
+            "Each configuration ran {} times, interleaved: {}, {}, ... Tables give medians over the runs that completed; a ratio is the median over rounds of shmring's value divided by the other transport's in the same round.",
+            results.runs,
+            order.join(", "),
+            order[0]
         ),
         "Writer and reader are separate processes (the bench binary re-executed, running the pipeline below with gst::parse::launch); the limit is one process with a `queue` in place of the transport. The writer starts first, the reader once the writer's socket exists, and the writer's first buffer is held until the reader's pipeline is PLAYING.".to_owned(),
         "Each process measures a window: from the first buffer it sees (writer: `tx.sink`, reader: the source's `rx.src`) to the end (writer: the EOS event; reader: the last expected buffer). Start-up, registry loading and teardown are outside it.".to_owned(),
@@ -518,6 +550,37 @@ fn write_targets(out: &mut String, results: &Results) {
                 p99.map(|us| (format!("{} µs", decimal(us)), us <= 50.0)),
             );
         }
+    }
+    let _ = writeln!(out);
+}
+
+/// shmring against the baseline build, round by round, in the measures
+/// that zero copy should move: rate and CPU per buffer on each side.
+fn write_baseline(out: &mut String, results: &Results) {
+    if !results.round.contains(&Transport::ShmringBaseline) {
+        return;
+    }
+    let _ = writeln!(out, "## Current shmring ÷ {}\n", Transport::ShmringBaseline.label());
+    let _ = writeln!(
+        out,
+        "The median over rounds of the ratio within each round. Above 1× for buffers/s, below 1× for CPU, is better. The latency tables compare p99.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| workload | buffers/s | CPU µs/buffer writer | CPU µs/buffer reader |\n| --- | --- | --- | --- |"
+    );
+    for (index, workload) in results.workloads.iter().enumerate() {
+        let versus = |metric: fn(&RunOutcome) -> Option<f64>| {
+            ratio(results.paired_ratio(index, Transport::ShmringBaseline, metric))
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            workload.id,
+            versus(|run| run.rate),
+            versus(|run| Some(run.writer?.cpu_us)),
+            versus(|run| Some(run.reader?.cpu_us)),
+        );
     }
     let _ = writeln!(out);
 }
@@ -608,11 +671,12 @@ fn write_latency(out: &mut String, results: &Results, index: usize) {
 
 fn write_syscalls(out: &mut String, results: &Results) {
     let _ = writeln!(out, "## Syscalls per buffer (writer / reader)\n");
-    let header: Vec<&str> = ROUND.iter().map(|transport| transport.label()).collect();
+    let header: Vec<&str> = results.round.iter().map(|transport| transport.label()).collect();
     let _ = writeln!(out, "| workload | {} |", header.join(" | "));
-    let _ = writeln!(out, "| --- |{}", " --- |".repeat(ROUND.len()));
+    let _ = writeln!(out, "| --- |{}", " --- |".repeat(results.round.len()));
     for (index, workload) in results.workloads.iter().enumerate() {
-        let cells: Vec<String> = ROUND
+        let cells: Vec<String> = results
+            .round
             .iter()
             .map(|&transport| {
                 let summary = results.summary(index, transport);
@@ -673,10 +737,21 @@ fn write_pipelines(out: &mut String, results: &Results) {
         out,
         "As the children run them (with `GST_PLUGIN_PATH=target/release`); the socket path differs per run.\n"
     );
+    if let Some(dir) = &results.baseline {
+        let _ = writeln!(
+            out,
+            "{} runs the shmring pipelines with `GST_PLUGIN_PATH={}`.\n",
+            Transport::ShmringBaseline.label(),
+            dir.display()
+        );
+    }
     for workload in &results.workloads {
         let _ = writeln!(out, "### {}\n\n```sh", workload.id);
-        let transports = ROUND
-            .into_iter()
+        let transports = results
+            .round
+            .iter()
+            .copied()
+            .filter(|&transport| transport != Transport::ShmringBaseline)
             .chain(workload.peer_default.then_some(Transport::ShmDefault));
         for transport in transports {
             let _ = writeln!(out, "# {}\n{}\n", transport.label(), transport.shell_command(workload));

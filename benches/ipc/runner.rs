@@ -46,12 +46,23 @@ pub enum Tracing {
     Off,
 }
 
+/// A directory holding a libgstshmring.so, and the registry cache the
+/// children use with it. Each build needs its own cache: both hold a plugin
+/// named shmring, and a shared cache would be rescanned and rewritten
+/// whenever the other build ran last, by writer and reader at once.
+pub struct Plugin {
+    pub dir: PathBuf,
+    pub registry: PathBuf,
+}
+
 /// Everything the runs share.
 pub struct Bench {
     /// The bench binary, re-executed as each child.
     pub exe: PathBuf,
-    /// The directory holding libgstshmring.so.
-    pub plugin_dir: PathBuf,
+    /// The plugin built from this tree.
+    pub plugin: Plugin,
+    /// The older build that `Transport::ShmringBaseline` runs.
+    pub baseline: Option<Plugin>,
     /// Logs and per-run files.
     pub scratch: PathBuf,
     /// Sockets live under /tmp: a unix socket path must stay short.
@@ -215,8 +226,22 @@ impl Process {
 }
 
 impl Bench {
-    /// The bench binary as a child, wrapped as `tracing` asks.
-    fn command(&self, tracing: Tracing, dir: &Path, role: &str) -> (Command, Option<PathBuf>, Vec<String>) {
+    /// The plugin that `transport`'s children load.
+    fn plugin(&self, transport: Transport) -> &Plugin {
+        match transport {
+            Transport::ShmringBaseline => self.baseline.as_ref().expect("baseline runs are planned only with one"),
+            _ => &self.plugin,
+        }
+    }
+
+    /// The bench binary as a child with `plugin`, wrapped as `tracing` asks.
+    fn command(
+        &self,
+        plugin: &Plugin,
+        tracing: Tracing,
+        dir: &Path,
+        role: &str,
+    ) -> (Command, Option<PathBuf>, Vec<String>) {
         let count_file = dir.join(format!("{role}.syscalls"));
         let mut extra = Vec::new();
         let mut command = match tracing {
@@ -258,18 +283,18 @@ impl Bench {
             Tracing::Off => Command::new(&self.exe),
         };
         command
-            .env("GST_PLUGIN_PATH", &self.plugin_dir)
-            .env("GST_REGISTRY", self.scratch.join("registry.bin"))
+            .env("GST_PLUGIN_PATH", &plugin.dir)
+            .env("GST_REGISTRY", &plugin.registry)
             .process_group(0);
         let count_file = (tracing != Tracing::Off).then_some(count_file);
         (command, count_file, extra)
     }
 
-    /// Checks that every element can be made, and builds the registry once
-    /// so that the first timed run does not pay for it. Returns the
-    /// GStreamer version.
-    pub fn preflight(&self, factories: &[&str]) -> Result<String, String> {
-        let (mut command, _, _) = self.command(Tracing::Off, &self.scratch, "check");
+    /// Checks that every element can be made with `plugin`, and builds its
+    /// registry once so that the first timed run does not pay for it.
+    /// Returns the GStreamer version.
+    pub fn preflight(&self, plugin: &Plugin, factories: &[&str]) -> Result<String, String> {
+        let (mut command, _, _) = self.command(plugin, Tracing::Off, &self.scratch, "check");
         let output = command
             .arg(child::FLAG)
             .arg("check")
@@ -286,6 +311,7 @@ impl Bench {
     #[allow(clippy::too_many_arguments)]
     fn spawn(
         &self,
+        plugin: &Plugin,
         tracing: Tracing,
         dir: &Path,
         role: &'static str,
@@ -294,7 +320,7 @@ impl Bench {
         stdin: Stdio,
         stdout: Option<Stdio>,
     ) -> Result<Process, String> {
-        let (mut command, syscalls, perf_args) = self.command(tracing, dir, role);
+        let (mut command, syscalls, perf_args) = self.command(plugin, tracing, dir, role);
         let result = dir.join(format!("{role}.result"));
         let stderr = dir.join(format!("{role}.log"));
         let stdout = match stdout {
@@ -373,6 +399,7 @@ impl Bench {
         tracing: Tracing,
         latency_file: &Path,
     ) -> Result<Vec<Process>, String> {
+        let plugin = self.plugin(transport);
         let pipelines = transport.pipelines(workload, socket);
         let pads = transport.probe_pads();
         let mut stamp_args = vec!["--stamp".to_owned(), pads.stamp.to_owned()];
@@ -390,7 +417,16 @@ impl Bench {
         }
         let Some(reader_pipeline) = &pipelines.reader else {
             let args = [stamp_args, measure_args].concat();
-            let process = self.spawn(tracing, dir, "process", &pipelines.writer, &args, Stdio::null(), None)?;
+            let process = self.spawn(
+                plugin,
+                tracing,
+                dir,
+                "process",
+                &pipelines.writer,
+                &args,
+                Stdio::null(),
+                None,
+            )?;
             return Ok(vec![process]);
         };
 
@@ -407,6 +443,7 @@ impl Bench {
         let stdout = pipe_write.map(Stdio::from);
         let writer_pipeline = &pipelines.writer;
         let mut writer = self.spawn(
+            plugin,
             tracing,
             dir,
             "writer",
@@ -419,7 +456,16 @@ impl Bench {
             wait_for(&mut writer, || socket.exists());
         }
         let stdin = pipe_read.map_or_else(Stdio::null, Stdio::from);
-        let mut reader = match self.spawn(tracing, dir, "reader", reader_pipeline, &measure_args, stdin, None) {
+        let mut reader = match self.spawn(
+            plugin,
+            tracing,
+            dir,
+            "reader",
+            reader_pipeline,
+            &measure_args,
+            stdin,
+            None,
+        ) {
             Ok(reader) => reader,
             Err(err) => {
                 writer.kill();

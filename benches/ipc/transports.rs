@@ -16,6 +16,9 @@ const READER_SINK: &str = "fakesink sync=false enable-last-sample=false";
 pub enum Transport {
     /// shmringsink → shmringsrc.
     Shmring,
+    /// The same pipelines, with the plugin from `--baseline-plugin`: an older
+    /// build to compare against.
+    ShmringBaseline,
     /// shmsink → shmsrc with an area sized for the workload.
     Shm,
     /// shmsink → shmsrc as it comes (64 MiB area), run once per workload.
@@ -26,8 +29,16 @@ pub enum Transport {
     Limit,
 }
 
-/// The transports of each round, in the order they run.
-pub const ROUND: [Transport; 4] = [Transport::Shmring, Transport::Shm, Transport::Pipe, Transport::Limit];
+/// The transports of each round, in the order they run; the baseline, if
+/// any, right after shmring, so that each pair runs back to back.
+pub fn round(baseline: bool) -> Vec<Transport> {
+    let baseline = baseline.then_some(Transport::ShmringBaseline);
+    [Transport::Shmring]
+        .into_iter()
+        .chain(baseline)
+        .chain([Transport::Shm, Transport::Pipe, Transport::Limit])
+        .collect()
+}
 
 /// The pads the child processes put their probes on.
 pub struct ProbePads {
@@ -48,6 +59,7 @@ impl Transport {
     pub fn label(self) -> &'static str {
         match self {
             Transport::Shmring => "shmring",
+            Transport::ShmringBaseline => "shmring (before zero-copy)",
             Transport::Shm => "shmsink/shmsrc",
             Transport::ShmDefault => "shmsink/shmsrc, default shm-size",
             Transport::Pipe => "pipe (fdsink/fdsrc)",
@@ -59,6 +71,7 @@ impl Transport {
     pub fn key(self) -> &'static str {
         match self {
             Transport::Shmring => "shmring",
+            Transport::ShmringBaseline => "shmring-baseline",
             Transport::Shm => "shm",
             Transport::ShmDefault => "shm-default",
             Transport::Pipe => "pipe",
@@ -68,7 +81,10 @@ impl Transport {
 
     /// Whether the writer listens on a unix socket that the reader needs.
     pub fn uses_socket(self) -> bool {
-        matches!(self, Transport::Shmring | Transport::Shm | Transport::ShmDefault)
+        matches!(
+            self,
+            Transport::Shmring | Transport::ShmringBaseline | Transport::Shm | Transport::ShmDefault
+        )
     }
 
     /// Whether the writer's stdout is piped into the reader's stdin.
@@ -94,7 +110,7 @@ impl Transport {
         let producer = media.producer(workload.buffers, workload.live);
         let socket = socket.display();
         let (sink, reader) = match self {
-            Transport::Shmring => (
+            Transport::Shmring | Transport::ShmringBaseline => (
                 format!("shmringsink name=tx socket-path={socket} sync=false"),
                 Some(format!("shmringsrc name=rx socket-path={socket} ! {READER_SINK}")),
             ),
