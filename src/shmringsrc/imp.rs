@@ -353,7 +353,10 @@ impl ObjectImpl for ShmRingSrc {
                     .upgrade()
                     .is_some_and(|element| element.imp().forwarding_stream_start.load(Ordering::Relaxed));
                 if is_stream_start && !ours {
-                    gst::PadProbeReturn::Drop
+                    // Taking the event and returning Handled frees it once;
+                    // Drop would leave GStreamer unreffing a cleared pointer.
+                    drop(info.take_event());
+                    gst::PadProbeReturn::Handled
                 } else {
                     gst::PadProbeReturn::Ok
                 }
