@@ -95,6 +95,18 @@ pub struct ServerHello {
     pub reader_slot: u32,
 }
 
+impl ServerHello {
+    /// A hello that turns the reader away, carrying no ring.
+    fn refusal(status: HelloStatus) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            status,
+            capacity: 0,
+            reader_slot: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HelloStatus {
     Accepted,
@@ -591,13 +603,7 @@ pub fn serve_reader(
 /// ring of `capacity` bytes and hands it over.
 pub fn answer_hello(connection: &Connection, version: u32, capacity: u64) -> Result<Producer, IpcError> {
     if version != PROTOCOL_VERSION {
-        let refusal = ServerHello {
-            version: PROTOCOL_VERSION,
-            status: HelloStatus::VersionMismatch,
-            capacity: 0,
-            reader_slot: 0,
-        };
-        let _ = connection.send_server_hello(&refusal, None);
+        let _ = connection.send_server_hello(&ServerHello::refusal(HelloStatus::VersionMismatch), None);
         return Err(IpcError::VersionMismatch {
             peer: version,
             ours: PROTOCOL_VERSION,
@@ -636,11 +642,5 @@ pub fn refuse_busy(connection: &Connection) {
     // Closing a unix socket with unread data resets it, and the reset would
     // overtake our reply: read the reader's hello first.
     let _ = connection.recv_client_hello();
-    let refusal = ServerHello {
-        version: PROTOCOL_VERSION,
-        status: HelloStatus::Busy,
-        capacity: 0,
-        reader_slot: 0,
-    };
-    let _ = connection.send_server_hello(&refusal, None);
+    let _ = connection.send_server_hello(&ServerHello::refusal(HelloStatus::Busy), None);
 }

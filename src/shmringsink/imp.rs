@@ -1,7 +1,7 @@
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{LazyLock, Mutex, MutexGuard};
 
 use gst::glib;
 use gst::prelude::*;
@@ -13,6 +13,7 @@ use crate::codec;
 use crate::ipc::{self, Connection, IpcError, Listener, Trigger, Waiter};
 use crate::ring::layout::MAX_CAPACITY;
 use crate::ring::{CommitOutcome, Notifier, Producer, RecordHeader, Reservation, RingError, check_capacity};
+use crate::unlock::Unlock;
 
 use super::pool::RingBufferPool;
 
@@ -101,7 +102,7 @@ pub struct ShmRingSink {
     state: Mutex<State>,
     /// Written by `unlock` to interrupt a wait; separate from `state` so that
     /// it can be reached while `render` holds the state lock.
-    unlock: Mutex<Option<Arc<Notifier>>>,
+    unlock: Unlock,
     stats: Stats,
 }
 
@@ -167,14 +168,6 @@ impl ShmRingSink {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .wait_for_connection
-    }
-
-    fn unlock_notifier(&self) -> Result<Arc<Notifier>, gst::FlowError> {
-        self.unlock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-            .ok_or(gst::FlowError::Flushing)
     }
 
     /// The capacity of a new ring: `ring-size`, or sized from the caps.
@@ -442,7 +435,7 @@ impl ShmRingSink {
     /// behind another reservation: upstream may hold that one until it gets
     /// this buffer, so then it returns `None` and the buffer is copied.
     pub(super) fn reserve(&self, size: usize) -> Result<Option<Reservation>, gst::FlowError> {
-        let unlock = self.unlock_notifier()?;
+        let unlock = self.unlock.notifier()?;
         let wait = self.wait_for_connection();
         let mut state = self.lock_state();
         loop {
@@ -476,9 +469,7 @@ impl ShmRingSink {
 
     /// Interrupts a pool allocation waiting for a reader or for room.
     pub(super) fn interrupt_reserve(&self) {
-        if let Ok(unlock) = self.unlock_notifier() {
-            unlock.notify();
-        }
+        self.unlock.unlock();
     }
 
     /// Commits `buffer` where the pool reserved it, with the queued events
@@ -598,7 +589,7 @@ impl ShmRingSink {
         let Some((header, payload)) = codec::encode_event(event) else {
             return Ok(());
         };
-        let unlock = self.unlock_notifier()?;
+        let unlock = self.unlock.notifier()?;
         let mut state = self.lock_state();
         // EOS waits for a reader like a buffer does, so that a stream with
         // no buffers still ends on the reader's side.
@@ -749,21 +740,20 @@ impl BaseSinkImpl for ShmRingSink {
         }
         let listener = Listener::bind(&path, settings.perms)
             .map_err(|err| gst::error_msg!(gst::ResourceError::OpenWrite, ["{err}"]))?;
-        let unlock = Notifier::new().map_err(|err| gst::error_msg!(gst::ResourceError::Failed, ["{err}"]))?;
         gst::info!(CAT, imp = self, "listening on {}", path.display());
-        *self.unlock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(unlock));
+        self.unlock.start()?;
         self.lock_state().listener = Some(listener);
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         *self.lock_state() = State::default();
-        *self.unlock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        self.unlock.stop();
         Ok(())
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let unlock = self.unlock_notifier()?;
+        let unlock = self.unlock.notifier()?;
         let wait = self.wait_for_connection();
         let map = buffer.map_readable().map_err(|_| {
             gst::element_imp_error!(self, gst::CoreError::Failed, ["Could not map a buffer for reading"]);
@@ -813,16 +803,12 @@ impl BaseSinkImpl for ShmRingSink {
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
-        if let Ok(unlock) = self.unlock_notifier() {
-            unlock.notify();
-        }
+        self.unlock.unlock();
         Ok(())
     }
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
-        if let Ok(unlock) = self.unlock_notifier() {
-            unlock.drain();
-        }
+        self.unlock.unlock_stop();
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{LazyLock, Mutex, MutexGuard};
 
 use gst::glib;
 use gst::prelude::*;
@@ -13,6 +13,7 @@ use gst_base::subclass::prelude::*;
 use crate::codec::{self, Decoded};
 use crate::ipc::{self, Connection, Trigger, Waiter};
 use crate::ring::{Consumer, Notifier, RecordKind};
+use crate::unlock::Unlock;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -59,7 +60,7 @@ pub struct ShmRingSrc {
     /// The caps last read from the ring, answered to caps queries. Kept apart
     /// from `state` because setting caps queries us back.
     caps: Mutex<Option<gst::Caps>>,
-    unlock: Mutex<Option<Arc<Notifier>>>,
+    unlock: Unlock,
     stats: Stats,
     /// Set while the writer's stream-start is pushed; see `constructed`.
     forwarding_stream_start: AtomicBool,
@@ -106,14 +107,6 @@ impl ShmRingSrc {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
-    }
-
-    fn unlock_notifier(&self) -> Result<Arc<Notifier>, gst::FlowError> {
-        self.unlock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-            .ok_or(gst::FlowError::Flushing)
     }
 
     fn connect(&self, unlock: &Notifier) -> Result<Link, gst::FlowError> {
@@ -415,15 +408,14 @@ impl BaseSrcImpl for ShmRingSrc {
                 ]
             ));
         }
-        let unlock = Notifier::new().map_err(|err| gst::error_msg!(gst::ResourceError::Failed, ["{err}"]))?;
-        *self.unlock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(unlock));
+        self.unlock.start()?;
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         *self.lock_state() = State::default();
         *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
-        *self.unlock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        self.unlock.stop();
         Ok(())
     }
 
@@ -460,23 +452,19 @@ impl BaseSrcImpl for ShmRingSrc {
     }
 
     fn unlock(&self) -> Result<(), gst::ErrorMessage> {
-        if let Ok(unlock) = self.unlock_notifier() {
-            unlock.notify();
-        }
+        self.unlock.unlock();
         Ok(())
     }
 
     fn unlock_stop(&self) -> Result<(), gst::ErrorMessage> {
-        if let Ok(unlock) = self.unlock_notifier() {
-            unlock.drain();
-        }
+        self.unlock.unlock_stop();
         Ok(())
     }
 }
 
 impl PushSrcImpl for ShmRingSrc {
     fn create(&self, _buffer: Option<&mut gst::BufferRef>) -> Result<CreateSuccess, gst::FlowError> {
-        let unlock = self.unlock_notifier()?;
+        let unlock = self.unlock.notifier()?;
         let mut state = self.lock_state();
         if state.link.is_none() {
             state.link = Some(self.connect(&unlock)?);
