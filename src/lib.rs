@@ -13,6 +13,7 @@ pub mod ipc;
 pub mod ring;
 mod shmringsink;
 mod shmringsrc;
+mod stats;
 mod unlock;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

@@ -190,6 +190,20 @@ fn seqpacket_socket() -> Result<OwnedFd, IpcError> {
     .map_err(io_err("creating a unix socket"))
 }
 
+/// The directory a socket path lives in, which must exist: nothing creates
+/// it, and a reader could otherwise wait for a socket that cannot appear.
+pub fn socket_directory(path: &Path) -> Result<&Path, IpcError> {
+    let directory = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if directory.is_dir() {
+        Ok(directory)
+    } else {
+        Err(IpcError::NoDirectory(path.to_owned()))
+    }
+}
+
 /// The writer's listening socket. The socket file is removed on drop.
 #[derive(Debug)]
 pub struct Listener {
@@ -202,13 +216,7 @@ impl Listener {
     /// Binds `path` with file mode `mode`. A stale socket file with nobody
     /// behind it is replaced; a live one is an error.
     pub fn bind(path: &Path, mode: u32) -> Result<Self, IpcError> {
-        let directory = path
-            .parent()
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !directory.is_dir() {
-            return Err(IpcError::NoDirectory(path.to_owned()));
-        }
+        let directory = socket_directory(path)?;
         if let Ok(metadata) = std::fs::symlink_metadata(path) {
             if !metadata.file_type().is_socket() {
                 return Err(IpcError::NotASocket(path.to_owned()));
@@ -482,13 +490,7 @@ pub struct ListenerWatch {
 
 impl ListenerWatch {
     pub fn new(path: &Path) -> Result<Self, IpcError> {
-        let directory = path
-            .parent()
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !directory.is_dir() {
-            return Err(IpcError::NoDirectory(path.to_owned()));
-        }
+        let directory = socket_directory(path)?;
         let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(io_err("inotify_init"))?;
         inotify
             .add_watch(

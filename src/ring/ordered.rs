@@ -564,6 +564,7 @@ mod tests {
 
     use super::*;
     use crate::ring::layout::{OFFSET_READER_SLOT0, OFFSET_WRITE_POS, RECORD_ALIGN, SLOT_READ_POS, record_size};
+    use crate::ring::spsc::tests::{receive, send};
     use crate::ring::spsc::{CommitOutcome, Consumer, Producer, ReadRecord, channel};
 
     const READ_POS: usize = OFFSET_READER_SLOT0 + SLOT_READ_POS;
@@ -610,20 +611,6 @@ mod tests {
 
     fn event(flags: u32) -> RecordHeader {
         RecordHeader::untimed(RecordKind::Event, flags)
-    }
-
-    fn send(producer: &mut Producer, header: &RecordHeader, payload: &[u8]) {
-        let mut grant = producer.grant(payload.len()).unwrap().expect("room for the record");
-        grant.payload().copy_from_slice(payload);
-        grant.commit(header);
-    }
-
-    /// Takes the oldest record out of the ring, copying it.
-    fn receive(consumer: &mut Consumer) -> Option<(RecordHeader, Vec<u8>)> {
-        let record = consumer.peek().unwrap()?;
-        let taken = (*record.header(), record.payload().to_vec());
-        record.release();
-        Some(taken)
     }
 
     /// Takes a padding record and returns the bytes it spans.
@@ -727,7 +714,7 @@ mod tests {
         let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
         let lens = [100, 300, 0, 1000, 64];
         for (id, &len) in lens.iter().enumerate() {
-            send(&mut producer, &buffer(id as u32), &pattern(id as u32, len));
+            send(&mut producer, &pattern(id as u32, len), &buffer(id as u32));
         }
         let sizes = lens.map(size_of);
         let total: u64 = sizes.iter().sum();
@@ -757,7 +744,7 @@ mod tests {
         // further: the lease's bytes stay intact.
         let filler = [0xee; 64];
         while producer.grant(filler.len()).unwrap().is_some() {
-            send(&mut producer, &RecordHeader::untimed(RecordKind::Caps, 0), &filler);
+            send(&mut producer, &filler, &RecordHeader::untimed(RecordKind::Caps, 0));
         }
         let written = write_position(&producer);
         assert!(written > CAPACITY);
@@ -779,7 +766,7 @@ mod tests {
         for round in 0..2 {
             let start = read_position(&producer);
             for _ in 0..6 {
-                send(&mut producer, &buffer(next), &pattern(next, LEN));
+                send(&mut producer, &pattern(next, LEN), &buffer(next));
                 next += 1;
             }
             // Four leases span exactly half the ring.
@@ -814,7 +801,7 @@ mod tests {
         let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
         let mut next = 0u32;
         let mut send_empty = |producer: &mut Producer| {
-            send(producer, &event(next), &[]);
+            send(producer, &[], &event(next));
             next += 1;
         };
         let refused = |consumer: &mut Consumer| {
@@ -1011,7 +998,7 @@ mod tests {
         let CommitOutcome::OutOfOrder(stale) = commit(&mut producer, &b, &[], &buffer(2)) else {
             panic!("committed in place behind a pending reservation");
         };
-        send(&mut producer, &buffer(2), b.as_ref());
+        send(&mut producer, b.as_ref(), &buffer(2));
         drop(stale);
         assert!(
             consumer.peek().unwrap().is_none(),
@@ -1024,7 +1011,7 @@ mod tests {
         let CommitOutcome::OutOfOrder(stale) = commit(&mut producer, &a, &[], &buffer(1)) else {
             panic!("committed in place before a record granted after it");
         };
-        send(&mut producer, &buffer(1), a.as_ref());
+        send(&mut producer, a.as_ref(), &buffer(1));
         drop(stale);
         assert!(!producer.has_pending());
 
@@ -1041,10 +1028,10 @@ mod tests {
     fn dropped_reservation_becomes_one_padding_record() {
         const CAPACITY: u64 = 1 << 16;
         let (mut producer, mut consumer) = channel(CAPACITY).unwrap();
-        send(&mut producer, &event(1), b"before");
+        send(&mut producer, b"before", &event(1));
         let mut unused = producer.reserve(700, 100).unwrap().unwrap();
         unused.as_mut()[..10].fill(0xaa);
-        send(&mut producer, &event(2), b"behind it");
+        send(&mut producer, b"behind it", &event(2));
         assert!(receive(&mut consumer).is_some());
         assert!(consumer.peek().unwrap().is_none());
         drop(unused);
@@ -1078,8 +1065,8 @@ mod tests {
                 CommitOutcome::Committed => assert!(fits, "{event_len}-byte preamble committed"),
                 CommitOutcome::OutOfOrder(stale) => {
                     assert!(!fits, "{event_len}-byte preamble refused");
-                    send(&mut producer, &event(id), &payload);
-                    send(&mut producer, &buffer(id), reservation.as_ref());
+                    send(&mut producer, &payload, &event(id));
+                    send(&mut producer, reservation.as_ref(), &buffer(id));
                     drop(stale);
                     assert_eq!(skip_padding(&mut consumer), size);
                 }

@@ -715,7 +715,7 @@ pub fn channel(capacity: u64) -> Result<(Producer, Consumer), RingError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::VecDeque;
     use std::fs::File;
     use std::os::unix::fs::FileExt;
@@ -749,14 +749,14 @@ mod tests {
         RecordHeader::untimed(RecordKind::Caps, 0)
     }
 
-    fn send(producer: &mut Producer, payload: &[u8], header: &RecordHeader) {
+    pub(crate) fn send(producer: &mut Producer, payload: &[u8], header: &RecordHeader) {
         let mut grant = producer.grant(payload.len()).unwrap().expect("room for the record");
         grant.payload().copy_from_slice(payload);
         grant.commit(header);
     }
 
     /// Takes the oldest record out of the ring.
-    fn receive(consumer: &mut Consumer) -> Option<(RecordHeader, Vec<u8>)> {
+    pub(crate) fn receive(consumer: &mut Consumer) -> Option<(RecordHeader, Vec<u8>)> {
         let record = consumer.peek().unwrap()?;
         let taken = (*record.header(), record.payload().to_vec());
         record.release();

@@ -1,6 +1,5 @@
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
 use gst::glib;
@@ -13,6 +12,7 @@ use crate::codec;
 use crate::ipc::{self, Connection, IpcError, Listener, Trigger, Waiter};
 use crate::ring::layout::MAX_CAPACITY;
 use crate::ring::{CommitOutcome, Notifier, Producer, RecordHeader, Reservation, RingError, check_capacity};
+use crate::stats::Stats;
 use crate::unlock::Unlock;
 
 use super::pool::RingBufferPool;
@@ -104,33 +104,6 @@ pub struct ShmRingSink {
     /// it can be reached while `render` holds the state lock.
     unlock: Unlock,
     stats: Stats,
-}
-
-/// Counters behind the `stats` property.
-#[derive(Default)]
-struct Stats {
-    buffers: AtomicU64,
-    bytes: AtomicU64,
-    bytes_copied: AtomicU64,
-    buffers_zero_copy: AtomicU64,
-    wakeups_sent: AtomicU64,
-    wakeups_received: AtomicU64,
-    times_blocked_full: AtomicU64,
-}
-
-impl Stats {
-    fn to_structure(&self) -> gst::Structure {
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        gst::Structure::builder("application/x-shmringsink-stats")
-            .field("buffers", get(&self.buffers))
-            .field("bytes", get(&self.bytes))
-            .field("bytes-copied", get(&self.bytes_copied))
-            .field("buffers-zero-copy", get(&self.buffers_zero_copy))
-            .field("wakeups-sent", get(&self.wakeups_sent))
-            .field("wakeups-received", get(&self.wakeups_received))
-            .field("times-blocked-full", get(&self.times_blocked_full))
-            .build()
-    }
 }
 
 /// How `render` handled a buffer the pool may have reserved.
@@ -347,9 +320,7 @@ impl ShmRingSink {
                 Ok(Some(mut grant)) => {
                     fill(grant.payload());
                     grant.commit(header);
-                    self.stats
-                        .wakeups_sent
-                        .store(link.producer.wakeups_sent(), Ordering::Relaxed);
+                    self.stats.set_wakeups_sent(link.producer.wakeups_sent());
                     return Ok(WriteOutcome::Written);
                 }
                 Ok(None) => {
@@ -384,7 +355,7 @@ impl ShmRingSink {
         match link.producer.prepare_wait(payload_len) {
             Ok(false) => return Ok(false),
             Ok(true) => {
-                self.stats.times_blocked_full.fetch_add(1, Ordering::Relaxed);
+                self.stats.blocked_full();
             }
             Err(err) => return Err(self.post_ring_error(&err, payload_len)),
         }
@@ -392,7 +363,7 @@ impl ShmRingSink {
         link.producer.finish_edge_wait();
         let ready = ready.map_err(|err| self.post_ipc_error(&err))?;
         if ready[0] {
-            self.stats.wakeups_received.fetch_add(1, Ordering::Relaxed);
+            self.stats.woken();
         }
         if ready[2] {
             return Err(gst::FlowError::Flushing);
@@ -479,6 +450,7 @@ impl ShmRingSink {
         &self,
         state: &mut State,
         buffer: &gst::Buffer,
+        map: &[u8],
         header: &RecordHeader,
     ) -> Result<InPlace, gst::FlowError> {
         let Some(link) = state.link.as_mut() else {
@@ -487,9 +459,6 @@ impl ShmRingSink {
         if buffer.n_memory() != 1 {
             return Ok(InPlace::NotReserved);
         }
-        let Ok(map) = buffer.map_readable() else {
-            return Ok(InPlace::NotReserved);
-        };
         let preamble: Vec<(RecordHeader, &[u8])> = state
             .queued_events
             .iter()
@@ -513,9 +482,7 @@ impl ShmRingSink {
                     );
                     state.pool_disabled = true;
                 }
-                self.stats
-                    .wakeups_sent
-                    .store(link.producer.wakeups_sent(), Ordering::Relaxed);
+                self.stats.set_wakeups_sent(link.producer.wakeups_sent());
                 Ok(InPlace::Committed)
             }
             CommitOutcome::NotReserved => Ok(InPlace::NotReserved),
@@ -530,7 +497,7 @@ impl ShmRingSink {
                 // space stays unused until upstream drops the buffer.
                 drop(stale);
                 self.write_queued_events(state)?;
-                let outcome = self.write_record(state, header, map.len(), |dest| dest.copy_from_slice(&map))?;
+                let outcome = self.write_record(state, header, map.len(), |dest| dest.copy_from_slice(map))?;
                 Ok(InPlace::Copied(outcome))
             }
         }
@@ -554,11 +521,9 @@ impl ShmRingSink {
                 gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
                 return Ok(gst::FlowSuccess::Ok);
             }
-            let outcome = match self.commit_in_place(state, buffer, header)? {
+            let outcome = match self.commit_in_place(state, buffer, map, header)? {
                 InPlace::Committed => {
-                    self.stats.buffers.fetch_add(1, Ordering::Relaxed);
-                    self.stats.bytes.fetch_add(map.len() as u64, Ordering::Relaxed);
-                    self.stats.buffers_zero_copy.fetch_add(1, Ordering::Relaxed);
+                    self.stats.buffer(map.len(), false);
                     return Ok(gst::FlowSuccess::Ok);
                 }
                 InPlace::Copied(outcome) => outcome,
@@ -569,10 +534,7 @@ impl ShmRingSink {
             };
             match outcome {
                 WriteOutcome::Written => {
-                    let len = map.len() as u64;
-                    self.stats.buffers.fetch_add(1, Ordering::Relaxed);
-                    self.stats.bytes.fetch_add(len, Ordering::Relaxed);
-                    self.stats.bytes_copied.fetch_add(len, Ordering::Relaxed);
+                    self.stats.buffer(map.len(), true);
                     return Ok(gst::FlowSuccess::Ok);
                 }
                 // The reader left while we waited for room: the next one
@@ -679,7 +641,10 @@ impl ObjectImpl for ShmRingSink {
             "ring-size" => settings.ring_size.to_value(),
             "wait-for-connection" => settings.wait_for_connection.to_value(),
             "perms" => settings.perms.to_value(),
-            "stats" => self.stats.to_structure().to_value(),
+            "stats" => self
+                .stats
+                .to_structure("application/x-shmringsink-stats", true)
+                .to_value(),
             _ => pspec.default_value().clone(),
         }
     }

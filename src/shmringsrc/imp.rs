@@ -1,6 +1,6 @@
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
 use gst::glib;
@@ -13,6 +13,7 @@ use gst_base::subclass::prelude::*;
 use crate::codec::{self, Decoded};
 use crate::ipc::{self, Connection, Trigger, Waiter};
 use crate::ring::{Consumer, Notifier, RecordKind};
+use crate::stats::Stats;
 use crate::unlock::Unlock;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -64,31 +65,6 @@ pub struct ShmRingSrc {
     stats: Stats,
     /// Set while the writer's stream-start is pushed; see `constructed`.
     forwarding_stream_start: AtomicBool,
-}
-
-/// Counters behind the `stats` property.
-#[derive(Default)]
-struct Stats {
-    buffers: AtomicU64,
-    bytes: AtomicU64,
-    bytes_copied: AtomicU64,
-    buffers_zero_copy: AtomicU64,
-    wakeups_sent: AtomicU64,
-    wakeups_received: AtomicU64,
-}
-
-impl Stats {
-    fn to_structure(&self) -> gst::Structure {
-        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        gst::Structure::builder("application/x-shmringsrc-stats")
-            .field("buffers", get(&self.buffers))
-            .field("bytes", get(&self.bytes))
-            .field("bytes-copied", get(&self.bytes_copied))
-            .field("buffers-zero-copy", get(&self.buffers_zero_copy))
-            .field("wakeups-sent", get(&self.wakeups_sent))
-            .field("wakeups-received", get(&self.wakeups_received))
-            .build()
-    }
 }
 
 /// What one record turned into.
@@ -165,26 +141,21 @@ impl ShmRingSrc {
             return Ok(Some(Step::Continue));
         }
         if header.kind == RecordKind::Buffer {
-            let len = record.payload().len() as u64;
+            let len = record.payload().len();
             let lease = if !link.lease { Err(record) } else { record.into_lease() };
-            let mut buffer = match lease {
+            let (mut buffer, copied) = match lease {
                 // Downstream gets the ring memory itself, read-only; the
                 // writer may reuse it once the last reference is dropped.
-                Ok(lease) => {
-                    self.stats.buffers_zero_copy.fetch_add(1, Ordering::Relaxed);
-                    gst::Buffer::from_slice(lease)
-                }
+                Ok(lease) => (gst::Buffer::from_slice(lease), false),
                 // Downstream already pins half the ring: copy, so that the
                 // writer never waits on buffers held downstream.
                 Err(record) => {
                     let buffer = gst::Buffer::from_mut_slice(record.payload().to_vec());
                     record.release();
-                    self.stats.bytes_copied.fetch_add(len, Ordering::Relaxed);
-                    buffer
+                    (buffer, true)
                 }
             };
-            self.stats.buffers.fetch_add(1, Ordering::Relaxed);
-            self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+            self.stats.buffer(len, copied);
             codec::apply_buffer_header(&header, buffer.make_mut()).map_err(|err| {
                 gst::element_imp_error!(self, gst::StreamError::Decode, ["{err}"]);
                 gst::FlowError::Error
@@ -323,7 +294,10 @@ impl ObjectImpl for ShmRingSrc {
             "socket-path" => settings.socket_path.map(|path| path.display().to_string()).to_value(),
             "is-live" => settings.is_live.to_value(),
             "always-copy" => settings.always_copy.to_value(),
-            "stats" => self.stats.to_structure().to_value(),
+            "stats" => self
+                .stats
+                .to_structure("application/x-shmringsrc-stats", false)
+                .to_value(),
             _ => pspec.default_value().clone(),
         }
     }
@@ -395,19 +369,7 @@ impl BaseSrcImpl for ShmRingSrc {
                 ["socket-path is not set; set it to the socket-path of the shmringsink to read from"]
             ));
         };
-        let directory = path
-            .parent()
-            .filter(|dir| !dir.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        if !directory.is_dir() {
-            return Err(gst::error_msg!(
-                gst::ResourceError::NotFound,
-                [
-                    "The directory of socket-path {} does not exist; create it or fix socket-path",
-                    path.display()
-                ]
-            ));
-        }
+        ipc::socket_directory(&path).map_err(|err| gst::error_msg!(gst::ResourceError::NotFound, ["{err}"]))?;
         self.unlock.start()?;
         Ok(())
     }
@@ -473,9 +435,7 @@ impl PushSrcImpl for ShmRingSrc {
             return Err(gst::FlowError::Flushing);
         };
         loop {
-            self.stats
-                .wakeups_sent
-                .store(link.consumer.wakeups_sent(), Ordering::Relaxed);
+            self.stats.set_wakeups_sent(link.consumer.wakeups_sent());
             match self.next_record(link)? {
                 Some(Step::Buffer(buffer)) => return Ok(CreateSuccess::NewBuffer(buffer)),
                 Some(Step::Continue) => continue,
@@ -503,7 +463,7 @@ impl PushSrcImpl for ShmRingSrc {
                 gst::FlowError::Error
             })?;
             if ready[0] {
-                self.stats.wakeups_received.fetch_add(1, Ordering::Relaxed);
+                self.stats.woken();
             }
             if ready[2] {
                 return Err(gst::FlowError::Flushing);

@@ -1,0 +1,63 @@
+//! The counters behind both elements' `stats` property.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct Stats {
+    buffers: AtomicU64,
+    bytes: AtomicU64,
+    bytes_copied: AtomicU64,
+    buffers_zero_copy: AtomicU64,
+    wakeups_sent: AtomicU64,
+    wakeups_received: AtomicU64,
+    times_blocked_full: AtomicU64,
+}
+
+impl Stats {
+    /// One buffer of `len` bytes crossed the ring, copied or not.
+    pub fn buffer(&self, len: usize, copied: bool) {
+        let len = len as u64;
+        self.buffers.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        if copied {
+            self.bytes_copied.fetch_add(len, Ordering::Relaxed);
+        } else {
+            self.buffers_zero_copy.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The ring side's own count of wake-ups it sent the other side.
+    pub fn set_wakeups_sent(&self, count: u64) {
+        self.wakeups_sent.store(count, Ordering::Relaxed);
+    }
+
+    /// A sleep ended because the other side woke us.
+    pub fn woken(&self) {
+        self.wakeups_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The writer found the ring full and went to sleep.
+    pub fn blocked_full(&self) {
+        self.times_blocked_full.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The property's value. `times-blocked-full` only means something on
+    /// the writer's side.
+    pub fn to_structure(&self, name: &str, with_blocked_full: bool) -> gst::Structure {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let builder = gst::Structure::builder(name)
+            .field("buffers", get(&self.buffers))
+            .field("bytes", get(&self.bytes))
+            .field("bytes-copied", get(&self.bytes_copied))
+            .field("buffers-zero-copy", get(&self.buffers_zero_copy))
+            .field("wakeups-sent", get(&self.wakeups_sent))
+            .field("wakeups-received", get(&self.wakeups_received));
+        if with_blocked_full {
+            builder
+                .field("times-blocked-full", get(&self.times_blocked_full))
+                .build()
+        } else {
+            builder.build()
+        }
+    }
+}
