@@ -1,13 +1,20 @@
 //! Throughput of the core ring against rtrb and a plain memcpy.
 //!
-//! For each record size a producer thread writes records and the measured
+//! For each record size a writer thread sends records and the measured
 //! thread reads them, copying every payload into one reused buffer, so each
 //! ring pays for the same two copies (in on one core, out on the other).
 //! Throughput counts payload bytes only: our 64-byte record header and
-//! padding are overhead the ring has to earn back.
+//! padding, and the heap's bookkeeping, are overhead the ring has to earn
+//! back.
+//!
+//! Our side takes the path a real writer takes: a payload of up to
+//! `INLINE_MAX` bytes is copied into the record queue after its header, a
+//! larger one into a heap block that the record names and that the reader
+//! gives back through the release queue once it has copied it out.
 //!
 //! - `shmring` waits with the sleep protocol (`prepare_wait`, poll,
-//!   `finish_wait`), as the elements do.
+//!   `finish_wait`), as the elements do, on the record queue and, for
+//!   blocks, on the release queue.
 //! - `shmring-spin` waits like rtrb does here, so the gap between the two
 //!   `shmring` lines is what the sleep protocol costs, or saves by letting
 //!   records pile up while the reader sleeps.
@@ -15,21 +22,27 @@
 //!   when full or empty: the fastest way to use it in this setting.
 //! - `memcpy` copies the payload once in one thread: the ceiling.
 //!
-//! Both rings hold 1 MiB, so about sixteen 64 KiB records fit in either.
-//! With two threads the numbers are only as steady as the machine's two
-//! least busy cores; compare lines from one run.
+//! Both rings hold 1 MiB (our record queue, and our heap too), so about
+//! sixteen 64 KiB records fit in either. With two threads the numbers are
+//! only as steady as the machine's two least busy cores; compare lines from
+//! one run.
 
 use std::hint::{black_box, spin_loop};
-use std::sync::Barrier;
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use gstshmring::ipc::wait_readable;
-use gstshmring::ring::{self, Consumer, Producer, RecordHeader, RecordKind};
+use gstshmring::ring::{
+    self, ChannelSizes, Consumer, HeapBooks, HeapMemory, Payload, Producer, RecordHeader, RecordKind, ReleaseConsumer,
+    ReleaseProducer,
+};
 
 const CAPACITY: usize = 1 << 20;
 const SIZES: [usize; 3] = [64, 4 << 10, 64 << 10];
+/// The largest payload sent inline, as `shmringsink` does.
+const INLINE_MAX: usize = 4096;
 
 /// How our ring waits when it is full or empty.
 #[derive(Clone, Copy)]
@@ -59,43 +72,143 @@ impl Backoff {
     }
 }
 
-fn shmring_push(producer: &mut Producer, payload: &[u8], wait: Wait) {
-    // The elements send buffers, whose header is as costly to write as any.
-    let header = RecordHeader::untimed(RecordKind::Buffer, 0);
-    let mut backoff = Backoff::default();
-    loop {
-        if let Some(mut grant) = producer.grant(payload.len()).expect("the ring is not corrupt") {
-            grant.payload().copy_from_slice(payload);
-            grant.commit(&header);
-            return;
+/// Our writer: the record producer, and the heap with its books and the
+/// release queue that brings blocks back.
+struct ShmWriter {
+    records: Producer,
+    releases: ReleaseConsumer,
+    heap: Arc<HeapMemory>,
+    books: HeapBooks,
+}
+
+/// Our reader: the record consumer, the heap it copies blocks out of, and
+/// the release queue it gives them back through.
+struct ShmReader {
+    records: Consumer,
+    releases: ReleaseProducer,
+    heap: Arc<HeapMemory>,
+}
+
+fn shmring() -> (ShmWriter, ShmReader) {
+    let sizes = ChannelSizes {
+        record_capacity: CAPACITY as u64,
+        release_slots: (CAPACITY / INLINE_MAX + 1) as u64,
+        heap_size: CAPACITY as u64,
+    };
+    let (writer, heap, reader) = ring::channel(sizes).expect("creating the ring");
+    let (records, releases) = writer.into_parts();
+    let writer = ShmWriter {
+        records,
+        releases,
+        books: HeapBooks::new(heap.size()),
+        heap,
+    };
+    let reader = ShmReader {
+        records: reader.records,
+        releases: reader.releases,
+        heap: reader.heap,
+    };
+    (writer, reader)
+}
+
+impl ShmWriter {
+    fn push(&mut self, payload: &[u8], wait: Wait) {
+        let len = payload.len() as u64;
+        let place = if payload.len() <= INLINE_MAX {
+            Payload::Inline { len }
+        } else {
+            let offset = self.allocate(len, wait);
+            // SAFETY: the books just handed this block out, so no record
+            // names it and the reader holds none of it.
+            unsafe { self.heap.block_mut(offset, len) }
+                .expect("the books allocate inside the heap")
+                .copy_from_slice(payload);
+            Payload::Block { offset, len }
+        };
+        // The elements send buffers, whose header is as costly to write as
+        // any.
+        let header = RecordHeader::untimed(RecordKind::Buffer, 0);
+        let mut backoff = Backoff::default();
+        loop {
+            if let Some(mut grant) = self.records.grant(place).expect("the ring is not corrupt") {
+                if let Payload::Inline { .. } = place {
+                    grant.payload().copy_from_slice(payload);
+                }
+                grant.commit(&header);
+                return;
+            }
+            let inline_len = if let Payload::Inline { len } = place { len } else { 0 };
+            match wait {
+                Wait::Spin => backoff.snooze(),
+                Wait::Sleep => {
+                    if self.records.prepare_wait(inline_len).expect("the record fits the ring") {
+                        wait_readable([self.records.space_fd()]).expect("poll on an eventfd we own");
+                        self.records.finish_wait();
+                    }
+                }
+            }
         }
-        match wait {
-            Wait::Spin => backoff.snooze(),
-            Wait::Sleep => {
-                if producer.prepare_wait(payload.len()).expect("the record fits the ring") {
-                    wait_readable([producer.space_fd()]).expect("poll on an eventfd we own");
-                    producer.finish_wait();
+    }
+
+    /// A block for `len` bytes, taking back what the reader has released
+    /// and waiting for more when the heap is full.
+    fn allocate(&mut self, len: u64, wait: Wait) -> u64 {
+        let mut backoff = Backoff::default();
+        loop {
+            let books = &mut self.books;
+            self.releases
+                .take_all(|offset| {
+                    books
+                        .release(offset, ring::reader(0))
+                        .expect("the reader held the block");
+                })
+                .expect("the release queue is not corrupt");
+            if let Some(offset) = self.books.allocate(len, ring::reader(0)) {
+                return offset;
+            }
+            match wait {
+                Wait::Spin => backoff.snooze(),
+                Wait::Sleep => {
+                    if self.releases.prepare_wait().expect("the release queue is not corrupt") {
+                        wait_readable([self.releases.release_fd()]).expect("poll on an eventfd we own");
+                        self.releases.finish_wait();
+                    }
                 }
             }
         }
     }
 }
 
-fn shmring_pop(consumer: &mut Consumer, out: &mut [u8], wait: Wait) {
-    let mut backoff = Backoff::default();
-    loop {
-        if let Some(record) = consumer.peek().expect("the ring is not corrupt") {
-            // Panics on a short record, which makes the copy double as a check.
-            out.copy_from_slice(record.payload());
-            record.release();
-            return;
-        }
-        match wait {
-            Wait::Spin => backoff.snooze(),
-            Wait::Sleep => {
-                if consumer.prepare_wait().expect("the ring is not corrupt") {
-                    wait_readable([consumer.data_fd()]).expect("poll on an eventfd we own");
-                    consumer.finish_wait();
+impl ShmReader {
+    fn pop(&mut self, out: &mut [u8], wait: Wait) {
+        let mut backoff = Backoff::default();
+        loop {
+            if let Some(record) = self.records.peek().expect("the ring is not corrupt") {
+                // Panics on a short record, which makes the copy double as a
+                // check.
+                let block = match record.payload() {
+                    Payload::Inline { .. } => {
+                        out.copy_from_slice(record.inline());
+                        None
+                    }
+                    Payload::Block { offset, len } => {
+                        out.copy_from_slice(self.heap.block(offset, len).expect("peek checked the block"));
+                        Some(offset)
+                    }
+                };
+                record.release();
+                if let Some(offset) = block {
+                    self.releases.push(offset).expect("the writer takes blocks back");
+                }
+                return;
+            }
+            match wait {
+                Wait::Spin => backoff.snooze(),
+                Wait::Sleep => {
+                    if self.records.prepare_wait().expect("the ring is not corrupt") {
+                        wait_readable([self.records.data_fd()]).expect("poll on an eventfd we own");
+                        self.records.finish_wait();
+                    }
                 }
             }
         }
@@ -120,7 +233,7 @@ fn rtrb_pop(consumer: &mut rtrb::Consumer<u8>, out: &mut [u8]) {
     }
 }
 
-/// Moves `records` records of `size` bytes from a producer thread to this
+/// Moves `records` records of `size` bytes from a writer thread to this
 /// one and returns how long this thread took to copy them all out, counted
 /// from the moment both threads are ready, so the spawn is not timed.
 fn transfer<P: Send, C>(
@@ -161,7 +274,7 @@ fn bench_ring(c: &mut Criterion) {
 
     // One ring of each kind for the whole run: every sample leaves it empty,
     // and reusing it keeps page faults on fresh memory out of the numbers.
-    let (mut producer, mut consumer) = ring::channel(CAPACITY as u64).expect("creating the ring");
+    let (mut writer, mut reader) = shmring();
     let (mut rtrb_producer, mut rtrb_consumer) = rtrb::RingBuffer::<u8>::new(CAPACITY);
 
     for size in SIZES {
@@ -172,10 +285,10 @@ fn bench_ring(c: &mut Criterion) {
                     transfer(
                         records,
                         size,
-                        &mut producer,
-                        &mut consumer,
-                        |producer, payload| shmring_push(producer, payload, wait),
-                        |consumer, out| shmring_pop(consumer, out, wait),
+                        &mut writer,
+                        &mut reader,
+                        |writer, payload| writer.push(payload, wait),
+                        |reader, out| reader.pop(out, wait),
                     )
                 })
             });

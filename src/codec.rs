@@ -5,6 +5,7 @@
 //! | record            | payload                                            |
 //! |-------------------|----------------------------------------------------|
 //! | buffer            | the buffer's bytes                                 |
+//! | video layout      | empty (no GstVideoMeta), or u32 format, u32 frame flags, u32 width, u32 height, u32 planes, u32 reserved, u32 plane offsets[4], i32 plane strides[4] |
 //! | caps              | the caps as a UTF-8 string                         |
 //! | event stream-start| u32 flags, u32 group-id (0 = none), UTF-8 stream-id |
 //! | event segment     | u32 format, u32 flags, f64 rate, f64 applied-rate, then base, offset, start, stop, time, position, duration as u64 |
@@ -50,10 +51,12 @@ pub enum Decoded {
 /// error rather than an allocation the writer chose.
 pub const MAX_CONTROL_PAYLOAD: usize = 16 << 20;
 
-/// The metadata-area kind of a buffer record that carries a GstVideoMeta:
-/// u32 format, u32 frame flags, u32 width, u32 height, u32 planes,
-/// u32 reserved, u32 plane offsets[4], i32 plane strides[4].
-pub const META_VIDEO: u32 = 1;
+/// Bytes of a video layout record's payload.
+pub const VIDEO_LAYOUT_SIZE: usize = 56;
+
+/// A buffer's memory layout, as a video layout record carries it; `None`
+/// for a buffer without a GstVideoMeta.
+pub type VideoLayout = Option<[u8; VIDEO_LAYOUT_SIZE]>;
 
 /// The record header describing `buffer`.
 pub fn buffer_header(buffer: &gst::BufferRef) -> RecordHeader {
@@ -64,32 +67,53 @@ pub fn buffer_header(buffer: &gst::BufferRef) -> RecordHeader {
     header.duration = time(buffer.duration());
     header.offset = buffer.offset();
     header.offset_end = buffer.offset_end();
-    if let Some(meta) = buffer.meta::<gst_video::VideoMeta>() {
-        let planes = meta.n_planes() as usize;
-        let fits = planes <= 4 && meta.offset().iter().all(|&offset| u32::try_from(offset).is_ok());
-        if fits {
-            header.meta_kind = META_VIDEO;
-            let mut words = [0u32; 14];
-            words[0] = meta.format().into_glib() as u32;
-            words[1] = meta.video_frame_flags().bits();
-            words[2] = meta.width();
-            words[3] = meta.height();
-            words[4] = planes as u32;
-            for plane in 0..planes {
-                words[6 + plane] = meta.offset()[plane] as u32;
-                words[10 + plane] = meta.stride()[plane] as u32;
-            }
-            for (chunk, word) in header.meta.chunks_exact_mut(4).zip(words) {
-                chunk.copy_from_slice(&word.to_ne_bytes());
-            }
-        }
-    }
     header
 }
 
-/// Restores the metadata of a buffer record. A video layout that does not
-/// describe memory inside the buffer is refused.
-pub fn apply_buffer_header(header: &RecordHeader, buffer: &mut gst::BufferRef) -> Result<(), DecodeError> {
+/// The layout of `buffer`'s GstVideoMeta, if it has one that fits a record.
+pub fn video_layout(buffer: &gst::BufferRef) -> VideoLayout {
+    let meta = buffer.meta::<gst_video::VideoMeta>()?;
+    let planes = meta.n_planes() as usize;
+    if planes > 4 || meta.offset().iter().any(|&offset| u32::try_from(offset).is_err()) {
+        return None;
+    }
+    let mut words = [0u32; VIDEO_LAYOUT_SIZE / 4];
+    words[0] = meta.format().into_glib() as u32;
+    words[1] = meta.video_frame_flags().bits();
+    words[2] = meta.width();
+    words[3] = meta.height();
+    words[4] = planes as u32;
+    for plane in 0..planes {
+        words[6 + plane] = meta.offset()[plane] as u32;
+        words[10 + plane] = meta.stride()[plane] as u32;
+    }
+    let mut layout = [0u8; VIDEO_LAYOUT_SIZE];
+    for (chunk, word) in layout.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    Some(layout)
+}
+
+/// Parses a video layout record's payload (a private copy of it).
+pub fn decode_video_layout(payload: &[u8]) -> Result<VideoLayout, DecodeError> {
+    match payload.len() {
+        0 => Ok(None),
+        VIDEO_LAYOUT_SIZE => {
+            let mut layout = [0u8; VIDEO_LAYOUT_SIZE];
+            layout.copy_from_slice(payload);
+            Ok(Some(layout))
+        }
+        _ => Err(bad("video layout")),
+    }
+}
+
+/// Restores the metadata of a buffer record, and the video layout in force.
+/// A layout that does not describe memory inside the buffer is refused.
+pub fn apply_buffer_header(
+    header: &RecordHeader,
+    layout: &VideoLayout,
+    buffer: &mut gst::BufferRef,
+) -> Result<(), DecodeError> {
     let time = |value: u64| (value != NONE).then(|| gst::ClockTime::from_nseconds(value));
     buffer.set_pts(time(header.pts));
     buffer.set_dts(time(header.dts));
@@ -97,13 +121,13 @@ pub fn apply_buffer_header(header: &RecordHeader, buffer: &mut gst::BufferRef) -
     buffer.set_offset(header.offset);
     buffer.set_offset_end(header.offset_end);
     buffer.set_flags(gst::BufferFlags::from_bits_truncate(header.flags));
-    if header.meta_kind == META_VIDEO {
-        add_video_meta(&header.meta, buffer).ok_or(bad("video layout"))?;
+    if let Some(layout) = layout {
+        add_video_meta(layout, buffer).ok_or(bad("video layout"))?;
     }
     Ok(())
 }
 
-fn add_video_meta(meta: &[u8; 64], buffer: &mut gst::BufferRef) -> Option<()> {
+fn add_video_meta(meta: &[u8; VIDEO_LAYOUT_SIZE], buffer: &mut gst::BufferRef) -> Option<()> {
     let word = |index: usize| {
         let at = index * 4;
         u32::from_ne_bytes([meta[at], meta[at + 1], meta[at + 2], meta[at + 3]])
@@ -230,7 +254,7 @@ pub fn decode(header: &RecordHeader, payload: &[u8]) -> Result<Decoded, DecodeEr
             Ok(Decoded::Caps(caps))
         }
         RecordKind::Event => decode_event(header.flags, payload),
-        RecordKind::Buffer | RecordKind::Padding => Err(bad("buffer")),
+        RecordKind::Buffer | RecordKind::VideoLayout => Err(bad("buffer")),
     }
 }
 

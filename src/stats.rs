@@ -11,6 +11,7 @@ pub struct Stats {
     wakeups_sent: AtomicU64,
     wakeups_received: AtomicU64,
     times_blocked_full: AtomicU64,
+    peak_held_bytes: AtomicU64,
 }
 
 impl Stats {
@@ -36,6 +37,12 @@ impl Stats {
         self.wakeups_received.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Heap bytes held across the ring now: by the reader's leases, or on
+    /// the writer's side by the reader. Only the peak is kept.
+    pub fn held(&self, bytes: u64) {
+        self.peak_held_bytes.fetch_max(bytes, Ordering::Relaxed);
+    }
+
     /// The writer found the ring full and went to sleep.
     pub fn blocked_full(&self) {
         self.times_blocked_full.fetch_add(1, Ordering::Relaxed);
@@ -51,7 +58,8 @@ impl Stats {
             .field("bytes-copied", get(&self.bytes_copied))
             .field("buffers-zero-copy", get(&self.buffers_zero_copy))
             .field("wakeups-sent", get(&self.wakeups_sent))
-            .field("wakeups-received", get(&self.wakeups_received));
+            .field("wakeups-received", get(&self.wakeups_received))
+            .field("peak-held-bytes", get(&self.peak_held_bytes));
         if with_blocked_full {
             builder
                 .field("times-blocked-full", get(&self.times_blocked_full))

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 use gst_check::Harness;
 use gstshmring::ipc::{self, Connection};
-use gstshmring::ring::{Consumer, RecordKind};
+use gstshmring::ring::{Payload, ReaderChannel, RecordKind};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{
@@ -373,7 +373,7 @@ fn assert_same_bytes(expected: &gst::BufferRef, actual: &gst::BufferRef, which: 
 /// A reader that attaches to the sink at `path` and then reads nothing, so
 /// that the sink's ring fills up. Returns once the sink has served it, which
 /// happens when the sink renders its first buffer.
-fn idle_reader(path: &Path) -> Running<(Connection, Consumer)> {
+fn idle_reader(path: &Path) -> Running<(Connection, ReaderChannel)> {
     let path = path.to_owned();
     spawn("idle reader", move || {
         // Nothing ever interrupts this reader; the join's watchdog bounds it.
@@ -399,12 +399,20 @@ fn fill_ring(mut sink: Harness, pushed: Arc<AtomicUsize>) -> (Harness, gst::Flow
 
 /// Takes every record out of `consumer`: the kinds, and the payloads of the
 /// buffer records.
-fn drain(consumer: &mut Consumer) -> (Vec<RecordKind>, Vec<Vec<u8>>) {
+fn drain(reader: &mut ReaderChannel) -> (Vec<RecordKind>, Vec<Vec<u8>>) {
     let (mut kinds, mut buffers) = (Vec::new(), Vec::new());
-    while let Some(record) = consumer.peek().expect("the sink writes a sound ring") {
+    while let Some(record) = reader.records.peek().expect("the sink writes a sound ring") {
         kinds.push(record.header().kind);
+        let payload = match record.payload() {
+            Payload::Inline { .. } => record.inline().to_vec(),
+            Payload::Block { offset, len } => {
+                let bytes = reader.heap.block(offset, len).expect("blocks lie in the heap").to_vec();
+                reader.releases.push(offset).expect("the sink takes blocks back");
+                bytes
+            }
+        };
         if record.header().kind == RecordKind::Buffer {
-            buffers.push(record.payload().to_vec());
+            buffers.push(payload);
         }
         record.release();
     }
@@ -1020,7 +1028,7 @@ fn reader_with_another_protocol_version_is_refused() {
     // Room for more than a hello and for fds, so that an oversized reply or
     // fds sent to a refused reader would show.
     let mut reply = [0u8; 64];
-    let mut control = nix::cmsg_space!([RawFd; 4]);
+    let mut control = nix::cmsg_space!([RawFd; 6]);
     let mut iov = [IoSliceMut::new(&mut reply)];
     let received = recvmsg::<()>(
         socket.as_raw_fd(),
@@ -1042,7 +1050,7 @@ fn reader_with_another_protocol_version_is_refused() {
         let _ = nix::unistd::close(*fd);
     }
     assert!(fds.is_empty(), "a refused reader was sent fds");
-    assert_eq!(len, 32);
+    assert_eq!(len, 48);
     assert_eq!(&reply[..8], b"SHMRRING");
     assert_eq!(reply[8..12], ipc::PROTOCOL_VERSION.to_ne_bytes());
     assert_eq!(reply[12..16], 1u32.to_ne_bytes(), "status is not 'version mismatch'");

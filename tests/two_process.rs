@@ -805,13 +805,32 @@ fn socket_path_in_missing_directory_fails() {
 const FRAME_LARGER_THAN_RING: &str =
     "videotestsrc num-buffers=5 ! video/x-raw,format=I420,width=1920,height=1080 ! shmringsink ring-size=65536";
 
-/// A frame bigger than the whole ring is an error that names the fix, and
+/// Buffers of caps that say nothing of their size, each larger than the
+/// whole heap: only rendering finds out, once a reader is linked. (With no
+/// caps at all, gst-launch-1.0 1.22 sometimes hangs in preroll after the
+/// reader's error, whatever the source element.)
+const BUFFER_LARGER_THAN_RING: &str = "fakesrc num-buffers=5 sizetype=fixed sizemax=200000 filltype=zero ! application/x-big ! shmringsink ring-size=65536";
+
+/// Raw caps whose frames cannot fit in ring-size are an error at once,
+/// naming both sizes and the fix, with no reader connected.
+#[test]
+fn frame_larger_than_ring_fails_at_once() {
+    let scratch = Scratch::new("frame_too_large");
+    let socket = scratch.socket().display().to_string();
+    let writer = start_writer(&scratch, &format!("{FRAME_LARGER_THAN_RING} socket-path={socket}"));
+    let finished = writer.finish();
+    finished.assert_failure("raise ring-size");
+    finished.assert_failure("3110400");
+    finished.assert_failure("65536");
+}
+
+/// A buffer bigger than the whole heap is an error that names the fix, and
 /// the reader does not wait forever afterwards.
 #[test]
 fn buffer_larger_than_ring_fails() {
     let scratch = Scratch::new("buffer_too_large");
     let socket = scratch.socket().display().to_string();
-    let writer = start_writer(&scratch, &format!("{FRAME_LARGER_THAN_RING} socket-path={socket}"));
+    let writer = start_writer(&scratch, &format!("{BUFFER_LARGER_THAN_RING} socket-path={socket}"));
     let reader = Launch::spawn(
         &scratch,
         "reader",
@@ -832,7 +851,7 @@ fn buffer_larger_than_ring_fails() {
 fn writer_failure_is_not_a_clean_end_for_the_reader() {
     let scratch = Scratch::new("writer_failure");
     let socket = scratch.socket().display().to_string();
-    let writer = parse_pipeline(&format!("{FRAME_LARGER_THAN_RING} socket-path={socket}"));
+    let writer = parse_pipeline(&format!("{BUFFER_LARGER_THAN_RING} socket-path={socket}"));
     writer
         .set_state(gst::State::Playing)
         .expect("the in-process writer starts");

@@ -1,7 +1,7 @@
 //! The control socket: the versioned handshake that hands a reader the ring,
 //! and the liveness signal afterwards. No GStreamer in here either.
 //!
-//! Wire format, version 1 (native-endian, one SOCK_SEQPACKET message each):
+//! Wire format, version 2 (native-endian, one SOCK_SEQPACKET message each):
 //!
 //! ```text
 //! reader → writer  ClientHello, 16 bytes
@@ -9,15 +9,18 @@
 //!   8  u32      protocol version
 //!   12 u32      reserved, 0
 //!
-//! writer → reader  ServerHello, 32 bytes, with SCM_RIGHTS
-//!                  [memfd, data-ready eventfd, space-ready eventfd]
+//! writer → reader  ServerHello, 48 bytes, with SCM_RIGHTS
+//!                  [channel memfd, heap memfd, data-ready eventfd,
+//!                   space-ready eventfd, release-ready eventfd]
 //!                  when status is 0 and no fds otherwise
 //!   0  [u8; 8]  "SHMRRING"
 //!   8  u32      protocol version
 //!   12 u32      status: 0 accepted, 1 version mismatch, 2 busy
-//!   16 u64      ring capacity in bytes
-//!   24 u32      reader slot
-//!   28 u32      reserved, 0
+//!   16 u64      record queue capacity in bytes
+//!   24 u64      release queue capacity in entries
+//!   32 u64      heap size in bytes
+//!   40 u32      reader slot
+//!   44 u32      reserved, 0
 //! ```
 //!
 //! The magic and version words come first in every version, so two builds
@@ -38,7 +41,7 @@ use nix::sys::socket::{
     connect, listen, recv, recvmsg, sendmsg, socket,
 };
 
-use crate::ring::{Consumer, Producer, RingError, RingFds};
+use crate::ring::{ChannelFds, ChannelSizes, HeapMemory, ReaderChannel, ReceivedFds, RingError, WriterChannel};
 
 /// Version of the handshake and of the ring layout it hands over.
 pub const PROTOCOL_VERSION: u32 = crate::ring::layout::LAYOUT_VERSION;
@@ -46,7 +49,7 @@ pub const PROTOCOL_VERSION: u32 = crate::ring::layout::LAYOUT_VERSION;
 const CLIENT_MAGIC: [u8; 8] = *b"SHMRHELO";
 const SERVER_MAGIC: [u8; 8] = *b"SHMRRING";
 const CLIENT_HELLO_LEN: usize = 16;
-const SERVER_HELLO_LEN: usize = 32;
+const SERVER_HELLO_LEN: usize = 48;
 
 /// Errors of the control socket, worded for the user who has to fix them.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +94,7 @@ fn io_err(context: &'static str) -> impl FnOnce(Errno) -> IpcError {
 pub struct ServerHello {
     pub version: u32,
     pub status: HelloStatus,
-    pub capacity: u64,
+    pub sizes: ChannelSizes,
     pub reader_slot: u32,
 }
 
@@ -101,7 +104,11 @@ impl ServerHello {
         Self {
             version: PROTOCOL_VERSION,
             status,
-            capacity: 0,
+            sizes: ChannelSizes {
+                record_capacity: 0,
+                release_slots: 0,
+                heap_size: 0,
+            },
             reader_slot: 0,
         }
     }
@@ -358,7 +365,7 @@ impl Connection {
         ])))
     }
 
-    pub fn send_server_hello(&self, hello: &ServerHello, fds: Option<RingFds<'_>>) -> Result<(), IpcError> {
+    pub fn send_server_hello(&self, hello: &ServerHello, fds: Option<ChannelFds<'_>>) -> Result<(), IpcError> {
         let mut message = [0u8; SERVER_HELLO_LEN];
         message[0..8].copy_from_slice(&SERVER_MAGIC);
         message[8..12].copy_from_slice(&hello.version.to_ne_bytes());
@@ -368,14 +375,18 @@ impl Connection {
             HelloStatus::Busy => 2,
         };
         message[12..16].copy_from_slice(&status.to_ne_bytes());
-        message[16..24].copy_from_slice(&hello.capacity.to_ne_bytes());
-        message[24..28].copy_from_slice(&hello.reader_slot.to_ne_bytes());
+        message[16..24].copy_from_slice(&hello.sizes.record_capacity.to_ne_bytes());
+        message[24..32].copy_from_slice(&hello.sizes.release_slots.to_ne_bytes());
+        message[32..40].copy_from_slice(&hello.sizes.heap_size.to_ne_bytes());
+        message[40..44].copy_from_slice(&hello.reader_slot.to_ne_bytes());
         match fds {
             Some(fds) => {
                 let raw = [
-                    fds.memfd.as_raw_fd(),
+                    fds.channel.as_raw_fd(),
+                    fds.heap.as_raw_fd(),
                     fds.data_ready.as_raw_fd(),
                     fds.space_ready.as_raw_fd(),
+                    fds.release_ready.as_raw_fd(),
                 ];
                 self.send(&message, &raw)
             }
@@ -388,7 +399,7 @@ impl Connection {
     /// writer is reported as an error.
     pub fn recv_server_hello(&self) -> Result<Option<(ServerHello, Vec<OwnedFd>)>, IpcError> {
         let mut message = [0u8; SERVER_HELLO_LEN];
-        let mut control = nix::cmsg_space!([RawFd; 4]);
+        let mut control = nix::cmsg_space!([RawFd; 6]);
         let mut iov = [io::IoSliceMut::new(&mut message)];
         let (len, fds, truncated) = loop {
             match recvmsg::<()>(
@@ -439,13 +450,20 @@ impl Connection {
             2 => HelloStatus::Busy,
             _ => return Err(IpcError::Malformed("unknown hello status")),
         };
-        let mut capacity = [0u8; 8];
-        capacity.copy_from_slice(&message[16..24]);
+        let u64_at = |at: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&message[at..at + 8]);
+            u64::from_ne_bytes(bytes)
+        };
         let hello = ServerHello {
             version,
             status,
-            capacity: u64::from_ne_bytes(capacity),
-            reader_slot: u32_at(24),
+            sizes: ChannelSizes {
+                record_capacity: u64_at(16),
+                release_slots: u64_at(24),
+                heap_size: u64_at(32),
+            },
+            reader_slot: u32_at(40),
         };
         Ok(Some((hello, fds)))
     }
@@ -516,7 +534,7 @@ impl AsFd for ListenerWatch {
 /// The reader's side of the handshake: sleeps until a writer listens at
 /// `path`, connects, and attaches to the ring it sends after checking every
 /// part of it. Returns `Ok(None)` as soon as `interrupt` becomes readable.
-pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(Connection, Consumer)>, IpcError> {
+pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(Connection, ReaderChannel)>, IpcError> {
     // The directory is watched only once a first attempt finds no writer,
     // and then tried again before sleeping, so no creation is missed.
     let mut watch: Option<ListenerWatch> = None;
@@ -573,13 +591,18 @@ pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(
                 "the writer assigned a reader slot this version does not have",
             ));
         }
-        let Ok([memfd, data_ready, space_ready]) = <[OwnedFd; 3]>::try_from(fds) else {
-            return Err(IpcError::Malformed(
-                "the writer's hello did not carry exactly three fds",
-            ));
+        let Ok([channel, heap, data_ready, space_ready, release_ready]) = <[OwnedFd; 5]>::try_from(fds) else {
+            return Err(IpcError::Malformed("the writer's hello did not carry exactly five fds"));
         };
-        let consumer = Consumer::attach(memfd, data_ready, space_ready, hello.capacity)?;
-        return Ok(Some((connection, consumer)));
+        let fds = ReceivedFds {
+            channel,
+            heap,
+            data_ready,
+            space_ready,
+            release_ready,
+        };
+        let reader = ReaderChannel::attach(fds, hello.sizes)?;
+        return Ok(Some((connection, reader)));
     }
 }
 
@@ -588,12 +611,13 @@ pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(
 /// Returns `Ok(None)` as soon as `interrupt` becomes readable.
 pub fn serve_reader(
     connection: &Connection,
-    capacity: u64,
+    sizes: ChannelSizes,
+    heap: &HeapMemory,
     interrupt: BorrowedFd<'_>,
-) -> Result<Option<Producer>, IpcError> {
+) -> Result<Option<WriterChannel>, IpcError> {
     loop {
         if let Some(version) = connection.recv_client_hello()? {
-            return answer_hello(connection, version, capacity).map(Some);
+            return answer_hello(connection, version, sizes, heap).map(Some);
         }
         if wait_readable([connection.as_fd(), interrupt])?[1] {
             return Ok(None);
@@ -602,8 +626,13 @@ pub fn serve_reader(
 }
 
 /// Answers a reader's hello: refuses another protocol version, or creates a
-/// ring of `capacity` bytes and hands it over.
-pub fn answer_hello(connection: &Connection, version: u32, capacity: u64) -> Result<Producer, IpcError> {
+/// channel of `sizes` and hands it over with the heap.
+pub fn answer_hello(
+    connection: &Connection,
+    version: u32,
+    sizes: ChannelSizes,
+    heap: &HeapMemory,
+) -> Result<WriterChannel, IpcError> {
     if version != PROTOCOL_VERSION {
         let _ = connection.send_server_hello(&ServerHello::refusal(HelloStatus::VersionMismatch), None);
         return Err(IpcError::VersionMismatch {
@@ -611,22 +640,28 @@ pub fn answer_hello(connection: &Connection, version: u32, capacity: u64) -> Res
             ours: PROTOCOL_VERSION,
         });
     }
-    let producer = Producer::create(capacity)?;
+    let channel = WriterChannel::create(sizes)?;
     let hello = ServerHello {
         version: PROTOCOL_VERSION,
         status: HelloStatus::Accepted,
-        capacity,
+        sizes,
         reader_slot: 0,
     };
-    connection.send_server_hello(&hello, Some(producer.fds()))?;
-    Ok(producer)
+    connection.send_server_hello(&hello, Some(channel.fds(heap)))?;
+    Ok(channel)
 }
 
 /// Like [`wait_readable`], for a number of fds known only at run time.
 pub fn wait_readable_any(fds: &[BorrowedFd<'_>]) -> Result<Vec<bool>, IpcError> {
+    wait_readable_for(fds, PollTimeout::NONE)
+}
+
+/// Like [`wait_readable_any`], giving up after `timeout`: then no fd is
+/// marked ready.
+pub fn wait_readable_for(fds: &[BorrowedFd<'_>], timeout: PollTimeout) -> Result<Vec<bool>, IpcError> {
     let mut poll_fds: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
     loop {
-        match poll(&mut poll_fds, PollTimeout::NONE) {
+        match poll(&mut poll_fds, timeout) {
             Ok(_) => break,
             Err(Errno::EINTR) => continue,
             Err(errno) => return Err(io_err("poll")(errno)),

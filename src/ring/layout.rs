@@ -1,37 +1,50 @@
-//! The shared-memory layout, version 1.
+//! The shared-memory layout, version 2.
 //!
 //! This file and `PROTOCOL.md` describe the same bytes; change both together
 //! and bump [`LAYOUT_VERSION`] when the meaning of any byte changes.
 //!
+//! A writer shares two kinds of sealed memfd:
+//!
+//! - one **heap** per writer: the payload blocks. Only the writer allocates
+//!   them, from a free list in its own private memory; readers map the heap
+//!   read-only.
+//! - one **channel** per reader: a control page, the record queue (writer →
+//!   reader) and the release queue (reader → writer).
+//!
 //! ```text
-//! memfd offset         size  what
-//! 0                    4096  control page
-//! 4096                 cap   data area (cap is a multiple of the page size)
+//! channel memfd offset      size              what
+//! 0                         4096              control page
+//! 4096                      record_capacity   record queue (mapped twice)
+//! 4096 + record_capacity    8 · release_slots release queue
 //!
 //! control page
 //! 0x000  [u8; 8]  magic, "SHMRING\0"
-//! 0x008  u32      layout version
+//! 0x008  u32      layout version (2)
 //! 0x00c  u32      control page size (4096)
-//! 0x010  u64      capacity of the data area in bytes
-//! 0x018  u32      number of reader slots (1 in version 1)
-//! 0x080  u64      write position          (written by the writer only)
-//! 0x100  u32      writer sleep sequence    (written by the writer only)
-//! 0x180  reader slot 0, 256 bytes each, up to 14 slots:
-//!        +0x00 u64 read position          (written by that reader only)
-//!        +0x80 u32 reader sleep sequence  (written by that reader only;
-//!                  u32::MAX once the reader has detached)
+//! 0x010  u64      record queue capacity in bytes
+//! 0x018  u64      release queue capacity in entries
+//! 0x020  u64      heap size in bytes
+//! 0x080  u64      record write position       (writer only)
+//! 0x100  u64      writer's record sleep seq   (writer only)
+//! 0x180  u64      record read position        (reader only)
+//! 0x200  u64      reader's sleep seq          (reader only; u64::MAX once
+//!                                              the reader has detached)
+//! 0x280  u64      release write position      (reader only)
+//! 0x300  u64      release read position       (writer only)
+//! 0x380  u64      writer's release sleep seq  (writer only)
 //! ```
 //!
-//! Every field that one side writes while the other reads sits on its own
-//! 128-byte line, so the two cores never write the same cache line. All
+//! Every field one side writes while the other reads sits on a 128-byte line
+//! of its own, so the two cores never write the same cache line. All
 //! integers are native-endian: both peers run on one machine.
 //!
-//! Positions count bytes from the start of the stream and never wrap (2^64
-//! bytes is centuries of 8K video). The byte at position `p` lives at data
-//! offset `p % capacity`. The data area is mapped twice, back to back, so a
-//! record that crosses the end of the area is still one contiguous slice.
+//! Positions count from the start of the stream and never wrap (2^64 bytes
+//! is centuries of 8K video). Record byte `p` lives at record-queue offset
+//! `p % record_capacity`, and release entry `n` at slot `n % release_slots`.
+//! The record queue is mapped twice, back to back, so a record that crosses
+//! its end is still one contiguous slice.
 //!
-//! A record starts at a position that is a multiple of [`RECORD_ALIGN`]:
+//! A record starts at a multiple of [`RECORD_ALIGN`]:
 //!
 //! ```text
 //! 0   u32  kind (see RecordKind)
@@ -42,51 +55,58 @@
 //! 32  u64  duration     }
 //! 40  u64  offset       } u64::MAX means "none", as GST_BUFFER_OFFSET_NONE
 //! 48  u64  offset end   }
-//! 56  u32  kind of the metadata area: 0 none, else the user's (the GStreamer
-//!          elements use 1 for a video layout, see codec.rs)
-//! 60  u32  reserved, 0
-//! 64  [u8; 64] metadata area
-//! 128 payload, then padding up to the next multiple of 64
+//! 56  u64  block: heap offset of the payload, or u64::MAX when the payload
+//!          follows the header inline
+//! 64  inline payload, then padding up to the next multiple of 64
 //! ```
+//!
+//! A release entry is the heap offset of a block the reader no longer uses.
 
-/// First eight bytes of the control page.
+/// First eight bytes of a channel's control page.
 pub const MAGIC: [u8; 8] = *b"SHMRING\0";
 /// Version of the layout above. The socket handshake carries it too.
-pub const LAYOUT_VERSION: u32 = 1;
-/// Size of the control page; the data area starts right after it.
+pub const LAYOUT_VERSION: u32 = 2;
+/// Size of the control page; the record queue starts right after it.
 pub const CONTROL_SIZE: usize = 4096;
-/// Records start at multiples of this, which also keeps every payload
-/// aligned for SIMD code downstream.
+/// Records start at multiples of this, and heap blocks too, which keeps
+/// every payload aligned for SIMD code downstream.
 pub const RECORD_ALIGN: u64 = 64;
-/// Size of a record header, metadata area included.
-pub const RECORD_HEADER_SIZE: u64 = 128;
-/// Size of the metadata area at the end of a record header.
-pub const RECORD_META_SIZE: usize = 64;
-/// Largest data area a reader accepts from a writer; it bounds the address
-/// space a hostile writer can make us reserve.
-pub const MAX_CAPACITY: u64 = 1 << 31;
-/// Smallest data area: one page.
-pub const MIN_CAPACITY: u64 = 4096;
-/// Reader slots in version 1.
-pub const READER_SLOTS: u32 = 1;
+/// Size of a record header.
+pub const RECORD_HEADER_SIZE: u64 = 64;
+/// Heap blocks start at multiples of this.
+pub const BLOCK_ALIGN: u64 = 64;
+/// Largest record queue a reader accepts.
+pub const MAX_RECORD_CAPACITY: u64 = 1 << 28;
+/// Smallest record queue: one page.
+pub const MIN_RECORD_CAPACITY: u64 = 4096;
+/// Largest release queue a reader accepts, in entries.
+pub const MAX_RELEASE_SLOTS: u64 = 1 << 20;
+/// Largest heap a reader accepts; it bounds the address space a hostile
+/// writer can make us reserve.
+pub const MAX_HEAP_SIZE: u64 = 1 << 32;
+/// Smallest heap: one page.
+pub const MIN_HEAP_SIZE: u64 = 4096;
 
 pub const OFFSET_MAGIC: usize = 0x000;
 pub const OFFSET_VERSION: usize = 0x008;
 pub const OFFSET_CONTROL_SIZE: usize = 0x00c;
-pub const OFFSET_CAPACITY: usize = 0x010;
-pub const OFFSET_READER_SLOTS: usize = 0x018;
-pub const OFFSET_WRITE_POS: usize = 0x080;
-pub const OFFSET_WRITER_SLEEP: usize = 0x100;
-pub const OFFSET_READER_SLOT0: usize = 0x180;
-pub const READER_SLOT_SIZE: usize = 0x100;
-pub const SLOT_READ_POS: usize = 0x00;
-pub const SLOT_READER_SLEEP: usize = 0x80;
+pub const OFFSET_RECORD_CAPACITY: usize = 0x010;
+pub const OFFSET_RELEASE_SLOTS: usize = 0x018;
+pub const OFFSET_HEAP_SIZE: usize = 0x020;
+pub const OFFSET_RECORD_WRITE: usize = 0x080;
+pub const OFFSET_WRITER_RECORD_SLEEP: usize = 0x100;
+pub const OFFSET_RECORD_READ: usize = 0x180;
+pub const OFFSET_READER_SLEEP: usize = 0x200;
+pub const OFFSET_RELEASE_WRITE: usize = 0x280;
+pub const OFFSET_RELEASE_READ: usize = 0x300;
+pub const OFFSET_WRITER_RELEASE_SLEEP: usize = 0x380;
 
-/// A reader's sleep sequence once it has let go of the ring for good. The
-/// writer loads that word anyway, so it learns of a clean exit for free.
-pub const READER_DETACHED: u32 = u32::MAX;
+/// A reader's sleep sequence once it has let go of the channel for good.
+/// The writer loads that word anyway, so it learns of a clean exit for free.
+pub const READER_DETACHED: u64 = u64::MAX;
 
-/// The value of an unset timestamp or offset in a record header.
+/// The value of an unset timestamp or offset in a record header, and of the
+/// block field of a record whose payload is inline.
 pub const NONE: u64 = u64::MAX;
 
 /// What a record carries. The numbers are part of the wire format.
@@ -100,8 +120,9 @@ pub enum RecordKind {
     /// A serialized event; `flags` holds its GstEventType, and the payload
     /// its encoding (see `codec.rs`).
     Event = 3,
-    /// Space the writer reserved and then gave up; the reader skips it.
-    Padding = 4,
+    /// The memory layout of the buffers that follow (see `codec.rs`); an
+    /// empty payload means none. Sent only when it changes, as caps are.
+    VideoLayout = 4,
 }
 
 impl RecordKind {
@@ -110,7 +131,7 @@ impl RecordKind {
             1 => Some(Self::Buffer),
             2 => Some(Self::Caps),
             3 => Some(Self::Event),
-            4 => Some(Self::Padding),
+            4 => Some(Self::VideoLayout),
             _ => None,
         }
     }
@@ -127,10 +148,35 @@ pub struct RecordHeader {
     pub duration: u64,
     pub offset: u64,
     pub offset_end: u64,
-    /// What `meta` holds; 0 for nothing.
-    pub meta_kind: u32,
-    /// Opaque to the ring.
-    pub meta: [u8; RECORD_META_SIZE],
+}
+
+/// Where a record's payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// In the record queue, right after the header.
+    Inline { len: u64 },
+    /// In the heap block at `offset`.
+    Block { offset: u64, len: u64 },
+}
+
+impl Payload {
+    pub fn len(&self) -> u64 {
+        match *self {
+            Self::Inline { len } | Self::Block { len, .. } => len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes the payload takes in the record queue.
+    pub(crate) fn inline_len(&self) -> u64 {
+        match *self {
+            Self::Inline { len } => len,
+            Self::Block { .. } => 0,
+        }
+    }
 }
 
 impl RecordHeader {
@@ -144,36 +190,37 @@ impl RecordHeader {
             duration: NONE,
             offset: NONE,
             offset_end: NONE,
-            meta_kind: 0,
-            meta: [0; RECORD_META_SIZE],
         }
     }
 
-    /// The header's bytes as they sit in the ring, for a record with
-    /// `payload_len` bytes of payload.
-    pub(crate) fn encode(&self, payload_len: u64) -> [u8; RECORD_HEADER_SIZE as usize] {
+    /// The header's bytes as they sit in the queue.
+    pub(crate) fn encode(&self, payload: Payload) -> [u8; RECORD_HEADER_SIZE as usize] {
         let mut raw = [0u8; RECORD_HEADER_SIZE as usize];
         raw[0..4].copy_from_slice(&(self.kind as u32).to_ne_bytes());
         raw[4..8].copy_from_slice(&self.flags.to_ne_bytes());
+        let block = match payload {
+            Payload::Inline { .. } => NONE,
+            Payload::Block { offset, .. } => offset,
+        };
         let words = [
-            payload_len,
+            payload.len(),
             self.pts,
             self.dts,
             self.duration,
             self.offset,
             self.offset_end,
+            block,
         ];
-        for (chunk, word) in raw[8..56].chunks_exact_mut(8).zip(words) {
+        for (chunk, word) in raw[8..64].chunks_exact_mut(8).zip(words) {
             chunk.copy_from_slice(&word.to_ne_bytes());
         }
-        raw[56..60].copy_from_slice(&self.meta_kind.to_ne_bytes());
-        raw[64..128].copy_from_slice(&self.meta);
         raw
     }
 
-    /// Parses a header copied out of the ring: its fields and the payload
-    /// length it claims. `None` if the kind is unknown.
-    pub(crate) fn decode(raw: &[u8; RECORD_HEADER_SIZE as usize]) -> Option<(Self, u64)> {
+    /// Parses a header copied out of the queue: its fields and where it says
+    /// its payload is. `None` if the kind is unknown. The payload is not
+    /// checked here: see `Consumer::peek`.
+    pub(crate) fn decode(raw: &[u8; RECORD_HEADER_SIZE as usize]) -> Option<(Self, Payload)> {
         let u32_at = |at: usize| u32::from_ne_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
         let u64_at = |at: usize| {
             let mut bytes = [0u8; 8];
@@ -181,8 +228,6 @@ impl RecordHeader {
             u64::from_ne_bytes(bytes)
         };
         let kind = RecordKind::from_u32(u32_at(0))?;
-        let mut meta = [0u8; RECORD_META_SIZE];
-        meta.copy_from_slice(&raw[64..128]);
         let header = Self {
             kind,
             flags: u32_at(4),
@@ -191,21 +236,24 @@ impl RecordHeader {
             duration: u64_at(32),
             offset: u64_at(40),
             offset_end: u64_at(48),
-            meta_kind: u32_at(56),
-            meta,
         };
-        Some((header, u64_at(8)))
+        let len = u64_at(8);
+        let payload = match u64_at(56) {
+            NONE => Payload::Inline { len },
+            offset => Payload::Block { offset, len },
+        };
+        Some((header, payload))
     }
 }
 
-/// Bytes a record with `payload_len` bytes of payload takes in the ring,
-/// or `None` if that overflows.
-pub fn record_size(payload_len: u64) -> Option<u64> {
-    let padded = payload_len.checked_add(RECORD_ALIGN - 1)? & !(RECORD_ALIGN - 1);
+/// Bytes a record with `inline_len` bytes of inline payload takes in the
+/// queue, or `None` if that overflows.
+pub fn record_size(inline_len: u64) -> Option<u64> {
+    let padded = inline_len.checked_add(RECORD_ALIGN - 1)? & !(RECORD_ALIGN - 1);
     padded.checked_add(RECORD_HEADER_SIZE)
 }
 
-/// The largest payload a ring of `capacity` bytes can ever hold.
-pub fn max_payload(capacity: u64) -> u64 {
+/// The largest inline payload a queue of `capacity` bytes can ever hold.
+pub fn max_inline(capacity: u64) -> u64 {
     capacity - RECORD_HEADER_SIZE
 }

@@ -1,6 +1,7 @@
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use gst::glib;
 use gst::prelude::*;
@@ -8,16 +9,17 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
-use crate::codec;
+use crate::codec::{self, VideoLayout};
 use crate::ipc::{self, Connection, IpcError, Listener, Trigger, Waiter};
-use crate::ring::layout::MAX_CAPACITY;
-use crate::ring::{CommitOutcome, Notifier, Producer, RecordHeader, Reservation, RingError, check_capacity};
+use crate::ring::layout::{MAX_HEAP_SIZE, MAX_RELEASE_SLOTS};
+use crate::ring::{self, ChannelSizes, HeapBooks, Notifier, Payload, Producer, RecordHeader, RecordKind, RingError};
 use crate::stats::Stats;
 use crate::unlock::Unlock;
 
-use super::pool::RingBufferPool;
+use super::heap::{Allocation, BlockMemory, SinkHeap};
+use super::pool::{HeapAllocator, HeapBufferPool, INLINE_MAX};
 
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "shmringsink",
         gst::DebugColorFlags::empty(),
@@ -28,26 +30,28 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_RING_SIZE: u64 = 0;
 const DEFAULT_WAIT_FOR_CONNECTION: bool = true;
 const DEFAULT_PERMS: u32 = 0o600;
-/// Automatic ring sizes: raw video gets this many frames, so the writer can
-/// run ahead of the reader by a few frames while the ring stays small enough
-/// for the last-level cache at 1080p.
-const AUTO_VIDEO_FRAMES: u64 = 4;
-const AUTO_VIDEO_MIN: u64 = 1 << 20;
-/// Raw audio gets 1/this of a second, with a floor: enough to ride out a
-/// slow reader, small enough that a writer running ahead adds little
-/// latency.
-const AUTO_AUDIO_FRACTION: u64 = 5;
-const AUTO_AUDIO_MIN: u64 = 64 << 10;
-const AUTO_OTHER_SIZE: u64 = 8 << 20;
-/// Room in front of each pool buffer for the events that arrive between
-/// its allocation and its rendering (a segment, at the start of a stream).
-const POOL_PREAMBLE: usize = 4096;
+/// Automatic heap sizes. The heap hands out its most recently freed block
+/// first, so only the blocks in flight are ever touched and its size costs
+/// no speed: it is sized for readers and upstream elements that keep many
+/// buffers. Raw video gets this many frames, and at least `AUTO_VIDEO_MIN`.
+const AUTO_VIDEO_FRAMES: u64 = 16;
+const AUTO_VIDEO_MIN: u64 = 16 << 20;
+/// Raw audio gets 1/this of a second, and at least `AUTO_AUDIO_MIN`. Small
+/// audio buffers travel inline in the record queue and need no heap.
+const AUTO_AUDIO_FRACTION: u64 = 2;
+const AUTO_AUDIO_MIN: u64 = 1 << 20;
+const AUTO_OTHER_SIZE: u64 = 32 << 20;
+/// The record queue: headers, events and inline payloads. Small, so that
+/// it stays in the cache while it cycles.
+const RECORD_QUEUE_SIZE: u64 = 256 << 10;
 /// How often, in buffers, a linked sink turns away readers that connected
-/// meanwhile. Version 1 serves one reader; the others get a clear "busy"
+/// meanwhile. This version serves one reader; the others get a clear "busy"
 /// instead of waiting forever, for one accept() per this many buffers.
 const REFUSAL_INTERVAL: u32 = 256;
 /// Connections kept waiting for their hello; beyond this the oldest goes.
 const MAX_PENDING_READERS: usize = 8;
+/// The reader slot of the one reader this version serves.
+const READER_SLOT: u32 = 0;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -68,52 +72,47 @@ impl Default for Settings {
     }
 }
 
-/// A connected reader and the ring it reads.
+/// A connected reader and the record queue it reads. Its release queue
+/// lives in the heap, which any thread may free blocks into.
 struct Link {
     connection: Connection,
-    producer: Producer,
-    /// Sleeps on the ring's space fd, the socket, the unlock fd and the
-    /// listener (to turn away extra readers).
+    records: Producer,
+    /// The heap the reader was handed.
+    heap: Arc<SinkHeap>,
+    slot: u32,
+    /// Sleeps on the record queue's space fd, the socket, the unlock fd and
+    /// the listener (to turn away extra readers).
     waiter: Waiter<4>,
+    /// The video layout the reader was last told of.
+    layout: VideoLayout,
 }
 
 #[derive(Default)]
 struct State {
     listener: Option<Listener>,
     link: Option<Link>,
-    /// Events that arrived while a pool buffer was reserved but not yet
-    /// rendered. They belong before that buffer, so they go into its
-    /// reservation's preamble when it is rendered.
-    queued_events: Vec<(RecordHeader, Vec<u8>)>,
     /// Buffers rendered since extra readers were last turned away.
     renders_since_refusal: u32,
     /// Rendering failed: nothing more, EOS included, goes to a reader.
     failed: bool,
     /// Accepted connections whose hello has not arrived yet.
     pending: Vec<Connection>,
-    /// Upstream keeps pool buffers after pushing them: the pool hands out
-    /// ordinary memory instead.
-    pool_disabled: bool,
 }
 
 #[derive(Default)]
 pub struct ShmRingSink {
     settings: Mutex<Settings>,
     state: Mutex<State>,
+    /// The payload heap, made when it is first needed. Apart from `state`:
+    /// upstream allocates from it while render holds the state lock.
+    heap: Mutex<Option<Arc<SinkHeap>>>,
+    /// Whether a reader is linked, for upstream's threads, which must not
+    /// wait for the state lock that render holds while it waits.
+    linked: AtomicBool,
     /// Written by `unlock` to interrupt a wait; separate from `state` so that
     /// it can be reached while `render` holds the state lock.
     unlock: Unlock,
     stats: Stats,
-}
-
-/// How `render` handled a buffer the pool may have reserved.
-enum InPlace {
-    /// Committed where it was reserved.
-    Committed,
-    /// Out of stream order: copied after the queued events.
-    Copied(WriteOutcome),
-    /// Not a reservation of the current ring.
-    NotReserved,
 }
 
 /// Why a write did not happen.
@@ -143,8 +142,8 @@ impl ShmRingSink {
             .wait_for_connection
     }
 
-    /// The capacity of a new ring: `ring-size`, or sized from the caps.
-    fn ring_capacity(&self, settings: &Settings) -> u64 {
+    /// The size of a new heap: `ring-size`, or sized from the caps.
+    fn heap_size(&self, settings: &Settings) -> u64 {
         let page = 4096;
         let size = if settings.ring_size != 0 {
             settings.ring_size
@@ -165,7 +164,31 @@ impl ShmRingSink {
                 _ => AUTO_OTHER_SIZE,
             }
         };
-        size.div_ceil(page).saturating_mul(page).min(MAX_CAPACITY)
+        size.div_ceil(page).saturating_mul(page).min(MAX_HEAP_SIZE)
+    }
+
+    /// The heap, made now if there is none yet. A heap made for earlier,
+    /// smaller caps is replaced while nothing uses it: no reader is linked
+    /// and no block is out.
+    fn heap(&self, linked: bool) -> Result<Arc<SinkHeap>, gst::FlowError> {
+        let wanted = self.heap_size(&self.settings());
+        let mut slot = self.heap.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(heap) = slot.as_ref()
+            && (heap.size() >= wanted || linked || Arc::strong_count(heap) > 1)
+        {
+            return Ok(heap.clone());
+        }
+        let heap = SinkHeap::create(wanted).map_err(|err| {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::OpenWrite,
+                ["Could not create a heap of {wanted} bytes: {err}"]
+            );
+            gst::FlowError::Error
+        })?;
+        gst::debug!(CAT, imp = self, "heap of {wanted} bytes");
+        *slot = Some(heap.clone());
+        Ok(heap)
     }
 
     /// Makes sure a reader is linked. Accepts waiting readers and links the
@@ -174,11 +197,11 @@ impl ShmRingSink {
     /// nothing: it waits in `pending` while others are served.
     fn ensure_link(&self, state: &mut State, unlock: &Notifier, wait: bool) -> Result<bool, gst::FlowError> {
         if let Some(link) = &state.link {
-            if !link.producer.reader_detached() {
+            if !link.records.reader_detached() && !link.heap.evicted(link.slot) {
                 return Ok(true);
             }
             gst::info!(CAT, imp = self, "the reader detached; waiting for a new one");
-            state.link = None;
+            self.drop_link(state);
         }
         loop {
             let listener = state.listener.as_ref().ok_or(gst::FlowError::Flushing)?;
@@ -220,8 +243,8 @@ impl ShmRingSink {
         }
     }
 
-    /// Hands a reader that said hello a new ring, and makes it the link.
-    /// Returns `false` if the reader was refused (another protocol version).
+    /// Hands a reader that said hello a new channel onto the heap, and makes
+    /// it the link. Returns `false` if the reader was refused.
     fn link_reader(
         &self,
         state: &mut State,
@@ -229,14 +252,19 @@ impl ShmRingSink {
         version: u32,
         unlock: &Notifier,
     ) -> Result<bool, gst::FlowError> {
-        let capacity = self.ring_capacity(&self.settings());
-        let producer = match ipc::answer_hello(&connection, version, capacity) {
-            Ok(producer) => producer,
+        let heap = self.heap(false)?;
+        let sizes = ChannelSizes {
+            record_capacity: RECORD_QUEUE_SIZE,
+            release_slots: (heap.size() / INLINE_MAX as u64 + 1).clamp(64, MAX_RELEASE_SLOTS),
+            heap_size: heap.size(),
+        };
+        let channel = match ipc::answer_hello(&connection, version, sizes, heap.memory()) {
+            Ok(channel) => channel,
             Err(IpcError::Ring(err)) => {
                 gst::element_imp_error!(
                     self,
                     gst::ResourceError::OpenWrite,
-                    ["Could not create the ring: {err}"]
+                    ["Could not create the channel: {err}"]
                 );
                 return Err(gst::FlowError::Error);
             }
@@ -245,29 +273,47 @@ impl ShmRingSink {
                 return Ok(false);
             }
         };
+        let (records, releases) = channel.into_parts();
         let Some(listener) = state.listener.as_ref() else {
             return Err(gst::FlowError::Flushing);
         };
         let fds = [
-            (producer.space_fd(), Trigger::Edge),
+            (records.space_fd(), Trigger::Edge),
             (connection.as_fd(), Trigger::Level),
             (unlock.as_fd(), Trigger::Level),
             (listener.as_fd(), Trigger::Level),
         ];
         let waiter = Waiter::new(fds).map_err(|err| self.post_ipc_error(&err))?;
-        gst::info!(CAT, imp = self, "reader connected; ring of {capacity} bytes");
+        heap.add_reader(READER_SLOT, releases, records.progress());
+        gst::info!(CAT, imp = self, "reader connected; heap of {} bytes", heap.size());
+        let heap = heap.clone();
+        self.linked.store(true, Ordering::SeqCst);
         state.link = Some(Link {
             connection,
-            producer,
+            records,
+            heap,
+            slot: READER_SLOT,
             waiter,
+            layout: None,
         });
         for extra in std::mem::take(&mut state.pending) {
             ipc::refuse_busy(&extra);
         }
-        // The replay below carries the sticky ones.
-        state.queued_events.clear();
         self.replay_sticky_events(state)?;
         Ok(state.link.is_some())
+    }
+
+    /// Forgets the linked reader and takes back every block it held.
+    fn drop_link(&self, state: &mut State) {
+        if let Some(link) = state.link.take()
+            && let Some(heap) = self
+                .heap
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .as_ref()
+        {
+            heap.remove_reader(link.slot);
+        }
     }
 
     /// Answers "busy" to every reader waiting in the listen queue.
@@ -297,70 +343,140 @@ impl ShmRingSink {
         });
         for event in events {
             if let Some((header, payload)) = codec::encode_event(&event) {
-                self.write_record(state, &header, payload.len(), |dest| dest.copy_from_slice(&payload))?;
+                self.send_copy(state, &header, payload.len(), |dest| dest.copy_from_slice(&payload))?;
             }
         }
         Ok(())
     }
 
-    /// Writes one record into the linked reader's ring, sleeping while the
-    /// ring is full. If the reader goes away, the record is dropped with it.
+    /// Writes one record into the linked reader's queue, sleeping while the
+    /// queue is full. If the reader goes away, the record is dropped with it.
     fn write_record(
         &self,
         state: &mut State,
         header: &RecordHeader,
-        payload_len: usize,
+        payload: Payload,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<WriteOutcome, gst::FlowError> {
         loop {
             let Some(link) = state.link.as_mut() else {
                 return Ok(WriteOutcome::NoReader);
             };
-            match link.producer.grant(payload_len) {
+            match link.records.grant(payload) {
                 Ok(Some(mut grant)) => {
                     fill(grant.payload());
                     grant.commit(header);
-                    self.stats.set_wakeups_sent(link.producer.wakeups_sent());
+                    self.stats.set_wakeups_sent(link.records.wakeups_sent());
                     return Ok(WriteOutcome::Written);
                 }
-                Ok(None) => {
-                    self.wait_for_space(state, payload_len)?;
-                }
-                Err(err) => return Err(self.post_ring_error(&err, payload_len)),
+                Ok(None) => self.wait_for_space(state, payload.inline_len())?,
+                Err(err) => return Err(self.post_ring_error(&err, payload.len())),
             }
         }
     }
 
-    /// Writes the events queued behind a reservation, in order.
-    fn write_queued_events(&self, state: &mut State) -> Result<(), gst::FlowError> {
-        for (header, payload) in std::mem::take(&mut state.queued_events) {
-            self.write_record(state, &header, payload.len(), |dest| dest.copy_from_slice(&payload))?;
+    /// Sends `len` bytes that `fill` writes: inline if they are small, else
+    /// in a heap block given to the reader.
+    fn send_copy(
+        &self,
+        state: &mut State,
+        header: &RecordHeader,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<WriteOutcome, gst::FlowError> {
+        if len <= INLINE_MAX {
+            return self.write_record(state, header, Payload::Inline { len: len as u64 }, fill);
         }
-        Ok(())
-    }
-
-    /// Sleeps until a record with `payload_len` bytes of payload fits, the
-    /// reader leaves (the link is dropped), or the sink is unlocked. Returns
-    /// `false` if it did not sleep, because the record already fits.
-    fn wait_for_space(&self, state: &mut State, payload_len: usize) -> Result<bool, gst::FlowError> {
-        let Some(link) = state.link.as_mut() else {
-            return Ok(false);
+        let Some((slot, heap)) = state.link.as_ref().map(|link| (link.slot, link.heap.clone())) else {
+            return Ok(WriteOutcome::NoReader);
         };
-        // The record that waits may sit behind a pool buffer upstream has
-        // not rendered yet, perhaps because this very thread is busy here:
-        // let the records after it through rather than wait on it.
-        if link.producer.has_pending() {
-            link.producer.pad_pending();
+        let len = len as u64;
+        if HeapBooks::block_capacity(len).is_none_or(|capacity| capacity > heap.size()) {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::NoSpaceLeft,
+                [
+                    "A buffer of {len} bytes does not fit in the heap of {} bytes; raise ring-size to at least {}",
+                    heap.size(),
+                    len.next_multiple_of(4096)
+                ]
+            );
+            return Err(gst::FlowError::Error);
         }
-        match link.producer.prepare_wait(payload_len) {
-            Ok(false) => return Ok(false),
-            Ok(true) => {
-                self.stats.blocked_full();
+        let unlock = self.unlock.notifier()?;
+        let offset = match heap.allocate(len, ring::reader(slot), &unlock) {
+            Ok(Allocation::Block(offset)) => offset,
+            Ok(Allocation::Interrupted) => return Err(gst::FlowError::Flushing),
+            Ok(Allocation::Exhausted) => {
+                // Every block is held here or downstream of the reader, which
+                // may keep its buffers until it gets more: waiting could
+                // wait forever. A payload that fits goes through the record
+                // queue instead.
+                let queue = state.link.as_ref().map_or(0, |link| link.records.capacity());
+                if ring::layout::record_size(len).is_some_and(|size| size <= queue) {
+                    gst::debug!(CAT, imp = self, "no free block; {len} bytes go inline");
+                    return self.write_record(state, header, Payload::Inline { len }, fill);
+                }
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::NoSpaceLeft,
+                    [
+                        "No block of the {}-byte heap is free for a buffer of {len} bytes, and none is on its way back: upstream and the reader's downstream hold them all. Raise ring-size",
+                        heap.size()
+                    ]
+                );
+                return Err(gst::FlowError::Error);
             }
-            Err(err) => return Err(self.post_ring_error(&err, payload_len)),
+            Err(err) => return Err(self.post_ring_error(&err, len)),
+        };
+        // SAFETY: the block was just allocated for this reader, which has
+        // not been told of it yet, and nothing else maps it.
+        if let Some(block) = unsafe { heap.memory().block_mut(offset, len) } {
+            fill(block);
+        }
+        self.send_block(state, &heap, header, offset, len)
+    }
+
+    /// Sends a record naming a block the linked reader already holds. If
+    /// the record cannot be sent, the reader's hold is dropped.
+    fn send_block(
+        &self,
+        state: &mut State,
+        heap: &SinkHeap,
+        header: &RecordHeader,
+        offset: u64,
+        len: u64,
+    ) -> Result<WriteOutcome, gst::FlowError> {
+        let slot = state.link.as_ref().map(|link| link.slot);
+        let written = self.write_record(state, header, Payload::Block { offset, len }, |_| {});
+        // A reader that left had its holds dropped with its link.
+        if let (Some(slot), Ok(WriteOutcome::Written)) = (slot, &written)
+            && let Some(link) = state.link.as_ref().filter(|link| link.slot == slot)
+        {
+            heap.sent(slot, link.records.position());
+            return written;
+        }
+        if let Some(slot) = slot
+            && heap.holds_for(offset, slot)
+        {
+            heap.release(offset, ring::reader(slot));
+        }
+        written
+    }
+
+    /// Sleeps until a record with `inline_len` bytes of inline payload fits,
+    /// the reader leaves (the link is dropped), or the sink is unlocked.
+    fn wait_for_space(&self, state: &mut State, inline_len: u64) -> Result<(), gst::FlowError> {
+        let Some(link) = state.link.as_mut() else {
+            return Ok(());
+        };
+        match link.records.prepare_wait(inline_len) {
+            Ok(false) => return Ok(()),
+            Ok(true) => self.stats.blocked_full(),
+            Err(err) => return Err(self.post_ring_error(&err, inline_len)),
         }
         let ready = link.waiter.wait();
-        link.producer.finish_edge_wait();
+        link.records.finish_edge_wait();
         let ready = ready.map_err(|err| self.post_ipc_error(&err))?;
         if ready[0] {
             self.stats.woken();
@@ -376,19 +492,19 @@ impl ShmRingSink {
             );
             // A reader waiting in the listen queue is the next one, not
             // one to turn away.
-            state.link = None;
+            self.drop_link(state);
         } else if ready[3] {
             self.refuse_extra_readers(state);
         }
-        Ok(true)
+        Ok(())
     }
 
-    fn post_ring_error(&self, err: &RingError, payload_len: usize) -> gst::FlowError {
+    fn post_ring_error(&self, err: &RingError, len: u64) -> gst::FlowError {
         match err {
             RingError::TooLarge { capacity, .. } => gst::element_imp_error!(
                 self,
                 gst::ResourceError::NoSpaceLeft,
-                ["A buffer of {payload_len} bytes does not fit in the ring of {capacity} bytes; raise ring-size"]
+                ["A record of {len} bytes does not fit in the record queue of {capacity} bytes"]
             ),
             _ => gst::element_imp_error!(self, gst::ResourceError::Write, ["{err}"]),
         }
@@ -400,107 +516,60 @@ impl ShmRingSink {
         gst::FlowError::Error
     }
 
-    /// Room in the linked reader's ring for a buffer of `size` bytes that
-    /// upstream fills in place, for the buffer pool. Waits for a reader
-    /// (with `wait-for-connection`) and for room like `render` does, except
-    /// behind another reservation: upstream may hold that one until it gets
-    /// this buffer, so then it returns `None` and the buffer is copied.
-    pub(super) fn reserve(&self, size: usize) -> Result<Option<Reservation>, gst::FlowError> {
+    /// A block of `size` bytes for upstream to fill, for the pool and the
+    /// allocator; `None` when no block can be had without waiting for this
+    /// process itself to let go of one. Waits interruptibly while a reader
+    /// holds blocks that it will give back.
+    pub(super) fn block_for_upstream(&self, size: usize) -> Result<Option<BlockMemory>, gst::FlowError> {
         let unlock = self.unlock.notifier()?;
-        let wait = self.wait_for_connection();
-        let mut state = self.lock_state();
-        loop {
-            if state.pool_disabled || !self.ensure_link(&mut state, &unlock, wait)? {
-                return Ok(None);
-            }
-            let Some(link) = state.link.as_mut() else { continue };
-            let needed = size + POOL_PREAMBLE;
-            if crate::ring::layout::record_size(needed as u64)
-                .is_none_or(|record| record > link.producer.capacity() / 2)
-            {
-                // Too big to pool: render says so, or copies it.
-                return Ok(None);
-            }
-            match link.producer.reserve(size, POOL_PREAMBLE) {
-                Ok(Some(reservation)) => return Ok(Some(reservation)),
-                // Never wait behind our own buffers: the thread that would
-                // render or free them may be the one waiting.
-                Ok(None) if link.producer.has_outstanding() => return Ok(None),
-                // Room, but pool buffers already span half the ring: this
-                // one gets ordinary memory.
-                Ok(None) if !self.wait_for_space(&mut state, needed)? => return Ok(None),
-                Ok(None) => {}
-                Err(err) => {
-                    gst::debug!(CAT, imp = self, "not reserving {size} bytes: {err}");
-                    return Ok(None);
-                }
-            }
+        let heap = self.heap(self.linked.load(Ordering::SeqCst))?;
+        let len = size as u64;
+        if HeapBooks::block_capacity(len).is_none_or(|capacity| capacity > heap.size()) {
+            return Ok(None);
         }
-    }
-
-    /// Interrupts a pool allocation waiting for a reader or for room.
-    pub(super) fn interrupt_reserve(&self) {
-        self.unlock.unlock();
-    }
-
-    /// Commits `buffer` where the pool reserved it, with the queued events
-    /// in its preamble: nothing is copied. Returns `false` if it has to be
-    /// copied, after turning an out-of-order reservation into padding.
-    fn commit_in_place(
-        &self,
-        state: &mut State,
-        buffer: &gst::Buffer,
-        map: &[u8],
-        header: &RecordHeader,
-    ) -> Result<InPlace, gst::FlowError> {
-        let Some(link) = state.link.as_mut() else {
-            return Ok(InPlace::NotReserved);
-        };
-        if buffer.n_memory() != 1 {
-            return Ok(InPlace::NotReserved);
-        }
-        let preamble: Vec<(RecordHeader, &[u8])> = state
-            .queued_events
-            .iter()
-            .map(|(header, payload)| (*header, payload.as_slice()))
-            .collect();
-        match link
-            .producer
-            .commit_reserved(map.as_ptr(), map.len(), &preamble, header)
-        {
-            CommitOutcome::Committed => {
-                state.queued_events.clear();
-                if !buffer.is_writable() && !state.pool_disabled {
-                    // Upstream keeps its buffers after pushing them (a
-                    // decoder's reference frames, a tee): their ring space
-                    // stays in use until it lets go, which can hold up the
-                    // whole ring. Hand it ordinary memory from now on.
-                    gst::info!(
-                        CAT,
-                        imp = self,
-                        "upstream holds on to pool buffers; copying from now on"
-                    );
-                    state.pool_disabled = true;
-                }
-                self.stats.set_wakeups_sent(link.producer.wakeups_sent());
-                Ok(InPlace::Committed)
+        match heap.allocate(len, ring::WRITER, &unlock) {
+            Ok(Allocation::Block(offset)) => {
+                gst::trace!(CAT, imp = self, "block {offset} for upstream");
+                Ok(Some(BlockMemory::new(heap, offset, len)))
             }
-            CommitOutcome::NotReserved => Ok(InPlace::NotReserved),
-            CommitOutcome::OutOfOrder(stale) => {
+            Ok(Allocation::Exhausted) => {
                 gst::debug!(
                     CAT,
                     imp = self,
-                    "{buffer:?} was rendered out of the order it was allocated in; copying it"
+                    "every block is held in this process; ordinary memory for {size} bytes"
                 );
-                drop(preamble);
-                // Padding first, so that the copy does not wait behind it; the
-                // space stays unused until upstream drops the buffer.
-                drop(stale);
-                self.write_queued_events(state)?;
-                let outcome = self.write_record(state, header, map.len(), |dest| dest.copy_from_slice(map))?;
-                Ok(InPlace::Copied(outcome))
+                Ok(None)
             }
+            Ok(Allocation::Interrupted) => Err(gst::FlowError::Flushing),
+            Err(err) => Err(self.post_ring_error(&err, len)),
         }
+    }
+
+    /// Interrupts an allocation waiting for a block.
+    pub(super) fn interrupt_allocation(&self) {
+        self.unlock.unlock();
+    }
+
+    /// The block `buffer`'s one memory is, if upstream filled a block of our
+    /// heap; the linked reader then holds it too.
+    fn block_in_place(&self, state: &State, buffer: &gst::Buffer) -> Option<(u64, u64)> {
+        let slot = state.link.as_ref()?.slot;
+        if buffer.n_memory() != 1 {
+            return None;
+        }
+        let heap = self
+            .heap
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()?;
+        // Blocks the reader gave back make upstream's buffers writable again,
+        // so that its pool keeps them.
+        heap.collect_now();
+        let (offset, len) = {
+            let map = buffer.peek_memory(0).map_readable().ok()?;
+            (heap.memory().offset_of(map.as_ptr())?, map.len() as u64)
+        };
+        heap.hold_in_place(offset, len, slot, buffer).then_some((offset, len))
     }
 
     fn render_locked(
@@ -508,33 +577,61 @@ impl ShmRingSink {
         state: &mut State,
         unlock: &Notifier,
         buffer: &gst::Buffer,
-        map: &gst::BufferMap<'_, gst::buffer::Readable>,
         header: &RecordHeader,
+        layout: &VideoLayout,
         wait: bool,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         state.renders_since_refusal += 1;
         if state.renders_since_refusal >= REFUSAL_INTERVAL && state.link.is_some() {
             self.refuse_extra_readers(state);
         }
+        let size = buffer.size();
         loop {
             if !self.ensure_link(state, unlock, wait)? {
                 gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
                 return Ok(gst::FlowSuccess::Ok);
             }
-            let outcome = match self.commit_in_place(state, buffer, map, header)? {
-                InPlace::Committed => {
-                    self.stats.buffer(map.len(), false);
-                    return Ok(gst::FlowSuccess::Ok);
+            if state.link.as_ref().is_some_and(|link| &link.layout != layout) {
+                let layout_bytes = layout.as_ref().map_or(&[][..], |bytes| &bytes[..]);
+                let layout_header = RecordHeader::untimed(RecordKind::VideoLayout, 0);
+                let sent = self.write_record(
+                    state,
+                    &layout_header,
+                    Payload::Inline {
+                        len: layout_bytes.len() as u64,
+                    },
+                    |dest| dest.copy_from_slice(layout_bytes),
+                )?;
+                if let (WriteOutcome::Written, Some(link)) = (sent, state.link.as_mut()) {
+                    link.layout = *layout;
                 }
-                InPlace::Copied(outcome) => outcome,
-                InPlace::NotReserved => {
-                    self.write_queued_events(state)?;
-                    self.write_record(state, header, map.len(), |dest| dest.copy_from_slice(map))?
+                continue;
+            }
+            let in_place = if size > INLINE_MAX {
+                self.block_in_place(state, buffer)
+            } else {
+                None
+            };
+            gst::trace!(CAT, imp = self, "{buffer:?} in place: {in_place:?}");
+            let (outcome, copied) = match in_place {
+                Some((offset, len)) => {
+                    let heap = state
+                        .link
+                        .as_ref()
+                        .map(|link| link.heap.clone())
+                        .ok_or(gst::FlowError::Flushing)?;
+                    (self.send_block(state, &heap, header, offset, len)?, false)
+                }
+                None => {
+                    let outcome = self.send_copy(state, header, size, |dest| {
+                        buffer.copy_to_slice(0, dest).ok();
+                    })?;
+                    (outcome, true)
                 }
             };
             match outcome {
                 WriteOutcome::Written => {
-                    self.stats.buffer(map.len(), true);
+                    self.stats.buffer(size, copied);
                     return Ok(gst::FlowSuccess::Ok);
                 }
                 // The reader left while we waited for room: the next one
@@ -553,24 +650,53 @@ impl ShmRingSink {
         };
         let unlock = self.unlock.notifier()?;
         let mut state = self.lock_state();
-        // EOS waits for a reader like a buffer does, so that a stream with
-        // no buffers still ends on the reader's side.
         if state.failed {
             return Ok(());
         }
+        // EOS waits for a reader like a buffer does, so that a stream with
+        // no buffers still ends on the reader's side.
         let is_eos = event.type_() == gst::EventType::Eos;
         if is_eos && !self.ensure_link(&mut state, &unlock, self.wait_for_connection())? {
             return Ok(());
         }
-        let Some(link) = state.link.as_ref() else { return Ok(()) };
-        if link.producer.has_pending() && !is_eos {
-            state.queued_events.push((header, payload));
+        if state.link.is_none() {
             return Ok(());
         }
-        self.write_queued_events(&mut state)?;
-        self.write_record(&mut state, &header, payload.len(), |dest| {
+        self.send_copy(&mut state, &header, payload.len(), |dest| {
             dest.copy_from_slice(&payload)
         })?;
+        Ok(())
+    }
+
+    /// Refuses raw caps whose frames can never fit in the heap `ring-size`
+    /// asks for, before any buffer comes.
+    fn check_caps_fit(&self, caps: &gst::CapsRef) -> Result<(), gst::LoggableError> {
+        let ring_size = self.settings().ring_size;
+        if ring_size == 0 {
+            return Ok(());
+        }
+        let Ok(info) = gst_video::VideoInfo::from_caps(caps) else {
+            return Ok(());
+        };
+        let frame = info.size() as u64;
+        let heap = ring_size.next_multiple_of(4096);
+        if frame > heap {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::NoSpaceLeft,
+                [
+                    "Frames of {frame} bytes ({}x{} {}) do not fit in ring-size {ring_size}; raise ring-size to at least {}",
+                    info.width(),
+                    info.height(),
+                    info.format(),
+                    frame.next_multiple_of(4096)
+                ]
+            );
+            return Err(gst::loggable_error!(
+                CAT,
+                "frames of {frame} bytes do not fit in ring-size {ring_size}"
+            ));
+        }
         Ok(())
     }
 }
@@ -593,8 +719,8 @@ impl ObjectImpl for ShmRingSink {
                     .build(),
                 glib::ParamSpecUInt64::builder("ring-size")
                     .nick("Ring size")
-                    .blurb("Bytes of shared memory for the ring, rounded up to whole pages; 0 sizes it from the caps (4 frames of raw video, 200 ms of raw audio but at least 64 KiB, 8 MiB otherwise)")
-                    .maximum(MAX_CAPACITY)
+                    .blurb("Bytes of shared memory for buffer payloads (the heap), rounded up to whole pages; 0 sizes it from the caps (16 frames of raw video but at least 16 MiB, 500 ms of raw audio but at least 1 MiB, 32 MiB otherwise). Only blocks in use are touched, so a large heap costs no speed")
+                    .maximum(MAX_HEAP_SIZE)
                     .default_value(DEFAULT_RING_SIZE)
                     .mutable_ready()
                     .build(),
@@ -613,7 +739,7 @@ impl ObjectImpl for ShmRingSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, times-blocked-full")
+                    .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, times-blocked-full, peak-held-bytes (heap bytes held by the reader at most)")
                     .read_only()
                     .build(),
             ]
@@ -654,8 +780,7 @@ impl ObjectImpl for ShmRingSink {
         // Pacing belongs to the reader's sinks; the writer should hand
         // buffers over as soon as they are made.
         self.obj().set_sync(false);
-        // A kept last sample could be ring memory that the reader has
-        // released and the writer is about to reuse.
+        // A last sample kept here would pin a heap block for nothing.
         self.obj().set_enable_last_sample(false);
     }
 }
@@ -700,7 +825,7 @@ impl BaseSinkImpl for ShmRingSink {
         };
         if settings.ring_size != 0 {
             let rounded = settings.ring_size.div_ceil(4096) * 4096;
-            check_capacity(rounded)
+            crate::ring::check_heap_size(rounded)
                 .map_err(|err| gst::error_msg!(gst::ResourceError::Settings, ["Invalid ring-size: {err}"]))?;
         }
         let listener = Listener::bind(&path, settings.perms)
@@ -712,29 +837,45 @@ impl BaseSinkImpl for ShmRingSink {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        *self.lock_state() = State::default();
+        let mut state = self.lock_state();
+        self.drop_link(&mut state);
+        *state = State::default();
+        drop(state);
+        // Buffers still alive upstream keep their blocks, and the heap with
+        // them, until they are dropped.
+        *self.heap.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
         self.unlock.stop();
         Ok(())
+    }
+
+    fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
+        self.check_caps_fit(caps)
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         let unlock = self.unlock.notifier()?;
         let wait = self.wait_for_connection();
-        let map = buffer.map_readable().map_err(|_| {
-            gst::element_imp_error!(self, gst::CoreError::Failed, ["Could not map a buffer for reading"]);
-            gst::FlowError::Error
-        })?;
         let header = codec::buffer_header(buffer);
+        let layout = codec::video_layout(buffer);
         let mut state = self.lock_state();
         if state.failed {
             return Err(gst::FlowError::Error);
         }
-        let rendered = self.render_locked(&mut state, &unlock, buffer, &map, &header, wait);
+        let rendered = self.render_locked(&mut state, &unlock, buffer, &header, &layout, wait);
         if let Err(gst::FlowError::Error) = rendered {
             // Close the connection without EOS, so that the reader reports
             // that the writer failed instead of ending as if it had finished.
             state.failed = true;
-            state.link = None;
+            self.drop_link(&mut state);
+        }
+        if buffer.size() > INLINE_MAX
+            && let Some(heap) = self
+                .heap
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .as_ref()
+        {
+            self.stats.held(heap.bytes_held_by_readers());
         }
         rendered
     }
@@ -748,19 +889,23 @@ impl BaseSinkImpl for ShmRingSink {
     }
 
     fn propose_allocation(&self, query: &mut gst::query::Allocation) -> Result<(), gst::LoggableError> {
-        // Only raw video gets the ring-backed pool: its frames are large and
-        // fixed-size. Small buffers cost less to copy than to reserve.
+        // Any caps: an allocator whose memory is a block of the heap, so
+        // that a buffer upstream fills crosses without a copy.
+        let allocator = HeapAllocator::new(&self.obj());
+        query.add_allocation_param(Some(&allocator), gst::AllocationParams::default());
+        // Raw video also gets a pool of such buffers, with its video meta.
         let (caps, need_pool) = query.get_owned();
         let info = caps
             .as_ref()
             .and_then(|caps| gst_video::VideoInfo::from_caps(caps).ok());
         if let (Some(caps), Some(info), true) = (caps, info, need_pool) {
-            let pool = RingBufferPool::new(&self.obj());
+            let pool = HeapBufferPool::new(&self.obj());
             let mut config = pool.config();
             let size = info.size() as u32;
             config.set_params(Some(&caps), size, 0, 0);
+            config.set_allocator(Some(&allocator), None);
             pool.set_config(config)
-                .map_err(|err| gst::loggable_error!(CAT, "could not configure the ring pool: {err}"))?;
+                .map_err(|err| gst::loggable_error!(CAT, "could not configure the heap pool: {err}"))?;
             query.add_allocation_pool(Some(&pool), size, 0, 0);
         }
         query.add_allocation_meta::<gst_video::VideoMeta>(None);

@@ -4,6 +4,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod heap;
 mod imp;
 mod pool;
 

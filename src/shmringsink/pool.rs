@@ -1,33 +1,62 @@
-//! The buffer pool `shmringsink` offers upstream: each buffer is carved out
-//! of the ring at the write position, so upstream renders straight into
-//! shared memory and the sink only commits the record.
+//! What `shmringsink` offers upstream in the allocation query: an allocator
+//! for any caps, and a buffer pool for raw video, both handing out blocks of
+//! the sink's heap. Upstream then fills shared memory directly, and the sink
+//! only sends a record naming the block: nothing is copied.
 //!
-//! An allocation waits, like `render`, for a reader (with
-//! `wait-for-connection`) and for room, interruptibly. It never waits
-//! behind another outstanding pool buffer, since upstream may hold that one
-//! until it gets this one: it hands out ordinary memory instead, which the
-//! sink copies once. A buffer that is dropped without being rendered
-//! becomes padding that the reader skips.
+//! A block is held for as long as upstream keeps the buffer, and pins
+//! nothing else, so upstream may keep as many as it likes (a decoder's
+//! reference frames, a tee). When no block is free, an allocation waits for
+//! a reader to give one back, interruptibly. It never waits for blocks only
+//! this process holds, since the thread that would let go of them may be the
+//! one waiting: it hands out ordinary memory instead, which render copies.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 use gst::glib;
+use gst::glib::translate::*;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::ShmRingSink;
 
+/// Payloads up to this size travel inline in the record queue, so blocks
+/// are only worth handing out for larger ones.
+pub(super) const INLINE_MAX: usize = 4096;
+
 glib::wrapper! {
-    pub struct RingBufferPool(ObjectSubclass<imp::RingBufferPool>) @extends gst::BufferPool, gst::Object;
+    pub struct HeapBufferPool(ObjectSubclass<imp::HeapBufferPool>) @extends gst::BufferPool, gst::Object;
 }
 
-impl RingBufferPool {
+glib::wrapper! {
+    pub struct HeapAllocator(ObjectSubclass<imp::HeapAllocator>) @extends gst::Allocator, gst::Object;
+}
+
+impl HeapBufferPool {
     pub fn new(sink: &ShmRingSink) -> Self {
         let pool: Self = glib::Object::new();
         let _ = pool.imp().sink.set(sink.downgrade());
         pool
     }
+}
+
+impl HeapAllocator {
+    pub fn new(sink: &ShmRingSink) -> Self {
+        let allocator: Self = glib::Object::new();
+        let _ = allocator.imp().sink.set(sink.downgrade());
+        allocator
+    }
+}
+
+/// Memory of `size` bytes from the sink's heap, or ordinary memory when no
+/// block can be had without waiting on this process itself.
+fn memory(sink: Option<ShmRingSink>, size: usize) -> Result<gst::Memory, gst::FlowError> {
+    if size > INLINE_MAX
+        && let Some(sink) = sink
+        && let Some(block) = sink.imp().block_for_upstream(size)?
+    {
+        return Ok(gst::Memory::from_mut_slice(block));
+    }
+    Ok(gst::Memory::with_size(size))
 }
 
 mod imp {
@@ -41,51 +70,22 @@ mod imp {
     }
 
     #[derive(Default)]
-    pub struct RingBufferPool {
+    pub struct HeapBufferPool {
         pub(super) sink: OnceLock<glib::WeakRef<ShmRingSink>>,
         config: Mutex<PoolConfig>,
-        /// Buffers of ordinary memory handed out and not yet freed. While
-        /// one is out, no ring space is reserved: a reservation made after
-        /// it could reach the sink before it does, and hold ring space the
-        /// copy of that earlier buffer then waits for.
-        ordinary_outstanding: Arc<AtomicUsize>,
-    }
-
-    /// Ordinary memory for a pool buffer, counted while it lives.
-    struct OrdinaryMemory {
-        bytes: Vec<u8>,
-        outstanding: Arc<AtomicUsize>,
-    }
-
-    impl AsRef<[u8]> for OrdinaryMemory {
-        fn as_ref(&self) -> &[u8] {
-            &self.bytes
-        }
-    }
-
-    impl AsMut<[u8]> for OrdinaryMemory {
-        fn as_mut(&mut self) -> &mut [u8] {
-            &mut self.bytes
-        }
-    }
-
-    impl Drop for OrdinaryMemory {
-        fn drop(&mut self) {
-            self.outstanding.fetch_sub(1, Ordering::SeqCst);
-        }
     }
 
     #[glib::object_subclass]
-    impl ObjectSubclass for RingBufferPool {
-        const NAME: &'static str = "GstShmRingBufferPool";
-        type Type = super::RingBufferPool;
+    impl ObjectSubclass for HeapBufferPool {
+        const NAME: &'static str = "GstShmRingHeapBufferPool";
+        type Type = super::HeapBufferPool;
         type ParentType = gst::BufferPool;
     }
 
-    impl ObjectImpl for RingBufferPool {}
-    impl GstObjectImpl for RingBufferPool {}
+    impl ObjectImpl for HeapBufferPool {}
+    impl GstObjectImpl for HeapBufferPool {}
 
-    impl BufferPoolImpl for RingBufferPool {
+    impl BufferPoolImpl for HeapBufferPool {
         fn options() -> &'static [&'static str] {
             static OPTIONS: [&str; 1] = [gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_str()];
             &OPTIONS
@@ -106,57 +106,93 @@ mod imp {
             self.parent_set_config(config)
         }
 
-        fn acquire_buffer(
-            &self,
-            _params: Option<&gst::BufferPoolAcquireParams>,
-        ) -> Result<gst::Buffer, gst::FlowError> {
+        fn alloc_buffer(&self, _params: Option<&gst::BufferPoolAcquireParams>) -> Result<gst::Buffer, gst::FlowError> {
             let (size, video_layout) = {
                 let config = self.config.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 (config.size, config.video_layout.clone())
             };
             let sink = self.sink.get().and_then(|sink| sink.upgrade());
-            let reserved = match &sink {
-                Some(sink) if self.ordinary_outstanding.load(Ordering::SeqCst) == 0 => sink.imp().reserve(size)?,
-                _ => None,
-            };
-            let mut buffer = match reserved {
-                Some(reservation) => gst::Buffer::from_mut_slice(reservation),
-                None => {
-                    self.ordinary_outstanding.fetch_add(1, Ordering::SeqCst);
-                    let memory = OrdinaryMemory {
-                        bytes: vec![0; size],
-                        outstanding: self.ordinary_outstanding.clone(),
-                    };
-                    gst::Buffer::from_mut_slice(memory)
-                }
-            };
-            if let Some(info) = video_layout {
+            let mut buffer = gst::Buffer::new();
+            {
                 let buffer = buffer.get_mut().ok_or(gst::FlowError::Error)?;
-                gst_video::VideoMeta::add_full(
-                    buffer,
-                    gst_video::VideoFrameFlags::empty(),
-                    info.format(),
-                    info.width(),
-                    info.height(),
-                    info.offset(),
-                    info.stride(),
-                )
-                .map_err(|_| gst::FlowError::Error)?;
+                buffer.append_memory(memory(sink, size)?);
+                if let Some(info) = video_layout {
+                    gst_video::VideoMeta::add_full(
+                        buffer,
+                        gst_video::VideoFrameFlags::empty(),
+                        info.format(),
+                        info.width(),
+                        info.height(),
+                        info.offset(),
+                        info.stride(),
+                    )
+                    .map_err(|_| gst::FlowError::Error)?;
+                }
             }
             Ok(buffer)
         }
 
+        fn acquire_buffer(&self, params: Option<&gst::BufferPoolAcquireParams>) -> Result<gst::Buffer, gst::FlowError> {
+            // Each buffer gets a block of its own, chosen when it is needed,
+            // so that the heap hands out its most recently freed block: a
+            // buffer parked in the pool would pin its block meanwhile.
+            self.alloc_buffer(params)
+        }
+
         fn release_buffer(&self, buffer: gst::Buffer) {
-            // Every buffer is carved anew at the write position, so none is
-            // kept for reuse: dropping it here frees its ring space (or its
-            // ordinary memory) instead of parking it in the pool.
+            // Dropping the buffer gives its block back to the heap.
             drop(buffer);
         }
 
         fn flush_start(&self) {
             if let Some(sink) = self.sink.get().and_then(|sink| sink.upgrade()) {
-                sink.imp().interrupt_reserve();
+                sink.imp().interrupt_allocation();
             }
+        }
+    }
+
+    #[derive(Default)]
+    pub struct HeapAllocator {
+        pub(super) sink: OnceLock<glib::WeakRef<ShmRingSink>>,
+    }
+
+    #[glib::object_subclass]
+    impl ObjectSubclass for HeapAllocator {
+        const NAME: &'static str = "GstShmRingHeapAllocator";
+        type Type = super::HeapAllocator;
+        type ParentType = gst::Allocator;
+    }
+
+    impl ObjectImpl for HeapAllocator {}
+    impl GstObjectImpl for HeapAllocator {}
+
+    // SAFETY: `alloc` returns a new GstMemory with one reference, owned by
+    // the caller, or NULL; `free` is never reached for it, because the
+    // memory frees itself through the allocator that made it (the one
+    // behind `gst::Memory::from_mut_slice` or the system allocator).
+    unsafe impl AllocatorImpl for HeapAllocator {
+        unsafe fn alloc(&self, size: usize, params: &gst::AllocationParams) -> *mut gst::ffi::GstMemory {
+            let prefix = params.prefix();
+            let total = prefix.saturating_add(size).saturating_add(params.padding());
+            // Heap blocks are 64-byte aligned; a stricter alignment, like a
+            // small size, gets the system allocator.
+            let sink = self
+                .sink
+                .get()
+                .and_then(|sink| sink.upgrade())
+                .filter(|_| params.align() < 64 && total > INLINE_MAX);
+            if let Some(sink) = sink
+                && let Ok(Some(block)) = sink.imp().block_for_upstream(total)
+            {
+                let mut memory = gst::Memory::from_mut_slice(block);
+                if let Some(memory) = memory.get_mut() {
+                    memory.resize(prefix..prefix + size);
+                }
+                return memory.into_glib_ptr();
+            }
+            gst::Allocator::find(None)
+                .and_then(|system| system.alloc(size, Some(params)).ok())
+                .map_or(std::ptr::null_mut(), |memory| memory.into_glib_ptr())
         }
     }
 }

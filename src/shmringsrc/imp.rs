@@ -1,7 +1,7 @@
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use gst::glib;
 use gst::prelude::*;
@@ -10,9 +10,9 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
-use crate::codec::{self, Decoded};
+use crate::codec::{self, Decoded, VideoLayout};
 use crate::ipc::{self, Connection, Trigger, Waiter};
-use crate::ring::{Consumer, Notifier, RecordKind};
+use crate::ring::{Consumer, HeapMemory, Notifier, Payload, ReaderChannel, RecordKind, ReleaseProducer};
 use crate::stats::Stats;
 use crate::unlock::Unlock;
 
@@ -25,6 +25,9 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 });
 
 const DEFAULT_IS_LIVE: bool = false;
+/// Rounds an empty queue is watched before the reader sleeps: a few
+/// microseconds, about the gap between small buffers of a busy writer.
+const SPINS_BEFORE_SLEEP: u32 = 256;
 const DEFAULT_ALWAYS_COPY: bool = false;
 
 #[derive(Debug, Clone, Default)]
@@ -34,19 +37,111 @@ struct Settings {
     always_copy: bool,
 }
 
+/// The reader's release queue, shared with every lease: a buffer may be
+/// freed on any thread.
+struct Releases {
+    producer: Mutex<ReleaseProducer>,
+    /// Heap bytes that leases hold now.
+    leased: AtomicU64,
+}
+
+impl Releases {
+    fn give_back(&self, offset: u64) {
+        let mut producer = self.producer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(err) = producer.push(offset) {
+            gst::warning!(CAT, "could not give block {offset} back to the writer: {err}");
+        }
+    }
+}
+
+/// A heap block handed downstream as read-only memory. Dropping the last
+/// buffer that wraps it gives the block back to the writer.
+struct Lease {
+    heap: Arc<HeapMemory>,
+    releases: Arc<Releases>,
+    offset: u64,
+    len: u64,
+}
+
+impl AsRef<[u8]> for Lease {
+    fn as_ref(&self) -> &[u8] {
+        // `peek` checked that the block lies inside the heap.
+        self.heap.block(self.offset, self.len).unwrap_or_default()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.releases.leased.fetch_sub(self.len, Ordering::Relaxed);
+        self.releases.give_back(self.offset);
+    }
+}
+
 /// The writer we read from.
 struct Link {
     connection: Connection,
-    consumer: Consumer,
+    records: Consumer,
+    releases: Arc<Releases>,
+    heap: Arc<HeapMemory>,
     /// The writer closed its socket; what is left in the ring is all there is.
     writer_gone: bool,
-    /// Whether buffers may be handed out as ring memory: not with
+    /// Whether buffers may be handed out as heap memory: not with
     /// `always-copy`, and only for raw audio and video. Parsers and decoders
     /// read compressed data more than once, and the writer could change it
     /// in between; raw media is only ever read as samples.
     lease: bool,
+    /// The memory layout of the buffers that follow.
+    layout: VideoLayout,
     /// Sleeps on the ring's data fd, the socket and the unlock fd.
     waiter: Waiter<3>,
+    /// Buffers for copies, of the size of the last copy.
+    copies: CopyPool,
+}
+
+/// Buffers to copy payloads into, recycled so that a stream of copies does
+/// not allocate per buffer.
+#[derive(Default)]
+struct CopyPool {
+    pool: Option<(usize, gst::BufferPool)>,
+    last_size: usize,
+}
+
+impl CopyPool {
+    fn buffer(&mut self, size: usize) -> gst::Buffer {
+        if let Some((pool_size, pool)) = &self.pool
+            && *pool_size == size
+            && let Ok(buffer) = pool.acquire_buffer(None)
+        {
+            return buffer;
+        }
+        // A size seen twice in a row gets a pool; variable sizes do not.
+        if size == self.last_size && size > 0 {
+            if let Some((_, old)) = self.pool.take() {
+                let _ = old.set_active(false);
+            }
+            let pool = gst::BufferPool::new();
+            let mut config = pool.config();
+            config.set_params(None, size as u32, 0, 0);
+            if pool.set_config(config).is_ok() && pool.set_active(true).is_ok() {
+                self.pool = Some((size, pool));
+                if let Some((_, pool)) = &self.pool
+                    && let Ok(buffer) = pool.acquire_buffer(None)
+                {
+                    return buffer;
+                }
+            }
+        }
+        self.last_size = size;
+        gst::Buffer::with_size(size).unwrap_or_default()
+    }
+}
+
+impl Drop for CopyPool {
+    fn drop(&mut self) {
+        if let Some((_, pool)) = self.pool.take() {
+            let _ = pool.set_active(false);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -63,8 +158,10 @@ pub struct ShmRingSrc {
     caps: Mutex<Option<gst::Caps>>,
     unlock: Unlock,
     stats: Stats,
-    /// Set while the writer's stream-start is pushed; see `constructed`.
-    forwarding_stream_start: AtomicBool,
+    /// Set while an event of the writer's is pushed; see `constructed`.
+    forwarding: AtomicBool,
+    /// Set once the writer's segment has been pushed; see `constructed`.
+    writer_segment: AtomicBool,
 }
 
 /// What one record turned into.
@@ -92,9 +189,14 @@ impl ShmRingSrc {
         };
         gst::debug!(CAT, imp = self, "waiting for a shmringsink at {}", path.display());
         match ipc::connect_reader(&path, unlock.as_fd()) {
-            Ok(Some((connection, consumer))) => {
+            Ok(Some((connection, channel))) => {
+                let ReaderChannel {
+                    records,
+                    releases,
+                    heap,
+                } = channel;
                 let fds = [
-                    (consumer.data_fd(), Trigger::Edge),
+                    (records.data_fd(), Trigger::Edge),
                     (connection.as_fd(), Trigger::Level),
                     (unlock.as_fd(), Trigger::Level),
                 ];
@@ -105,16 +207,24 @@ impl ShmRingSrc {
                 gst::info!(
                     CAT,
                     imp = self,
-                    "connected to {}; ring of {} bytes",
+                    "connected to {}; record queue of {} bytes, heap of {} bytes",
                     path.display(),
-                    consumer.capacity()
+                    records.capacity(),
+                    heap.size()
                 );
                 Ok(Link {
                     connection,
-                    consumer,
+                    records,
+                    releases: Arc::new(Releases {
+                        producer: Mutex::new(releases),
+                        leased: AtomicU64::new(0),
+                    }),
+                    heap,
                     writer_gone: false,
                     lease: false,
+                    layout: None,
                     waiter,
+                    copies: CopyPool::default(),
                 })
             }
             Ok(None) => Err(gst::FlowError::Flushing),
@@ -125,65 +235,105 @@ impl ShmRingSrc {
         }
     }
 
+    fn decode_error(&self, err: impl std::fmt::Display) -> gst::FlowError {
+        gst::element_imp_error!(self, gst::StreamError::Decode, ["{err}"]);
+        gst::FlowError::Error
+    }
+
+    /// Pushes one of the writer's events downstream, past the probe that
+    /// holds back GstBaseSrc's own.
+    fn forward(&self, event: gst::Event) {
+        self.forwarding.store(true, Ordering::SeqCst);
+        self.obj().src_pad().push_event(event);
+        self.forwarding.store(false, Ordering::SeqCst);
+    }
+
+    /// A buffer for a block the writer sent: the block itself, read-only,
+    /// while leases hold less than half the heap; past that a copy, and the
+    /// block goes straight back, so the writer always has half the heap.
+    fn block_buffer(&self, link: &mut Link, offset: u64, len: u64) -> (gst::Buffer, bool) {
+        let half = link.heap.size() / 2;
+        let leased = link.releases.leased.load(Ordering::Relaxed);
+        if link.lease && leased + len <= half {
+            let now = link.releases.leased.fetch_add(len, Ordering::Relaxed) + len;
+            self.stats.held(now);
+            let lease = Lease {
+                heap: link.heap.clone(),
+                releases: link.releases.clone(),
+                offset,
+                len,
+            };
+            return (gst::Buffer::from_slice(lease), false);
+        }
+        let mut buffer = link.copies.buffer(len as usize);
+        if let (Some(dest), Some(source)) = (
+            buffer.get_mut().and_then(|buffer| buffer.map_writable().ok()),
+            link.heap.block(offset, len),
+        ) {
+            let mut dest = dest;
+            dest.copy_from_slice(source);
+        }
+        link.releases.give_back(offset);
+        (buffer, true)
+    }
+
     /// Takes the record at the read position, if any, and acts on it.
     fn next_record(&self, link: &mut Link) -> Result<Option<Step>, gst::FlowError> {
-        let record = match link.consumer.peek() {
+        let record = match link.records.peek() {
             Ok(Some(record)) => record,
             Ok(None) => return Ok(None),
-            Err(err) => {
-                gst::element_imp_error!(self, gst::StreamError::Decode, ["{err}"]);
-                return Err(gst::FlowError::Error);
-            }
+            Err(err) => return Err(self.decode_error(err)),
         };
         let header = *record.header();
-        if header.kind == RecordKind::Padding {
-            record.release();
-            return Ok(Some(Step::Continue));
-        }
+        let payload = record.payload();
         if header.kind == RecordKind::Buffer {
-            let len = record.payload().len();
-            let lease = if !link.lease { Err(record) } else { record.into_lease() };
-            let (mut buffer, copied) = match lease {
-                // Downstream gets the ring memory itself, read-only; the
-                // writer may reuse it once the last reference is dropped.
-                Ok(lease) => (gst::Buffer::from_slice(lease), false),
-                // Downstream already pins half the ring: copy, so that the
-                // writer never waits on buffers held downstream.
-                Err(record) => {
-                    let buffer = gst::Buffer::from_mut_slice(record.payload().to_vec());
+            let (mut buffer, copied) = match payload {
+                Payload::Inline { len } => {
+                    let mut buffer = link.copies.buffer(len as usize);
+                    if let Some(mut dest) = buffer.get_mut().and_then(|buffer| buffer.map_writable().ok()) {
+                        dest.copy_from_slice(record.inline());
+                    }
                     record.release();
                     (buffer, true)
                 }
+                Payload::Block { offset, len } => {
+                    record.release();
+                    self.block_buffer(link, offset, len)
+                }
             };
-            self.stats.buffer(len, copied);
-            codec::apply_buffer_header(&header, buffer.make_mut()).map_err(|err| {
-                gst::element_imp_error!(self, gst::StreamError::Decode, ["{err}"]);
-                gst::FlowError::Error
-            })?;
+            self.stats.buffer(buffer.size(), copied);
+            codec::apply_buffer_header(&header, &link.layout, buffer.make_mut())
+                .map_err(|err| self.decode_error(err))?;
             return Ok(Some(Step::Buffer(buffer)));
         }
         // Parse a private copy: the writer could change shared bytes between
         // the UTF-8 check and the parse.
-        if record.payload().len() > codec::MAX_CONTROL_PAYLOAD {
-            gst::element_imp_error!(
-                self,
-                gst::StreamError::Decode,
-                [
-                    "The writer sent a {:?} record of {} bytes; caps and events are at most {} bytes",
-                    header.kind,
-                    record.payload().len(),
-                    codec::MAX_CONTROL_PAYLOAD
-                ]
-            );
-            return Err(gst::FlowError::Error);
+        if payload.len() > codec::MAX_CONTROL_PAYLOAD as u64 {
+            return Err(self.decode_error(format!(
+                "The writer sent a {:?} record of {} bytes; caps and events are at most {} bytes",
+                header.kind,
+                payload.len(),
+                codec::MAX_CONTROL_PAYLOAD
+            )));
         }
-        let payload = record.payload().to_vec();
-        record.release();
-        let decoded = codec::decode(&header, &payload);
-        let decoded = decoded.map_err(|err| {
-            gst::element_imp_error!(self, gst::StreamError::Decode, ["{err}"]);
-            gst::FlowError::Error
-        })?;
+        let bytes = match payload {
+            Payload::Inline { .. } => {
+                let bytes = record.inline().to_vec();
+                record.release();
+                bytes
+            }
+            Payload::Block { offset, len } => {
+                record.release();
+                let bytes = link.heap.block(offset, len).unwrap_or_default().to_vec();
+                link.releases.give_back(offset);
+                bytes
+            }
+        };
+        if header.kind == RecordKind::VideoLayout {
+            link.layout = codec::decode_video_layout(&bytes).map_err(|err| self.decode_error(err))?;
+            return Ok(Some(Step::Continue));
+        }
+        let decoded = codec::decode(&header, &bytes).map_err(|err| self.decode_error(err))?;
         let obj = self.obj();
         match decoded {
             Decoded::Caps(caps) => {
@@ -208,12 +358,12 @@ impl ShmRingSrc {
                 }
             }
             Decoded::Segment(segment) => {
-                if segment.format() != obj.segment().format() {
-                    obj.set_format(segment.format());
-                }
-                if obj.new_segment(&segment).is_err() {
-                    gst::warning!(CAT, imp = self, "could not apply {segment:?}");
-                }
+                // Pushed as it is, whatever its format: GstBaseSrc only
+                // takes segments in its own format, which may not change
+                // while running, and its own segment is then held back.
+                gst::debug!(CAT, imp = self, "forwarding {segment:?}");
+                self.writer_segment.store(true, Ordering::SeqCst);
+                self.forward(gst::event::Segment::new(&segment));
             }
             Decoded::Eos => {
                 gst::debug!(CAT, imp = self, "end of stream from the writer");
@@ -221,10 +371,7 @@ impl ShmRingSrc {
             }
             Decoded::Event(event) => {
                 gst::debug!(CAT, imp = self, "forwarding {event:?}");
-                let is_stream_start = event.type_() == gst::EventType::StreamStart;
-                self.forwarding_stream_start.store(is_stream_start, Ordering::Relaxed);
-                obj.src_pad().push_event(event);
-                self.forwarding_stream_start.store(false, Ordering::Relaxed);
+                self.forward(event);
             }
             Decoded::Unsupported(event_type) => {
                 gst::debug!(CAT, imp = self, "skipping event type {event_type}");
@@ -258,13 +405,13 @@ impl ObjectImpl for ShmRingSrc {
                     .build(),
                 glib::ParamSpecBoolean::builder("always-copy")
                     .nick("Always copy")
-                    .blurb("Copy every buffer out of the ring instead of handing out ring memory; for downstreams that keep more than half a ring of buffers until they get more")
+                    .blurb("Copy every buffer out of the ring instead of handing out shared memory. Not needed for downstreams that keep buffers: past half the heap the source copies by itself")
                     .default_value(DEFAULT_ALWAYS_COPY)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received")
+                    .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, peak-held-bytes (heap bytes held downstream at most)")
                     .read_only()
                     .build(),
             ]
@@ -308,18 +455,24 @@ impl ObjectImpl for ShmRingSrc {
         obj.set_format(gst::Format::Time);
         obj.set_live(DEFAULT_IS_LIVE);
         // GstBaseSrc sends a stream-start of its own, with a made-up stream
-        // id, before the first `create`. The writer's comes through the
-        // ring; let only that one through, so downstream sees the stream's
-        // real id once.
+        // id, before the first `create`, and a segment of its own before the
+        // first buffer. The writer's come through the ring: let only those
+        // through (GstBaseSrc's segment only until the writer's arrives), so
+        // downstream sees the stream's real id once, and the writer's
+        // segment in its own format.
         let element = obj.downgrade();
         obj.src_pad()
             .add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-                let is_stream_start =
-                    matches!(info.event(), Some(event) if event.type_() == gst::EventType::StreamStart);
-                let ours = element
-                    .upgrade()
-                    .is_some_and(|element| element.imp().forwarding_stream_start.load(Ordering::Relaxed));
-                if is_stream_start && !ours {
+                let Some(element) = element.upgrade() else {
+                    return gst::PadProbeReturn::Ok;
+                };
+                let imp = element.imp();
+                let held_back = match info.event().map(|event| event.type_()) {
+                    Some(gst::EventType::StreamStart) => true,
+                    Some(gst::EventType::Segment) => imp.writer_segment.load(Ordering::SeqCst),
+                    _ => false,
+                };
+                if held_back && !imp.forwarding.load(Ordering::SeqCst) {
                     // Taking the event and returning Handled frees it once;
                     // Drop would leave GStreamer unreffing a cleared pointer.
                     drop(info.take_event());
@@ -377,6 +530,7 @@ impl BaseSrcImpl for ShmRingSrc {
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         *self.lock_state() = State::default();
         *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        self.writer_segment.store(false, Ordering::SeqCst);
         self.unlock.stop();
         Ok(())
     }
@@ -435,7 +589,7 @@ impl PushSrcImpl for ShmRingSrc {
             return Err(gst::FlowError::Flushing);
         };
         loop {
-            self.stats.set_wakeups_sent(link.consumer.wakeups_sent());
+            self.stats.set_wakeups_sent(link.records.wakeups_sent());
             match self.next_record(link)? {
                 Some(Step::Buffer(buffer)) => return Ok(CreateSuccess::NewBuffer(buffer)),
                 Some(Step::Continue) => continue,
@@ -449,7 +603,14 @@ impl PushSrcImpl for ShmRingSrc {
                 );
                 return Err(gst::FlowError::Error);
             }
-            let sleep = link.consumer.prepare_wait().map_err(|err| {
+            let arrived = link
+                .records
+                .spin_for_data(SPINS_BEFORE_SLEEP)
+                .map_err(|err| self.decode_error(err))?;
+            if arrived {
+                continue;
+            }
+            let sleep = link.records.prepare_wait().map_err(|err| {
                 gst::element_imp_error!(self, gst::StreamError::Decode, ["{err}"]);
                 gst::FlowError::Error
             })?;
@@ -457,7 +618,7 @@ impl PushSrcImpl for ShmRingSrc {
                 continue;
             }
             let ready = link.waiter.wait();
-            link.consumer.finish_edge_wait();
+            link.records.finish_edge_wait();
             let ready = ready.map_err(|err| {
                 gst::element_imp_error!(self, gst::ResourceError::Read, ["{err}"]);
                 gst::FlowError::Error

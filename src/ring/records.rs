@@ -1,0 +1,443 @@
+//! The record queue: headers, events and small payloads, writer → reader,
+//! in stream order.
+//!
+//! # Invariants
+//!
+//! Two shared positions count bytes since the start of the stream: `write`
+//! (stored only by the producer) and `read` (stored only by the consumer).
+//! At every moment, as each side sees them:
+//!
+//! 1. `read <= write <= read + capacity`. The bytes in `read..write` are
+//!    committed records the consumer may read; the bytes in
+//!    `write..read + capacity` are free and belong to the producer.
+//! 2. Both positions only grow, and always by whole records, so both stay
+//!    multiples of `RECORD_ALIGN` and a record header always sits at `read`.
+//! 3. A side reads the other's position only to learn about more data (or
+//!    more room), so a stale cached copy is always safe: it only
+//!    under-reports. That is why each side caches the other's position and
+//!    reloads it only when the cached view says empty (or full).
+//! 4. A record never owns heap memory through its place in the queue: a
+//!    record that names a heap block hands the reader a reference that it
+//!    gives back through the release queue, in any order. The read position
+//!    therefore passes every record as soon as it is taken, and nothing a
+//!    reader keeps can hold the queue up.
+//!
+//! The peer is untrusted. Every position loaded from shared memory is
+//! checked against invariant 1 and against the last value seen, and every
+//! record header is copied out of shared memory once, then checked, before
+//! its payload is touched: an inline payload must lie within the written
+//! part of the queue, and a block within the heap. A violation is a
+//! `RingError::Corrupt`, never a panic or an out-of-bounds access.
+//!
+//! # Orderings
+//!
+//! Publishing a position is a `SeqCst` store: it is a Release store (the
+//! record's bytes, or the reader's last use of them, happen before the other
+//! side sees the new position) and it takes part in the wake-up handshake of
+//! [`wake`](super::wake). Reloading the other side's position is an
+//! `Acquire` load, paired with that Release. Each read or write therefore
+//! costs two atomic operations, the store and the load of the peer's sleep
+//! sequence, plus a reload only at empty or full. No lock, allocation or
+//! syscall happens while the queue is neither empty nor full.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::RingError;
+use super::layout::*;
+use super::memory::ChannelMemory;
+use super::notifier::Notifier;
+use super::wake::{Sleeper, Waker};
+
+/// The writing end of a record queue.
+pub struct Producer {
+    memory: Arc<ChannelMemory>,
+    capacity: u64,
+    write: u64,
+    read_cached: u64,
+    sleeper: Sleeper,
+    waker: Waker,
+    /// The reader's eventfd: written when it sleeps on an empty queue.
+    data_ready: Notifier,
+    /// Ours: written by the reader when we sleep on a full queue.
+    space_ready: Notifier,
+}
+
+/// Room for one record, handed out by [`Producer::grant`]. Fill the inline
+/// payload, then [`commit`](WriteGrant::commit). Dropping it writes nothing.
+pub struct WriteGrant<'a> {
+    producer: &'a mut Producer,
+    payload: Payload,
+}
+
+/// How far a reader has read, as it says: for heuristics only, since the
+/// reader may write anything there.
+pub struct ReadProgress {
+    memory: Arc<ChannelMemory>,
+}
+
+impl ReadProgress {
+    /// The reader's record read position, unchecked.
+    pub fn read_position(&self) -> u64 {
+        self.memory.control_u64(OFFSET_RECORD_READ).load(Ordering::Acquire)
+    }
+}
+
+/// The reading end of a record queue.
+pub struct Consumer {
+    memory: Arc<ChannelMemory>,
+    capacity: u64,
+    heap_size: u64,
+    read: u64,
+    write_cached: u64,
+    sleeper: Sleeper,
+    waker: Waker,
+    /// Ours: written by the writer when we sleep on an empty queue.
+    data_ready: Notifier,
+    /// The writer's eventfd: written when it sleeps on a full queue.
+    space_ready: Notifier,
+}
+
+/// The record at the read position, handed out by [`Consumer::peek`]. It
+/// stays in the queue until [`release`](ReadRecord::release).
+pub struct ReadRecord<'a> {
+    consumer: &'a mut Consumer,
+    header: RecordHeader,
+    payload: Payload,
+}
+
+impl Producer {
+    pub(crate) fn new(memory: Arc<ChannelMemory>, data_ready: Notifier, space_ready: Notifier) -> Self {
+        let capacity = memory.sizes().record_capacity;
+        Self {
+            memory,
+            capacity,
+            write: 0,
+            read_cached: 0,
+            sleeper: Sleeper::default(),
+            waker: Waker::default(),
+            data_ready,
+            space_ready,
+        }
+    }
+
+    pub(crate) fn data_ready(&self) -> &Notifier {
+        &self.data_ready
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Wake-ups this side has sent so far.
+    pub fn wakeups_sent(&self) -> u64 {
+        self.waker.sent()
+    }
+
+    /// Whether the reader has let go of the channel (dropped its
+    /// `Consumer`). One load of a word the reader rarely writes.
+    pub fn reader_detached(&self) -> bool {
+        self.memory.control_u64(OFFSET_READER_SLEEP).load(Ordering::Acquire) == READER_DETACHED
+    }
+
+    /// The write position: where the next record will start.
+    pub fn position(&self) -> u64 {
+        self.write
+    }
+
+    /// A handle that tells, from any thread, how far the reader has read.
+    pub fn progress(&self) -> ReadProgress {
+        ReadProgress {
+            memory: self.memory.clone(),
+        }
+    }
+
+    /// Readable when the consumer has made room after [`Self::prepare_wait`].
+    pub fn space_fd(&self) -> BorrowedFd<'_> {
+        self.space_ready.as_fd()
+    }
+
+    /// Room for a record whose payload is `payload`: its inline bytes are
+    /// written through the grant. `Ok(None)` means the queue is too full
+    /// right now; `TooLarge` that the record never fits.
+    pub fn grant(&mut self, payload: Payload) -> Result<Option<WriteGrant<'_>>, RingError> {
+        let size = self.check_fits(payload.inline_len())?;
+        if self.free() < size {
+            self.reload_read(Ordering::Acquire)?;
+            if self.free() < size {
+                return Ok(None);
+            }
+        }
+        Ok(Some(WriteGrant {
+            producer: self,
+            payload,
+        }))
+    }
+
+    /// Announces that the producer will sleep until a record with
+    /// `inline_len` bytes of inline payload fits. Returns `false` if it
+    /// already fits (do not sleep); otherwise poll [`Self::space_fd`] and
+    /// then call [`Self::finish_wait`].
+    pub fn prepare_wait(&mut self, inline_len: u64) -> Result<bool, RingError> {
+        let size = self.check_fits(inline_len)?;
+        self.sleeper.enter(self.memory.control_u64(OFFSET_WRITER_RECORD_SLEEP));
+        self.reload_read(Ordering::SeqCst)?;
+        if self.free() >= size {
+            self.sleeper.leave(self.memory.control_u64(OFFSET_WRITER_RECORD_SLEEP));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Ends a sleep begun with [`Self::prepare_wait`] returning `true`.
+    pub fn finish_wait(&mut self) {
+        self.space_ready.drain();
+        self.finish_edge_wait();
+    }
+
+    /// Ends a sleep on [`Self::space_fd`] watched edge-triggered (epoll's
+    /// `EPOLLET`), where the eventfd's counter need not be drained: every
+    /// wake-up is a new write, and so a new edge.
+    pub fn finish_edge_wait(&mut self) {
+        self.sleeper.leave(self.memory.control_u64(OFFSET_WRITER_RECORD_SLEEP));
+    }
+
+    fn check_fits(&self, inline_len: u64) -> Result<u64, RingError> {
+        match record_size(inline_len) {
+            Some(size) if size <= self.capacity => Ok(size),
+            _ => Err(RingError::TooLarge {
+                payload_len: inline_len,
+                capacity: self.capacity,
+            }),
+        }
+    }
+
+    fn free(&self) -> u64 {
+        self.capacity - (self.write - self.read_cached)
+    }
+
+    fn reload_read(&mut self, order: Ordering) -> Result<(), RingError> {
+        let read = self.memory.control_u64(OFFSET_RECORD_READ).load(order);
+        if read < self.read_cached || read > self.write || !read.is_multiple_of(RECORD_ALIGN) {
+            return Err(RingError::Corrupt("the reader's position moved outside the queue"));
+        }
+        self.read_cached = read;
+        Ok(())
+    }
+}
+
+impl WriteGrant<'_> {
+    /// The inline payload, contiguous even across the wrap. Write it; do not
+    /// read it back, since a hostile reader can change it.
+    pub fn payload(&mut self) -> &mut [u8] {
+        let producer = &*self.producer;
+        let offset = producer.write % producer.capacity + RECORD_HEADER_SIZE;
+        // SAFETY: `grant` checked that the whole record fits in the free part
+        // of the queue, which the consumer never reads, and `&mut self` makes
+        // this the only slice into it. The range is within `2 * capacity`
+        // because offset < capacity + header and the record is at most
+        // capacity; `records_mut` checks that again.
+        unsafe { producer.memory.records_mut(offset, self.payload.inline_len()) }.unwrap_or_default()
+    }
+
+    /// Publishes the record and wakes the consumer if it sleeps.
+    pub fn commit(self, header: &RecordHeader) {
+        let producer = self.producer;
+        let Some(size) = record_size(self.payload.inline_len()) else {
+            return;
+        };
+        let raw = header.encode(self.payload);
+        let at = producer.write % producer.capacity;
+        // SAFETY: as in `payload`: the header's bytes are the start of the
+        // granted record, in the free part of the queue, and the grant is
+        // exclusive.
+        if let Some(slot) = unsafe { producer.memory.records_mut(at, RECORD_HEADER_SIZE) } {
+            slot.copy_from_slice(&raw);
+        }
+        producer.write += size;
+        producer
+            .memory
+            .control_u64(OFFSET_RECORD_WRITE)
+            .store(producer.write, Ordering::SeqCst);
+        let peer_sleep = producer.memory.control_u64(OFFSET_READER_SLEEP);
+        producer.waker.wake(peer_sleep, &producer.data_ready);
+    }
+}
+
+impl Consumer {
+    pub(crate) fn new(
+        memory: Arc<ChannelMemory>,
+        data_ready: Notifier,
+        space_ready: Notifier,
+    ) -> Result<Self, RingError> {
+        let sizes = memory.sizes();
+        // Every channel is new, and the read position is the reader's own:
+        // whatever the writer left in it is ignored.
+        memory.control_u64(OFFSET_RECORD_READ).store(0, Ordering::Release);
+        let mut consumer = Self {
+            memory,
+            capacity: sizes.record_capacity,
+            heap_size: sizes.heap_size,
+            read: 0,
+            write_cached: 0,
+            sleeper: Sleeper::default(),
+            waker: Waker::default(),
+            data_ready,
+            space_ready,
+        };
+        consumer.reload_write(Ordering::Acquire)?;
+        Ok(consumer)
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Wake-ups this side has sent so far.
+    pub fn wakeups_sent(&self) -> u64 {
+        self.waker.sent()
+    }
+
+    /// Readable when the producer has committed after [`Self::prepare_wait`].
+    pub fn data_fd(&self) -> BorrowedFd<'_> {
+        self.data_ready.as_fd()
+    }
+
+    /// The oldest record not yet taken, or `None` if the queue is empty.
+    pub fn peek(&mut self) -> Result<Option<ReadRecord<'_>>, RingError> {
+        if self.write_cached - self.read < RECORD_HEADER_SIZE {
+            self.reload_write(Ordering::Acquire)?;
+            if self.write_cached == self.read {
+                return Ok(None);
+            }
+        }
+        let available = self.write_cached - self.read;
+        let corrupt = RingError::Corrupt;
+        let raw = self
+            .memory
+            .copy_header(self.read % self.capacity)
+            .ok_or(corrupt("a record header lies outside the queue"))?;
+        let (header, payload) = RecordHeader::decode(&raw).ok_or(corrupt("a record has an unknown kind"))?;
+        match record_size(payload.inline_len()) {
+            Some(size) if size <= available => {}
+            _ => return Err(corrupt("a record claims more bytes than were written")),
+        }
+        if let Payload::Block { offset, len } = payload {
+            let inside = offset.checked_add(len).is_some_and(|end| end <= self.heap_size);
+            if !inside || !offset.is_multiple_of(BLOCK_ALIGN) {
+                return Err(corrupt("a record names a block outside the heap"));
+            }
+        }
+        Ok(Some(ReadRecord {
+            consumer: self,
+            header,
+            payload,
+        }))
+    }
+
+    /// Watches the write position for up to `spins` rounds, with no syscall,
+    /// and returns whether a record arrived. A reader that keeps up with a
+    /// busy writer finds its next record a microsecond or two away, while a
+    /// sleep and the wake-up it needs cost the writer several: spinning
+    /// first saves that for a bounded amount of CPU.
+    pub fn spin_for_data(&mut self, spins: u32) -> Result<bool, RingError> {
+        for _ in 0..spins {
+            self.reload_write(Ordering::Acquire)?;
+            if self.write_cached != self.read {
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        Ok(false)
+    }
+
+    /// Announces that the consumer will sleep until a record arrives. Returns
+    /// `false` if one already has (do not sleep); otherwise poll
+    /// [`Self::data_fd`] and then call [`Self::finish_wait`].
+    pub fn prepare_wait(&mut self) -> Result<bool, RingError> {
+        self.sleeper.enter(self.memory.control_u64(OFFSET_READER_SLEEP));
+        self.reload_write(Ordering::SeqCst)?;
+        if self.write_cached != self.read {
+            self.sleeper.leave(self.memory.control_u64(OFFSET_READER_SLEEP));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Ends a sleep begun with [`Self::prepare_wait`] returning `true`.
+    pub fn finish_wait(&mut self) {
+        self.data_ready.drain();
+        self.finish_edge_wait();
+    }
+
+    /// Ends a sleep on [`Self::data_fd`] watched edge-triggered.
+    pub fn finish_edge_wait(&mut self) {
+        self.sleeper.leave(self.memory.control_u64(OFFSET_READER_SLEEP));
+    }
+
+    fn reload_write(&mut self, order: Ordering) -> Result<(), RingError> {
+        let write = self.memory.control_u64(OFFSET_RECORD_WRITE).load(order);
+        if write < self.write_cached || write - self.read > self.capacity || !write.is_multiple_of(RECORD_ALIGN) {
+            return Err(RingError::Corrupt("the writer's position moved outside the queue"));
+        }
+        self.write_cached = write;
+        Ok(())
+    }
+
+    fn release(&mut self, size: u64) {
+        self.read += size;
+        self.memory
+            .control_u64(OFFSET_RECORD_READ)
+            .store(self.read, Ordering::SeqCst);
+        let peer_sleep = self.memory.control_u64(OFFSET_WRITER_RECORD_SLEEP);
+        self.waker.wake(peer_sleep, &self.space_ready);
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        // Tells the writer that nothing will read this channel any more, so
+        // it stops writing into it before it notices the closed socket.
+        self.memory
+            .control_u64(OFFSET_READER_SLEEP)
+            .store(READER_DETACHED, Ordering::Release);
+    }
+}
+
+impl ReadRecord<'_> {
+    pub fn header(&self) -> &RecordHeader {
+        &self.header
+    }
+
+    /// Where the payload is: inline, or in a heap block that `peek` checked
+    /// lies inside the heap.
+    pub fn payload(&self) -> Payload {
+        self.payload
+    }
+
+    /// The inline payload (empty for a block record), contiguous even
+    /// across the wrap. A hostile writer can change these bytes at any time:
+    /// copy them before checking or parsing them.
+    pub fn inline(&self) -> &[u8] {
+        let consumer = &*self.consumer;
+        let offset = consumer.read % consumer.capacity + RECORD_HEADER_SIZE;
+        // `peek` checked that the record lies within the written part of the
+        // queue, so this range is in bounds and the lookup cannot fail.
+        consumer
+            .memory
+            .records(offset, self.payload.inline_len())
+            .unwrap_or_default()
+    }
+
+    /// Frees the record's place in the queue for the producer. A block it
+    /// names is not freed by this: see the release queue.
+    pub fn release(self) {
+        let size = record_size(self.payload.inline_len()).unwrap_or(0);
+        self.consumer.release(size);
+    }
+}
+
+#[cfg(test)]
+#[path = "records_tests.rs"]
+mod tests;

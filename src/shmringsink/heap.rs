@@ -1,0 +1,365 @@
+//! The sink's heap: the shared memory its buffers' payloads live in, the
+//! books on who holds each block, and the release queues of its readers.
+//!
+//! It is shared by the streaming thread (render), upstream's threads (the
+//! buffer pool and the allocator) and whatever thread drops a buffer that
+//! wraps a block, so it has its own lock, apart from the element's state.
+//! Nothing here sleeps while holding that lock.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::ipc;
+use nix::poll::PollTimeout;
+
+use crate::ring::{self, HeapBooks, HeapMemory, Holders, Notifier, ReadProgress, ReleaseConsumer, RingError, WRITER};
+
+/// A reader's release queue, the holder bit it answers for, and the blocks
+/// on their way to it.
+struct ReaderReleases {
+    slot: u32,
+    releases: ReleaseConsumer,
+    progress: ReadProgress,
+    /// Where the records naming blocks end, oldest first, until the reader
+    /// has read past them.
+    unread: VecDeque<u64>,
+}
+
+impl ReaderReleases {
+    /// Whether a block sent to this reader is still in a record it has not
+    /// read. Such a block comes back by itself: the reader either releases
+    /// it or leases it, and leases are capped at half the heap, past which
+    /// it copies and releases.
+    fn has_unread_blocks(&mut self) -> bool {
+        let read = self.progress.read_position();
+        while self.unread.front().is_some_and(|&end| end <= read) {
+            self.unread.pop_front();
+        }
+        !self.unread.is_empty()
+    }
+}
+
+struct Books {
+    books: HeapBooks,
+    readers: Vec<ReaderReleases>,
+    /// The buffer upstream filled each block in, while a reader holds the
+    /// block. Holding the buffer keeps it out of upstream's pool, which may
+    /// recycle our allocator's memory, so the block cannot be written again
+    /// while a reader reads it.
+    in_place: HashMap<u64, gst::Buffer>,
+}
+
+impl Books {
+    /// Lets go of the buffers of blocks no reader holds any more.
+    /// Returns them, to be dropped after the lock: dropping one may free
+    /// its block, which takes the lock.
+    fn unpin(&mut self) -> Vec<gst::Buffer> {
+        let readers = !WRITER;
+        let books = &self.books;
+        let done: Vec<u64> = self
+            .in_place
+            .keys()
+            .copied()
+            .filter(|&offset| !books.holds(offset, readers))
+            .collect();
+        done.into_iter()
+            .filter_map(|offset| self.in_place.remove(&offset))
+            .collect()
+    }
+}
+
+/// How long a wait for a block goes before it looks again at what the
+/// reader has read: a reader that leases a block instead of releasing it
+/// sends no wake-up.
+const BLOCK_RECHECK_MS: u8 = 5;
+
+/// What a wait for a free block ended with.
+pub(super) enum Allocation {
+    Block(u64),
+    /// No block is free, and none is sure to come back: every block in use
+    /// is held by this process, or by a reader's downstream, which may keep
+    /// it until it gets more data.
+    Exhausted,
+    /// Unlocked (flushing or stopping) while waiting.
+    Interrupted,
+}
+
+pub(super) struct SinkHeap {
+    memory: HeapMemory,
+    books: Mutex<Books>,
+    /// Written when dropping a buffer frees a block while someone waits.
+    freed: Notifier,
+    waiters: AtomicUsize,
+    /// One waiter at a time sleeps on the release eventfds: they carry one
+    /// wake-up per sleep.
+    wait_turn: Mutex<()>,
+    /// Reader slots dropped for breaking the release protocol.
+    evicted: AtomicU32,
+}
+
+impl SinkHeap {
+    pub(super) fn create(size: u64) -> Result<Arc<Self>, RingError> {
+        Ok(Arc::new(Self {
+            memory: HeapMemory::create(size)?,
+            books: Mutex::new(Books {
+                books: HeapBooks::new(size),
+                readers: Vec::new(),
+                in_place: HashMap::new(),
+            }),
+            freed: Notifier::new()?,
+            waiters: AtomicUsize::new(0),
+            wait_turn: Mutex::new(()),
+            evicted: AtomicU32::new(0),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Books> {
+        self.books.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn memory(&self) -> &HeapMemory {
+        &self.memory
+    }
+
+    pub(super) fn size(&self) -> u64 {
+        self.memory.size()
+    }
+
+    /// Starts taking releases from the reader in `slot`.
+    pub(super) fn add_reader(&self, slot: u32, releases: ReleaseConsumer, progress: ReadProgress) {
+        self.evicted.fetch_and(!(1 << slot), Ordering::SeqCst);
+        self.lock().readers.push(ReaderReleases {
+            slot,
+            releases,
+            progress,
+            unread: VecDeque::with_capacity(256),
+        });
+    }
+
+    /// Notes that a record naming a block, ending at queue position
+    /// `record_end`, was sent to the reader in `slot`.
+    pub(super) fn sent(&self, slot: u32, record_end: u64) {
+        if let Some(reader) = self.lock().readers.iter_mut().find(|reader| reader.slot == slot) {
+            reader.unread.push_back(record_end);
+        }
+    }
+
+    /// Forgets the reader in `slot`, and takes back every block it held.
+    pub(super) fn remove_reader(&self, slot: u32) {
+        let mut books = self.lock();
+        books.readers.retain(|reader| reader.slot != slot);
+        books.books.release_all(ring::reader(slot));
+        let unpinned = books.unpin();
+        self.wake_waiters();
+        drop(books);
+        drop(unpinned);
+    }
+
+    /// Whether the reader in `slot` was dropped for a bad release.
+    pub(super) fn evicted(&self, slot: u32) -> bool {
+        self.evicted.load(Ordering::Relaxed) & (1 << slot) != 0
+    }
+
+    /// Takes every release waiting in the readers' queues. A reader that
+    /// releases what it does not hold is dropped from the books.
+    #[must_use = "drop the unpinned memories after unlocking"]
+    fn collect(&self, all: &mut Books) -> Vec<gst::Buffer> {
+        let Books { books, readers, .. } = all;
+        let mut offenders = Vec::new();
+        for reader in readers.iter_mut() {
+            let holder = ring::reader(reader.slot);
+            let mut bad = None;
+            let taken = reader.releases.take_all(|offset| {
+                if let Err(err) = books.release(offset, holder) {
+                    bad.get_or_insert(err.to_string());
+                }
+            });
+            if let Err(err) = taken {
+                bad.get_or_insert(err.to_string());
+            }
+            if let Some(reason) = bad {
+                offenders.push((reader.slot, reason));
+            }
+        }
+        for (slot, reason) in offenders {
+            gst::warning!(super::imp::CAT, "dropping reader {slot}: it {reason}");
+            readers.retain(|reader| reader.slot != slot);
+            books.release_all(ring::reader(slot));
+            self.evicted.fetch_or(1 << slot, Ordering::SeqCst);
+        }
+        if all.in_place.is_empty() {
+            Vec::new()
+        } else {
+            all.unpin()
+        }
+    }
+
+    /// A block of `len` bytes held by `holders`, if one is free now.
+    pub(super) fn try_allocate(&self, len: u64, holders: Holders) -> Option<u64> {
+        let mut books = self.lock();
+        if let Some(offset) = books.books.allocate(len, holders) {
+            return Some(offset);
+        }
+        let unpinned = self.collect(&mut books);
+        let offset = books.books.allocate(len, holders);
+        drop(books);
+        drop(unpinned);
+        // Dropping the memories may have freed blocks.
+        offset.or_else(|| self.lock().books.allocate(len, holders))
+    }
+
+    /// A block of `len` bytes held by `holders`, waiting for a reader to
+    /// give one back if none is free. Never waits for blocks only this
+    /// process holds: the thread that would let go of them may be this one.
+    pub(super) fn allocate(&self, len: u64, holders: Holders, unlock: &Notifier) -> Result<Allocation, RingError> {
+        if let Some(offset) = self.try_allocate(len, holders) {
+            return Ok(Allocation::Block(offset));
+        }
+        let _turn = self.wait_turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        loop {
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            let mut sleeping = Vec::new();
+            {
+                let mut books = self.lock();
+                let unpinned = self.collect(&mut books);
+                if !unpinned.is_empty() {
+                    drop(books);
+                    drop(unpinned);
+                    continue;
+                }
+                if let Some(offset) = books.books.allocate(len, holders) {
+                    return Ok(Allocation::Block(offset));
+                }
+                let mut coming_back = false;
+                for reader in books.readers.iter_mut() {
+                    coming_back |= reader.has_unread_blocks();
+                }
+                if !coming_back {
+                    return Ok(Allocation::Exhausted);
+                }
+                let mut ready = false;
+                for reader in books.readers.iter_mut() {
+                    if reader.releases.prepare_wait()? {
+                        sleeping.push(reader.slot);
+                    } else {
+                        ready = true;
+                    }
+                }
+                if ready {
+                    Self::finish_waits(&mut books, &sleeping);
+                    continue;
+                }
+                for reader in &books.readers {
+                    let fd = reader.releases.as_fd().try_clone_to_owned();
+                    fds.push(fd.map_err(|err| RingError::io("duplicating a release eventfd", err))?);
+                }
+                self.waiters.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut watched: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+            watched.push(self.freed.as_fd());
+            watched.push(unlock.as_fd());
+            let woken = ipc::wait_readable_for(&watched, PollTimeout::from(BLOCK_RECHECK_MS));
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            Self::finish_waits(&mut self.lock(), &sleeping);
+            self.freed.drain();
+            let woken = woken.map_err(|err| RingError::io("waiting for a free block", std::io::Error::other(err)))?;
+            if woken.last() == Some(&true) {
+                return Ok(Allocation::Interrupted);
+            }
+        }
+    }
+
+    fn finish_waits(books: &mut Books, sleeping: &[u32]) {
+        for reader in books.readers.iter_mut() {
+            if sleeping.contains(&reader.slot) {
+                reader.releases.finish_wait();
+            }
+        }
+    }
+
+    /// Adds the reader in `slot` as a holder of the block that `buffer`
+    /// (of `len` bytes at heap offset `offset`) fills, if it is a block of
+    /// ours that the reader does not hold yet, and keeps `buffer` until no
+    /// reader holds the block.
+    pub(super) fn hold_in_place(&self, offset: u64, len: u64, slot: u32, buffer: &gst::Buffer) -> bool {
+        let mut books = self.lock();
+        if !books.books.hold(offset, len, ring::reader(slot)) {
+            return false;
+        }
+        books.in_place.entry(offset).or_insert_with(|| buffer.clone());
+        true
+    }
+
+    /// Takes the readers' releases now, so that upstream's buffers whose
+    /// blocks came back are writable again.
+    pub(super) fn collect_now(&self) {
+        let unpinned = self.collect(&mut self.lock());
+        drop(unpinned);
+    }
+
+    /// Whether the reader in `slot` holds the block at `offset`.
+    pub(super) fn holds_for(&self, offset: u64, slot: u32) -> bool {
+        self.lock().books.holds(offset, ring::reader(slot))
+    }
+
+    /// Heap bytes that readers hold: blocks sent and not yet given back.
+    pub(super) fn bytes_held_by_readers(&self) -> u64 {
+        self.lock().books.bytes_held_by(!WRITER)
+    }
+
+    /// `holder` lets go of the block at `offset`.
+    pub(super) fn release(&self, offset: u64, holder: Holders) {
+        let mut books = self.lock();
+        if books.books.release(offset, holder) == Ok(true) {
+            self.wake_waiters();
+        }
+        let unpinned = if holder != WRITER { books.unpin() } else { Vec::new() };
+        drop(books);
+        drop(unpinned);
+    }
+
+    fn wake_waiters(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.freed.notify();
+        }
+    }
+}
+
+/// A block wrapped in a GstMemory of the writer's process: the pool's and
+/// the allocator's buffers. Holds the block for the writer until dropped.
+pub(super) struct BlockMemory {
+    heap: Arc<SinkHeap>,
+    offset: u64,
+    len: u64,
+}
+
+impl BlockMemory {
+    pub(super) fn new(heap: Arc<SinkHeap>, offset: u64, len: u64) -> Self {
+        Self { heap, offset, len }
+    }
+}
+
+impl AsRef<[u8]> for BlockMemory {
+    fn as_ref(&self) -> &[u8] {
+        // The allocator handed out at least `len` bytes at `offset`.
+        self.heap.memory.block(self.offset, self.len).unwrap_or_default()
+    }
+}
+
+impl AsMut<[u8]> for BlockMemory {
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: this object holds the block for the writer, and GStreamer
+        // maps a memory writable only while its buffer is writable, that is
+        // before it is pushed (and so before any reader gets the block) and
+        // with no other mapping alive.
+        unsafe { self.heap.memory.block_mut(self.offset, self.len) }.unwrap_or_default()
+    }
+}
+
+impl Drop for BlockMemory {
+    fn drop(&mut self) {
+        self.heap.release(self.offset, WRITER);
+    }
+}
