@@ -35,10 +35,14 @@
 //! record's bytes, or the reader's last use of them, happen before the other
 //! side sees the new position) and it takes part in the wake-up handshake of
 //! [`wake`](super::wake). Reloading the other side's position is an
-//! `Acquire` load, paired with that Release. Each read or write therefore
-//! costs two atomic operations, the store and the load of the peer's sleep
-//! sequence, plus a reload only at empty or full. No lock, allocation or
-//! syscall happens while the queue is neither empty nor full.
+//! `Acquire` load, paired with that Release. Each write therefore costs two
+//! atomic operations, the store and the load of the peer's sleep sequence,
+//! plus a reload only at empty or full. A read costs less: the reader
+//! publishes its position once per 1/`PUBLISH_FRACTION` of the queue and before it
+//! sleeps, since the writer looks at it only when its view says full; a
+//! writer asleep on a full queue is woken by the next publish, which comes
+//! at the latest when the reader has drained the queue. No lock, allocation
+//! or syscall happens while the queue is neither empty nor full.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
@@ -49,6 +53,11 @@ use super::layout::*;
 use super::memory::ChannelMemory;
 use super::notifier::Notifier;
 use super::wake::{Sleeper, Waker};
+
+/// The reader publishes its position after 1/this of the queue's capacity
+/// has been read, and before it sleeps: the writer needs it only when its
+/// own view says full, and a publish is the one costly operation of a read.
+const PUBLISH_FRACTION: u64 = 64;
 
 /// The writing end of a record queue.
 pub struct Producer {
@@ -90,6 +99,9 @@ pub struct Consumer {
     capacity: u64,
     heap_size: u64,
     read: u64,
+    /// The read position as the writer last saw it: `read` is published
+    /// every 1/`PUBLISH_FRACTION` of the capacity and before every sleep.
+    published: u64,
     write_cached: u64,
     sleeper: Sleeper,
     waker: Waker,
@@ -280,6 +292,7 @@ impl Consumer {
             capacity: sizes.record_capacity,
             heap_size: sizes.heap_size,
             read: 0,
+            published: 0,
             write_cached: 0,
             sleeper: Sleeper::default(),
             waker: Waker::default(),
@@ -342,6 +355,7 @@ impl Consumer {
     /// sleep and the wake-up it needs cost the writer several: spinning
     /// first saves that for a bounded amount of CPU.
     pub fn spin_for_data(&mut self, spins: u32) -> Result<bool, RingError> {
+        self.publish();
         for _ in 0..spins {
             self.reload_write(Ordering::Acquire)?;
             if self.write_cached != self.read {
@@ -356,6 +370,8 @@ impl Consumer {
     /// `false` if one already has (do not sleep); otherwise poll
     /// [`Self::data_fd`] and then call [`Self::finish_wait`].
     pub fn prepare_wait(&mut self) -> Result<bool, RingError> {
+        // The writer may be waiting for the room we made.
+        self.publish();
         self.sleeper.enter(self.memory.control_u64(OFFSET_READER_SLEEP));
         self.reload_write(Ordering::SeqCst)?;
         if self.write_cached != self.read {
@@ -387,6 +403,18 @@ impl Consumer {
 
     fn release(&mut self, size: u64) {
         self.read += size;
+        if self.read - self.published >= self.capacity / PUBLISH_FRACTION {
+            self.publish();
+        }
+    }
+
+    /// Publishes the read position, and wakes the writer if it sleeps on a
+    /// full queue.
+    fn publish(&mut self) {
+        if self.published == self.read {
+            return;
+        }
+        self.published = self.read;
         self.memory
             .control_u64(OFFSET_RECORD_READ)
             .store(self.read, Ordering::SeqCst);

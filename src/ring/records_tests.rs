@@ -747,3 +747,43 @@ fn read_position_left_by_the_writer_is_ignored() {
     peer.read_exact_at(&mut word, OFFSET_RECORD_READ as u64).unwrap();
     assert_eq!(u64::from_ne_bytes(word), RECORD_HEADER_SIZE);
 }
+
+#[test]
+fn a_large_queue_publishes_the_read_position_in_steps_and_before_sleeping() {
+    // 64 KiB of queue: the reader publishes every 1 KiB it reads, so a
+    // writer that finds the queue full is woken after at most that much,
+    // and at the latest when the reader goes to sleep on an empty queue.
+    let sizes = ChannelSizes {
+        record_capacity: 64 * 1024,
+        ..SIZES
+    };
+    let (writer, _heap, mut reader) = super::super::channel(sizes).unwrap();
+    let (mut producer, _releases) = writer.into_parts();
+    let read_position = producer.progress();
+    // 256-byte records: 256 of them fill the queue.
+    let payload = [5u8; 192];
+    for _ in 0..256 {
+        send(&mut producer, &payload, &caps());
+    }
+    assert!(producer.prepare_wait(192).unwrap(), "the queue is full");
+    for taken in 1..=3 {
+        receive(&mut reader.records).unwrap();
+        assert_eq!(read_position.read_position(), 0, "published after {taken} records");
+        assert!(!readable(producer.space_fd()));
+    }
+    receive(&mut reader.records).unwrap();
+    assert_eq!(read_position.read_position(), 1024);
+    assert!(readable(producer.space_fd()), "the publish woke the writer");
+    producer.finish_wait();
+
+    // The reader drains the rest and sleeps: the sleep publishes
+    // everything it read.
+    let mut left = 252;
+    while receive(&mut reader.records).is_some() {
+        left -= 1;
+    }
+    assert_eq!(left, 0);
+    assert!(reader.records.prepare_wait().unwrap());
+    assert_eq!(read_position.read_position(), 256 * 256);
+    reader.records.finish_wait();
+}
