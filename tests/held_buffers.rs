@@ -1234,3 +1234,88 @@ fn ring_too_small_for_caps_fails_with_reader() {
     reader.finish().assert_failed();
     criticals.check();
 }
+
+/// Pulls `count` samples from a started reader, with their bytes as they
+/// arrived.
+fn pull_samples(pipeline: &gst::Pipeline, count: usize, what: &str) -> Vec<(gst::Sample, Vec<u8>)> {
+    let sink = appsink(pipeline);
+    let deadline = Instant::now() + DEADLINE;
+    let mut samples = Vec::with_capacity(count);
+    while samples.len() < count {
+        if let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
+            let bytes = sample
+                .buffer()
+                .expect("a sample from appsink has a buffer")
+                .map_readable()
+                .expect("readable")
+                .to_vec();
+            samples.push((sample, bytes));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the {what} got {} of {count} samples within {DEADLINE:?}",
+            samples.len()
+        );
+    }
+    samples
+}
+
+/// A reader that stops while its application still keeps samples: the
+/// writer stops sending to it at once, but the blocks those samples show
+/// are not reused, for the next reader, until the application lets go of
+/// them, so that they never change under it.
+#[test]
+fn samples_kept_after_their_reader_stops_stay_intact() {
+    let criticals = NoCriticals::watch();
+    let scratch = Scratch::new("kept_after_stop");
+    let socket = scratch.socket();
+    let mut writer = start_writer(
+        &scratch,
+        &format!(
+            "videotestsrc pattern=ball is-live=true ! video/x-raw,format=I420,width=320,height=240,framerate=100/1 ! shmringsink socket-path={socket}"
+        ),
+    );
+    let path = socket.to_string();
+    let reader = move |name: &str| {
+        let socket = &path;
+        parse_pipeline(&format!(
+            "shmringsrc name=src socket-path={socket} ! appsink name={name} sync=false max-buffers=1"
+        ))
+    };
+    let (kept, later) = within(
+        || "a reader stopping while its samples are kept".to_owned(),
+        move || {
+            let first = reader("sink");
+            start(&first, "first reader");
+            let kept = pull_samples(&first, 5, "first reader");
+            stop(&first, "first reader");
+            drop(first);
+            let second = reader("sink");
+            start(&second, "second reader");
+            let later = pull_samples(&second, 60, "second reader");
+            stop(&second, "second reader");
+            (kept, later)
+        },
+    );
+    assert_eq!(later.len(), 60, "the writer serves the next reader");
+    for (index, (sample, bytes)) in kept.iter().enumerate() {
+        let now = sample
+            .buffer()
+            .expect("a buffer")
+            .map_readable()
+            .expect("readable")
+            .to_vec();
+        assert!(
+            now == *bytes,
+            "sample {index} kept from the first reader changed after that reader stopped"
+        );
+    }
+    drop(kept);
+    drop(later);
+    assert!(
+        writer.exited().is_none(),
+        "the writer exited while serving\n{}",
+        writer.describe()
+    );
+    criticals.check();
+}

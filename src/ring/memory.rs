@@ -70,7 +70,17 @@ fn release_bytes(slots: u64) -> u64 {
     (slots * 8).next_multiple_of(page_size())
 }
 
-fn new_sealed_memfd(name: &str, len: u64) -> Result<Memfd, RingError> {
+/// The heap's seals, added once the writer has mapped it: on top of the
+/// required ones, no mapping made later can write, so a reader cannot
+/// scribble on blocks that upstream still uses.
+const HEAP_SEALS: [FileSeal; 4] = [
+    FileSeal::SealShrink,
+    FileSeal::SealGrow,
+    FileSeal::SealFutureWrite,
+    FileSeal::SealSeal,
+];
+
+fn new_memfd(name: &str, len: u64) -> Result<Memfd, RingError> {
     let memfd = MemfdOptions::default()
         .close_on_exec(true)
         .allow_sealing(true)
@@ -80,23 +90,36 @@ fn new_sealed_memfd(name: &str, len: u64) -> Result<Memfd, RingError> {
         .as_file()
         .set_len(len)
         .map_err(|err| RingError::io("sizing a memfd", err))?;
+    Ok(memfd)
+}
+
+fn seal(memfd: &Memfd, seals: &[FileSeal]) -> Result<(), RingError> {
     memfd
-        .add_seals(&REQUIRED_SEALS)
-        .map_err(|err| RingError::io("sealing a memfd", std::io::Error::other(err)))?;
+        .add_seals(seals)
+        .map_err(|err| RingError::io("sealing a memfd", std::io::Error::other(err)))
+}
+
+fn new_sealed_memfd(name: &str, len: u64) -> Result<Memfd, RingError> {
+    let memfd = new_memfd(name, len)?;
+    seal(&memfd, &REQUIRED_SEALS)?;
     Ok(memfd)
 }
 
 /// Takes a memfd from the peer after checking that it is one, that it
 /// carries the required seals, and that it holds at least `needed` bytes.
 fn received_memfd(fd: OwnedFd, what: &str, needed: u64) -> Result<Memfd, RingError> {
+    received_memfd_sealed(fd, what, needed, &REQUIRED_SEALS)
+}
+
+fn received_memfd_sealed(fd: OwnedFd, what: &str, needed: u64, required: &[FileSeal]) -> Result<Memfd, RingError> {
     let memfd = Memfd::try_from_fd(fd)
         .map_err(|_| RingError::Invalid(format!("the {what} fd the writer sent is not a memfd")))?;
     let seals = memfd
         .seals()
         .map_err(|err| RingError::io("reading a memfd's seals", std::io::Error::other(err)))?;
-    if let Some(missing) = REQUIRED_SEALS.iter().find(|seal| !seals.contains(seal)) {
+    if let Some(missing) = required.iter().find(|seal| !seals.contains(seal)) {
         return Err(RingError::Invalid(format!(
-            "the {what} memfd lacks the {missing:?} seal, so the writer could still resize it"
+            "the {what} memfd lacks the {missing:?} seal, so it could still be resized or written through a new mapping"
         )));
     }
     let stat = fstat(memfd.as_file()).map_err(|err| RingError::io("fstat of a memfd", err.into()))?;
@@ -433,14 +456,19 @@ impl HeapMemory {
     /// Creates a heap memfd of `size` bytes for a writer.
     pub fn create(size: u64) -> Result<Self, RingError> {
         check_heap_size(size)?;
-        let memfd = new_sealed_memfd("shmring-heap", size)?;
-        Self::map(memfd, size, true)
+        let memfd = new_memfd("shmring-heap", size)?;
+        let heap = Self::map(memfd, size, true)?;
+        // After our own writable mapping: it keeps working, and every later
+        // one, a reader's included, can only read.
+        seal(&heap.memfd, &HEAP_SEALS)?;
+        Ok(heap)
     }
 
-    /// Maps a heap received from a writer, read-only, after checking it.
+    /// Maps a heap received from a writer, read-only, after checking it,
+    /// its seal against new writable mappings included.
     pub fn open(fd: OwnedFd, size: u64) -> Result<Self, RingError> {
         check_heap_size(size)?;
-        let memfd = received_memfd(fd, "heap", size)?;
+        let memfd = received_memfd_sealed(fd, "heap", size, &HEAP_SEALS)?;
         Self::map(memfd, size, false)
     }
 
@@ -694,6 +722,32 @@ mod tests {
         let pointer = writer.block(4096, 1).unwrap().as_ptr();
         assert_eq!(writer.offset_of(pointer), Some(4096));
         assert_eq!(writer.offset_of([0u8; 1].as_ptr()), None);
+        // Nobody can map it writable any more, a reader least of all.
+        let path = format!("/proc/self/fd/{}", writer.memfd().as_raw_fd());
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+        // SAFETY: a mapping that must fail; it is unmapped at once if not.
+        let mapped = unsafe {
+            mmap(
+                None,
+                std::num::NonZeroUsize::new(4096).unwrap(),
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &file,
+                0,
+            )
+        };
+        if let Ok(pointer) = mapped {
+            // SAFETY: the mapping was just made and nothing refers to it.
+            let _ = unsafe { munmap(pointer, 4096) };
+            panic!("a writable mapping of the sealed heap was allowed");
+        }
+        // A heap without that seal is refused.
+        let unsealed = new_sealed_memfd("fake heap", 8192).unwrap();
+        let message = match HeapMemory::open(OwnedFd::from(unsealed.into_file()), 8192) {
+            Err(RingError::Invalid(message)) => message,
+            _ => panic!("a heap without the future-write seal was accepted"),
+        };
+        assert!(message.contains("SealFutureWrite"), "{message}");
         // A heap that claims more than its memfd holds is refused.
         let message = match HeapMemory::open(writer.memfd().try_clone_to_owned().unwrap(), 16384) {
             Err(RingError::Invalid(message)) => message,

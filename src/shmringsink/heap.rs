@@ -7,12 +7,12 @@
 //! Nothing here sleeps while holding that lock.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::ipc;
-use nix::poll::PollTimeout;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::ring::{self, HeapBooks, HeapMemory, Holders, Notifier, ReadProgress, ReleaseConsumer, RingError, WRITER};
 
@@ -25,6 +25,22 @@ struct ReaderReleases {
     /// Where the records naming blocks end, oldest first, until the reader
     /// has read past them.
     unread: VecDeque<u64>,
+    /// The reader's control socket: its hang-up means that the reader's
+    /// process let go of everything, mappings included.
+    connection: OwnedFd,
+    /// The reader stopped reading, but buffers of its downstream may still
+    /// use blocks: they come back through the release queue until the
+    /// socket hangs up.
+    departing: bool,
+}
+
+impl ReaderReleases {
+    /// Whether the reader's socket hung up (or, after the handshake, sent
+    /// anything at all, which only a broken reader does).
+    fn hung_up(&self) -> bool {
+        let mut fds = [PollFd::new(self.connection.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
+    }
 }
 
 impl ReaderReleases {
@@ -44,18 +60,18 @@ impl ReaderReleases {
 struct Books {
     books: HeapBooks,
     readers: Vec<ReaderReleases>,
-    /// The buffer upstream filled each block in, while a reader holds the
-    /// block. Holding the buffer keeps it out of upstream's pool, which may
-    /// recycle our allocator's memory, so the block cannot be written again
-    /// while a reader reads it.
-    in_place: HashMap<u64, gst::Buffer>,
+    /// The memory of each block upstream filled, while a reader holds the
+    /// block: pinned, so that a pool upstream, which may recycle our
+    /// allocator's memory, discards its buffer instead of filling the block
+    /// again while a reader reads it.
+    in_place: HashMap<u64, PinnedMemory>,
 }
 
 impl Books {
-    /// Lets go of the buffers of blocks no reader holds any more.
+    /// Lets go of the memory of blocks no reader holds any more.
     /// Returns them, to be dropped after the lock: dropping one may free
     /// its block, which takes the lock.
-    fn unpin(&mut self) -> Vec<gst::Buffer> {
+    fn unpin(&mut self) -> Vec<PinnedMemory> {
         let readers = !WRITER;
         let books = &self.books;
         let done: Vec<u64> = self
@@ -128,14 +144,48 @@ impl SinkHeap {
     }
 
     /// Starts taking releases from the reader in `slot`.
-    pub(super) fn add_reader(&self, slot: u32, releases: ReleaseConsumer, progress: ReadProgress) {
+    /// A holder slot that no reader, linked or departing, uses.
+    pub(super) fn free_slot(&self) -> Option<u32> {
+        let books = self.lock();
+        (0..ring::MAX_READERS).find(|&slot| books.readers.iter().all(|reader| reader.slot != slot))
+    }
+
+    /// Starts taking releases from the reader in `slot`, whose control
+    /// socket is `connection`.
+    pub(super) fn add_reader(
+        &self,
+        slot: u32,
+        releases: ReleaseConsumer,
+        progress: ReadProgress,
+        connection: BorrowedFd<'_>,
+    ) -> Result<(), RingError> {
+        let connection = connection
+            .try_clone_to_owned()
+            .map_err(|err| RingError::io("duplicating the reader's socket", err))?;
         self.evicted.fetch_and(!(1 << slot), Ordering::SeqCst);
         self.lock().readers.push(ReaderReleases {
             slot,
             releases,
             progress,
             unread: VecDeque::with_capacity(256),
+            connection,
+            departing: false,
         });
+        Ok(())
+    }
+
+    /// The reader in `slot` stopped reading: nothing more is sent to it, and
+    /// its blocks come back as its downstream lets go of them, or all at
+    /// once when its socket hangs up.
+    pub(super) fn depart_reader(&self, slot: u32) {
+        let mut books = self.lock();
+        if let Some(reader) = books.readers.iter_mut().find(|reader| reader.slot == slot) {
+            reader.departing = true;
+            reader.unread.clear();
+        }
+        let unpinned = self.collect(&mut books);
+        drop(books);
+        drop(unpinned);
     }
 
     /// Notes that a record naming a block, ending at queue position
@@ -165,7 +215,7 @@ impl SinkHeap {
     /// Takes every release waiting in the readers' queues. A reader that
     /// releases what it does not hold is dropped from the books.
     #[must_use = "drop the unpinned memories after unlocking"]
-    fn collect(&self, all: &mut Books) -> Vec<gst::Buffer> {
+    fn collect(&self, all: &mut Books) -> Vec<PinnedMemory> {
         let Books { books, readers, .. } = all;
         let mut offenders = Vec::new();
         for reader in readers.iter_mut() {
@@ -185,15 +235,29 @@ impl SinkHeap {
         }
         for (slot, reason) in offenders {
             gst::warning!(super::imp::CAT, "dropping reader {slot}: it {reason}");
-            readers.retain(|reader| reader.slot != slot);
-            books.release_all(ring::reader(slot));
-            self.evicted.fetch_or(1 << slot, Ordering::SeqCst);
+            self.evict(readers, books, slot);
+        }
+        // A departing reader is forgotten once its process lets go.
+        let gone: Vec<u32> = readers
+            .iter()
+            .filter(|reader| reader.departing && reader.hung_up())
+            .map(|reader| reader.slot)
+            .collect();
+        for slot in gone {
+            self.evict(readers, books, slot);
         }
         if all.in_place.is_empty() {
             Vec::new()
         } else {
             all.unpin()
         }
+    }
+
+    /// Forgets the reader in `slot` and takes back every block it held.
+    fn evict(&self, readers: &mut Vec<ReaderReleases>, books: &mut HeapBooks, slot: u32) {
+        readers.retain(|reader| reader.slot != slot);
+        books.release_all(ring::reader(slot));
+        self.evicted.fetch_or(1 << slot, Ordering::SeqCst);
     }
 
     /// A block of `len` bytes held by `holders`, if one is free now.
@@ -213,7 +277,7 @@ impl SinkHeap {
     /// A block of `len` bytes held by `holders`, waiting for a reader to
     /// give one back if none is free. Never waits for blocks only this
     /// process holds: the thread that would let go of them may be this one.
-    pub(super) fn allocate(&self, len: u64, holders: Holders, unlock: &Notifier) -> Result<Allocation, RingError> {
+    pub(super) fn allocate(&self, len: u64, holders: Holders, interrupt: &Notifier) -> Result<Allocation, RingError> {
         if let Some(offset) = self.try_allocate(len, holders) {
             return Ok(Allocation::Block(offset));
         }
@@ -221,6 +285,7 @@ impl SinkHeap {
         loop {
             let mut fds: Vec<OwnedFd> = Vec::new();
             let mut sleeping = Vec::new();
+            let mut watched_slots = Vec::new();
             {
                 let mut books = self.lock();
                 let unpinned = self.collect(&mut books);
@@ -234,37 +299,62 @@ impl SinkHeap {
                 }
                 let mut coming_back = false;
                 for reader in books.readers.iter_mut() {
-                    coming_back |= reader.has_unread_blocks();
+                    coming_back |= reader.departing || reader.has_unread_blocks();
                 }
                 if !coming_back {
                     return Ok(Allocation::Exhausted);
                 }
                 let mut ready = false;
+                let mut broken = Vec::new();
                 for reader in books.readers.iter_mut() {
-                    if reader.releases.prepare_wait()? {
-                        sleeping.push(reader.slot);
-                    } else {
-                        ready = true;
+                    match reader.releases.prepare_wait() {
+                        Ok(true) => sleeping.push(reader.slot),
+                        Ok(false) => ready = true,
+                        Err(err) => broken.push((reader.slot, err)),
                     }
+                }
+                for (slot, err) in broken {
+                    gst::warning!(super::imp::CAT, "dropping reader {slot}: {err}");
+                    let Books { books, readers, .. } = &mut *books;
+                    self.evict(readers, books, slot);
+                    ready = true;
                 }
                 if ready {
                     Self::finish_waits(&mut books, &sleeping);
                     continue;
                 }
                 for reader in &books.readers {
-                    let fd = reader.releases.as_fd().try_clone_to_owned();
-                    fds.push(fd.map_err(|err| RingError::io("duplicating a release eventfd", err))?);
+                    let dup = |fd: BorrowedFd<'_>| {
+                        fd.try_clone_to_owned()
+                            .map_err(|err| RingError::io("duplicating a reader's fd", err))
+                    };
+                    fds.push(dup(reader.releases.as_fd())?);
+                    fds.push(dup(reader.connection.as_fd())?);
+                    watched_slots.push(reader.slot);
                 }
                 self.waiters.fetch_add(1, Ordering::SeqCst);
             }
             let mut watched: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
             watched.push(self.freed.as_fd());
-            watched.push(unlock.as_fd());
+            watched.push(interrupt.as_fd());
             let woken = ipc::wait_readable_for(&watched, PollTimeout::from(BLOCK_RECHECK_MS));
             self.waiters.fetch_sub(1, Ordering::SeqCst);
-            Self::finish_waits(&mut self.lock(), &sleeping);
+            let mut books = self.lock();
+            Self::finish_waits(&mut books, &sleeping);
             self.freed.drain();
             let woken = woken.map_err(|err| RingError::io("waiting for a free block", std::io::Error::other(err)))?;
+            // A reader whose socket hung up is gone, and so are its holds.
+            for (index, &slot) in watched_slots.iter().enumerate() {
+                if woken.get(2 * index + 1) == Some(&true) {
+                    gst::info!(
+                        super::imp::CAT,
+                        "reader {slot} went away while the writer waited for a block"
+                    );
+                    let Books { books, readers, .. } = &mut *books;
+                    self.evict(readers, books, slot);
+                }
+            }
+            drop(books);
             if woken.last() == Some(&true) {
                 return Ok(Allocation::Interrupted);
             }
@@ -279,16 +369,26 @@ impl SinkHeap {
         }
     }
 
-    /// Adds the reader in `slot` as a holder of the block that `buffer`
+    /// Adds the reader in `slot` as a holder of the block that `memory`
     /// (of `len` bytes at heap offset `offset`) fills, if it is a block of
-    /// ours that the reader does not hold yet, and keeps `buffer` until no
+    /// ours that the reader does not hold yet, and pins `memory` until no
     /// reader holds the block.
-    pub(super) fn hold_in_place(&self, offset: u64, len: u64, slot: u32, buffer: &gst::Buffer) -> bool {
+    pub(super) fn hold_in_place(&self, offset: u64, len: u64, slot: u32, memory: gst::Memory) -> bool {
         let mut books = self.lock();
-        if !books.books.hold(offset, len, ring::reader(slot)) {
+        if books.books.holds(offset, ring::reader(slot)) {
             return false;
         }
-        books.in_place.entry(offset).or_insert_with(|| buffer.clone());
+        let Some(pinned) = PinnedMemory::new(memory) else {
+            return false;
+        };
+        if !books.books.hold(offset, len, ring::reader(slot)) {
+            drop(books);
+            drop(pinned);
+            return false;
+        }
+        let replaced = books.in_place.insert(offset, pinned);
+        drop(books);
+        drop(replaced);
         true
     }
 
@@ -323,6 +423,39 @@ impl SinkHeap {
     fn wake_waiters(&self) {
         if self.waiters.load(Ordering::SeqCst) > 0 {
             self.freed.notify();
+        }
+    }
+}
+
+/// A GstMemory locked for exclusive use, as a buffer does with its
+/// memories: GStreamer then sees it shared, so not writable, and a pool
+/// upstream discards the buffer around it instead of recycling it.
+pub(super) struct PinnedMemory(gst::Memory);
+
+impl PinnedMemory {
+    fn new(memory: gst::Memory) -> Option<Self> {
+        // SAFETY: `memory` is a valid GstMemory that we hold a reference
+        // to for as long as the lock. An exclusive lock with no access flags
+        // only raises its share count, which cannot fail or conflict.
+        let locked = unsafe {
+            gst::ffi::gst_mini_object_lock(
+                memory.as_ptr() as *mut gst::ffi::GstMiniObject,
+                gst::ffi::GST_LOCK_FLAG_EXCLUSIVE,
+            )
+        };
+        (locked != 0).then_some(Self(memory))
+    }
+}
+
+impl Drop for PinnedMemory {
+    fn drop(&mut self) {
+        // SAFETY: undoes the exclusive lock `new` took on this memory, which
+        // we still hold a reference to.
+        unsafe {
+            gst::ffi::gst_mini_object_unlock(
+                self.0.as_ptr() as *mut gst::ffi::GstMiniObject,
+                gst::ffi::GST_LOCK_FLAG_EXCLUSIVE,
+            )
         }
     }
 }

@@ -50,8 +50,6 @@ const RECORD_QUEUE_SIZE: u64 = 256 << 10;
 const REFUSAL_INTERVAL: u32 = 256;
 /// Connections kept waiting for their hello; beyond this the oldest goes.
 const MAX_PENDING_READERS: usize = 8;
-/// The reader slot of the one reader this version serves.
-const READER_SLOT: u32 = 0;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -197,11 +195,15 @@ impl ShmRingSink {
     /// nothing: it waits in `pending` while others are served.
     fn ensure_link(&self, state: &mut State, unlock: &Notifier, wait: bool) -> Result<bool, gst::FlowError> {
         if let Some(link) = &state.link {
-            if !link.records.reader_detached() && !link.heap.evicted(link.slot) {
+            if link.heap.evicted(link.slot) {
+                gst::info!(CAT, imp = self, "the reader was dropped; waiting for a new one");
+                self.drop_link(state);
+            } else if link.records.reader_detached() {
+                gst::info!(CAT, imp = self, "the reader detached; waiting for a new one");
+                self.depart_link(state);
+            } else {
                 return Ok(true);
             }
-            gst::info!(CAT, imp = self, "the reader detached; waiting for a new one");
-            self.drop_link(state);
         }
         loop {
             let listener = state.listener.as_ref().ok_or(gst::FlowError::Flushing)?;
@@ -253,6 +255,11 @@ impl ShmRingSink {
         unlock: &Notifier,
     ) -> Result<bool, gst::FlowError> {
         let heap = self.heap(false)?;
+        let Some(slot) = heap.free_slot() else {
+            gst::warning!(CAT, imp = self, "every holder slot is taken by departing readers");
+            ipc::refuse_busy(&connection);
+            return Ok(false);
+        };
         let sizes = ChannelSizes {
             record_capacity: RECORD_QUEUE_SIZE,
             release_slots: (heap.size() / INLINE_MAX as u64 + 1).clamp(64, MAX_RELEASE_SLOTS),
@@ -284,7 +291,8 @@ impl ShmRingSink {
             (listener.as_fd(), Trigger::Level),
         ];
         let waiter = Waiter::new(fds).map_err(|err| self.post_ipc_error(&err))?;
-        heap.add_reader(READER_SLOT, releases, records.progress());
+        heap.add_reader(slot, releases, records.progress(), connection.as_fd())
+            .map_err(|err| self.post_ring_error(&err, 0))?;
         gst::info!(CAT, imp = self, "reader connected; heap of {} bytes", heap.size());
         let heap = heap.clone();
         self.linked.store(true, Ordering::SeqCst);
@@ -292,7 +300,7 @@ impl ShmRingSink {
             connection,
             records,
             heap,
-            slot: READER_SLOT,
+            slot,
             waiter,
             layout: None,
         });
@@ -303,7 +311,17 @@ impl ShmRingSink {
         Ok(state.link.is_some())
     }
 
-    /// Forgets the linked reader and takes back every block it held.
+    /// Stops sending to a reader that let go of its channel; the blocks
+    /// its downstream still uses come back as it lets go of them.
+    fn depart_link(&self, state: &mut State) {
+        if let Some(link) = state.link.take() {
+            self.linked.store(false, Ordering::SeqCst);
+            link.heap.depart_reader(link.slot);
+        }
+    }
+
+    /// Forgets the linked reader and takes back every block it held: its
+    /// process is gone, or this sink stops or failed.
     fn drop_link(&self, state: &mut State) {
         if let Some(link) = state.link.take()
             && let Some(heap) = self
@@ -520,14 +538,17 @@ impl ShmRingSink {
     /// allocator; `None` when no block can be had without waiting for this
     /// process itself to let go of one. Waits interruptibly while a reader
     /// holds blocks that it will give back.
-    pub(super) fn block_for_upstream(&self, size: usize) -> Result<Option<BlockMemory>, gst::FlowError> {
-        let unlock = self.unlock.notifier()?;
+    pub(super) fn block_for_upstream(
+        &self,
+        size: usize,
+        interrupt: &Notifier,
+    ) -> Result<Option<BlockMemory>, gst::FlowError> {
         let heap = self.heap(self.linked.load(Ordering::SeqCst))?;
         let len = size as u64;
         if HeapBooks::block_capacity(len).is_none_or(|capacity| capacity > heap.size()) {
             return Ok(None);
         }
-        match heap.allocate(len, ring::WRITER, &unlock) {
+        match heap.allocate(len, ring::WRITER, interrupt) {
             Ok(Allocation::Block(offset)) => {
                 gst::trace!(CAT, imp = self, "block {offset} for upstream");
                 Ok(Some(BlockMemory::new(heap, offset, len)))
@@ -545,9 +566,9 @@ impl ShmRingSink {
         }
     }
 
-    /// Interrupts an allocation waiting for a block.
-    pub(super) fn interrupt_allocation(&self) {
-        self.unlock.unlock();
+    /// The eventfd that `unlock` writes, for the allocator's waits.
+    pub(super) fn unlock_notifier(&self) -> Result<Arc<Notifier>, gst::FlowError> {
+        self.unlock.notifier()
     }
 
     /// The block `buffer`'s one memory is, if upstream filled a block of our
@@ -565,11 +586,12 @@ impl ShmRingSink {
         // Blocks the reader gave back make upstream's buffers writable again,
         // so that its pool keeps them.
         heap.collect_now();
+        let memory = buffer.memory(0)?;
         let (offset, len) = {
-            let map = buffer.peek_memory(0).map_readable().ok()?;
+            let map = memory.map_readable().ok()?;
             (heap.memory().offset_of(map.as_ptr())?, map.len() as u64)
         };
-        heap.hold_in_place(offset, len, slot, buffer).then_some((offset, len))
+        heap.hold_in_place(offset, len, slot, memory).then_some((offset, len))
     }
 
     fn render_locked(

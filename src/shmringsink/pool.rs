@@ -18,6 +18,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use super::ShmRingSink;
+use crate::ring::Notifier;
 
 /// Payloads up to this size travel inline in the record queue, so blocks
 /// are only worth handing out for larger ones.
@@ -48,11 +49,12 @@ impl HeapAllocator {
 }
 
 /// Memory of `size` bytes from the sink's heap, or ordinary memory when no
-/// block can be had without waiting on this process itself.
-fn memory(sink: Option<ShmRingSink>, size: usize) -> Result<gst::Memory, gst::FlowError> {
+/// block can be had without waiting on this process itself. A wait ends
+/// when `interrupt` becomes readable.
+fn memory(sink: Option<ShmRingSink>, size: usize, interrupt: &Notifier) -> Result<gst::Memory, gst::FlowError> {
     if size > INLINE_MAX
         && let Some(sink) = sink
-        && let Some(block) = sink.imp().block_for_upstream(size)?
+        && let Some(block) = sink.imp().block_for_upstream(size, interrupt)?
     {
         return Ok(gst::Memory::from_mut_slice(block));
     }
@@ -73,6 +75,20 @@ mod imp {
     pub struct HeapBufferPool {
         pub(super) sink: OnceLock<glib::WeakRef<ShmRingSink>>,
         config: Mutex<PoolConfig>,
+        /// Readable from `flush_start` to `flush_stop`: interrupts a wait
+        /// for a block. The pool's own, since the sink's flushing follows
+        /// another cycle.
+        cancel: OnceLock<Notifier>,
+    }
+
+    impl HeapBufferPool {
+        fn cancel(&self) -> Result<&Notifier, gst::FlowError> {
+            if let Some(cancel) = self.cancel.get() {
+                return Ok(cancel);
+            }
+            let notifier = Notifier::new().map_err(|_| gst::FlowError::Error)?;
+            Ok(self.cancel.get_or_init(|| notifier))
+        }
     }
 
     #[glib::object_subclass]
@@ -115,7 +131,7 @@ mod imp {
             let mut buffer = gst::Buffer::new();
             {
                 let buffer = buffer.get_mut().ok_or(gst::FlowError::Error)?;
-                buffer.append_memory(memory(sink, size)?);
+                buffer.append_memory(memory(sink, size, self.cancel()?)?);
                 if let Some(info) = video_layout {
                     gst_video::VideoMeta::add_full(
                         buffer,
@@ -145,8 +161,14 @@ mod imp {
         }
 
         fn flush_start(&self) {
-            if let Some(sink) = self.sink.get().and_then(|sink| sink.upgrade()) {
-                sink.imp().interrupt_allocation();
+            if let Ok(cancel) = self.cancel() {
+                cancel.notify();
+            }
+        }
+
+        fn flush_stop(&self) {
+            if let Ok(cancel) = self.cancel() {
+                cancel.drain();
             }
         }
     }
@@ -182,8 +204,18 @@ mod imp {
                 .and_then(|sink| sink.upgrade())
                 .filter(|_| params.align() < 64 && total > INLINE_MAX);
             if let Some(sink) = sink
-                && let Ok(Some(block)) = sink.imp().block_for_upstream(total)
+                && let Ok(unlock) = sink.imp().unlock_notifier()
+                && let Ok(Some(mut block)) = sink.imp().block_for_upstream(total, &unlock)
             {
+                // A reused block holds an earlier buffer's bytes.
+                let flags = params.flags();
+                let bytes = block.as_mut();
+                if flags.contains(gst::MemoryFlags::ZERO_PREFIXED) {
+                    bytes[..prefix].fill(0);
+                }
+                if flags.contains(gst::MemoryFlags::ZERO_PADDED) {
+                    bytes[prefix + size..].fill(0);
+                }
                 let mut memory = gst::Memory::from_mut_slice(block);
                 if let Some(memory) = memory.get_mut() {
                     memory.resize(prefix..prefix + size);

@@ -43,6 +43,10 @@ struct Releases {
     producer: Mutex<ReleaseProducer>,
     /// Heap bytes that leases hold now.
     leased: AtomicU64,
+    /// The control socket: it stays open while any lease lives, so that
+    /// the writer, which takes a hang-up as "every block is back", never
+    /// reuses a block a buffer downstream still shows.
+    connection: Connection,
 }
 
 impl Releases {
@@ -79,7 +83,6 @@ impl Drop for Lease {
 
 /// The writer we read from.
 struct Link {
-    connection: Connection,
     records: Consumer,
     releases: Arc<Releases>,
     heap: Arc<HeapMemory>,
@@ -107,6 +110,23 @@ struct CopyPool {
 }
 
 impl CopyPool {
+    /// A buffer holding a copy of `bytes`.
+    fn copy_of(&mut self, bytes: &[u8]) -> gst::Buffer {
+        let mut buffer = self.buffer(bytes.len());
+        let copied = match buffer.get_mut().and_then(|buffer| buffer.map_writable().ok()) {
+            Some(mut dest) if dest.len() == bytes.len() => {
+                dest.copy_from_slice(bytes);
+                true
+            }
+            _ => false,
+        };
+        if copied {
+            buffer
+        } else {
+            gst::Buffer::from_mut_slice(bytes.to_vec())
+        }
+    }
+
     fn buffer(&mut self, size: usize) -> gst::Buffer {
         if let Some((pool_size, pool)) = &self.pool
             && *pool_size == size
@@ -115,18 +135,20 @@ impl CopyPool {
             return buffer;
         }
         // A size seen twice in a row gets a pool; variable sizes do not.
-        if size == self.last_size && size > 0 {
+        if let Ok(pool_size) = u32::try_from(size)
+            && size == self.last_size
+            && size > 0
+        {
             if let Some((_, old)) = self.pool.take() {
                 let _ = old.set_active(false);
             }
             let pool = gst::BufferPool::new();
             let mut config = pool.config();
-            config.set_params(None, size as u32, 0, 0);
+            config.set_params(None, pool_size, 0, 0);
             if pool.set_config(config).is_ok() && pool.set_active(true).is_ok() {
+                let buffer = pool.acquire_buffer(None);
                 self.pool = Some((size, pool));
-                if let Some((_, pool)) = &self.pool
-                    && let Ok(buffer) = pool.acquire_buffer(None)
-                {
+                if let Ok(buffer) = buffer {
                     return buffer;
                 }
             }
@@ -213,11 +235,11 @@ impl ShmRingSrc {
                     heap.size()
                 );
                 Ok(Link {
-                    connection,
                     records,
                     releases: Arc::new(Releases {
                         producer: Mutex::new(releases),
                         leased: AtomicU64::new(0),
+                        connection,
                     }),
                     heap,
                     writer_gone: false,
@@ -251,29 +273,28 @@ impl ShmRingSrc {
     /// A buffer for a block the writer sent: the block itself, read-only,
     /// while leases hold less than half the heap; past that a copy, and the
     /// block goes straight back, so the writer always has half the heap.
-    fn block_buffer(&self, link: &mut Link, offset: u64, len: u64) -> (gst::Buffer, bool) {
-        let half = link.heap.size() / 2;
-        let leased = link.releases.leased.load(Ordering::Relaxed);
-        if link.lease && leased + len <= half {
-            let now = link.releases.leased.fetch_add(len, Ordering::Relaxed) + len;
+    fn block_buffer(
+        &self,
+        (heap, releases, copies): (&Arc<HeapMemory>, &Arc<Releases>, &mut CopyPool),
+        lease: bool,
+        offset: u64,
+        len: u64,
+    ) -> (gst::Buffer, bool) {
+        let half = heap.size() / 2;
+        let leased = releases.leased.load(Ordering::Relaxed);
+        if lease && leased + len <= half {
+            let now = releases.leased.fetch_add(len, Ordering::Relaxed) + len;
             self.stats.held(now);
             let lease = Lease {
-                heap: link.heap.clone(),
-                releases: link.releases.clone(),
+                heap: heap.clone(),
+                releases: releases.clone(),
                 offset,
                 len,
             };
             return (gst::Buffer::from_slice(lease), false);
         }
-        let mut buffer = link.copies.buffer(len as usize);
-        if let (Some(dest), Some(source)) = (
-            buffer.get_mut().and_then(|buffer| buffer.map_writable().ok()),
-            link.heap.block(offset, len),
-        ) {
-            let mut dest = dest;
-            dest.copy_from_slice(source);
-        }
-        link.releases.give_back(offset);
+        let buffer = copies.copy_of(heap.block(offset, len).unwrap_or_default());
+        releases.give_back(offset);
         (buffer, true)
     }
 
@@ -288,19 +309,15 @@ impl ShmRingSrc {
         let payload = record.payload();
         if header.kind == RecordKind::Buffer {
             let (mut buffer, copied) = match payload {
-                Payload::Inline { len } => {
-                    let mut buffer = link.copies.buffer(len as usize);
-                    if let Some(mut dest) = buffer.get_mut().and_then(|buffer| buffer.map_writable().ok()) {
-                        dest.copy_from_slice(record.inline());
-                    }
-                    record.release();
-                    (buffer, true)
-                }
+                Payload::Inline { .. } => (link.copies.copy_of(record.inline()), true),
+                // The record is passed only once the block is leased or
+                // given back, so that the writer, watching the read
+                // position, never sees the block in neither state.
                 Payload::Block { offset, len } => {
-                    record.release();
-                    self.block_buffer(link, offset, len)
+                    self.block_buffer((&link.heap, &link.releases, &mut link.copies), link.lease, offset, len)
                 }
             };
+            record.release();
             self.stats.buffer(buffer.size(), copied);
             codec::apply_buffer_header(&header, &link.layout, buffer.make_mut())
                 .map_err(|err| self.decode_error(err))?;
@@ -631,7 +648,7 @@ impl PushSrcImpl for ShmRingSrc {
             }
             // The writer's records may still be in the ring; drain them
             // before reporting that it is gone.
-            if ready[1] && link.connection.peer_gone() {
+            if ready[1] && link.releases.connection.peer_gone() {
                 link.writer_gone = true;
             }
         }
