@@ -2,6 +2,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::Instant;
 
 use gst::glib;
 use gst::prelude::*;
@@ -15,6 +16,8 @@ use crate::ipc::{self, Connection, Trigger, Waiter};
 use crate::ring::{Consumer, HeapMemory, Notifier, Payload, ReaderChannel, RecordKind, ReleaseProducer};
 use crate::stats::Stats;
 use crate::unlock::Unlock;
+
+use super::pacer::Pacer;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -95,8 +98,11 @@ struct Link {
     lease: bool,
     /// The memory layout of the buffers that follow.
     layout: VideoLayout,
-    /// Sleeps on the ring's data fd, the socket and the unlock fd.
-    waiter: Waiter<3>,
+    /// Sleeps on the ring's data fd, the socket, the unlock fd and the
+    /// pacer's timer.
+    waiter: Waiter<4>,
+    /// Wakes the reader just before a steady stream's next record.
+    pacer: Pacer,
     /// Buffers for copies, of the size of the last copy.
     copies: CopyPool,
 }
@@ -217,10 +223,15 @@ impl ShmRingSrc {
                     releases,
                     heap,
                 } = channel;
+                let pacer = Pacer::new().map_err(|err| {
+                    gst::element_imp_error!(self, gst::ResourceError::Failed, ["Could not create a timer: {err}"]);
+                    gst::FlowError::Error
+                })?;
                 let fds = [
                     (records.data_fd(), Trigger::Edge),
                     (connection.as_fd(), Trigger::Level),
                     (unlock.as_fd(), Trigger::Level),
+                    (pacer.fd(), Trigger::Edge),
                 ];
                 let waiter = Waiter::new(fds).map_err(|err| {
                     gst::element_imp_error!(self, gst::ResourceError::Failed, ["{err}"]);
@@ -246,6 +257,7 @@ impl ShmRingSrc {
                     lease: false,
                     layout: None,
                     waiter,
+                    pacer,
                     copies: CopyPool::default(),
                 })
             }
@@ -625,13 +637,15 @@ impl PushSrcImpl for ShmRingSrc {
                 .spin_for_data(SPINS_BEFORE_SLEEP)
                 .map_err(|err| self.decode_error(err))?;
             if arrived {
+                link.pacer.arrived(Instant::now());
                 continue;
             }
-            let sleep = link.records.prepare_wait().map_err(|err| {
-                gst::element_imp_error!(self, gst::StreamError::Decode, ["{err}"]);
-                gst::FlowError::Error
-            })?;
+            let timed = link.pacer.arm(Instant::now());
+            let sleep = link.records.prepare_wait().map_err(|err| self.decode_error(err))?;
             if !sleep {
+                if timed {
+                    link.pacer.disarm();
+                }
                 continue;
             }
             let ready = link.waiter.wait();
@@ -642,6 +656,24 @@ impl PushSrcImpl for ShmRingSrc {
             })?;
             if ready[0] {
                 self.stats.woken();
+                link.pacer.arrived(Instant::now());
+                if timed && !ready[3] {
+                    link.pacer.disarm();
+                }
+            } else if ready[3] {
+                // Awake just before the record is due: watch for it
+                // without sleeping, so that the writer need not wake us.
+                let deadline = Instant::now() + link.pacer.window();
+                while Instant::now() < deadline {
+                    let arrived = link
+                        .records
+                        .spin_for_data(SPINS_BEFORE_SLEEP / 4)
+                        .map_err(|err| self.decode_error(err))?;
+                    if arrived {
+                        link.pacer.arrived(Instant::now());
+                        break;
+                    }
+                }
             }
             if ready[2] {
                 return Err(gst::FlowError::Flushing);
