@@ -12,6 +12,7 @@
 //! watchdog thread ends the process when buffers stop moving, and a teardown
 //! that does not return in time is abandoned.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -97,6 +98,10 @@ struct Config {
     wait_go: bool,
     /// Reader: made once the pipeline is set to PLAYING.
     ready: Option<PathBuf>,
+    /// `element.pad` where the consumer keeps the latest `keep` buffers, as
+    /// an element that holds on to buffers would (W5).
+    keep_pad: Option<String>,
+    keep: usize,
     stall: Duration,
     startup: Duration,
 }
@@ -115,6 +120,8 @@ impl Config {
             perf: None,
             wait_go: false,
             ready: None,
+            keep_pad: None,
+            keep: 0,
             stall: Duration::from_secs(3),
             startup: Duration::from_secs(15),
         };
@@ -142,6 +149,8 @@ impl Config {
                 "--expect" => config.expect = number()?,
                 "--latency-out" => config.latency_out = Some(value.into()),
                 "--ready" => config.ready = Some(value.into()),
+                "--keep-pad" => config.keep_pad = Some(value.clone()),
+                "--keep" => config.keep = number()? as usize,
                 "--perf-ctl" => perf_ctl = Some(PathBuf::from(value)),
                 "--perf-ack" => perf_ack = Some(PathBuf::from(value)),
                 "--stall-ms" => config.stall = Duration::from_millis(number()?),
@@ -343,6 +352,8 @@ struct Shared {
     settled: AtomicBool,
     /// Set once the parent's go has been read (or is being waited for).
     went: AtomicBool,
+    /// The buffers the consumer keeps, oldest first.
+    kept: Mutex<VecDeque<gst::Buffer>>,
 }
 
 impl Shared {
@@ -395,6 +406,21 @@ impl Shared {
 
     fn lock_arrivals(&self) -> std::sync::MutexGuard<'_, Arrivals> {
         self.arrivals.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps `buffer` and drops the oldest kept one once more than `keep`
+    /// are held.
+    fn keep(&self, buffer: &gst::BufferRef) {
+        let mut kept = self.lock_kept();
+        kept.push_back(buffer.to_owned());
+        let oldest = (kept.len() > self.config.keep).then(|| kept.pop_front());
+        drop(kept);
+        // Released outside the lock: this may hand a block back to the writer.
+        drop(oldest);
+    }
+
+    fn lock_kept(&self) -> std::sync::MutexGuard<'_, VecDeque<gst::Buffer>> {
+        self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The result file's lines.
@@ -502,6 +528,19 @@ fn add_probes(bin: &gst::Bin, shared: &Arc<Shared>) -> Result<(), String> {
             gst::PadProbeReturn::Ok
         });
     }
+    // Added last: where it shares a pad with the others, a buffer is
+    // stamped and counted before it is kept.
+    if let Some(spec) = &shared.config.keep_pad
+        && shared.config.keep > 0
+    {
+        let shared = Arc::clone(shared);
+        find_pad(bin, spec)?.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(buffer) = info.buffer() {
+                shared.keep(buffer);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
     Ok(())
 }
 
@@ -574,6 +613,7 @@ fn run(config: Config) -> Result<(), String> {
         launched_ns,
         settled: AtomicBool::new(false),
         went: AtomicBool::new(false),
+        kept: Mutex::new(VecDeque::new()),
     });
     add_probes(&pipeline, &shared)?;
     spawn_watchdog(Arc::clone(&shared));
@@ -628,6 +668,8 @@ fn run(config: Config) -> Result<(), String> {
     };
     shared.write_latencies();
     shared.write_report(status, &end, "pending");
+    // The consumer lets go of what it kept while the pipeline still runs.
+    shared.lock_kept().clear();
 
     let (done_tx, done_rx) = mpsc::channel();
     let teardown = pipeline.clone();

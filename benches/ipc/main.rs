@@ -2,8 +2,9 @@
 //! limit, each writer and reader in its own process.
 //!
 //! `cargo bench --bench ipc` builds the plugin, runs every workload on every
-//! transport (runs interleaved: shmring, shmsink, pipe, limit, shmring, ...),
-//! and writes bench/RESULTS.md and the bench/*.png charts.
+//! transport it applies to (runs interleaved: shmring, shmsink, pipe, limit,
+//! queued in-process, shmring, ...), and writes bench/RESULTS.md and the
+//! bench/*.png charts. The limit is the one-process pipeline with no queue.
 //!
 //! Options after `--`:
 //! - `--smoke` (or IPC_BENCH_SMOKE=1): a few buffers per workload, one run,
@@ -11,17 +12,18 @@
 //!   `--bench` flag does, so `cargo test --benches` stays quick.
 //! - `--runs N`: rounds per workload (default 5).
 //! - `--only W1,W4-1kHz`: a subset; the report then goes under target/.
+//!   W1-64f and W5 run inside W1's rounds when W1 is in the set.
 //! - `--syscalls perf|strace|none`: how syscalls are counted (default: perf
 //!   if it works, else strace in extra untimed runs).
-//! - `--baseline-plugin DIR`: one more transport, "shmring (before
-//!   zero-copy)": the shmring pipelines with the libgstshmring.so in DIR,
-//!   e.g. the target/release of a worktree at 80e78a8. Each round runs it
+//! - `--baseline-plugin DIR`: one more transport, "shmring (baseline
+//!   build)": the shmring pipelines with the libgstshmring.so in DIR, e.g.
+//!   the target/release of a worktree at an older commit. Each round runs it
 //!   right after shmring, and the report, under target/, gives current ÷
 //!   baseline.
 //!
 //! The report is written even when runs fail; the exit code is non-zero if
-//! a shmring, pipe or limit run failed (shmsink/shmsrc may fail: that is
-//! reported, not fatal). The binary also runs as each child process: see
+//! a shmring, pipe or in-process run failed (shmsink/shmsrc and the baseline
+//! build may fail: that is reported, not fatal). The binary also runs as each child process: see
 //! [`child`].
 
 mod child;
@@ -146,11 +148,17 @@ fn orchestrate(options: &Options) -> Result<(), String> {
     let started = Instant::now();
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let exe = std::env::current_exe().map_err(|err| format!("cannot find the bench binary: {err}"))?;
-    let plugin_dir = build_plugin(manifest_dir, &exe)?;
+    let profile_dir = build_plugin(manifest_dir, &exe)?;
+    let plugin_source = report::source_version(manifest_dir);
     let mode = if options.smoke { "smoke" } else { "full" };
-    let scratch = plugin_dir.parent().unwrap_or(&plugin_dir).join("ipc-bench").join(mode);
+    let scratch = profile_dir
+        .parent()
+        .unwrap_or(&profile_dir)
+        .join("ipc-bench")
+        .join(mode);
     let _ = std::fs::remove_dir_all(scratch.join("runs"));
     std::fs::create_dir_all(&scratch).map_err(|err| format!("cannot make {}: {err}", scratch.display()))?;
+    let plugin_dir = snapshot_plugin(&profile_dir, &scratch.join("plugin"))?;
     let sockets = std::env::temp_dir().join(format!("ipc-bench-{}", std::process::id()));
     std::fs::create_dir_all(&sockets).map_err(|err| format!("cannot make {}: {err}", sockets.display()))?;
     let baseline = options.baseline.as_ref().map(|dir| Plugin {
@@ -192,12 +200,14 @@ fn orchestrate(options: &Options) -> Result<(), String> {
         })
         .collect();
     if workloads.is_empty() {
-        return Err("--only matched no workload (W1, W2, W3, W4-1kHz, W4-full)".into());
+        let ids: Vec<&str> = workloads::all(true).iter().map(|workload| workload.id).collect();
+        return Err(format!("--only matched no workload ({})", ids.join(", ")));
     }
     let round = transports::round(bench.baseline.is_some());
     let jobs = plan(&workloads, &round, options.runs, counter);
     let mut results = Results::new(workloads.clone(), round, options.runs, counter, gstreamer);
     results.baseline = options.baseline.clone();
+    results.plugin_source = plugin_source;
     let mut estimates = Estimates::default();
     for (index, job) in jobs.iter().enumerate() {
         let workload = &workloads[job.workload];
@@ -255,7 +265,12 @@ fn orchestrate(options: &Options) -> Result<(), String> {
     );
     // shmsink/shmsrc is expected to fail at times, and so may an old
     // baseline build; the others must not.
-    let broken = results.failed_runs(&[Transport::Shmring, Transport::Pipe, Transport::Limit]);
+    let broken = results.failed_runs(&[
+        Transport::Shmring,
+        Transport::Pipe,
+        Transport::Limit,
+        Transport::LimitQueue,
+    ]);
     if broken.is_empty() {
         Ok(())
     } else {
@@ -292,6 +307,21 @@ fn build_plugin(manifest_dir: &Path, exe: &Path) -> Result<PathBuf, String> {
         return Err(format!("building the plugin failed; expected {}", library.display()));
     }
     Ok(profile_dir)
+}
+
+/// Copies the plugin just built into `dir`, for the children to load: a
+/// build in the same target directory during the run (someone else's cargo)
+/// would otherwise change the plugin between runs.
+fn snapshot_plugin(profile_dir: &Path, dir: &Path) -> Result<PathBuf, String> {
+    let name = "libgstshmring.so";
+    std::fs::create_dir_all(dir).map_err(|err| format!("cannot make {}: {err}", dir.display()))?;
+    // A new file, not one rewritten in place: GStreamer may still map an
+    // old copy from an earlier run.
+    let partial = dir.join(format!("{name}.partial"));
+    std::fs::copy(profile_dir.join(name), &partial)
+        .and_then(|_| std::fs::rename(&partial, dir.join(name)))
+        .map_err(|err| format!("cannot copy the plugin into {}: {err}", dir.display()))?;
+    Ok(dir.to_path_buf())
 }
 
 /// perf if it can count syscall tracepoints here (lowering
@@ -331,29 +361,51 @@ fn detect_counter() -> SyscallCounter {
 
 /// The runs in order: rounds of every transport, interleaved, then
 /// shmsink's default configuration once, then (without perf) one traced run
-/// of each transport for the syscall counts.
+/// of each transport for the syscall counts. A workload paired with another
+/// one in the set runs inside that one's rounds, right after it.
 fn plan(workloads: &[Workload], transports: &[Transport], runs: usize, counter: SyscallCounter) -> Vec<Job> {
+    let tracing = if counter == SyscallCounter::Perf {
+        Tracing::Perf
+    } else {
+        Tracing::Off
+    };
+    let lead = |index: usize| {
+        workloads[index]
+            .paired_with
+            .and_then(|id| workloads.iter().position(|workload| workload.id == id))
+            .unwrap_or(index)
+    };
     let mut jobs = Vec::new();
-    for (index, workload) in workloads.iter().enumerate() {
-        let job = |transport, round, tracing| Job {
-            workload: index,
-            transport,
-            round,
-            tracing,
-        };
-        let tracing = if counter == SyscallCounter::Perf {
-            Tracing::Perf
-        } else {
-            Tracing::Off
+    for first in (0..workloads.len()).filter(|&index| lead(index) == index) {
+        let group: Vec<usize> = (0..workloads.len()).filter(|&index| lead(index) == first).collect();
+        let runs_of = |index: usize, round: usize, tracing: Tracing| {
+            transports
+                .iter()
+                .filter(move |transport| transport.runs(&workloads[index]))
+                .map(move |&transport| Job {
+                    workload: index,
+                    transport,
+                    round,
+                    tracing,
+                })
         };
         for round in 0..runs {
-            jobs.extend(transports.iter().map(|&transport| job(transport, round, tracing)));
+            for &index in &group {
+                jobs.extend(runs_of(index, round, tracing));
+            }
         }
-        if workload.peer_default {
-            jobs.push(job(Transport::ShmDefault, 0, tracing));
-        }
-        if counter == SyscallCounter::Strace {
-            jobs.extend(transports.iter().map(|&transport| job(transport, 0, Tracing::Strace)));
+        for &index in &group {
+            if workloads[index].peer_default {
+                jobs.push(Job {
+                    workload: index,
+                    transport: Transport::ShmDefault,
+                    round: 0,
+                    tracing,
+                });
+            }
+            if counter == SyscallCounter::Strace {
+                jobs.extend(runs_of(index, 0, Tracing::Strace));
+            }
         }
     }
     jobs

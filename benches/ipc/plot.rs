@@ -1,5 +1,6 @@
 //! The PNG charts: one throughput chart per throughput workload, and one
-//! latency CDF with every transport on it.
+//! latency CDF with every transport on it. Reads the results and hands
+//! [`Chart`]s back for the report; the report never calls in here.
 //!
 //! Text is drawn with DejaVu Sans, read at run time (Debian package
 //! fonts-dejavu-core), so that plotters needs no fontconfig.
@@ -9,7 +10,7 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::report::{Results, median};
+use crate::report::{Chart, Results, median};
 use crate::transports::Transport;
 use crate::workloads::Measure;
 
@@ -21,15 +22,6 @@ const FONT: &str = "sans-serif";
 /// Points per CDF line: enough to look smooth, few enough to draw fast.
 const CDF_POINTS: usize = 2000;
 
-/// A chart written next to RESULTS.md.
-pub struct Chart {
-    /// The throughput workload it shows; None for the latency CDF.
-    pub workload: Option<usize>,
-    pub title: String,
-    /// Relative to RESULTS.md.
-    pub file: String,
-}
-
 fn color(transport: Transport) -> RGBColor {
     match transport {
         Transport::Shmring => RGBColor(0x1f, 0x77, 0xb4),
@@ -38,6 +30,7 @@ fn color(transport: Transport) -> RGBColor {
         Transport::ShmDefault => RGBColor(0x8c, 0x56, 0x4b),
         Transport::Pipe => RGBColor(0x2c, 0xa0, 0x2c),
         Transport::Limit => RGBColor(0x7f, 0x7f, 0x7f),
+        Transport::LimitQueue => RGBColor(0xc7, 0xc7, 0xc7),
     }
 }
 
@@ -98,6 +91,7 @@ fn throughput(path: &Path, title: &str, results: &Results, workload: usize) -> D
         Transport::ShmDefault,
         Transport::Pipe,
         Transport::Limit,
+        Transport::LimitQueue,
     ]
     .into_iter()
     .filter(|&transport| !results.runs(workload, transport).is_empty())
@@ -174,11 +168,12 @@ fn throughput(path: &Path, title: &str, results: &Results, workload: usize) -> D
 fn short_label(transport: Transport) -> &'static str {
     match transport {
         Transport::Shmring => "shmring",
-        Transport::ShmringBaseline => "shmring, copying",
+        Transport::ShmringBaseline => "shmring baseline",
         Transport::Shm => "shmsink/shmsrc",
         Transport::ShmDefault => "shmsink default",
         Transport::Pipe => "pipe",
-        Transport::Limit => "in-process limit",
+        Transport::Limit => "limit (no queue)",
+        Transport::LimitQueue => "in-process + queue",
     }
 }
 

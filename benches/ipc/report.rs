@@ -5,10 +5,19 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::plot::Chart;
 use crate::runner::{RunOutcome, SideStats, SyscallCounter, Tracing};
 use crate::transports::Transport;
 use crate::workloads::{Measure, Workload};
+
+/// A chart written next to RESULTS.md (drawn by the plot module, which
+/// hands these to [`write`]).
+pub struct Chart {
+    /// The throughput workload it shows; None for the latency CDF.
+    pub workload: Option<usize>,
+    pub title: String,
+    /// Relative to RESULTS.md.
+    pub file: String,
+}
 
 /// Every run's outcome, by workload and transport, in round order.
 pub struct Results {
@@ -23,6 +32,8 @@ pub struct Results {
     /// /proc/loadavg before and after: other work on the machine skews
     /// every number here.
     pub load: (String, String),
+    /// What the plugin was built from, read right after building it.
+    pub plugin_source: String,
     timed: HashMap<(usize, Transport), Vec<RunOutcome>>,
     /// The strace runs that count syscalls when perf cannot.
     traced: HashMap<(usize, Transport), RunOutcome>,
@@ -99,6 +110,7 @@ impl Results {
             counter,
             gstreamer,
             load: (load_average(), String::new()),
+            plugin_source: String::new(),
             timed: HashMap::new(),
             traced: HashMap::new(),
         }
@@ -167,8 +179,21 @@ impl Results {
         other: Transport,
         metric: fn(&RunOutcome) -> Option<f64>,
     ) -> Option<f64> {
-        let ours = self.runs(workload, Transport::Shmring);
-        let theirs = self.runs(workload, other);
+        self.paired((workload, Transport::Shmring), (workload, other), metric)
+    }
+
+    /// The median over rounds of `ours`' metric divided by `theirs'` in the
+    /// same round, each a (workload, transport); rounds where either failed
+    /// are left out. Two workloads pair only if one runs in the other's
+    /// rounds (`paired_with`).
+    pub fn paired(
+        &self,
+        ours: (usize, Transport),
+        theirs: (usize, Transport),
+        metric: fn(&RunOutcome) -> Option<f64>,
+    ) -> Option<f64> {
+        let ours = self.runs(ours.0, ours.1);
+        let theirs = self.runs(theirs.0, theirs.1);
         median(
             ours.iter()
                 .zip(theirs)
@@ -218,6 +243,24 @@ impl Results {
             .collect()
     }
 
+    /// The workload `workload` runs in the rounds of, if that one ran.
+    fn lead(&self, workload: usize) -> Option<usize> {
+        let id = self.workloads[workload].paired_with?;
+        self.workloads.iter().position(|lead| lead.id == id)
+    }
+
+    /// The workload whose limit runs `workload`'s are divided by: its own,
+    /// or for one the limit does not run (W1-64f), that of the workload in
+    /// whose rounds it runs: the same pipeline, in the same round.
+    fn limit_of(&self, workload: usize) -> Option<usize> {
+        let ran = |index: usize| !self.runs(index, Transport::Limit).is_empty();
+        if ran(workload) {
+            Some(workload)
+        } else {
+            self.lead(workload).filter(|&lead| ran(lead))
+        }
+    }
+
     fn transports(&self, workload: usize) -> Vec<Transport> {
         self.round
             .iter()
@@ -226,6 +269,12 @@ impl Results {
             .filter(|&transport| !self.runs(workload, transport).is_empty())
             .collect()
     }
+}
+
+/// CPU per buffer of the writer and reader together (the one process of
+/// the in-process pipelines).
+fn run_total_cpu(run: &RunOutcome) -> Option<f64> {
+    Some(run.writer?.cpu_us + run.reader.map_or(0.0, |reader| reader.cpu_us))
 }
 
 fn p99(run: &RunOutcome) -> Option<f64> {
@@ -294,9 +343,9 @@ fn ratio(value: Option<f64>) -> String {
     or_dash(value, |r| format!("{r:.2}×"))
 }
 
-/// "writer / reader", or the single process's value for the limit.
+/// "writer / reader", or the single process's value in process.
 fn pair(writer: Option<f64>, reader: Option<f64>, transport: Transport) -> String {
-    if transport == Transport::Limit {
+    if transport.in_process() {
         format!("{} (one process)", or_dash(writer, decimal))
     } else {
         format!("{} / {}", or_dash(writer, decimal), or_dash(reader, decimal))
@@ -348,9 +397,9 @@ impl Machine {
     }
 }
 
-/// The commit of the git tree holding `dir`, and whether src/ had changes
+/// The commit of the git tree holding `dir`, and the files of src/ changed
 /// on top: what a plugin built in that tree was built from.
-fn source_version(dir: &Path) -> String {
+pub fn source_version(dir: &Path) -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -366,7 +415,11 @@ fn source_version(dir: &Path) -> String {
         git(&["status", "--porcelain", "--", ":/src"]),
     ) {
         (Some(commit), Some(changes)) if !changes.is_empty() => {
-            format!("commit {commit} with uncommitted changes in src/")
+            let files: Vec<&str> = changes
+                .lines()
+                .filter_map(|line| line.split_whitespace().last())
+                .collect();
+            format!("commit {commit} with uncommitted changes in {}", files.join(", "))
         }
         (Some(commit), _) => format!("commit {commit}"),
         _ => "unknown".to_owned(),
@@ -419,8 +472,8 @@ fn render(results: &Results, charts: &[Chart], command: &str, runtime: Duration)
     let _ = writeln!(out, "| GStreamer | {} |", results.gstreamer);
     let _ = writeln!(
         out,
-        "| plugin source | {} |",
-        source_version(Path::new(env!("CARGO_MANIFEST_DIR")))
+        "| plugin source (when built; the runs load a copy made then) | {} |",
+        results.plugin_source
     );
     if let Some(dir) = &results.baseline {
         let _ = writeln!(
@@ -441,6 +494,8 @@ fn render(results: &Results, charts: &[Chart], command: &str, runtime: Duration)
     write_method(&mut out, results);
     write_reading_notes(&mut out);
     write_targets(&mut out, results);
+    write_cpu_against_limit(&mut out, results);
+    write_variants(&mut out, results);
     write_baseline(&mut out, results);
     for (index, workload) in results.workloads.iter().enumerate() {
         match workload.measure {
@@ -468,13 +523,14 @@ fn write_method(out: &mut String, results: &Results) {
             order.join(", "),
             order[0]
         ),
-        "Writer and reader are separate processes (the bench binary re-executed, running the pipeline below with gst::parse::launch); the limit is one process with a `queue` in place of the transport. The writer starts first, the reader once the writer's socket exists, and the writer's first buffer is held until the reader's pipeline is PLAYING.".to_owned(),
-        "Each process measures a window: from the first buffer it sees (writer: `tx.sink`, reader: the source's `rx.src`) to the end (writer: the EOS event; reader: the last expected buffer). Start-up, registry loading and teardown are outside it.".to_owned(),
+        "Writer and reader are separate processes (the bench binary re-executed, running the pipeline below with gst::parse::launch). The limit is one process, the producer linked straight to the fakesink with no queue, so one thread does all the work: the pipeline a transport is measured against. The queued one-process pipeline (a `queue` in place of the transport, so a second thread) is shown for reference only. The writer starts first, the reader once the writer's socket exists, and the writer's first buffer is held until the reader's pipeline is PLAYING.".to_owned(),
+        "Each process measures a window: from the first buffer it sees (writer: `tx.sink`, reader: the source's `rx.src`; the limit: the fakesink's sink pad) to the end (writer: the EOS event; reader: the last expected buffer). Start-up, registry loading and teardown are outside it.".to_owned(),
         "Rate: buffers reaching the reader's source pad per second, first to last. A pipe has no framing, so its rate counts bytes ÷ buffer size.".to_owned(),
         "CPU per buffer: `getrusage` user+sys over the window ÷ buffers, per process (all threads). Context switches likewise (voluntary + involuntary).".to_owned(),
         "Latency (W4): the writer stamps a sequence number and CLOCK_MONOTONIC into the first 16 bytes of each buffer in a probe on the transport sink's sink pad; the reader subtracts on its source's src pad. Percentiles are per run, then the median over runs. They leave out the first 1% of the buffers: the first buffer also pays for connecting, and buffers made meanwhile queue behind it; the first buffer's own latency has its column.".to_owned(),
         "A process whose buffers stop for 3 s ends itself (its watchdog) and the run counts as hung; anything left at the workload's timeout is killed. shmsink areas left in /dev/shm by a killed writer are removed.".to_owned(),
-        "shmsink/shmsrc runs with a capsfilter on the reader and shm-size of about 8 frames for video and 64 KiB for audio; its default configuration (64 MiB area) ran once per throughput workload. The pipe uses fdsrc's default 4 KiB reads and the kernel's default 64 KiB pipe.".to_owned(),
+        "shmsink/shmsrc runs with a capsfilter on the reader and shm-size of about 8 frames for video and 64 KiB for audio, plus room for the frames W5's reader keeps; its default configuration (64 MiB area) ran once per throughput workload. The pipe uses fdsrc's default 4 KiB reads and the kernel's default 64 KiB pipe.".to_owned(),
+        "W1-64f is W1 with shmringsink's `ring-size` at 64 frames (rounded up to 4096 bytes), on the shmring transports only; W5 is W1 with a reader that keeps its last 8 buffers (a pad probe on the fakesink's sink pad holds a reference to each until 8 newer ones have arrived), on every transport. Both run inside W1's rounds, right after W1, so a ratio to W1 is taken within a round too.".to_owned(),
     ];
     for line in lines {
         let _ = writeln!(out, "- {line}");
@@ -493,6 +549,7 @@ fn write_reading_notes(out: &mut String) {
         "A process's syscalls, CPU time and context switches include its producer's or consumer's own: a live audiotestsrc waits on the clock for every buffer, and a `queue` hands each buffer to another thread. The limit's row, which has no transport at all, shows that share.",
         "A ring costs syscalls only when a side sleeps. A reader that keeps up finds the ring empty at every buffer, so each buffer costs a wake-up (an eventfd write on the writer's side, a poll and a read on the reader's); a reader that falls behind drains many buffers per wake-up.",
         "At full speed (W4-full) a writer faster than its reader fills whatever lies between them, so latency measures that buffering: roughly its size ÷ the reader's rate: shmring's default ring for audio, shmsink's 64 KiB area, the kernel's 64 KiB pipe, the queue's 200 buffers.",
+        "The limit's latency is that of two probes on one pad, no handoff at all: the floor, not a peer.",
     ];
     for line in lines {
         let _ = writeln!(out, "- {line}");
@@ -526,7 +583,9 @@ fn write_targets(out: &mut String, results: &Results) {
             );
         }
     }
-    for (index, workload) in results.workloads.iter().enumerate() {
+    // The variants that run in another workload's rounds have no targets.
+    let targeted = |workload: &Workload| workload.paired_with.is_none();
+    for (index, workload) in results.workloads.iter().enumerate().filter(|(_, w)| targeted(w)) {
         let summary = results.summary(index, Transport::Shmring);
         row(
             format!("{}: shmring syscalls/buffer ≤ 0.1 in writer and reader", workload.id),
@@ -542,7 +601,7 @@ fn write_targets(out: &mut String, results: &Results) {
                 }),
         );
     }
-    for (index, workload) in results.workloads.iter().enumerate() {
+    for (index, workload) in results.workloads.iter().enumerate().filter(|(_, w)| targeted(w)) {
         if workload.measure == Measure::Latency {
             let p99 = results.summary(index, Transport::Shmring).latency.map(|p| p.p99);
             row(
@@ -554,8 +613,124 @@ fn write_targets(out: &mut String, results: &Results) {
     let _ = writeln!(out);
 }
 
+/// Every transport's CPU per buffer, both processes together, against the
+/// limit's one process, round by round: what crossing a process boundary
+/// costs in CPU on top of the work itself.
+fn write_cpu_against_limit(out: &mut String, results: &Results) {
+    let throughput: Vec<(usize, usize)> = (0..results.workloads.len())
+        .filter(|&index| results.workloads[index].measure == Measure::Throughput)
+        .filter_map(|index| Some((index, results.limit_of(index)?)))
+        .collect();
+    if throughput.is_empty() {
+        return;
+    }
+    let others: Vec<Transport> = results
+        .round
+        .iter()
+        .copied()
+        .filter(|&transport| transport != Transport::Limit)
+        .collect();
+    let _ = writeln!(out, "## CPU per buffer against the limit\n");
+    let _ = writeln!(
+        out,
+        "CPU µs per buffer of writer and reader together ÷ the limit's one process, the median over rounds of the ratio within each round; below 1× would use less CPU than the one-process pipeline. A workload the limit does not run is divided by the limit of the workload in whose rounds it runs.\n"
+    );
+    let header: Vec<&str> = others.iter().map(|transport| transport.label()).collect();
+    let _ = writeln!(out, "| workload | {} |", header.join(" | "));
+    let _ = writeln!(out, "| --- |{}", " --- |".repeat(others.len()));
+    for (index, limit) in throughput {
+        let workload = &results.workloads[index];
+        let cells: Vec<String> = others
+            .iter()
+            .map(|&transport| {
+                if transport.runs(workload) {
+                    ratio(results.paired((index, transport), (limit, Transport::Limit), run_total_cpu))
+                } else {
+                    "n/a".to_owned()
+                }
+            })
+            .collect();
+        let id = if limit == index {
+            workload.id.to_owned()
+        } else {
+            format!("{} (÷ {}'s limit)", workload.id, results.workloads[limit].id)
+        };
+        let _ = writeln!(out, "| {id} | {} |", cells.join(" | "));
+    }
+    let _ = writeln!(out);
+}
+
+/// The workloads that run inside another's rounds (W1-64f and W5 in W1's),
+/// against it, transport by transport and round by round.
+fn write_variants(out: &mut String, results: &Results) {
+    let mut leads: Vec<usize> = (0..results.workloads.len())
+        .filter_map(|index| results.lead(index))
+        .collect();
+    leads.sort_unstable();
+    leads.dedup();
+    for lead in leads {
+        let variants: Vec<usize> = (0..results.workloads.len())
+            .filter(|&index| results.lead(index) == Some(lead))
+            .collect();
+        let lead_id = results.workloads[lead].id;
+        let ids: Vec<&str> = variants.iter().map(|&index| results.workloads[index].id).collect();
+        let _ = writeln!(out, "## {} against {lead_id}\n", ids.join(" and "));
+        for &index in &variants {
+            let workload = &results.workloads[index];
+            let _ = writeln!(out, "- {}: {}.", workload.id, workload.title);
+        }
+        let _ = writeln!(
+            out,
+            "\nBuffers/s; in brackets the variant ÷ {lead_id}, the median over rounds of the ratio within each round (each variant runs right after {lead_id} in every round). Then, for each, the transport ÷ the limit (no queue) on the same workload, or on {lead_id} in the same round where the limit does not run the variant.\n"
+        );
+        let mut header = vec!["transport".to_owned(), format!("{lead_id} buffers/s")];
+        for id in &ids {
+            header.push(format!("{id} buffers/s (÷ {lead_id})"));
+        }
+        header.push(format!("÷ limit, {lead_id}"));
+        for id in &ids {
+            header.push(format!("÷ limit, {id}"));
+        }
+        let _ = writeln!(out, "| {} |", header.join(" | "));
+        let _ = writeln!(out, "|{}", " --- |".repeat(header.len()));
+        let rate = |run: &RunOutcome| run.rate;
+        for &transport in &results.round {
+            if results.runs(lead, transport).is_empty() {
+                continue;
+            }
+            let versus_limit = |workload: usize| match results.limit_of(workload) {
+                _ if transport == Transport::Limit => String::new(),
+                _ if results.runs(workload, transport).is_empty() => "n/a".to_owned(),
+                Some(limit) => ratio(results.paired((workload, transport), (limit, Transport::Limit), rate)),
+                None => "–".to_owned(),
+            };
+            let mut cells = vec![
+                transport.label().to_owned(),
+                or_dash(results.summary(lead, transport).rate, thousands),
+            ];
+            for &index in &variants {
+                cells.push(if results.runs(index, transport).is_empty() {
+                    "n/a".to_owned()
+                } else {
+                    format!(
+                        "{} ({})",
+                        or_dash(results.summary(index, transport).rate, thousands),
+                        ratio(results.paired((index, transport), (lead, transport), rate))
+                    )
+                });
+            }
+            cells.push(versus_limit(lead));
+            for &index in &variants {
+                cells.push(versus_limit(index));
+            }
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
+        }
+        let _ = writeln!(out);
+    }
+}
+
 /// shmring against the baseline build, round by round, in the measures
-/// that zero copy should move: rate and CPU per buffer on each side.
+/// that a new build should move: rate and CPU per buffer on each side.
 fn write_baseline(out: &mut String, results: &Results) {
     if !results.round.contains(&Transport::ShmringBaseline) {
         return;
@@ -567,7 +742,7 @@ fn write_baseline(out: &mut String, results: &Results) {
     );
     let _ = writeln!(
         out,
-        "| workload | buffers/s | CPU µs/buffer writer | CPU µs/buffer reader |\n| --- | --- | --- | --- |"
+        "| workload | buffers/s | CPU µs/buffer writer | CPU µs/buffer reader | p99 latency |\n| --- | --- | --- | --- | --- |"
     );
     for (index, workload) in results.workloads.iter().enumerate() {
         let versus = |metric: fn(&RunOutcome) -> Option<f64>| {
@@ -575,11 +750,12 @@ fn write_baseline(out: &mut String, results: &Results) {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             workload.id,
             versus(|run| run.rate),
             versus(|run| Some(run.writer?.cpu_us)),
             versus(|run| Some(run.reader?.cpu_us)),
+            versus(p99),
         );
     }
     let _ = writeln!(out);
@@ -591,9 +767,27 @@ fn heading(out: &mut String, workload: &Workload) {
     } else {
         "as fast as it goes"
     };
+    let mut extra = String::new();
+    if let Some(bytes) = workload.ring_size {
+        let _ = write!(
+            extra,
+            " shmringsink has `ring-size={bytes}` ({:.1} frames).",
+            bytes as f64 / workload.media.buffer_size() as f64
+        );
+    }
+    if workload.keep > 0 {
+        let _ = write!(
+            extra,
+            " The reader's sink keeps the last {} buffers, each until {} newer ones have arrived.",
+            workload.keep, workload.keep
+        );
+    }
+    if workload.shmring_only {
+        extra.push_str(" Only shmring runs it.");
+    }
     let _ = writeln!(
         out,
-        "## {}: {}\n\n{} buffers of {} bytes, {pace}.\n",
+        "## {}: {}\n\n{} buffers of {} bytes, {pace}.{extra}\n",
         workload.id,
         workload.title,
         thousands(workload.buffers as f64),
@@ -679,6 +873,9 @@ fn write_syscalls(out: &mut String, results: &Results) {
             .round
             .iter()
             .map(|&transport| {
+                if !transport.runs(workload) {
+                    return "n/a".to_owned();
+                }
                 let summary = results.summary(index, transport);
                 pair(summary.writer.syscalls, summary.reader.syscalls, transport)
             })
@@ -735,7 +932,7 @@ fn write_pipelines(out: &mut String, results: &Results) {
     let _ = writeln!(out, "## Pipelines\n");
     let _ = writeln!(
         out,
-        "As the children run them (with `GST_PLUGIN_PATH=target/release`); the socket path differs per run.\n"
+        "As the children run them (with `GST_PLUGIN_PATH` at a copy of target/release/libgstshmring.so made right after the build; `GST_PLUGIN_PATH=target/release` by hand); the socket path differs per run.\n"
     );
     if let Some(dir) = &results.baseline {
         let _ = writeln!(
@@ -747,11 +944,18 @@ fn write_pipelines(out: &mut String, results: &Results) {
     }
     for workload in &results.workloads {
         let _ = writeln!(out, "### {}\n\n```sh", workload.id);
+        if workload.keep > 0 {
+            let _ = writeln!(
+                out,
+                "# The reader also keeps its last {} buffers (a pad probe on out.sink holds them; gst-launch has no such option).\n",
+                workload.keep
+            );
+        }
         let transports = results
             .round
             .iter()
             .copied()
-            .filter(|&transport| transport != Transport::ShmringBaseline)
+            .filter(|&transport| transport != Transport::ShmringBaseline && transport.runs(workload))
             .chain(workload.peer_default.then_some(Transport::ShmDefault));
         for transport in transports {
             let _ = writeln!(out, "# {}\n{}\n", transport.label(), transport.shell_command(workload));

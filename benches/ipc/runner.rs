@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::child::{self, STALLED_EXIT};
 use crate::sys;
-use crate::transports::Transport;
+use crate::transports::{self, Transport};
 use crate::workloads::{Measure, Workload};
 
 /// How long a writer may outlive its reader before it is killed.
@@ -411,6 +411,14 @@ impl Bench {
             "--expect".to_owned(),
             workload.buffers.to_string(),
         ];
+        if workload.keep > 0 {
+            measure_args.extend([
+                "--keep-pad".to_owned(),
+                transports::KEEP_PAD.to_owned(),
+                "--keep".to_owned(),
+                workload.keep.to_string(),
+            ]);
+        }
         if workload.measure == Measure::Latency {
             stamp_args.push("--write-stamps".into());
             measure_args.extend(["--latency-out".to_owned(), latency_file.display().to_string()]);

@@ -3,14 +3,20 @@
 //! Every writer ends in an element named `tx` and every reader starts with
 //! one named `rx`: the writer stamps and counts on `tx.sink`, the reader
 //! counts and measures on `rx.src`, the first pad a buffer reaches after
-//! crossing. The in-process limit has a `queue` named `q` in their place.
+//! crossing. Every reader ends in a fakesink named `out`, where a consumer
+//! that keeps buffers (W5) keeps them. The in-process limit is the producer
+//! straight into that fakesink, with no queue: it stamps and measures on
+//! `out.sink`. Its queued variant has a `queue` named `q` in place of the
+//! transport.
 
 use std::path::Path;
 
 use crate::workloads::Workload;
 
 /// Where the reader ends, for every transport.
-const READER_SINK: &str = "fakesink sync=false enable-last-sample=false";
+const READER_SINK: &str = "fakesink name=out sync=false enable-last-sample=false";
+/// The pad of the reader's sink, where W5's consumer keeps its buffers.
+pub const KEEP_PAD: &str = "out.sink";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
@@ -25,8 +31,13 @@ pub enum Transport {
     ShmDefault,
     /// fdsink → pipe → fdsrc.
     Pipe,
-    /// Producer and consumer in one process, joined by a `queue`.
+    /// The limit: producer and consumer in one process, linked directly,
+    /// with no queue and no second thread.
     Limit,
+    /// Producer and consumer in one process, joined by a `queue`: a thread
+    /// handoff on every buffer. Shown for reference only; a ratio against it
+    /// flatters a transport.
+    LimitQueue,
 }
 
 /// The transports of each round, in the order they run; the baseline, if
@@ -36,7 +47,7 @@ pub fn round(baseline: bool) -> Vec<Transport> {
     [Transport::Shmring]
         .into_iter()
         .chain(baseline)
-        .chain([Transport::Shm, Transport::Pipe, Transport::Limit])
+        .chain([Transport::Shm, Transport::Pipe, Transport::Limit, Transport::LimitQueue])
         .collect()
 }
 
@@ -59,11 +70,12 @@ impl Transport {
     pub fn label(self) -> &'static str {
         match self {
             Transport::Shmring => "shmring",
-            Transport::ShmringBaseline => "shmring (before zero-copy)",
+            Transport::ShmringBaseline => "shmring (baseline build)",
             Transport::Shm => "shmsink/shmsrc",
             Transport::ShmDefault => "shmsink/shmsrc, default shm-size",
             Transport::Pipe => "pipe (fdsink/fdsrc)",
-            Transport::Limit => "in-process queue (limit)",
+            Transport::Limit => "in-process, no queue (limit)",
+            Transport::LimitQueue => "in-process with a queue (not the limit)",
         }
     }
 
@@ -76,6 +88,7 @@ impl Transport {
             Transport::ShmDefault => "shm-default",
             Transport::Pipe => "pipe",
             Transport::Limit => "limit",
+            Transport::LimitQueue => "limit-queue",
         }
     }
 
@@ -87,6 +100,21 @@ impl Transport {
         )
     }
 
+    /// Whether this is shmring, the current build's or the baseline's.
+    pub fn is_shmring(self) -> bool {
+        matches!(self, Transport::Shmring | Transport::ShmringBaseline)
+    }
+
+    /// Whether producer and consumer share one process.
+    pub fn in_process(self) -> bool {
+        matches!(self, Transport::Limit | Transport::LimitQueue)
+    }
+
+    /// Whether `workload` runs on this transport.
+    pub fn runs(self, workload: &Workload) -> bool {
+        self.is_shmring() || !workload.shmring_only
+    }
+
     /// Whether the writer's stdout is piped into the reader's stdin.
     pub fn uses_pipe(self) -> bool {
         self == Transport::Pipe
@@ -94,7 +122,12 @@ impl Transport {
 
     pub fn probe_pads(self) -> ProbePads {
         match self {
+            // One pad: the stamp probe was added first, so it runs first.
             Transport::Limit => ProbePads {
+                stamp: KEEP_PAD,
+                measure: KEEP_PAD,
+            },
+            Transport::LimitQueue => ProbePads {
                 stamp: "q.sink",
                 measure: "q.src",
             },
@@ -111,12 +144,17 @@ impl Transport {
         let socket = socket.display();
         let (sink, reader) = match self {
             Transport::Shmring | Transport::ShmringBaseline => (
-                format!("shmringsink name=tx socket-path={socket} sync=false"),
+                format!(
+                    "shmringsink name=tx socket-path={socket}{} sync=false",
+                    workload
+                        .ring_size
+                        .map_or_else(String::new, |bytes| format!(" ring-size={bytes}"))
+                ),
                 Some(format!("shmringsrc name=rx socket-path={socket} ! {READER_SINK}")),
             ),
             Transport::Shm | Transport::ShmDefault => {
                 let size = match self {
-                    Transport::Shm => format!(" shm-size={}", media.peer_shm_size()),
+                    Transport::Shm => format!(" shm-size={}", workload.peer_shm_size()),
                     _ => String::new(),
                 };
                 (
@@ -131,7 +169,8 @@ impl Transport {
                 "fdsink name=tx fd=1 sync=false".to_owned(),
                 Some(format!("fdsrc name=rx fd=0 ! {} ! {READER_SINK}", media.raw_parser())),
             ),
-            Transport::Limit => (format!("queue name=q ! {READER_SINK}"), None),
+            Transport::Limit => (READER_SINK.to_owned(), None),
+            Transport::LimitQueue => (format!("queue name=q ! {READER_SINK}"), None),
         };
         Pipelines {
             writer: format!("{producer} ! {sink}"),

@@ -1,4 +1,10 @@
-//! What flows through each transport: the four workloads of the comparison.
+//! What flows through each transport: the workloads of the comparison.
+//!
+//! W1 to W4 are the comparison proper. Two more look at shmring's heap of
+//! blocks: W1-64f is W1 with a heap of 64 frames instead of the default, and
+//! W5 is W1 read by a consumer that keeps the last 8 frames. Both run inside
+//! W1's rounds, so that each of their runs has a W1 run of the same
+//! transport next to it to be divided by.
 
 use std::time::Duration;
 
@@ -20,6 +26,12 @@ const VIDEO_FPS: u32 = 30;
 /// last-level cache at 1080p.
 const PEER_VIDEO_FRAMES: u64 = 8;
 const PEER_AUDIO_AREA: u64 = 64 * 1024;
+/// shmringsink's `ring-size` is rounded up to whole pages.
+const PAGE: u64 = 4096;
+/// W1-64f's heap, in frames.
+const BIG_HEAP_FRAMES: u64 = 64;
+/// How many of the latest buffers W5's consumer keeps.
+const KEPT_FRAMES: usize = 8;
 
 impl Media {
     /// Bytes in one buffer.
@@ -105,6 +117,26 @@ pub struct Workload {
     /// Whether shmsink's default configuration (its 64 MiB area) is also run
     /// once, to report what it does.
     pub peer_default: bool,
+    /// shmringsink's `ring-size` (the heap, in bytes); None leaves the
+    /// default, which sizes it from the caps.
+    pub ring_size: Option<u64>,
+    /// Buffers the reader's sink keeps (the latest ones, each dropped once
+    /// this many newer ones have arrived); 0 keeps none.
+    pub keep: usize,
+    /// Whether only the shmring transports run it (a shmringsink setting).
+    pub shmring_only: bool,
+    /// The workload whose rounds this one runs in, right after it, so that
+    /// a ratio between the two pairs runs made a few seconds apart.
+    pub paired_with: Option<&'static str>,
+}
+
+impl Workload {
+    /// The shm-size we give shmsink: [`Media::peer_shm_size`], plus room for
+    /// the buffers the reader keeps, which it cannot reuse while they are
+    /// kept.
+    pub fn peer_shm_size(&self) -> u64 {
+        self.media.peer_shm_size() + self.keep as u64 * self.media.buffer_size()
+    }
 }
 
 /// The workloads of a full run, or tiny ones for the smoke mode.
@@ -115,67 +147,102 @@ pub fn all(smoke: bool) -> Vec<Workload> {
     let latency_audio = Media::Audio {
         samples: AUDIO_RATE / 1000,
     };
+    let hd = Media::Video {
+        width: 1920,
+        height: 1080,
+    };
+    let throughput = |id, title, media, buffers, timeout, typical| Workload {
+        id,
+        title,
+        media,
+        buffers,
+        live: false,
+        measure: Measure::Throughput,
+        timeout,
+        typical,
+        peer_default: true,
+        ring_size: None,
+        keep: 0,
+        shmring_only: false,
+        paired_with: None,
+    };
+    let latency = |id, title, live, timeout, typical| Workload {
+        id,
+        title,
+        media: latency_audio,
+        buffers: sized(10_000, 200),
+        live,
+        measure: Measure::Latency,
+        timeout,
+        typical,
+        peer_default: false,
+        ring_size: None,
+        keep: 0,
+        shmring_only: false,
+        paired_with: None,
+    };
+    let w1 = throughput(
+        "W1",
+        "1920x1080 I420 video",
+        hd,
+        sized(2000, 20),
+        timeout(90),
+        typical(3.5),
+    );
+    let big_heap = (BIG_HEAP_FRAMES * hd.buffer_size()).div_ceil(PAGE) * PAGE;
+    let w1_big_heap = Workload {
+        id: "W1-64f",
+        title: "1920x1080 I420 video, shmring heap of 64 frames",
+        peer_default: false,
+        ring_size: Some(big_heap),
+        shmring_only: true,
+        paired_with: Some("W1"),
+        ..w1.clone()
+    };
+    let w5 = Workload {
+        id: "W5",
+        title: "1920x1080 I420 video, the reader keeps its last 8 frames",
+        peer_default: false,
+        keep: KEPT_FRAMES,
+        paired_with: Some("W1"),
+        ..w1.clone()
+    };
     vec![
-        Workload {
-            id: "W1",
-            title: "1920x1080 I420 video",
-            media: Media::Video {
-                width: 1920,
-                height: 1080,
-            },
-            buffers: sized(2000, 20),
-            live: false,
-            measure: Measure::Throughput,
-            timeout: timeout(90),
-            typical: typical(3.5),
-            peer_default: true,
-        },
-        Workload {
-            id: "W2",
-            title: "3840x2160 I420 video",
-            media: Media::Video {
+        w1,
+        w1_big_heap,
+        throughput(
+            "W2",
+            "3840x2160 I420 video",
+            Media::Video {
                 width: 3840,
                 height: 2160,
             },
-            buffers: sized(300, 5),
-            live: false,
-            measure: Measure::Throughput,
-            timeout: timeout(90),
-            typical: typical(2.5),
-            peer_default: true,
-        },
-        Workload {
-            id: "W3",
-            title: "S16LE stereo 48 kHz, 64 samples per buffer",
-            media: Media::Audio { samples: 64 },
-            buffers: sized(200_000, 2000),
-            live: false,
-            measure: Measure::Throughput,
-            timeout: timeout(60),
-            typical: typical(2.5),
-            peer_default: true,
-        },
-        Workload {
-            id: "W4-1kHz",
-            title: "latency, 192-byte audio buffers at a steady 1 kHz",
-            media: latency_audio,
-            buffers: sized(10_000, 200),
-            live: true,
-            measure: Measure::Latency,
-            timeout: timeout(40),
-            typical: typical(10.5),
-            peer_default: false,
-        },
-        Workload {
-            id: "W4-full",
-            title: "latency, 192-byte audio buffers at full speed",
-            media: latency_audio,
-            buffers: sized(10_000, 200),
-            live: false,
-            measure: Measure::Latency,
-            timeout: timeout(30),
-            typical: typical(0.8),
-            peer_default: false,
-        },
+            sized(300, 5),
+            timeout(90),
+            typical(2.5),
+        ),
+        throughput(
+            "W3",
+            "S16LE stereo 48 kHz, 64 samples per buffer",
+            Media::Audio { samples: 64 },
+            sized(200_000, 2000),
+            timeout(60),
+            typical(2.5),
+        ),
+        latency(
+            "W4-1kHz",
+            "latency, 192-byte audio buffers at a steady 1 kHz",
+            true,
+            timeout(40),
+            typical(10.5),
+        ),
+        latency(
+            "W4-full",
+            "latency, 192-byte audio buffers at full speed",
+            false,
+            timeout(30),
+            typical(0.8),
+        ),
+        w5,
     ]
 }
