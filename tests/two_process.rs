@@ -806,9 +806,7 @@ const FRAME_LARGER_THAN_RING: &str =
     "videotestsrc num-buffers=5 ! video/x-raw,format=I420,width=1920,height=1080 ! shmringsink ring-size=65536";
 
 /// Buffers of caps that say nothing of their size, each larger than the
-/// whole heap: only rendering finds out, once a reader is linked. (With no
-/// caps at all, gst-launch-1.0 1.22 sometimes hangs in preroll after the
-/// reader's error, whatever the source element.)
+/// whole heap: only rendering finds out, once a reader is linked.
 const BUFFER_LARGER_THAN_RING: &str = "fakesrc num-buffers=5 sizetype=fixed sizemax=200000 filltype=zero ! application/x-big ! shmringsink ring-size=65536";
 
 /// Raw caps whose frames cannot fit in ring-size are an error at once,
@@ -831,10 +829,13 @@ fn buffer_larger_than_ring_fails() {
     let scratch = Scratch::new("buffer_too_large");
     let socket = scratch.socket().display().to_string();
     let writer = start_writer(&scratch, &format!("{BUFFER_LARGER_THAN_RING} socket-path={socket}"));
+    // Live, so that it does not preroll: gst-launch-1.0 1.22 sometimes
+    // stays in its main loop when a source fails while its pipeline still
+    // prerolls, whatever the source element.
     let reader = Launch::spawn(
         &scratch,
         "reader",
-        &format!("shmringsrc socket-path={socket} ! fakesink"),
+        &format!("shmringsrc socket-path={socket} is-live=true ! fakesink"),
     );
     writer.finish().assert_failure("raise ring-size");
     // That the reader then fails too is pinned down, without a race, by
@@ -858,7 +859,7 @@ fn writer_failure_is_not_a_clean_end_for_the_reader() {
     let reader = Launch::spawn(
         &scratch,
         "reader",
-        &format!("shmringsrc socket-path={socket} ! fakesink"),
+        &format!("shmringsrc socket-path={socket} is-live=true ! fakesink"),
     );
     let bus = writer.bus().expect("a pipeline has a bus");
     let deadline = gst::ClockTime::from_nseconds(DEADLINE.as_nanos() as u64);

@@ -44,6 +44,10 @@ const AUTO_OTHER_SIZE: u64 = 32 << 20;
 /// The record queue: headers, events and inline payloads. Small, so that
 /// it stays in the cache while it cycles.
 const RECORD_QUEUE_SIZE: u64 = 256 << 10;
+/// Raw audio travels inline, so its record queue is what a writer running
+/// ahead of its reader can fill: kept short, for latency, as an audio
+/// device's buffer is.
+const AUDIO_RECORD_QUEUE_SIZE: u64 = 64 << 10;
 /// How often, in buffers, a linked sink turns away readers that connected
 /// meanwhile. This version serves one reader; the others get a clear "busy"
 /// instead of waiting forever, for one accept() per this many buffers.
@@ -165,6 +169,20 @@ impl ShmRingSink {
         size.div_ceil(page).saturating_mul(page).min(MAX_HEAP_SIZE)
     }
 
+    /// The size of a new reader's record queue, from the caps.
+    fn record_queue_size(&self) -> u64 {
+        let caps = self.obj().static_pad("sink").and_then(|pad| pad.current_caps());
+        let audio = caps
+            .as_ref()
+            .and_then(|caps| caps.structure(0))
+            .is_some_and(|structure| structure.name() == "audio/x-raw");
+        if audio {
+            AUDIO_RECORD_QUEUE_SIZE
+        } else {
+            RECORD_QUEUE_SIZE
+        }
+    }
+
     /// The heap, made now if there is none yet. A heap made for earlier,
     /// smaller caps is replaced while nothing uses it: no reader is linked
     /// and no block is out.
@@ -261,7 +279,7 @@ impl ShmRingSink {
             return Ok(false);
         };
         let sizes = ChannelSizes {
-            record_capacity: RECORD_QUEUE_SIZE,
+            record_capacity: self.record_queue_size(),
             release_slots: (heap.size() / INLINE_MAX as u64 + 1).clamp(64, MAX_RELEASE_SLOTS),
             heap_size: heap.size(),
         };
