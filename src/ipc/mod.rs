@@ -66,7 +66,7 @@ pub enum IpcError {
     VersionMismatch { peer: u32, ours: u32 },
     #[error("the peer is not a shmring element (bad handshake magic)")]
     NotShmring,
-    #[error("the shmringsink at {0} already has a reader; version 1 serves one reader per sink")]
+    #[error("the shmringsink at {0} already has a reader; protocol version 2 serves one reader per sink")]
     Busy(PathBuf),
     #[error("the peer closed the control socket")]
     PeerGone,
