@@ -16,278 +16,18 @@
 //! turns a hang into a failure that says what hung.
 
 use std::collections::VecDeque;
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::fs;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once, OnceLock, mpsc};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use gst::glib;
 use gst::prelude::*;
 
-/// How long any child, in-process pipeline or loop of them may run. Far above
-/// what any test needs on a loaded 2-core machine: it only turns a hang into
-/// a failure.
-const DEADLINE: Duration = Duration::from_secs(120);
-/// How often waits look again. It decides how soon a wait notices, never what
-/// it concludes.
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// gst-launch prints one of these once every element has started: a sink is
-/// then listening on its socket.
-const STARTED: &[&str] = &["Pipeline is PREROLLING", "Pipeline is live and does not need PREROLL"];
-/// How much of a child's output a failure message quotes.
-const QUOTED_OUTPUT: usize = 4000;
-
-/// The directory holding the `libgstshmring.so` that cargo built for this run.
-fn plugin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary knows its path");
-    // The test binary is target/<profile>/deps/held_buffers-<hash>, and the
-    // cdylib built with it sits beside it; the copy in target/<profile> may
-    // be older than the code under test.
-    let dir = exe
-        .parent()
-        .expect("the test binary lives in target/<profile>/deps")
-        .to_path_buf();
-    assert!(
-        dir.join("libgstshmring.so").is_file(),
-        "no libgstshmring.so in {}; cargo should have built it",
-        dir.display()
-    );
-    dir
-}
-
-/// A fresh directory for one test's sockets and files, removed on drop, also
-/// when the test fails.
-struct Scratch {
-    dir: PathBuf,
-}
-
-impl Scratch {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("shmring-held-{}-{test}", std::process::id()));
-        // Pipeline descriptions are split on whitespace (see `Launch::spawn`).
-        assert!(
-            !dir.to_string_lossy().contains(char::is_whitespace),
-            "the temp dir {} contains whitespace",
-            dir.display()
-        );
-        // A directory left by an earlier run under a recycled pid would hold
-        // its socket and output files.
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("creating {}: {err}", dir.display()));
-        Self { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn socket(&self) -> String {
-        self.path("ring.sock").display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The last `QUOTED_OUTPUT` bytes of `text`, cut at a character boundary.
-fn tail(text: &str) -> &str {
-    let mut start = text.len().saturating_sub(QUOTED_OUTPUT);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
-}
-
-/// A `gst-launch-1.0` child, run with `G_DEBUG=fatal-criticals`. Dropping it
-/// kills the child if it still runs, so a failing test leaves no process
-/// behind.
-struct Launch {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-    deadline: Instant,
-}
-
-impl Launch {
-    /// Starts `gst-launch-1.0` with `description` split on whitespace.
-    fn spawn(scratch: &Scratch, name: &str, description: &str) -> Self {
-        let stdout = scratch.path(&format!("{name}.stdout"));
-        let stderr = scratch.path(&format!("{name}.stderr"));
-        let create =
-            |path: &Path| File::create(path).unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
-        // Files, not pipes: a pipe that nobody drains would block a child
-        // that prints a lot under `-v`.
-        let child = Command::new("gst-launch-1.0")
-            .args(description.split_whitespace())
-            .env("GST_PLUGIN_PATH", plugin_dir())
-            .env("G_DEBUG", "fatal-criticals")
-            .stdin(Stdio::null())
-            .stdout(create(&stdout))
-            .stderr(create(&stderr))
-            .spawn()
-            .unwrap_or_else(|err| panic!("spawning gst-launch-1.0 for the {name}: {err}"));
-        Self {
-            name: name.to_owned(),
-            child,
-            stdout,
-            stderr,
-            deadline: Instant::now() + DEADLINE,
-        }
-    }
-
-    fn stdout_text(&self) -> String {
-        fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stderr_text(&self) -> String {
-        fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn describe(&self) -> String {
-        describe(&self.name, &self.stdout_text(), &self.stderr_text())
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child
-            .try_wait()
-            .unwrap_or_else(|err| panic!("waiting for the {}: {err}", self.name))
-    }
-
-    /// Waits until the child's stdout contains one of `needles`. A child that
-    /// exits first, or the deadline, fails the test.
-    fn wait_for_stdout(&mut self, needles: &[&str]) {
-        loop {
-            // Checked before reading, so that everything the child printed
-            // before it exited is in the text read below.
-            let exited = self.exited();
-            let stdout = self.stdout_text();
-            if needles.iter().any(|needle| stdout.contains(needle)) {
-                return;
-            }
-            if let Some(status) = exited {
-                panic!(
-                    "the {} exited ({status}) before printing any of {needles:?}\n{}",
-                    self.name,
-                    self.describe()
-                );
-            }
-            if Instant::now() >= self.deadline {
-                panic!(
-                    "the {} printed none of {needles:?} within {DEADLINE:?}\n{}",
-                    self.name,
-                    self.describe()
-                );
-            }
-            thread::sleep(POLL_INTERVAL);
-        }
-    }
-
-    /// Waits for the child to exit. Past the deadline it is killed and the
-    /// test fails.
-    fn finish(mut self) -> Finished {
-        let status = loop {
-            if let Some(status) = self.exited() {
-                break status;
-            }
-            if Instant::now() >= self.deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "the {} did not exit within {DEADLINE:?} and was killed: it hung\n{}",
-                    self.name,
-                    self.describe()
-                );
-            }
-            thread::sleep(POLL_INTERVAL);
-        };
-        Finished {
-            name: self.name.clone(),
-            status,
-            stdout: self.stdout_text(),
-            stderr: self.stderr_text(),
-        }
-    }
-}
-
-impl Drop for Launch {
-    fn drop(&mut self) {
-        if self.child.try_wait().is_ok_and(|status| status.is_none()) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn describe(name: &str, stdout: &str, stderr: &str) -> String {
-    format!(
-        "--- {name} stdout (tail) ---\n{}\n--- {name} stderr (tail) ---\n{}",
-        tail(stdout),
-        tail(stderr)
-    )
-}
-
-/// What an exited child left behind.
-struct Finished {
-    name: String,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn describe(&self) -> String {
-        describe(&self.name, &self.stdout, &self.stderr)
-    }
-
-    /// Whatever the outcome, a GStreamer-CRITICAL is a bug. Under
-    /// `fatal-criticals` the child also died of it, but its exit alone would
-    /// not say why.
-    fn assert_no_critical(&self) {
-        assert!(
-            !self.stderr.contains("CRITICAL"),
-            "the {} logged a CRITICAL ({})\n{}",
-            self.name,
-            self.status,
-            self.describe()
-        );
-    }
-
-    fn assert_success(&self) {
-        self.assert_no_critical();
-        assert!(
-            self.status.success(),
-            "the {} failed ({})\n{}",
-            self.name,
-            self.status,
-            self.describe()
-        );
-    }
-
-    fn assert_failed(&self) {
-        self.assert_no_critical();
-        assert!(
-            !self.status.success(),
-            "the {} should have failed but exited 0\n{}",
-            self.name,
-            self.describe()
-        );
-    }
-}
-
-/// Starts a writer and waits until it listens, so that its reader never waits
-/// while the writer sets up its socket.
-fn start_writer(scratch: &Scratch, description: &str) -> Launch {
-    let mut writer = Launch::spawn(scratch, "writer", description);
-    writer.wait_for_stdout(STARTED);
-    writer
-}
+mod common;
+use common::*;
 
 /// Every GLib critical or warning logged in this process, in order.
 static CRITICALS: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -557,7 +297,7 @@ fn stream_720p_to_app_keeping(test: &str, keep: usize) -> gst::Structure {
     let criticals = NoCriticals::watch();
     let reference = video_720p_reference();
     let scratch = Scratch::new(test);
-    let socket = scratch.socket();
+    let socket = scratch.socket().display().to_string();
     let writer = start_writer(&scratch, &format!("{VIDEO_720P} ! shmringsink socket-path={socket}"));
     // max-buffers=1: the appsink queues one sample, so what the reader holds
     // is what the application keeps, plus that one, not whatever piled up.
@@ -653,7 +393,7 @@ fn app_keeping_20_frames_gets_every_frame_intact() {
 /// file with the one the same consumer writes in a single process.
 fn audio_file_matches_one_process(test: &str, producer: &str, consumer: &str) {
     let scratch = Scratch::new(test);
-    let socket = scratch.socket();
+    let socket = scratch.socket().display().to_string();
     let transferred = scratch.path("transferred");
     let reference = scratch.path("reference");
     let writer = start_writer(&scratch, &format!("{producer} ! shmringsink socket-path={socket}"));
@@ -716,7 +456,7 @@ fn small_audio_buffers_held_by_filesink_arrive_intact_raw() {
 fn reader_sink_keeping_last_sample_costs_no_copy() {
     let criticals = NoCriticals::watch();
     let scratch = Scratch::new("fakesink_last_sample");
-    let socket = scratch.socket();
+    let socket = scratch.socket().display().to_string();
     let writer = start_writer(&scratch, &format!("{VIDEO_720P} ! shmringsink socket-path={socket}"));
     let reader = parse_pipeline(&format!("shmringsrc name=src socket-path={socket} ! fakesink"));
     let stats = within(
@@ -790,7 +530,7 @@ fn upstream_keeping_pool_buffers_costs_no_copy() {
     const FRAME_SIZE: u64 = 640 * 480 * 3 / 2;
     const KEEP: usize = 3;
     let scratch = Scratch::new("upstream_keeps");
-    let socket = scratch.socket();
+    let socket = scratch.socket().display().to_string();
     let transferred = scratch.path("transferred.i420");
     let reference = scratch.path("reference.i420");
     let producer =
@@ -900,7 +640,7 @@ fn assert_reader_wrote(dir: &Path, reference: &[Vec<u8>]) {
 fn jpeg_frames_arrive_intact() {
     let criticals = NoCriticals::watch();
     let scratch = Scratch::new("jpeg");
-    let socket = scratch.socket();
+    let socket = scratch.socket().display().to_string();
     let frames = scratch.path("frames");
     let reference = jpeg_reference();
     let (stats, reader) = run_writer_in_process(
@@ -927,7 +667,7 @@ fn jpeg_frames_arrive_intact() {
 fn encoded_buffers_from_the_sinks_allocator_cross_without_a_writer_copy() {
     let criticals = NoCriticals::watch();
     let scratch = Scratch::new("jpeg_allocator");
-    let socket = scratch.socket();
+    let socket = scratch.socket().display().to_string();
     let frames = scratch.path("frames");
     let reference = jpeg_reference();
     let writer = parse_pipeline(&format!(
@@ -1097,7 +837,7 @@ fn caps_change_never_hangs() {
 /// one would also have killed them).
 fn stream_bytes_segment(test: &str) -> (Vec<String>, String) {
     let scratch = Scratch::new(test);
-    let socket = scratch.socket();
+    let socket = scratch.socket().display().to_string();
     let writer = start_writer(
         &scratch,
         &format!(
@@ -1172,7 +912,7 @@ fn names_both_sizes(text: &str) -> bool {
 #[test]
 fn ring_too_small_for_caps_fails_without_reader() {
     let scratch = Scratch::new("ring_too_small");
-    let socket = scratch.socket();
+    let socket = scratch.socket().display().to_string();
     let writer = Launch::spawn(
         &scratch,
         "writer",
@@ -1197,7 +937,7 @@ fn ring_too_small_for_caps_fails_without_reader() {
 fn ring_too_small_for_caps_fails_with_reader() {
     let criticals = NoCriticals::watch();
     let scratch = Scratch::new("ring_too_small_reader");
-    let socket = scratch.socket();
+    let socket = scratch.socket().display().to_string();
     let writer = parse_pipeline(&format!(
         "videotestsrc is-live=true ! capsfilter name=filter caps=video/x-raw,format=I420,width=320,height=240 ! shmringsink socket-path={socket} ring-size={SMALL_RING} wait-for-connection=false"
     ));
@@ -1268,7 +1008,7 @@ fn pull_samples(pipeline: &gst::Pipeline, count: usize, what: &str) -> Vec<(gst:
 fn samples_kept_after_their_reader_stops_stay_intact() {
     let criticals = NoCriticals::watch();
     let scratch = Scratch::new("kept_after_stop");
-    let socket = scratch.socket();
+    let socket = scratch.socket().display().to_string();
     let mut writer = start_writer(
         &scratch,
         &format!(

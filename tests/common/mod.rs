@@ -1,0 +1,321 @@
+//! What the tests that run `gst-launch-1.0` children share: a scratch
+//! directory per test, the child processes with their output kept in files,
+//! and the plugin cargo built for this run.
+
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any child or in-process pipeline may run. Far above what any
+/// test needs on a loaded 2-core machine: it only turns a hang into a failure.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+/// How often waits look again. It decides how soon a wait notices, never what
+/// it concludes.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// gst-launch prints one of these once `set_state(PAUSED)` has returned, that
+/// is after every element's `start()`: a sink is then listening on its socket,
+/// and a source is waiting for its writer.
+pub const STARTED: &[&str] = &["Pipeline is PREROLLING", "Pipeline is live and does not need PREROLL"];
+/// How much of a child's output a failure message quotes: enough for the
+/// error, short enough to read when the child ran with `-v`.
+pub const QUOTED_OUTPUT: usize = 4000;
+
+/// The directory holding the `libgstshmring.so` that cargo built for this run.
+pub fn plugin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    // The test binary is target/<profile>/deps/<test>-<hash>, and the
+    // cdylib built with it sits beside it. Cargo copies it up to
+    // target/<profile> only for `cargo build`, not for `cargo test`, so the
+    // copy there may be older than the code under test. GStreamer also finds
+    // the proc-macro libraries there; it records once that they are not
+    // plugins and skips them afterwards.
+    let dir = exe
+        .parent()
+        .expect("the test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    assert!(
+        dir.join("libgstshmring.so").is_file(),
+        "no libgstshmring.so in {}; cargo should have built it",
+        dir.display()
+    );
+    dir
+}
+
+/// A fresh directory for one test's socket and files, removed on drop, also
+/// when the test fails, because some tests leave close to 2 GB in it.
+pub struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("shmring-{}-{test}", std::process::id()));
+        // Pipeline descriptions are split on whitespace (see `Launch::spawn`).
+        assert!(
+            !dir.to_string_lossy().contains(char::is_whitespace),
+            "the temp dir {} contains whitespace",
+            dir.display()
+        );
+        // A directory left by an earlier run under a recycled pid would hold
+        // its socket and output files.
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("creating {}: {err}", dir.display()));
+        Self { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("ring.sock")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn is_socket(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|metadata| metadata.file_type().is_socket())
+}
+
+/// The last `QUOTED_OUTPUT` bytes of `text`, cut at a character boundary.
+pub fn tail(text: &str) -> &str {
+    let mut start = text.len().saturating_sub(QUOTED_OUTPUT);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// A child's output for a failure message.
+pub fn describe(name: &str, stdout: &str, stderr: &str) -> String {
+    format!(
+        "--- {name} stdout (tail) ---\n{}\n--- {name} stderr (tail) ---\n{}",
+        tail(stdout),
+        tail(stderr)
+    )
+}
+
+/// A `gst-launch-1.0` child, run with `G_DEBUG=fatal-criticals`. Dropping it
+/// kills the child if it still runs, so a failing test leaves no process
+/// behind.
+pub struct Launch {
+    pub name: String,
+    child: Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    deadline: Instant,
+}
+
+impl Launch {
+    /// Starts `gst-launch-1.0` with `description` split on whitespace, which
+    /// is why scratch paths must not contain any.
+    pub fn spawn(scratch: &Scratch, name: &str, description: &str) -> Self {
+        let stdout = scratch.path(&format!("{name}.stdout"));
+        let stderr = scratch.path(&format!("{name}.stderr"));
+        let create =
+            |path: &Path| File::create(path).unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
+        // Output goes to files, not pipes: a child under `-v` prints a lot,
+        // and a pipe that nobody drains would block it.
+        let child = Command::new("gst-launch-1.0")
+            .args(description.split_whitespace())
+            .env("GST_PLUGIN_PATH", plugin_dir())
+            .env("G_DEBUG", "fatal-criticals")
+            .stdin(Stdio::null())
+            .stdout(create(&stdout))
+            .stderr(create(&stderr))
+            .spawn()
+            .unwrap_or_else(|err| panic!("spawning gst-launch-1.0 for the {name}: {err}"));
+        Self {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+            deadline: Instant::now() + DEADLINE,
+        }
+    }
+
+    pub fn stdout_text(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn describe(&self) -> String {
+        describe(&self.name, &self.stdout_text(), &self.stderr_text())
+    }
+
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .try_wait()
+            .unwrap_or_else(|err| panic!("waiting for the {}: {err}", self.name))
+    }
+
+    /// Waits until the child's stdout contains one of `needles`. A child that
+    /// exits first, or the deadline, fails the test.
+    pub fn wait_for_stdout(&mut self, needles: &[&str]) {
+        loop {
+            // Checked before reading, so that everything the child printed
+            // before it exited is in the text read below.
+            let exited = self.exited();
+            let stdout = self.stdout_text();
+            if needles.iter().any(|needle| stdout.contains(needle)) {
+                return;
+            }
+            if let Some(status) = exited {
+                panic!(
+                    "the {} exited ({status}) before printing any of {needles:?}\n{}",
+                    self.name,
+                    self.describe()
+                );
+            }
+            if Instant::now() >= self.deadline {
+                panic!(
+                    "the {} printed none of {needles:?} within {DEADLINE:?}\n{}",
+                    self.name,
+                    self.describe()
+                );
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// Waits until the child has started all its elements (see `STARTED`).
+    pub fn wait_until_started(&mut self) {
+        self.wait_for_stdout(STARTED);
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.exited() {
+            panic!(
+                "the {} exited ({status}) but should still run\n{}",
+                self.name,
+                self.describe()
+            );
+        }
+    }
+
+    /// Sends SIGKILL, as a crash would end the process, and reaps it.
+    pub fn kill(&mut self) {
+        self.child
+            .kill()
+            .unwrap_or_else(|err| panic!("killing the {}: {err}", self.name));
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the child to exit. Past the deadline it is killed and the
+    /// test fails.
+    pub fn finish(mut self) -> Finished {
+        let status = loop {
+            if let Some(status) = self.exited() {
+                break status;
+            }
+            if Instant::now() >= self.deadline {
+                self.kill();
+                panic!(
+                    "the {} did not exit within {DEADLINE:?} and was killed\n{}",
+                    self.name,
+                    self.describe()
+                );
+            }
+            thread::sleep(POLL_INTERVAL);
+        };
+        Finished {
+            name: self.name.clone(),
+            status,
+            stdout: self.stdout_text(),
+            stderr: self.stderr_text(),
+        }
+    }
+}
+
+impl Drop for Launch {
+    fn drop(&mut self) {
+        if self.child.try_wait().is_ok_and(|status| status.is_none()) {
+            self.kill();
+        }
+    }
+}
+
+/// What an exited child left behind.
+pub struct Finished {
+    pub name: String,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn describe(&self) -> String {
+        describe(&self.name, &self.stdout, &self.stderr)
+    }
+
+    /// Whatever the outcome, a GStreamer-CRITICAL is a bug. Under
+    /// `fatal-criticals` the child also died of it, but its exit alone would
+    /// not say why.
+    pub fn assert_no_critical(&self) {
+        assert!(
+            !self.stderr.contains("CRITICAL"),
+            "the {} logged a CRITICAL ({})\n{}",
+            self.name,
+            self.status,
+            self.describe()
+        );
+    }
+
+    pub fn assert_success(&self) {
+        self.assert_no_critical();
+        assert!(
+            self.status.success(),
+            "the {} failed ({})\n{}",
+            self.name,
+            self.status,
+            self.describe()
+        );
+    }
+
+    pub fn assert_failed(&self) {
+        self.assert_no_critical();
+        assert!(
+            !self.status.success(),
+            "the {} should have failed but exited 0\n{}",
+            self.name,
+            self.describe()
+        );
+    }
+
+    /// The child failed, and its stderr (where gst-launch prints error
+    /// messages) says `expected`.
+    pub fn assert_failure(&self, expected: &str) {
+        self.assert_failed();
+        assert!(
+            self.stderr.contains(expected),
+            "the {} failed ({}) but its stderr does not say {expected:?}\n{}",
+            self.name,
+            self.status,
+            self.describe()
+        );
+    }
+}
+
+/// Starts a writer and waits until it listens. Tests whose subject is not
+/// start-up order use this, so that their reader never waits while the writer
+/// sets up its socket: that is when the race behind the known hang in
+/// `reader_started_first` happens.
+pub fn start_writer(scratch: &Scratch, description: &str) -> Launch {
+    let mut writer = Launch::spawn(scratch, "writer", description);
+    writer.wait_until_started();
+    writer
+}
