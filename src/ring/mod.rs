@@ -118,6 +118,23 @@ pub struct ChannelFds<'a> {
     pub release_ready: BorrowedFd<'a>,
 }
 
+impl ChannelFds<'_> {
+    /// Owned copies of the fds, as a reader in another process receives them.
+    pub fn try_clone_to_owned(&self) -> Result<ReceivedFds, RingError> {
+        let dup = |fd: BorrowedFd<'_>| {
+            fd.try_clone_to_owned()
+                .map_err(|err| RingError::io("duplicating a ring fd", err))
+        };
+        Ok(ReceivedFds {
+            channel: dup(self.channel)?,
+            heap: dup(self.heap)?,
+            data_ready: dup(self.data_ready)?,
+            space_ready: dup(self.space_ready)?,
+            release_ready: dup(self.release_ready)?,
+        })
+    }
+}
+
 /// The same fds, received and owned.
 pub struct ReceivedFds {
     pub channel: OwnedFd,
@@ -196,18 +213,7 @@ impl ReaderChannel {
 pub fn channel(sizes: ChannelSizes) -> Result<(WriterChannel, Arc<HeapMemory>, ReaderChannel), RingError> {
     let heap = Arc::new(HeapMemory::create(sizes.heap_size)?);
     let writer = WriterChannel::create(sizes)?;
-    let dup = |fd: BorrowedFd<'_>| {
-        fd.try_clone_to_owned()
-            .map_err(|err| RingError::io("duplicating a ring fd", err))
-    };
-    let fds = writer.fds(&heap);
-    let received = ReceivedFds {
-        channel: dup(fds.channel)?,
-        heap: dup(fds.heap)?,
-        data_ready: dup(fds.data_ready)?,
-        space_ready: dup(fds.space_ready)?,
-        release_ready: dup(fds.release_ready)?,
-    };
+    let received = writer.fds(&heap).try_clone_to_owned()?;
     let reader = ReaderChannel::attach(received, sizes)?;
     Ok((writer, heap, reader))
 }

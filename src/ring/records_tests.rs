@@ -6,7 +6,7 @@ use std::sync::Arc;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::*;
-use crate::ring::{self, ChannelSizes, HeapBooks, HeapMemory, ReaderChannel, ReceivedFds, WriterChannel};
+use crate::ring::{self, ChannelSizes, HeapBooks, HeapMemory, ReaderChannel, WriterChannel};
 
 const CAPACITY: u64 = 4096;
 const HEAP: u64 = 64 * 1024;
@@ -684,15 +684,7 @@ fn read_position_moved_backwards_or_past_the_writer_is_corrupt() {
 /// Attaches a reader to `writer`'s channel, as a reader in another process
 /// would from the fds it received.
 fn attach(writer: &WriterChannel, heap: &HeapMemory) -> Result<ReaderChannel, RingError> {
-    let fds = writer.fds(heap);
-    let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().unwrap();
-    let received = ReceivedFds {
-        channel: dup(fds.channel),
-        heap: dup(fds.heap),
-        data_ready: dup(fds.data_ready),
-        space_ready: dup(fds.space_ready),
-        release_ready: dup(fds.release_ready),
-    };
+    let received = writer.fds(heap).try_clone_to_owned().unwrap();
     ReaderChannel::attach(received, writer.sizes())
 }
 

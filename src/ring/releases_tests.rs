@@ -4,7 +4,7 @@ use std::os::unix::fs::FileExt;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::*;
-use crate::ring::{self, ChannelSizes, HeapMemory, ReaderChannel, ReceivedFds, WriterChannel};
+use crate::ring::{self, ChannelSizes, HeapMemory, ReaderChannel, WriterChannel};
 
 fn sizes(slots: u64) -> ChannelSizes {
     ChannelSizes {
@@ -198,15 +198,7 @@ fn release_position_moved_by_the_writer_is_corrupt() {
 /// Attaches a reader to `writer`'s channel, as a reader in another process
 /// would from the fds it received.
 fn attach(writer: &WriterChannel, heap: &HeapMemory) -> ReaderChannel {
-    let fds = writer.fds(heap);
-    let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().unwrap();
-    let received = ReceivedFds {
-        channel: dup(fds.channel),
-        heap: dup(fds.heap),
-        data_ready: dup(fds.data_ready),
-        space_ready: dup(fds.space_ready),
-        release_ready: dup(fds.release_ready),
-    };
+    let received = writer.fds(heap).try_clone_to_owned().unwrap();
     ReaderChannel::attach(received, writer.sizes()).unwrap()
 }
 

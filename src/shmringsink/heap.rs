@@ -143,6 +143,11 @@ impl SinkHeap {
         self.memory.size()
     }
 
+    /// Whether a block of `len` bytes fits in the heap when it is empty.
+    pub(super) fn can_ever_hold(&self, len: u64) -> bool {
+        HeapBooks::block_capacity(len).is_some_and(|capacity| capacity <= self.size())
+    }
+
     /// Starts taking releases from the reader in `slot`.
     /// A holder slot that no reader, linked or departing, uses.
     pub(super) fn free_slot(&self) -> Option<u32> {

@@ -12,7 +12,7 @@ use gst_base::subclass::prelude::*;
 use crate::codec::{self, VideoLayout};
 use crate::ipc::{self, Connection, IpcError, Listener, Trigger, Waiter};
 use crate::ring::layout::{MAX_HEAP_SIZE, MAX_RELEASE_SLOTS};
-use crate::ring::{self, ChannelSizes, HeapBooks, Notifier, Payload, Producer, RecordHeader, RecordKind, RingError};
+use crate::ring::{self, ChannelSizes, Notifier, Payload, Producer, RecordHeader, RecordKind, RingError};
 use crate::stats::Stats;
 use crate::unlock::Unlock;
 
@@ -187,10 +187,17 @@ impl ShmRingSink {
     /// smaller caps is replaced while nothing uses it: no reader is linked
     /// and no block is out.
     fn heap(&self, linked: bool) -> Result<Arc<SinkHeap>, gst::FlowError> {
-        let wanted = self.heap_size(&self.settings());
         let mut slot = self.heap.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // In use: kept as it is, without looking at the caps again, which the
+        // pool would otherwise do for every buffer.
         if let Some(heap) = slot.as_ref()
-            && (heap.size() >= wanted || linked || Arc::strong_count(heap) > 1)
+            && (linked || Arc::strong_count(heap) > 1)
+        {
+            return Ok(heap.clone());
+        }
+        let wanted = self.heap_size(&self.settings());
+        if let Some(heap) = slot.as_ref()
+            && heap.size() >= wanted
         {
             return Ok(heap.clone());
         }
@@ -427,7 +434,7 @@ impl ShmRingSink {
             return Ok(WriteOutcome::NoReader);
         };
         let len = len as u64;
-        if HeapBooks::block_capacity(len).is_none_or(|capacity| capacity > heap.size()) {
+        if !heap.can_ever_hold(len) {
             gst::element_imp_error!(
                 self,
                 gst::ResourceError::NoSpaceLeft,
@@ -563,7 +570,7 @@ impl ShmRingSink {
     ) -> Result<Option<BlockMemory>, gst::FlowError> {
         let heap = self.heap(self.linked.load(Ordering::SeqCst))?;
         let len = size as u64;
-        if HeapBooks::block_capacity(len).is_none_or(|capacity| capacity > heap.size()) {
+        if !heap.can_ever_hold(len) {
             return Ok(None);
         }
         match heap.allocate(len, ring::WRITER, interrupt) {
