@@ -223,6 +223,16 @@ impl ShmRingSink {
             if link.heap.evicted(link.slot) {
                 gst::info!(CAT, imp = self, "the reader was dropped; waiting for a new one");
                 self.drop_link(state);
+            } else if link.records.peer_tampered() {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    [
+                        "Dropped the reader ({}): it cleared O_NONBLOCK on a shared eventfd, which could block this writer",
+                        link.connection.peer_description()
+                    ]
+                );
+                self.drop_link(state);
             } else if link.records.reader_detached() {
                 gst::info!(CAT, imp = self, "the reader detached; waiting for a new one");
                 self.depart_link(state);
@@ -318,7 +328,13 @@ impl ShmRingSink {
         let waiter = Waiter::new(fds).map_err(|err| self.post_ipc_error(&err))?;
         heap.add_reader(slot, releases, records.progress(), connection.as_fd())
             .map_err(|err| self.post_ring_error(&err, 0))?;
-        gst::info!(CAT, imp = self, "reader connected; heap of {} bytes", heap.size());
+        gst::info!(
+            CAT,
+            imp = self,
+            "reader connected ({}); heap of {} bytes",
+            connection.peer_description(),
+            heap.size()
+        );
         let heap = heap.clone();
         self.linked.store(true, Ordering::SeqCst);
         state.link = Some(Link {
