@@ -55,11 +55,17 @@ fn main() {
 fn run(rounds: usize) -> Result<(), String> {
     gst::init().map_err(|err| format!("initializing GStreamer: {err}"))?;
     gstshmring::plugin_register_static().map_err(|err| format!("registering the plugin: {err}"))?;
-    let plugin_dir = plugin_dir()?;
     let scratch = std::env::temp_dir().join(format!("shmring-reconnect-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|err| format!("creating {}: {err}", scratch.display()))?;
     let _ = std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700));
+    // A copy of the plugin in a directory of its own: GStreamer rescans the
+    // plugin path whenever a file in it changes, and cargo's deps directory
+    // changes with every build.
+    let plugin_dir = scratch.join("plugin");
+    std::fs::create_dir_all(&plugin_dir).map_err(|err| format!("creating {}: {err}", plugin_dir.display()))?;
+    std::fs::copy(built_plugin()?, plugin_dir.join("libgstshmring.so"))
+        .map_err(|err| format!("copying the plugin: {err}"))?;
     let socket = scratch.join(SOCKET_NAME);
     let sightings = Arc::new(Mutex::new(Sightings::default()));
     watch_for_sockets(&scratch, sightings.clone())?;
@@ -150,7 +156,11 @@ fn restart_once(
     let lock = || sightings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (appeared, pushed) = loop {
         if started.elapsed() > ROUND_DEADLINE {
-            return Err(format!("no buffer within {ROUND_DEADLINE:?} of starting the writer"));
+            let appeared = lock().sockets.iter().any(|time| *time >= started);
+            return Err(format!(
+                "no buffer within {ROUND_DEADLINE:?} of starting the writer (its socket {})",
+                if appeared { "appeared" } else { "never appeared" }
+            ));
         }
         if let Some(message) = pipeline
             .bus()
@@ -214,15 +224,18 @@ fn watch_for_sockets(directory: &Path, sightings: Arc<Mutex<Sightings>>) -> Resu
     Ok(())
 }
 
-/// The directory of the cdylib cargo built beside this binary, for the
-/// writer process to load.
-fn plugin_dir() -> Result<PathBuf, String> {
+/// The cdylib cargo built beside this binary, for the writer process to
+/// load.
+fn built_plugin() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|err| format!("finding this binary: {err}"))?;
-    let dir = exe.parent().ok_or("this binary has no directory")?.to_path_buf();
-    if dir.join("libgstshmring.so").is_file() {
-        Ok(dir)
+    let library = exe
+        .parent()
+        .ok_or("this binary has no directory")?
+        .join("libgstshmring.so");
+    if library.is_file() {
+        Ok(library)
     } else {
-        Err(format!("no libgstshmring.so in {}", dir.display()))
+        Err(format!("no {}", library.display()))
     }
 }
 

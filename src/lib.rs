@@ -14,6 +14,7 @@ pub mod ring;
 mod shmringsink;
 mod shmringsrc;
 mod stats;
+pub mod timeline;
 mod unlock;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

@@ -377,6 +377,7 @@ impl Connection {
             Ok(0) => return Err(IpcError::PeerGone),
             Ok(len) => len,
             Err(Errno::EAGAIN) => return Ok(None),
+            Err(Errno::ECONNRESET) => return Err(IpcError::PeerGone),
             Err(errno) => return Err(io_err("receiving the reader's hello")(errno)),
         };
         if len < 12 || message[0..8] != CLIENT_MAGIC {
@@ -449,6 +450,8 @@ impl Connection {
                 }
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return Ok(None),
+                // A writer killed between our connect and its hello.
+                Err(Errno::ECONNRESET) => return Err(IpcError::PeerGone),
                 Err(errno) => return Err(io_err("receiving the writer's hello")(errno)),
             }
         };

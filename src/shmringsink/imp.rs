@@ -14,6 +14,7 @@ use crate::ipc::{self, Connection, IpcError, Listener, Trigger, Waiter};
 use crate::ring::layout::{MAX_HEAP_SIZE, MAX_RELEASE_SLOTS};
 use crate::ring::{self, ChannelSizes, Notifier, Payload, Producer, RecordHeader, RecordKind, RingError};
 use crate::stats::Stats;
+use crate::timeline::Timeline;
 use crate::unlock::Unlock;
 
 use super::heap::{Allocation, BlockMemory, SinkHeap};
@@ -99,6 +100,9 @@ struct State {
     failed: bool,
     /// Accepted connections whose hello has not arrived yet.
     pending: Vec<Connection>,
+    /// The base time whose timeline the linked reader has; `None` until it
+    /// has one.
+    timeline_sent: Option<gst::ClockTime>,
 }
 
 #[derive(Default)]
@@ -337,6 +341,7 @@ impl ShmRingSink {
         );
         let heap = heap.clone();
         self.linked.store(true, Ordering::SeqCst);
+        state.timeline_sent = None;
         state.link = Some(Link {
             connection,
             records,
@@ -654,6 +659,12 @@ impl ShmRingSink {
                 gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
                 return Ok(gst::FlowSuccess::Ok);
             }
+            let base_time = self.obj().base_time();
+            if base_time.is_some() && state.timeline_sent != base_time {
+                self.send_timeline(state)?;
+                state.timeline_sent = base_time;
+                continue;
+            }
             if state.link.as_ref().is_some_and(|link| &link.layout != layout) {
                 let layout_bytes = layout.as_ref().map_or(&[][..], |bytes| &bytes[..]);
                 let layout_header = RecordHeader::untimed(RecordKind::VideoLayout, 0);
@@ -703,6 +714,25 @@ impl ShmRingSink {
                 WriteOutcome::NoReader => return Ok(gst::FlowSuccess::Ok),
             }
         }
+    }
+
+    /// Tells the reader this pipeline's base time on CLOCK_MONOTONIC and the
+    /// latency upstream, so that a live reader can map timestamps onto its
+    /// own timeline (see `timeline.rs`).
+    fn send_timeline(&self, state: &mut State) -> Result<(), gst::FlowError> {
+        let obj = self.obj();
+        let upstream_latency = match obj.query_latency() {
+            Ok((_, true, min, _)) => min,
+            _ => None,
+        };
+        let Some(timeline) = Timeline::of(obj.upcast_ref(), upstream_latency) else {
+            return Ok(());
+        };
+        gst::debug!(CAT, imp = self, "sending {timeline:?}");
+        if let Some((header, payload)) = codec::encode_event(&timeline.to_event()) {
+            self.send_copy(state, &header, payload.len(), |dest| dest.copy_from_slice(&payload))?;
+        }
+        Ok(())
     }
 
     /// Writes a serialized event, or drops it if no reader is linked: a reader

@@ -15,6 +15,7 @@ use crate::codec::{self, Decoded, VideoLayout};
 use crate::ipc::{self, Connection, Trigger, Waiter};
 use crate::ring::{Consumer, HeapMemory, Notifier, Payload, ReaderChannel, RecordKind, ReleaseProducer};
 use crate::stats::Stats;
+use crate::timeline::Timeline;
 use crate::unlock::Unlock;
 
 use super::OnDisconnect;
@@ -121,6 +122,12 @@ struct Link {
     pacer: Pacer,
     /// Buffers for copies, of the size of the last copy.
     copies: CopyPool,
+    /// The writer's base time on CLOCK_MONOTONIC, from its timeline event.
+    timeline: Option<Timeline>,
+    /// The writer's last segment, which a live source holds back until
+    /// the next buffer tells whether its timestamps can be mapped.
+    segment: Option<gst::Segment>,
+    segment_pending: bool,
 }
 
 /// Buffers to copy payloads into, recycled so that a stream of copies does
@@ -208,6 +215,12 @@ pub struct ShmRingSrc {
     forwarding: AtomicBool,
     /// Set once the writer's segment has been pushed; see `constructed`.
     writer_segment: AtomicBool,
+    /// Whether the "timestamps not mapped" warning was logged.
+    unmapped_warned: AtomicBool,
+    /// The latency upstream of the writer, from its timeline, for the
+    /// latency query. Apart from `state`, which `create` holds while it
+    /// waits.
+    writer_latency: Mutex<Option<gst::ClockTime>>,
 }
 
 /// What one record turned into.
@@ -302,7 +315,64 @@ impl ShmRingSrc {
             waiter,
             pacer,
             copies: CopyPool::default(),
+            timeline: None,
+            segment: None,
+            segment_pending: false,
         })
+    }
+
+    /// Pushes the writer's segment as it is, whatever its format: GstBaseSrc
+    /// only takes segments in its own format, which may not change while
+    /// running, and its own segment is then held back.
+    fn forward_writer_segment(&self, segment: &gst::Segment) {
+        gst::debug!(CAT, imp = self, "forwarding {segment:?}");
+        self.writer_segment.store(true, Ordering::SeqCst);
+        self.forward(gst::event::Segment::new(segment));
+    }
+
+    /// Live: turns the buffer's timestamps, running times of the writer's
+    /// pipeline, into running times of ours (see `timeline.rs`), in a
+    /// segment of our own, so that sinks in every process that reads the
+    /// writer play each buffer at the same instant. Without the writer's
+    /// timeline, or with a segment not in time, the writer's segment and
+    /// timestamps go on as they are.
+    fn onto_our_timeline(&self, link: &mut Link, buffer: &mut gst::BufferRef) {
+        let element = self.obj();
+        let segment = link
+            .segment
+            .as_ref()
+            .and_then(|segment| segment.downcast_ref::<gst::ClockTime>());
+        let running = element.clock().is_some() && element.base_time().is_some();
+        let (Some(timeline), Some(segment), true) = (link.timeline, segment, running) else {
+            if std::mem::take(&mut link.segment_pending) {
+                if !self.unmapped_warned.swap(true, Ordering::Relaxed) {
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "the writer sent no timeline (its pipeline has no clock yet, or its segment is not in time): timestamps stay in the writer's running time"
+                    );
+                }
+                if let Some(segment) = link.segment.clone() {
+                    self.forward_writer_segment(&segment);
+                }
+            }
+            return;
+        };
+        if std::mem::take(&mut link.segment_pending) {
+            let ours = gst::FormattedSegment::<gst::ClockTime>::new();
+            gst::debug!(CAT, imp = self, "mapping the writer's timestamps onto our timeline");
+            self.writer_segment.store(true, Ordering::SeqCst);
+            self.forward(gst::event::Segment::new(&ours));
+        }
+        let element = element.upcast_ref::<gst::Element>();
+        let map = |time: Option<gst::ClockTime>| {
+            let running = segment.to_running_time(time?)?;
+            // An instant before our pipeline started is its start.
+            Some(timeline.map(running, element).unwrap_or(gst::ClockTime::ZERO))
+        };
+        let (pts, dts) = (map(buffer.pts()), map(buffer.dts()));
+        buffer.set_pts(pts);
+        buffer.set_dts(dts);
     }
 
     fn decode_error(&self, err: impl std::fmt::Display) -> gst::FlowError {
@@ -369,6 +439,9 @@ impl ShmRingSrc {
             self.stats.buffer(buffer.size(), copied);
             codec::apply_buffer_header(&header, &link.layout, buffer.make_mut())
                 .map_err(|err| self.decode_error(err))?;
+            if self.obj().is_live() {
+                self.onto_our_timeline(link, buffer.make_mut());
+            }
             return Ok(Some(Step::Buffer(buffer)));
         }
         // Parse a private copy: the writer could change shared bytes between
@@ -423,18 +496,29 @@ impl ShmRingSrc {
                 }
             }
             Decoded::Segment(segment) => {
-                // Pushed as it is, whatever its format: GstBaseSrc only
-                // takes segments in its own format, which may not change
-                // while running, and its own segment is then held back.
-                gst::debug!(CAT, imp = self, "forwarding {segment:?}");
-                self.writer_segment.store(true, Ordering::SeqCst);
-                self.forward(gst::event::Segment::new(&segment));
+                link.segment = Some(segment.clone());
+                if self.obj().is_live() {
+                    // The next buffer decides: mapped onto our timeline, or
+                    // in the writer's segment as it is.
+                    link.segment_pending = true;
+                } else {
+                    self.forward_writer_segment(&segment);
+                }
             }
             Decoded::Eos => {
                 gst::debug!(CAT, imp = self, "end of stream from the writer");
                 return Err(gst::FlowError::Eos);
             }
             Decoded::Event(event) => {
+                if let Some(timeline) = Timeline::from_event(&event) {
+                    gst::debug!(CAT, imp = self, "the writer's timeline: {timeline:?}");
+                    link.timeline = Some(timeline);
+                    *self
+                        .writer_latency
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = timeline.upstream_latency;
+                    return Ok(Some(Step::Continue));
+                }
                 gst::debug!(CAT, imp = self, "forwarding {event:?}");
                 self.forward(event);
             }
@@ -603,8 +687,31 @@ impl BaseSrcImpl for ShmRingSrc {
         *self.lock_state() = State::default();
         *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
         self.writer_segment.store(false, Ordering::SeqCst);
+        self.unmapped_warned.store(false, Ordering::Relaxed);
+        *self
+            .writer_latency
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
         self.unlock.stop();
         Ok(())
+    }
+
+    fn query(&self, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Latency(latency) = query.view_mut()
+            && self.obj().is_live()
+        {
+            // Buffers are pushed as soon as they are read, so what the
+            // reader adds is scheduling noise: the writer's upstream latency
+            // is the stream's. How much the ring may hold has no fixed
+            // bound in time, so no maximum is claimed.
+            let writer = *self
+                .writer_latency
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            latency.set(true, writer.unwrap_or(gst::ClockTime::ZERO), gst::ClockTime::NONE);
+            return true;
+        }
+        BaseSrcImplExt::parent_query(self, query)
     }
 
     fn is_seekable(&self) -> bool {

@@ -1,0 +1,134 @@
+//! One timeline across processes: a live reader turns the writer's
+//! timestamps into running times of its own pipeline, so that the same
+//! buffer is due at the same CLOCK_MONOTONIC instant in every reader,
+//! whenever each started.
+//!
+//! The writer is a live videotestsrc at 100 frames/s in a gst-launch-1.0
+//! process; its buffer with offset n has running time n * 10 ms. Readers run
+//! here, each in a pipeline of its own with its own base time. For every
+//! buffer a reader pushes, pts + base time is the clock time it is due at;
+//! mapped right, that is (writer base time) + n * 10 ms for every reader.
+
+use std::sync::{Arc, Mutex, Once};
+use std::thread;
+use std::time::Duration;
+
+use gst::prelude::*;
+
+mod common;
+use common::*;
+
+const FRAME: u64 = 10_000_000;
+/// How far apart two readers may place the same buffer.
+const TOLERANCE: u64 = 1_000_000;
+
+static REGISTER: Once = Once::new();
+
+fn init() {
+    gst::init().expect("GStreamer initializes");
+    REGISTER.call_once(|| gstshmring::plugin_register_static().expect("the shmring plugin registers"));
+}
+
+/// One buffer as a reader pushed it.
+#[derive(Debug, Clone, Copy)]
+struct Pushed {
+    offset: u64,
+    /// pts + the reader pipeline's base time: when the buffer is due.
+    due: u64,
+    /// The reader's running time when it pushed the buffer.
+    pushed_at: u64,
+    pts: u64,
+}
+
+/// Reads `count` buffers with a live shmringsrc in a pipeline of its own.
+fn read_live(socket: &str, count: u32) -> Vec<Pushed> {
+    let pipeline = gst::parse::launch(&format!(
+        "shmringsrc name=src socket-path={socket} is-live=true num-buffers={count} ! fakesink sync=true"
+    ))
+    .expect("the reader pipeline parses")
+    .downcast::<gst::Pipeline>()
+    .expect("a pipeline");
+    let src = pipeline.by_name("src").expect("the source");
+    let pushed = Arc::new(Mutex::new(Vec::new()));
+    let record = pushed.clone();
+    let element = src.clone();
+    src.static_pad("src")
+        .expect("a src pad")
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let (Some(buffer), Some(clock), Some(base)) = (info.buffer(), element.clock(), element.base_time()) {
+                let pts = buffer.pts().expect("a timestamped buffer").nseconds();
+                record.lock().unwrap().push(Pushed {
+                    offset: buffer.offset(),
+                    due: pts + base.nseconds(),
+                    pushed_at: clock.time().nseconds() - base.nseconds(),
+                    pts,
+                });
+            }
+            gst::PadProbeReturn::Ok
+        });
+    pipeline.set_state(gst::State::Playing).expect("the reader starts");
+    let bus = pipeline.bus().expect("a bus");
+    let message = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(DEADLINE.as_secs()),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("the reader ends within the deadline");
+    if let gst::MessageView::Error(error) = message.view() {
+        panic!("the reader failed: {} ({:?})", error.error(), error.debug());
+    }
+    pipeline.set_state(gst::State::Null).expect("the reader stops");
+    let pushed = pushed.lock().unwrap().clone();
+    assert_eq!(pushed.len(), count as usize, "the reader pushed {pushed:?}");
+    pushed
+}
+
+#[test]
+fn readers_started_apart_place_every_buffer_at_the_same_instant() {
+    init();
+    let scratch = Scratch::new("timeline");
+    let socket = scratch.socket().display().to_string();
+    let mut writer = start_writer(
+        &scratch,
+        &format!(
+            "videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=100/1 ! shmringsink socket-path={socket} wait-for-connection=false"
+        ),
+    );
+    let first = read_live(&socket, 20);
+    // Long enough that a reader which kept the writer's running times would
+    // push timestamps seconds ahead of its own running time.
+    thread::sleep(Duration::from_secs(3));
+    let second = read_live(&socket, 20);
+    writer.assert_running();
+
+    // Every buffer, from either reader, lies on one line: due = origin + n * 10 ms.
+    // A buffer captured before its reader started is due at that start,
+    // running time 0, and is left out.
+    let origins: Vec<u64> = first
+        .iter()
+        .chain(&second)
+        .filter(|pushed| pushed.pts > 0)
+        .map(|pushed| pushed.due - pushed.offset * FRAME)
+        .collect();
+    assert!(origins.len() >= 30, "most buffers were due before their reader started");
+    let (low, high) = (origins.iter().min().unwrap(), origins.iter().max().unwrap());
+    assert!(
+        high - low <= TOLERANCE,
+        "the readers place buffers {} µs apart\nfirst: {first:?}\nsecond: {second:?}",
+        (high - low) / 1000
+    );
+    assert!(
+        second[0].offset >= first[first.len() - 1].offset + 250,
+        "the second reader did not start seconds later: {second:?}"
+    );
+    // Each buffer is due in the reader's own running time, no later than
+    // when it was pushed (it was captured before), and not long before.
+    for pushed in first.iter().chain(&second) {
+        assert!(
+            pushed.pts <= pushed.pushed_at + TOLERANCE && pushed.pushed_at.saturating_sub(pushed.pts) < 2_000_000_000,
+            "a buffer due at {} ns was pushed at {} ns of the reader's running time",
+            pushed.pts,
+            pushed.pushed_at
+        );
+    }
+}
