@@ -613,6 +613,58 @@ fn reader_that_comes_back_gets_the_stream() {
     second.stop();
 }
 
+/// A non-sticky event (here a custom one) that passes while no reader is
+/// linked, before the first or between two, waits for the next reader like a
+/// buffer does, instead of being lost: sticky events are replayed to every
+/// new reader, non-sticky ones cannot be.
+#[test]
+fn events_between_readers_reach_the_next_reader() {
+    init();
+    let dir = TestDir::new("between");
+    let path = dir.socket("ring");
+    let mut sink = sink_harness(&path, "");
+    sink.set_src_caps(gst::Caps::new_empty_simple("application/x-shmring-test"));
+    let before_first = gst::Structure::builder("shmring-test")
+        .field("when", "before the first reader")
+        .build();
+    let between = gst::Structure::builder("shmring-test")
+        .field("when", "between two readers")
+        .build();
+
+    // Pushed with no reader: the push waits for one.
+    let sent = before_first.clone();
+    let pushing = spawn("pushing before any reader", move || {
+        assert!(sink.push_event(gst::event::CustomDownstream::new(sent)));
+        sink.push(numbered(0, 64)).expect("a push to the first reader");
+        sink
+    });
+    let mut first = SrcSide::start(&path, "between1");
+    let mut sink = pushing.join();
+    assert_eq!(sequence_of(&first.harness.pull().expect("the buffer comes out")), 0);
+    first.stop();
+
+    let sent = between.clone();
+    let pushing = spawn("pushing between readers", move || {
+        assert!(sink.push_event(gst::event::CustomDownstream::new(sent)));
+        sink.push(numbered(1, 64)).expect("a push to the second reader");
+        sink
+    });
+    let mut second = SrcSide::start(&path, "between2");
+    let sink = pushing.join();
+    assert_eq!(sequence_of(&second.harness.pull().expect("the buffer comes out")), 1);
+
+    let custom_events = |side: &SrcSide| {
+        side.events_seen(|event| match event {
+            gst::EventView::CustomDownstream(custom) => custom.structure().map(|s| s.to_owned()),
+            _ => None,
+        })
+    };
+    assert_eq!(custom_events(&second), [between]);
+    teardown("stopping the sink", sink);
+    second.stop();
+    let _ = before_first;
+}
+
 #[test]
 fn caps_change_mid_stream_reaches_the_reader_in_place() {
     init();

@@ -746,10 +746,12 @@ impl ShmRingSink {
         if state.failed {
             return Ok(());
         }
-        // EOS waits for a reader like a buffer does, so that a stream with
-        // no buffers still ends on the reader's side.
-        let is_eos = event.type_() == gst::EventType::Eos;
-        if is_eos && !self.ensure_link(&mut state, &unlock, self.wait_for_connection())? {
+        // EOS and the non-sticky events (gaps, custom events) wait for a
+        // reader like a buffer does, so that none is lost and a stream with
+        // no buffers still ends on the reader's side. Sticky events need not:
+        // every new reader gets them replayed.
+        let waits = event.type_() == gst::EventType::Eos || !event.is_sticky();
+        if waits && !self.ensure_link(&mut state, &unlock, self.wait_for_connection())? {
             return Ok(());
         }
         if state.link.is_none() {
