@@ -134,9 +134,13 @@ fn print_next_record(reader: &mut ReaderChannel, totals: &mut Totals) -> Result<
             totals.buffers += 1;
             totals.bytes += bytes.len() as u64;
         }
-        // The caps as a UTF-8 string (`gst_caps_to_string`); an invalid one
-        // is shown, not trusted.
-        RecordKind::Caps => line += &format!(" caps={}", String::from_utf8_lossy(bytes)),
+        // The caps as a UTF-8 string (`gst_caps_to_string`), shown but not
+        // trusted: invalid UTF-8 and control characters are replaced.
+        RecordKind::Caps => {
+            let caps = String::from_utf8_lossy(bytes);
+            line += " caps=";
+            line.extend(caps.chars().map(|c| if c.is_control() { '?' } else { c }));
+        }
         RecordKind::Event | RecordKind::VideoLayout => {}
     }
     totals.records += 1;
