@@ -1,6 +1,7 @@
 //! Reads a running `shmringsink` from an application's own poll loop, with
 //! the crate's `ring` and `ipc` modules and no GStreamer API, printing one
-//! line per record and a summary when the writer has gone.
+//! line per record (kind, payload size, pts, the heap offset of its block if
+//! it has one, and for caps the caps) and a summary when the writer has gone.
 //!
 //! ```text
 //! gst-launch-1.0 videotestsrc num-buffers=30 ! shmringsink socket-path=/tmp/cam.sock &
@@ -128,6 +129,9 @@ fn print_next_record(reader: &mut ReaderChannel, totals: &mut Totals) -> Result<
         nanoseconds => nanoseconds.to_string(),
     };
     let mut line = format!("{:?} size={} pts={pts}", header.kind, bytes.len());
+    if let Payload::Block { offset, .. } = payload {
+        line += &format!(" block={offset}");
+    }
     match header.kind {
         RecordKind::Buffer => {
             // A real reader would use the frame here, before giving it back.

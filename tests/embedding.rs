@@ -12,6 +12,9 @@ use common::*;
 const FRAMES: usize = 30;
 /// One 320x240 I420 frame.
 const FRAME_BYTES: u64 = 320 * 240 * 3 / 2;
+/// A heap of 4 such frames, so that the 30 frames can travel in heap blocks
+/// only if the reader gives the blocks back.
+const HEAP_BYTES: u64 = 524_288;
 /// Buffers the Python writer sends; pattern.py makes every fourth one small
 /// enough to travel inline.
 const PYTHON_BUFFERS: usize = 200;
@@ -54,7 +57,7 @@ fn ring_reader_example_prints_every_record() {
     let writer = start_writer(
         &scratch,
         &format!(
-            "videotestsrc num-buffers={FRAMES} ! video/x-raw,format=I420,width=320,height=240 ! shmringsink socket-path={}",
+            "videotestsrc num-buffers={FRAMES} ! video/x-raw,format=I420,width=320,height=240 ! shmringsink ring-size={HEAP_BYTES} socket-path={}",
             socket.display()
         ),
     );
@@ -81,6 +84,15 @@ fn ring_reader_example_prints_every_record() {
         buffers.len(),
         FRAMES,
         "one Buffer line per frame\n{}",
+        reader.describe()
+    );
+    // A writer whose blocks are all held copies frames into the record
+    // queue instead: more frames in blocks than the heap holds at once
+    // means the reader gave blocks back.
+    let in_blocks = buffers.iter().filter(|line| field(line, "block").is_some()).count();
+    assert!(
+        in_blocks as u64 > HEAP_BYTES / FRAME_BYTES,
+        "only {in_blocks} frames came in heap blocks, which the heap holds at once: were blocks given back?\n{}",
         reader.describe()
     );
     let mut previous_pts = None;
