@@ -168,6 +168,37 @@ impl Launch {
         }
     }
 
+    /// Starts any program, such as an example, the way [`Launch::spawn`]
+    /// starts gst-launch-1.0: with `G_DEBUG=fatal-criticals`, this build's
+    /// plugin on `GST_PLUGIN_PATH`, and its output kept in files.
+    pub fn spawn_program<A: AsRef<std::ffi::OsStr>>(
+        scratch: &Scratch,
+        name: &str,
+        program: &Path,
+        arguments: impl IntoIterator<Item = A>,
+    ) -> Self {
+        let stdout = scratch.path(&format!("{name}.stdout"));
+        let stderr = scratch.path(&format!("{name}.stderr"));
+        let create =
+            |path: &Path| File::create(path).unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
+        let child = Command::new(program)
+            .args(arguments)
+            .env("GST_PLUGIN_PATH", plugin_dir())
+            .env("G_DEBUG", "fatal-criticals")
+            .stdin(Stdio::null())
+            .stdout(create(&stdout))
+            .stderr(create(&stderr))
+            .spawn()
+            .unwrap_or_else(|err| panic!("spawning {} for the {name}: {err}", program.display()));
+        Self {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+            deadline: Instant::now() + DEADLINE,
+        }
+    }
+
     pub fn stdout_text(&self) -> String {
         fs::read_to_string(&self.stdout).unwrap_or_default()
     }
