@@ -105,6 +105,8 @@ struct Link {
     pacer: Pacer,
     /// Buffers for copies, of the size of the last copy.
     copies: CopyPool,
+    /// The writer dropped buffers for us: the next buffer is a DISCONT.
+    discont: bool,
 }
 
 /// Buffers to copy payloads into, recycled so that a stream of copies does
@@ -259,6 +261,7 @@ impl ShmRingSrc {
                     waiter,
                     pacer,
                     copies: CopyPool::default(),
+                    discont: false,
                 })
             }
             Ok(None) => Err(gst::FlowError::Flushing),
@@ -267,6 +270,27 @@ impl ShmRingSrc {
                 Err(gst::FlowError::Error)
             }
         }
+    }
+
+    /// The writer (`when-full=drop`) dropped `lost` buffers meant for us:
+    /// counted, and posted as a QoS message with the totals so far.
+    fn report_lost(&self, lost: u64) {
+        self.stats.lost(lost);
+        let total = self.stats.buffers_lost();
+        gst::warning!(
+            CAT,
+            imp = self,
+            "the writer dropped {lost} buffers for this reader ({total} so far): it reads slower than the writer writes"
+        );
+        let processed = self.stats.buffers();
+        let message = gst::message::Qos::builder(self.obj().is_live())
+            .stats(
+                gst::format::Buffers::from_u64(processed),
+                gst::format::Buffers::from_u64(total),
+            )
+            .src(&*self.obj())
+            .build();
+        let _ = self.obj().post_message(message);
     }
 
     fn decode_error(&self, err: impl std::fmt::Display) -> gst::FlowError {
@@ -333,6 +357,9 @@ impl ShmRingSrc {
             self.stats.buffer(buffer.size(), copied);
             codec::apply_buffer_header(&header, &link.layout, buffer.make_mut())
                 .map_err(|err| self.decode_error(err))?;
+            if std::mem::take(&mut link.discont) {
+                buffer.make_mut().set_flags(gst::BufferFlags::DISCONT);
+            }
             return Ok(Some(Step::Buffer(buffer)));
         }
         // Parse a private copy: the writer could change shared bytes between
@@ -360,6 +387,12 @@ impl ShmRingSrc {
         };
         if header.kind == RecordKind::VideoLayout {
             link.layout = codec::decode_video_layout(&bytes).map_err(|err| self.decode_error(err))?;
+            return Ok(Some(Step::Continue));
+        }
+        if header.kind == RecordKind::Lost {
+            let lost = codec::decode_lost(&bytes).map_err(|err| self.decode_error(err))?;
+            link.discont = true;
+            self.report_lost(lost);
             return Ok(Some(Step::Continue));
         }
         let decoded = codec::decode(&header, &bytes).map_err(|err| self.decode_error(err))?;
