@@ -1,7 +1,7 @@
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -166,9 +166,10 @@ pub struct ShmRingSink {
     /// The payload heap, made when it is first needed. Apart from `state`:
     /// upstream allocates from it while render holds the state lock.
     heap: Mutex<Option<Arc<SinkHeap>>>,
-    /// Whether a reader is linked, for upstream's threads, which must not
-    /// wait for the state lock that render holds while it waits.
-    linked: AtomicBool,
+    /// How many readers are linked, for upstream's threads, which must not
+    /// wait for the state lock that render holds while it waits, and for
+    /// the `readers` property.
+    linked: AtomicU32,
     /// Written by `unlock` to interrupt a wait; separate from `state` so that
     /// it can be reached while `render` holds the state lock.
     unlock: Unlock,
@@ -311,7 +312,7 @@ impl ShmRingSink {
     }
 
     fn update_linked(&self, state: &State) {
-        self.linked.store(!state.links.is_empty(), Ordering::SeqCst);
+        self.linked.store(state.links.len() as u32, Ordering::SeqCst);
     }
 
     /// Makes sure the readers that connected are linked: drops the links of
@@ -830,7 +831,7 @@ impl ShmRingSink {
         size: usize,
         interrupt: &Notifier,
     ) -> Result<Option<BlockMemory>, gst::FlowError> {
-        let heap = self.heap(self.linked.load(Ordering::SeqCst))?;
+        let heap = self.heap(self.linked.load(Ordering::SeqCst) > 0)?;
         let len = size as u64;
         if !heap.can_ever_hold(len) {
             return Ok(None);
@@ -1119,6 +1120,7 @@ impl ShmRingSink {
                 // The end of the stream is not dropped: every reader gets
                 // what it is owed of caps and events, then EOS.
                 self.flush_backlog(&mut state, slot, true)?;
+                self.announce_loss(&mut state, slot, true)?;
                 self.send_copy(&mut state, slot, &header, &payload, true)?;
             } else {
                 self.send_control(&mut state, slot, &header, &payload, drop_mode)?;
@@ -1209,6 +1211,12 @@ impl ObjectImpl for ShmRingSink {
                     .blurb("What a reader that falls behind does to the writer. block: nothing is lost, the slowest reader paces the writer and so every reader. drop: the writer never waits for a reader; one whose queue or share of the heap is full loses buffers (counted in stats buffers-lost on both sides), gets a DISCONT and resumes at a keyframe. auto (default): drop if upstream is live, since a live source cannot wait anyway and a slow reader should not starve the others; block otherwise, so that files are never silently cut")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("readers")
+                    .nick("Readers")
+                    .blurb("Readers linked now. New readers are taken in as buffers pass")
+                    .maximum(ring::MAX_READERS)
+                    .read_only()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, times-blocked-full, peak-held-bytes (heap bytes held by readers at most), buffers-lost (buffers not delivered to a lagging reader in drop mode, summed over readers)")
@@ -1243,6 +1251,7 @@ impl ObjectImpl for ShmRingSink {
             "perms" => settings.perms.to_value(),
             "max-readers" => settings.max_readers.to_value(),
             "when-full" => settings.when_full.to_value(),
+            "readers" => self.linked.load(Ordering::SeqCst).to_value(),
             "stats" => self
                 .stats
                 .to_structure("application/x-shmringsink-stats", true)
