@@ -160,8 +160,13 @@ fn find_thread(name: &str) -> i32 {
     found.expect("wait_until returned, so the thread was found")
 }
 
+/// A sink in lossless mode: a harness answers latency queries as a live
+/// source, which would make `when-full=auto` drop for a slow reader.
 fn sink_harness(path: &Path, properties: &str) -> Harness {
-    Harness::new_parse(&format!("shmringsink socket-path=\"{}\" {properties}", path.display()))
+    Harness::new_parse(&format!(
+        "shmringsink socket-path=\"{}\" when-full=block {properties}",
+        path.display()
+    ))
 }
 
 /// A bus that collects the messages of a harness's element. Harnesses have

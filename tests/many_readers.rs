@@ -473,3 +473,70 @@ fn drop_mode_never_tears_a_frame_and_spares_the_fast_reader() {
     );
     assert_eq!(counter(&sink, "buffers-lost"), slow_lost);
 }
+
+/// `when-full=block`: a slow recorder paces the writer and so loses
+/// nothing, while a fast reader runs beside it. The WAV it writes is
+/// sample-exact, header included.
+#[test]
+fn block_mode_recorder_is_sample_exact() {
+    init();
+    let scratch = Scratch::new("block-recorder");
+    let socket = scratch.socket();
+    // 8 KiB buffers: payloads in heap blocks, held by both readers at once.
+    let source =
+        "audiotestsrc num-buffers=200 samplesperbuffer=2048 freq=441 ! audio/x-raw,format=S16LE,rate=44100,channels=2";
+    let expected = scratch.path("expected.wav");
+    play_to_eos(
+        &format!("{source} ! wavenc ! filesink location={}", expected.display()),
+        "reference run",
+    );
+    let mut writer = Launch::spawn(
+        &scratch,
+        "writer",
+        &format!(
+            "{source} ! shmringsink socket-path={} when-full=block",
+            socket.display()
+        ),
+    );
+    writer.wait_until_started();
+    // The writer waits for its first reader, so the recorder, started
+    // alone, gets the stream from its first buffer.
+    let recorded = scratch.path("recorded.wav");
+    let mut recorder = Launch::spawn(
+        &scratch,
+        "recorder",
+        &format!(
+            "shmringsrc socket-path={} ! identity sleep-time=5000 ! wavenc ! filesink location={}",
+            socket.display(),
+            recorded.display()
+        ),
+    );
+    wait_until("the recorder's first samples", || {
+        recorder.assert_running();
+        file_len(&recorded) > 0
+    });
+    let fast_output = scratch.path("fast.raw");
+    let fast = Launch::spawn(
+        &scratch,
+        "fast reader",
+        &format!(
+            "shmringsrc socket-path={} ! filesink location={}",
+            socket.display(),
+            fast_output.display()
+        ),
+    );
+    writer.finish().assert_success();
+    recorder.finish().assert_success();
+    fast.finish().assert_success();
+    let expected = fs::read(&expected).unwrap();
+    let recorded = fs::read(&recorded).unwrap();
+    assert_eq!(recorded.len(), expected.len(), "the recording has another length");
+    assert!(recorded == expected, "the recording's samples differ");
+    // The fast reader joined a little later: it got the end of the stream.
+    let raw = scratch.path("expected.raw");
+    play_to_eos(
+        &format!("{source} ! filesink location={}", raw.display()),
+        "raw reference run",
+    );
+    assert_tail_of(&fast_output, &fs::read(&raw).unwrap(), 2048 * 4, "fast reader");
+}

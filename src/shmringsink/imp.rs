@@ -589,17 +589,9 @@ impl ShmRingSink {
         self.send_block(state, slot, &heap, header, offset, len, wait)
     }
 
-    /// A block of `len` bytes held by `holders`, waiting for readers to give
-    /// blocks back if none is free. `None` means that none will come back
-    /// and the payload (which then fits) must go inline.
-    fn allocate_block(
-        &self,
-        state: &State,
-        heap: &SinkHeap,
-        len: u64,
-        holders: ring::Holders,
-        unlock: &Notifier,
-    ) -> Result<Option<u64>, gst::FlowError> {
+    /// An error, naming the `ring-size` to set, if a payload of `len` bytes
+    /// can never fit in the heap.
+    fn check_heap_holds(&self, heap: &SinkHeap, len: u64) -> Result<(), gst::FlowError> {
         if !heap.can_ever_hold(len) {
             gst::element_imp_error!(
                 self,
@@ -612,6 +604,21 @@ impl ShmRingSink {
             );
             return Err(gst::FlowError::Error);
         }
+        Ok(())
+    }
+
+    /// A block of `len` bytes held by `holders`, waiting for readers to give
+    /// blocks back if none is free. `None` means that none will come back
+    /// and the payload (which then fits) must go inline.
+    fn allocate_block(
+        &self,
+        state: &State,
+        heap: &SinkHeap,
+        len: u64,
+        holders: ring::Holders,
+        unlock: &Notifier,
+    ) -> Result<Option<u64>, gst::FlowError> {
+        self.check_heap_holds(heap, len)?;
         match heap.allocate(len, holders, unlock) {
             Ok(Allocation::Block(offset)) => Ok(Some(offset)),
             Ok(Allocation::Interrupted) => Err(gst::FlowError::Flushing),
@@ -979,14 +986,17 @@ impl ShmRingSink {
         let Some(heap) = state.links.first().map(|link| link.heap.clone()) else {
             return Ok((0, false));
         };
+        self.check_heap_holds(&heap, len)?;
         let mut recipients = recipients.to_vec();
         if drop_mode {
             // A reader that holds its share of the heap gets no more: the
             // others, and upstream, keep theirs. That share is what it may
-            // fall behind by before it loses buffers.
+            // fall behind by before it loses buffers. A reader that holds
+            // nothing gets any payload the heap can hold.
             let share = heap.size() / (state.links.len() as u64 + 1);
             for slot in std::mem::take(&mut recipients) {
-                if heap.bytes_held_by_slot(slot) + len <= share {
+                let held = heap.bytes_held_by_slot(slot);
+                if held == 0 || held + len <= share {
                     recipients.push(slot);
                 } else {
                     self.lose(state, slot);
