@@ -225,10 +225,13 @@ fn killed_reader_does_not_stall_the_others() {
         "reference run",
     );
     let expected = fs::read(&expected_path).unwrap();
+    // A heap of 8 frames: the stuck reader holds them all long before the
+    // stream ends, so the writer stalls on it until it is killed.
     let writer = parse_pipeline(&format!(
-        "{} ! shmringsink name=sink socket-path={} when-full=block",
+        "{} ! shmringsink name=sink socket-path={} when-full=block ring-size={}",
         raw_video(FRAMES),
-        socket.display()
+        socket.display(),
+        8 * I420_FRAME
     ));
     writer.set_state(gst::State::Playing).unwrap();
     wait_until("the writer's socket", || is_socket(&socket));
@@ -257,7 +260,12 @@ fn killed_reader_does_not_stall_the_others() {
             output.display()
         ),
     );
+    let before_kill = counter(&sink, "buffers");
     stuck.kill();
+    // Stalled: the writer got no further than the heap while the stuck
+    // reader lived. After the kill it waits for the other reader, so that
+    // reader gets every frame from there on.
+    assert!(before_kill < u64::from(FRAMES), "the writer never stalled");
     wait_for_eos(&writer, "writer");
     other.finish().assert_success();
     assert_tail_of(&output, &expected, I420_FRAME, "other reader");
