@@ -118,10 +118,13 @@ fn three_readers_get_the_same_bytes_from_one_copy() {
     let expected = fs::read(&expected_path).unwrap();
     assert_eq!(expected.len(), I420_FRAME * FRAMES as usize);
 
+    // A heap of 32 frames keeps the writer close behind the slow reader, so
+    // the stream lasts about FRAMES × 20 ms, time for the others to join.
     let writer = parse_pipeline(&format!(
-        "{} ! shmringsink name=sink socket-path={} max-readers=3 when-full=block",
+        "{} ! shmringsink name=sink socket-path={} max-readers=3 when-full=block ring-size={}",
         raw_video(FRAMES),
-        socket.display()
+        socket.display(),
+        32 * I420_FRAME
     ));
     writer.set_state(gst::State::Playing).unwrap();
     wait_until("the writer's socket", || is_socket(&socket));
