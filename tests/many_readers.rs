@@ -32,6 +32,13 @@ fn parse_pipeline(description: &str) -> gst::Pipeline {
 /// Runs `pipeline` (already started) until EOS; an error or the deadline
 /// fails the test. Leaves it in NULL.
 fn wait_for_eos(pipeline: &gst::Pipeline, what: &str) {
+    wait_for_eos_counting_qos(pipeline, what);
+}
+
+/// Like [`wait_for_eos`]; returns the (processed, dropped) buffer counts of
+/// the QoS messages posted meanwhile.
+fn wait_for_eos_counting_qos(pipeline: &gst::Pipeline, what: &str) -> Vec<(u64, u64)> {
+    let mut qos = Vec::new();
     let bus = pipeline.bus().unwrap();
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -39,17 +46,28 @@ fn wait_for_eos(pipeline: &gst::Pipeline, what: &str) {
         assert!(!left.is_zero(), "the {what} did not reach EOS within {DEADLINE:?}");
         let Some(message) = bus.timed_pop_filtered(
             gst::ClockTime::from_mseconds(left.as_millis() as u64),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
+            &[gst::MessageType::Eos, gst::MessageType::Error, gst::MessageType::Qos],
         ) else {
             continue;
         };
-        if let gst::MessageView::Error(err) = message.view() {
-            pipeline.set_state(gst::State::Null).unwrap();
-            panic!("the {what} failed: {} ({:?})", err.error(), err.debug());
+        match message.view() {
+            gst::MessageView::Error(err) => {
+                pipeline.set_state(gst::State::Null).unwrap();
+                panic!("the {what} failed: {} ({:?})", err.error(), err.debug());
+            }
+            gst::MessageView::Qos(message) => {
+                let (processed, dropped) = message.stats();
+                let count = |value: gst::GenericFormattedValue| match value {
+                    gst::GenericFormattedValue::Buffers(Some(count)) => *count,
+                    other => panic!("a QoS count in {other:?}, not buffers"),
+                };
+                qos.push((count(processed), count(dropped)));
+            }
+            _ => break,
         }
-        break;
     }
     pipeline.set_state(gst::State::Null).unwrap();
+    qos
 }
 
 fn play_to_eos(description: &str, what: &str) {
@@ -439,8 +457,8 @@ fn drop_mode_never_tears_a_frame_and_spares_the_fast_reader() {
     }
     appsrc.end_of_stream().unwrap();
     wait_for_eos(&writer, "writer");
-    wait_for_eos(&fast, "fast reader");
-    wait_for_eos(&slow, "slow reader");
+    let fast_qos = wait_for_eos_counting_qos(&fast, "fast reader");
+    let slow_qos = wait_for_eos_counting_qos(&slow, "slow reader");
 
     let fast_seen = fast_seen.lock().unwrap();
     let slow_seen = slow_seen.lock().unwrap();
@@ -483,6 +501,10 @@ fn drop_mode_never_tears_a_frame_and_spares_the_fast_reader() {
         "the slow reader's frames and losses do not add up"
     );
     assert_eq!(counter(&sink, "buffers-lost"), slow_lost);
+    // Each loss was posted, with the total dropped so far.
+    assert!(fast_qos.is_empty(), "the fast reader posted QoS: {fast_qos:?}");
+    assert_eq!(slow_qos.last().map(|&(_, dropped)| dropped), Some(slow_lost));
+    assert!(slow_qos.windows(2).all(|pair| pair[0].1 < pair[1].1));
 }
 
 /// `when-full=block`: a slow recorder paces the writer and so loses
