@@ -145,6 +145,13 @@ fn print_next_record(reader: &mut ReaderChannel, totals: &mut Totals) -> Result<
             line += " caps=";
             line.extend(caps.chars().map(|c| if c.is_control() { '?' } else { c }));
         }
+        // The writer (when-full=drop) dropped buffers for this reader: the
+        // payload counts them.
+        RecordKind::Lost => {
+            if let Some(lost) = bytes.first_chunk::<8>() {
+                line += &format!(" lost={}", u64::from_ne_bytes(*lost));
+            }
+        }
         RecordKind::Event | RecordKind::VideoLayout => {}
     }
     totals.records += 1;

@@ -94,6 +94,18 @@ pub fn video_layout(buffer: &gst::BufferRef) -> VideoLayout {
     Some(layout)
 }
 
+/// The payload of a lost record: how many buffers the writer dropped.
+pub fn encode_lost(count: u64) -> [u8; 8] {
+    count.to_ne_bytes()
+}
+
+/// Parses a lost record's payload (a private copy of it).
+pub fn decode_lost(payload: &[u8]) -> Result<u64, DecodeError> {
+    <[u8; 8]>::try_from(payload)
+        .map(u64::from_ne_bytes)
+        .map_err(|_| bad("lost"))
+}
+
 /// Parses a video layout record's payload (a private copy of it).
 pub fn decode_video_layout(payload: &[u8]) -> Result<VideoLayout, DecodeError> {
     match payload.len() {
@@ -254,7 +266,7 @@ pub fn decode(header: &RecordHeader, payload: &[u8]) -> Result<Decoded, DecodeEr
             Ok(Decoded::Caps(caps))
         }
         RecordKind::Event => decode_event(header.flags, payload),
-        RecordKind::Buffer | RecordKind::VideoLayout => Err(bad("buffer")),
+        RecordKind::Buffer | RecordKind::VideoLayout | RecordKind::Lost => Err(bad("buffer")),
     }
 }
 

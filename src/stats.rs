@@ -12,6 +12,7 @@ pub struct Stats {
     wakeups_received: AtomicU64,
     times_blocked_full: AtomicU64,
     peak_held_bytes: AtomicU64,
+    buffers_lost: AtomicU64,
 }
 
 impl Stats {
@@ -32,6 +33,11 @@ impl Stats {
         self.wakeups_sent.store(count, Ordering::Relaxed);
     }
 
+    /// More wake-ups sent, by one of several rings (the writer's readers).
+    pub fn add_wakeups_sent(&self, count: u64) {
+        self.wakeups_sent.fetch_add(count, Ordering::Relaxed);
+    }
+
     /// A sleep ended because the other side woke us.
     pub fn woken(&self) {
         self.wakeups_received.fetch_add(1, Ordering::Relaxed);
@@ -41,6 +47,20 @@ impl Stats {
     /// the writer's side by the reader. Only the peak is kept.
     pub fn held(&self, bytes: u64) {
         self.peak_held_bytes.fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// Buffers that did not reach a reader because it lagged
+    /// (`when-full=drop`): on the writer's side the sum over its readers.
+    pub fn lost(&self, count: u64) {
+        self.buffers_lost.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub fn buffers(&self) -> u64 {
+        self.buffers.load(Ordering::Relaxed)
+    }
+
+    pub fn buffers_lost(&self) -> u64 {
+        self.buffers_lost.load(Ordering::Relaxed)
     }
 
     /// The writer found the ring full and went to sleep.
@@ -59,7 +79,8 @@ impl Stats {
             .field("buffers-zero-copy", get(&self.buffers_zero_copy))
             .field("wakeups-sent", get(&self.wakeups_sent))
             .field("wakeups-received", get(&self.wakeups_received))
-            .field("peak-held-bytes", get(&self.peak_held_bytes));
+            .field("peak-held-bytes", get(&self.peak_held_bytes))
+            .field("buffers-lost", get(&self.buffers_lost));
         if with_blocked_full {
             builder
                 .field("times-blocked-full", get(&self.times_blocked_full))

@@ -160,8 +160,13 @@ fn find_thread(name: &str) -> i32 {
     found.expect("wait_until returned, so the thread was found")
 }
 
+/// A sink in lossless mode: a harness answers latency queries as a live
+/// source, which would make `when-full=auto` drop for a slow reader.
 fn sink_harness(path: &Path, properties: &str) -> Harness {
-    Harness::new_parse(&format!("shmringsink socket-path=\"{}\" {properties}", path.display()))
+    Harness::new_parse(&format!(
+        "shmringsink socket-path=\"{}\" when-full=block {properties}",
+        path.display()
+    ))
 }
 
 /// A bus that collects the messages of a harness's element. Harnesses have
@@ -702,6 +707,56 @@ fn caps_change_mid_stream_reaches_the_reader_in_place() {
     );
     teardown("stopping the sink", sink);
     src.stop();
+}
+
+/// `ring-time` bounds how far a reader may fall behind in time: with 10 ms
+/// and buffers of 1 ms, a reader that reads nothing holds 10 buffers at most,
+/// where the queue's size alone would let some 240 wait.
+#[test]
+fn ring_time_bounds_what_a_reader_may_lag_by() {
+    init();
+    let dir = TestDir::new("ring-time");
+    let path = dir.socket("ring");
+    let sink = sink_harness(&path, "ring-time=10000 when-full=block");
+    let element = sink.element().expect("the harness has an element");
+    let reader = idle_reader(&path);
+
+    let pushed = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&pushed);
+    let pusher = spawn("timed pusher", move || {
+        let mut sink = sink;
+        sink.set_src_caps_str("application/x-shmring-test");
+        for sequence in 0..1000 {
+            let mut buffer = numbered(sequence, 1024);
+            buffer.make_mut().set_duration(ms(1));
+            if let Err(err) = sink.push(buffer) {
+                return (sink, err);
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        panic!("1000 buffers of 1 ms went to a reader that reads nothing, with ring-time=10000");
+    });
+    let (_connection, mut consumer) = reader.join();
+    wait_until("the first buffer going into the ring", || {
+        pushed.load(Ordering::SeqCst) >= 1
+    });
+    wait_until_asleep(find_thread("timed pusher"));
+    let accepted = pushed.load(Ordering::SeqCst);
+    // Caps and events share the queue, so a buffer fewer may fit.
+    assert!(
+        (9..=10).contains(&accepted),
+        "{accepted} buffers of 1 ms wait in a 10 ms ring"
+    );
+
+    let change = bounded("setting the blocked sink to NULL", move || {
+        element.set_state(gst::State::Null)
+    });
+    assert_eq!(change, Ok(gst::StateChangeSuccess::Success));
+    let (sink, err) = pusher.join();
+    assert_eq!(err, gst::FlowError::Flushing);
+    let (_, payloads) = drain(&mut consumer);
+    assert_eq!(payloads.len(), accepted, "an accepted buffer was lost");
+    teardown("stopping the sink", sink);
 }
 
 #[test]

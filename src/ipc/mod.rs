@@ -19,7 +19,8 @@
 //!   16 u64      record queue capacity in bytes
 //!   24 u64      release queue capacity in entries
 //!   32 u64      heap size in bytes
-//!   40 u32      reader slot
+//!   40 u32      accepted: the reader's slot (below 31, informational);
+//!               busy: the writer's max-readers
 //!   44 u32      reserved, 0
 //! ```
 //!
@@ -66,8 +67,10 @@ pub enum IpcError {
     VersionMismatch { peer: u32, ours: u32 },
     #[error("the peer is not a shmring element (bad handshake magic)")]
     NotShmring,
-    #[error("the shmringsink at {0} already has a reader; protocol version 2 serves one reader per sink")]
-    Busy(PathBuf),
+    #[error(
+        "the shmringsink at {0} already serves as many readers as its max-readers ({1}) allows; raise max-readers on the sink (at most 31) or stop another reader"
+    )]
+    Busy(PathBuf, u32),
     #[error(
         "permission denied connecting to socket-path {path} ({owner}); the shmringsink's perms property decides who may connect: set perms=0660 and share a group, or run both sides as the same user"
     )]
@@ -450,7 +453,8 @@ impl Connection {
                 }
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return Ok(None),
-                // A writer killed between our connect and its hello.
+                // A writer that died with our connection still in its
+                // listen queue: as gone as one that closed it.
                 Err(Errno::ECONNRESET) => return Err(IpcError::PeerGone),
                 Err(errno) => return Err(io_err("receiving the writer's hello")(errno)),
             }
@@ -620,7 +624,7 @@ pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(
         };
         match hello.status {
             HelloStatus::Accepted => {}
-            HelloStatus::Busy => return Err(IpcError::Busy(path.to_owned())),
+            HelloStatus::Busy => return Err(IpcError::Busy(path.to_owned(), hello.reader_slot)),
             HelloStatus::VersionMismatch => {
                 return Err(IpcError::VersionMismatch {
                     peer: hello.version,
@@ -628,9 +632,10 @@ pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(
                 });
             }
         }
-        if hello.reader_slot != 0 {
+        // The slot only tells which holder bit the writer keeps for us.
+        if hello.reader_slot >= crate::ring::MAX_READERS {
             return Err(IpcError::Malformed(
-                "the writer assigned a reader slot this version does not have",
+                "the writer assigned a reader slot beyond the 31 that version 2 has",
             ));
         }
         let Ok([channel, heap, data_ready, space_ready, release_ready]) = <[OwnedFd; 5]>::try_from(fds) else {
@@ -659,7 +664,7 @@ pub fn serve_reader(
 ) -> Result<Option<WriterChannel>, IpcError> {
     loop {
         if let Some(version) = connection.recv_client_hello()? {
-            return answer_hello(connection, version, sizes, heap).map(Some);
+            return answer_hello(connection, version, sizes, heap, 0).map(Some);
         }
         if wait_readable([connection.as_fd(), interrupt])?[1] {
             return Ok(None);
@@ -668,12 +673,14 @@ pub fn serve_reader(
 }
 
 /// Answers a reader's hello: refuses another protocol version, or creates a
-/// channel of `sizes` and hands it over with the heap.
+/// channel of `sizes` and hands it over with the heap, naming the holder
+/// slot `reader_slot` the writer keeps for this reader.
 pub fn answer_hello(
     connection: &Connection,
     version: u32,
     sizes: ChannelSizes,
     heap: &HeapMemory,
+    reader_slot: u32,
 ) -> Result<WriterChannel, IpcError> {
     if version != PROTOCOL_VERSION {
         let _ = connection.send_server_hello(&ServerHello::refusal(HelloStatus::VersionMismatch), None);
@@ -687,7 +694,7 @@ pub fn answer_hello(
         version: PROTOCOL_VERSION,
         status: HelloStatus::Accepted,
         sizes,
-        reader_slot: 0,
+        reader_slot,
     };
     connection.send_server_hello(&hello, Some(channel.fds(heap)))?;
     Ok(channel)
@@ -715,11 +722,14 @@ pub fn wait_readable_for(fds: &[BorrowedFd<'_>], timeout: PollTimeout) -> Result
         .collect())
 }
 
-/// Tells a reader that connected while the writer already serves one that
-/// it has to go; its `connect_reader` then fails with [`IpcError::Busy`].
-pub fn refuse_busy(connection: &Connection) {
+/// Tells a reader that connected while the writer already serves
+/// `max_readers` readers that it has to go; its `connect_reader` then fails
+/// with [`IpcError::Busy`], which names the limit.
+pub fn refuse_busy(connection: &Connection, max_readers: u32) {
     // Closing a unix socket with unread data resets it, and the reset would
     // overtake our reply: read the reader's hello first.
     let _ = connection.recv_client_hello();
-    let _ = connection.send_server_hello(&ServerHello::refusal(HelloStatus::Busy), None);
+    let mut hello = ServerHello::refusal(HelloStatus::Busy);
+    hello.reader_slot = max_readers;
+    let _ = connection.send_server_hello(&hello, None);
 }

@@ -123,6 +123,10 @@ pub enum RecordKind {
     /// The memory layout of the buffers that follow (see `codec.rs`); an
     /// empty payload means none. Sent only when it changes, as caps are.
     VideoLayout = 4,
+    /// The writer dropped buffers meant for this reader (`when-full=drop`):
+    /// the payload is a u64, how many since the last record it sent. The
+    /// next buffer record is a discontinuity.
+    Lost = 5,
 }
 
 impl RecordKind {
@@ -132,6 +136,7 @@ impl RecordKind {
             2 => Some(Self::Caps),
             3 => Some(Self::Event),
             4 => Some(Self::VideoLayout),
+            5 => Some(Self::Lost),
             _ => None,
         }
     }

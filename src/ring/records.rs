@@ -63,6 +63,9 @@ const PUBLISH_FRACTION: u64 = 64;
 pub struct Producer {
     memory: Arc<ChannelMemory>,
     capacity: u64,
+    /// How many bytes of records may be unread at once: the capacity, or
+    /// less (see [`Producer::set_limit`]).
+    limit: u64,
     write: u64,
     read_cached: u64,
     sleeper: Sleeper,
@@ -125,6 +128,7 @@ impl Producer {
         Self {
             memory,
             capacity,
+            limit: capacity,
             write: 0,
             read_cached: 0,
             sleeper: Sleeper::default(),
@@ -231,8 +235,21 @@ impl Producer {
         }
     }
 
+    /// Lets at most `bytes` of records wait unread (at least one record
+    /// always fits an empty queue), for a writer that bounds how far it may
+    /// run ahead of the reader in time rather than in bytes. Nothing but
+    /// this side's arithmetic changes: the reader does not know.
+    pub fn set_limit(&mut self, bytes: u64) {
+        self.limit = bytes.min(self.capacity);
+    }
+
     fn free(&self) -> u64 {
-        self.capacity - (self.write - self.read_cached)
+        let unread = self.write - self.read_cached;
+        if unread == 0 {
+            self.capacity
+        } else {
+            self.limit.saturating_sub(unread)
+        }
     }
 
     fn reload_read(&mut self, order: Ordering) -> Result<(), RingError> {

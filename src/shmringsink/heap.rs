@@ -377,19 +377,19 @@ impl SinkHeap {
         }
     }
 
-    /// Adds the reader in `slot` as a holder of the block that `memory`
+    /// Adds the readers of `holders` as holders of the block that `memory`
     /// (of `len` bytes at heap offset `offset`) fills, if it is a block of
-    /// ours that the reader does not hold yet, and pins `memory` until no
-    /// reader holds the block.
-    pub(super) fn hold_in_place(&self, offset: u64, len: u64, slot: u32, memory: gst::Memory) -> bool {
+    /// ours that none of them holds yet, and pins `memory` until no reader
+    /// holds the block.
+    pub(super) fn hold_in_place(&self, offset: u64, len: u64, holders: Holders, memory: gst::Memory) -> bool {
         let mut books = self.lock();
-        if books.books.holds(offset, ring::reader(slot)) {
+        if books.books.holds(offset, holders) {
             return false;
         }
         let Some(pinned) = PinnedMemory::new(memory) else {
             return false;
         };
-        if !books.books.hold(offset, len, ring::reader(slot)) {
+        if !books.books.hold(offset, len, holders) {
             drop(books);
             drop(pinned);
             return false;
@@ -410,6 +410,11 @@ impl SinkHeap {
     /// Whether the reader in `slot` holds the block at `offset`.
     pub(super) fn holds_for(&self, offset: u64, slot: u32) -> bool {
         self.lock().books.holds(offset, ring::reader(slot))
+    }
+
+    /// Heap bytes that the reader in `slot` holds.
+    pub(super) fn bytes_held_by_slot(&self, slot: u32) -> u64 {
+        self.lock().books.bytes_held_by(ring::reader(slot))
     }
 
     /// Heap bytes that readers hold: blocks sent and not yet given back.

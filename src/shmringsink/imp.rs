@@ -1,7 +1,9 @@
+use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use gst::glib;
 use gst::prelude::*;
@@ -31,6 +33,9 @@ pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_RING_SIZE: u64 = 0;
 const DEFAULT_WAIT_FOR_CONNECTION: bool = true;
 const DEFAULT_PERMS: u32 = 0o600;
+/// No bound in time on how far a reader may fall behind: the queue's size
+/// bounds it.
+const DEFAULT_RING_TIME_US: u64 = 0;
 /// Automatic heap sizes. The heap hands out its most recently freed block
 /// first, so only the blocks in flight are ever touched and its size costs
 /// no speed: it is sized for readers and upstream elements that keep many
@@ -49,12 +54,36 @@ const RECORD_QUEUE_SIZE: u64 = 256 << 10;
 /// ahead of its reader can fill: kept short, for latency, as an audio
 /// device's buffer is.
 const AUDIO_RECORD_QUEUE_SIZE: u64 = 64 << 10;
-/// How often, in buffers, a linked sink turns away readers that connected
-/// meanwhile. This version serves one reader; the others get a clear "busy"
-/// instead of waiting forever, for one accept() per this many buffers.
-const REFUSAL_INTERVAL: u32 = 256;
+/// How often a sink that has readers looks for new ones: an `accept` per
+/// buffer would be a system call per buffer, which the rings avoid.
+const ACCEPT_INTERVAL: Duration = Duration::from_millis(10);
 /// Connections kept waiting for their hello; beyond this the oldest goes.
 const MAX_PENDING_READERS: usize = 8;
+const DEFAULT_MAX_READERS: u32 = 8;
+/// Caps, events and layouts kept for a reader that lags in `drop` mode.
+/// A reader that falls this far behind on them no longer reads at all: it
+/// is let go.
+const MAX_BACKLOG: usize = 256;
+
+/// What the writer does when a reader falls behind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstShmRingWhenFull")]
+pub enum WhenFull {
+    #[default]
+    #[enum_value(
+        name = "Auto: drop if upstream is live (it cannot wait), block otherwise",
+        nick = "auto"
+    )]
+    Auto = 0,
+    #[enum_value(name = "Block: lossless, the slowest reader paces the writer", nick = "block")]
+    Block = 1,
+    #[enum_value(
+        name = "Drop: never wait for a reader; one that lags loses buffers and gets a DISCONT",
+        nick = "drop"
+    )]
+    Drop = 2,
+}
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -62,6 +91,9 @@ struct Settings {
     ring_size: u64,
     wait_for_connection: bool,
     perms: u32,
+    max_readers: u32,
+    when_full: WhenFull,
+    ring_time_us: u64,
 }
 
 impl Default for Settings {
@@ -71,6 +103,9 @@ impl Default for Settings {
             ring_size: DEFAULT_RING_SIZE,
             wait_for_connection: DEFAULT_WAIT_FOR_CONNECTION,
             perms: DEFAULT_PERMS,
+            max_readers: DEFAULT_MAX_READERS,
+            when_full: WhenFull::default(),
+            ring_time_us: DEFAULT_RING_TIME_US,
         }
     }
 }
@@ -80,29 +115,56 @@ impl Default for Settings {
 struct Link {
     connection: Connection,
     records: Producer,
-    /// The heap the reader was handed.
+    /// The heap the reader was handed: the sink's one heap, shared by all
+    /// its readers.
     heap: Arc<SinkHeap>,
+    /// The reader's holder slot in the heap's books; also its name here.
     slot: u32,
     /// Sleeps on the record queue's space fd, the socket, the unlock fd and
-    /// the listener (to turn away extra readers).
+    /// the listener (to take in new readers).
     waiter: Waiter<4>,
     /// The video layout the reader was last told of.
     layout: VideoLayout,
+    /// The next buffer this reader gets must not be a delta unit: it just
+    /// joined, or it lost buffers. Raw media has no delta units, so it
+    /// starts at once.
+    needs_keyframe: bool,
+    /// Buffers dropped for this reader (`drop` mode) that it has not yet
+    /// been told of; the next buffer it gets follows a Lost record.
+    lost: u64,
+    /// Caps, events and layouts that did not fit while it lagged (`drop`
+    /// mode), oldest first: they go before anything else it gets.
+    backlog: VecDeque<(RecordHeader, Vec<u8>)>,
+    /// Its wake-ups already counted in the stats.
+    wakeups_counted: u64,
+    /// The base time whose timeline this reader was sent.
+    timeline_sent: Option<gst::ClockTime>,
 }
 
 #[derive(Default)]
 struct State {
     listener: Option<Listener>,
-    link: Option<Link>,
-    /// Buffers rendered since extra readers were last turned away.
-    renders_since_refusal: u32,
+    /// One per connected reader, in the order they joined.
+    links: Vec<Link>,
+    /// When the listener was last looked at.
+    last_accept: Option<Instant>,
     /// Rendering failed: nothing more, EOS included, goes to a reader.
     failed: bool,
     /// Accepted connections whose hello has not arrived yet.
     pending: Vec<Connection>,
-    /// The base time whose timeline the linked reader has; `None` until it
-    /// has one.
-    timeline_sent: Option<gst::ClockTime>,
+    /// Whether a lagging reader loses buffers instead of pacing the
+    /// writer: `when-full`, with `auto` decided once per run.
+    drop_mode: Option<bool>,
+}
+
+impl State {
+    fn link(&mut self, slot: u32) -> Option<&mut Link> {
+        self.links.iter_mut().find(|link| link.slot == slot)
+    }
+
+    fn slots(&self) -> Vec<u32> {
+        self.links.iter().map(|link| link.slot).collect()
+    }
 }
 
 #[derive(Default)]
@@ -112,20 +174,24 @@ pub struct ShmRingSink {
     /// The payload heap, made when it is first needed. Apart from `state`:
     /// upstream allocates from it while render holds the state lock.
     heap: Mutex<Option<Arc<SinkHeap>>>,
-    /// Whether a reader is linked, for upstream's threads, which must not
-    /// wait for the state lock that render holds while it waits.
-    linked: AtomicBool,
+    /// How many readers are linked, for upstream's threads, which must not
+    /// wait for the state lock that render holds while it waits, and for
+    /// the `readers` property.
+    linked: AtomicU32,
     /// Written by `unlock` to interrupt a wait; separate from `state` so that
     /// it can be reached while `render` holds the state lock.
     unlock: Unlock,
     stats: Stats,
 }
 
-/// Why a write did not happen.
+/// What became of a record meant for one reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WriteOutcome {
     Written,
-    /// No reader, and `wait-for-connection` is off: the record is dropped.
+    /// The reader is gone (or there is none): the record is dropped.
     NoReader,
+    /// The reader's queue is full and the write was not to wait.
+    Full,
 }
 
 impl ShmRingSink {
@@ -146,6 +212,41 @@ impl ShmRingSink {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .wait_for_connection
+    }
+
+    /// Whether a lagging reader loses buffers (`when-full`). `auto` asks
+    /// upstream once per run whether it is live: a live source cannot wait
+    /// for the slowest reader without losing data anyway, and should not
+    /// stall the others.
+    fn drop_mode(&self, state: &mut State) -> bool {
+        if let Some(drop_mode) = state.drop_mode {
+            return drop_mode;
+        }
+        let when_full = self
+            .settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .when_full;
+        let drop_mode = match when_full {
+            WhenFull::Block => false,
+            WhenFull::Drop => true,
+            WhenFull::Auto => {
+                let mut query = gst::query::Latency::new();
+                let answered = self
+                    .obj()
+                    .static_pad("sink")
+                    .is_some_and(|pad| pad.peer_query(&mut query));
+                answered && query.result().0
+            }
+        };
+        gst::info!(
+            CAT,
+            imp = self,
+            "when-full {when_full:?}: lagging readers {}",
+            if drop_mode { "lose buffers" } else { "pace the writer" }
+        );
+        state.drop_mode = Some(drop_mode);
+        drop_mode
     }
 
     /// The size of a new heap: `ring-size`, or sized from the caps.
@@ -218,59 +319,23 @@ impl ShmRingSink {
         Ok(heap)
     }
 
-    /// Makes sure a reader is linked. Accepts waiting readers and links the
-    /// first that says hello; with `wait`, sleeps until one does. Returns
-    /// whether one is linked. A connection that never says hello blocks
-    /// nothing: it waits in `pending` while others are served.
-    fn ensure_link(&self, state: &mut State, unlock: &Notifier, wait: bool) -> Result<bool, gst::FlowError> {
-        if let Some(link) = &state.link {
-            if link.heap.evicted(link.slot) {
-                gst::info!(CAT, imp = self, "the reader was dropped; waiting for a new one");
-                self.drop_link(state);
-            } else if link.records.peer_tampered() {
-                gst::element_imp_warning!(
-                    self,
-                    gst::ResourceError::Write,
-                    [
-                        "Dropped the reader ({}): it cleared O_NONBLOCK on a shared eventfd, which could block this writer",
-                        link.connection.peer_description()
-                    ]
-                );
-                self.drop_link(state);
-            } else if link.records.reader_detached() {
-                gst::info!(CAT, imp = self, "the reader detached; waiting for a new one");
-                self.depart_link(state);
-            } else {
-                return Ok(true);
-            }
+    fn update_linked(&self, state: &State) {
+        self.linked.store(state.links.len() as u32, Ordering::SeqCst);
+    }
+
+    /// Makes sure the readers that connected are linked: drops the links of
+    /// readers that left, and takes in readers waiting to join (at most once
+    /// per `ACCEPT_INTERVAL` while some are linked). With `wait`, sleeps
+    /// until one is linked. Returns whether any is. A connection that never
+    /// says hello blocks nothing: it waits in `pending` while others are
+    /// served.
+    fn admit_readers(&self, state: &mut State, unlock: &Notifier, wait: bool) -> Result<bool, gst::FlowError> {
+        self.prune_links(state);
+        let due = state.links.is_empty() || state.last_accept.is_none_or(|last| last.elapsed() >= ACCEPT_INTERVAL);
+        if due {
+            self.accept_readers(state, unlock)?;
         }
-        loop {
-            let listener = state.listener.as_ref().ok_or(gst::FlowError::Flushing)?;
-            while let Some(connection) = listener.accept().map_err(|err| self.post_ipc_error(&err))? {
-                if state.pending.len() == MAX_PENDING_READERS {
-                    state.pending.remove(0);
-                }
-                state.pending.push(connection);
-            }
-            let mut index = 0;
-            while index < state.pending.len() {
-                match state.pending[index].recv_client_hello() {
-                    Ok(None) => index += 1,
-                    Ok(Some(version)) => {
-                        let connection = state.pending.remove(index);
-                        if self.link_reader(state, connection, version, unlock)? {
-                            return Ok(true);
-                        }
-                    }
-                    Err(err) => {
-                        gst::debug!(CAT, imp = self, "dropping a would-be reader: {err}");
-                        state.pending.remove(index);
-                    }
-                }
-            }
-            if !wait {
-                return Ok(false);
-            }
+        while state.links.is_empty() && wait {
             let Some(listener) = state.listener.as_ref() else {
                 return Err(gst::FlowError::Flushing);
             };
@@ -281,30 +346,106 @@ impl ShmRingSink {
             if ready[0] {
                 return Err(gst::FlowError::Flushing);
             }
+            self.accept_readers(state, unlock)?;
+        }
+        Ok(!state.links.is_empty())
+    }
+
+    /// Forgets the links of readers that detached or were dropped for
+    /// breaking the release protocol.
+    fn prune_links(&self, state: &mut State) {
+        let mut index = 0;
+        while let Some(link) = state.links.get(index) {
+            let slot = link.slot;
+            if link.heap.evicted(slot) {
+                gst::info!(CAT, imp = self, "reader {slot} was dropped");
+                self.drop_link(state, slot);
+            } else if link.records.peer_tampered() {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    [
+                        "Dropped reader {slot} ({}): it cleared O_NONBLOCK on a shared eventfd, which could block this writer",
+                        link.connection.peer_description()
+                    ]
+                );
+                self.drop_link(state, slot);
+            } else if link.records.reader_detached() {
+                gst::info!(CAT, imp = self, "reader {slot} detached");
+                self.depart_link(state, slot);
+            } else {
+                index += 1;
+            }
         }
     }
 
-    /// Hands a reader that said hello a new channel onto the heap, and makes
-    /// it the link. Returns `false` if the reader was refused.
+    /// Accepts the connections waiting in the listen queue, keeping them in
+    /// `pending` until they say hello, without waiting for any.
+    fn accept_waiting(&self, state: &mut State) -> Result<(), gst::FlowError> {
+        let listener = state.listener.as_ref().ok_or(gst::FlowError::Flushing)?;
+        while let Some(connection) = listener.accept().map_err(|err| self.post_ipc_error(&err))? {
+            if state.pending.len() == MAX_PENDING_READERS {
+                state.pending.remove(0);
+            }
+            state.pending.push(connection);
+        }
+        Ok(())
+    }
+
+    /// Accepts waiting connections and links (or refuses) every one whose
+    /// hello has arrived.
+    fn accept_readers(&self, state: &mut State, unlock: &Notifier) -> Result<(), gst::FlowError> {
+        state.last_accept = Some(Instant::now());
+        self.accept_waiting(state)?;
+        let mut index = 0;
+        while index < state.pending.len() {
+            match state.pending[index].recv_client_hello() {
+                Ok(None) => index += 1,
+                Ok(Some(version)) => {
+                    let connection = state.pending.remove(index);
+                    self.link_reader(state, connection, version, unlock)?;
+                }
+                Err(err) => {
+                    gst::debug!(CAT, imp = self, "dropping a would-be reader: {err}");
+                    state.pending.remove(index);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a reader that said hello a new channel onto the heap and links
+    /// it, or refuses it when `max-readers` readers are linked already.
     fn link_reader(
         &self,
         state: &mut State,
         connection: Connection,
         version: u32,
         unlock: &Notifier,
-    ) -> Result<bool, gst::FlowError> {
-        let heap = self.heap(false)?;
+    ) -> Result<(), gst::FlowError> {
+        let max_readers = self.settings().max_readers;
+        if state.links.len() >= max_readers as usize {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "refusing a reader: {} are linked, which is max-readers",
+                state.links.len()
+            );
+            ipc::refuse_busy(&connection, max_readers);
+            return Ok(());
+        }
+        let heap = self.heap(!state.links.is_empty())?;
         let Some(slot) = heap.free_slot() else {
             gst::warning!(CAT, imp = self, "every holder slot is taken by departing readers");
-            ipc::refuse_busy(&connection);
-            return Ok(false);
+            ipc::refuse_busy(&connection, max_readers);
+            return Ok(());
         };
         let sizes = ChannelSizes {
             record_capacity: self.record_queue_size(),
             release_slots: (heap.size() / INLINE_MAX as u64 + 1).clamp(64, MAX_RELEASE_SLOTS),
             heap_size: heap.size(),
         };
-        let channel = match ipc::answer_hello(&connection, version, sizes, heap.memory()) {
+        let channel = match ipc::answer_hello(&connection, version, sizes, heap.memory(), slot) {
             Ok(channel) => channel,
             Err(IpcError::Ring(err)) => {
                 gst::element_imp_error!(
@@ -316,7 +457,7 @@ impl ShmRingSink {
             }
             Err(err) => {
                 gst::element_imp_warning!(self, gst::ResourceError::Read, ["Refused a reader: {err}"]);
-                return Ok(false);
+                return Ok(());
             }
         };
         let (records, releases) = channel.into_parts();
@@ -335,66 +476,58 @@ impl ShmRingSink {
         gst::info!(
             CAT,
             imp = self,
-            "reader connected ({}); heap of {} bytes",
+            "reader {slot} connected ({}; {} linked); heap of {} bytes",
             connection.peer_description(),
+            state.links.len() + 1,
             heap.size()
         );
-        let heap = heap.clone();
-        self.linked.store(true, Ordering::SeqCst);
-        state.timeline_sent = None;
-        state.link = Some(Link {
+        state.links.push(Link {
             connection,
             records,
             heap,
             slot,
             waiter,
             layout: None,
+            needs_keyframe: true,
+            timeline_sent: None,
+            lost: 0,
+            backlog: VecDeque::new(),
+            wakeups_counted: 0,
         });
-        for extra in std::mem::take(&mut state.pending) {
-            ipc::refuse_busy(&extra);
-        }
-        self.replay_sticky_events(state)?;
-        Ok(state.link.is_some())
+        self.update_linked(state);
+        self.replay_sticky_events(state, slot)
     }
 
     /// Stops sending to a reader that let go of its channel; the blocks
     /// its downstream still uses come back as it lets go of them.
-    fn depart_link(&self, state: &mut State) {
-        if let Some(link) = state.link.take() {
-            self.linked.store(false, Ordering::SeqCst);
-            link.heap.depart_reader(link.slot);
+    fn depart_link(&self, state: &mut State, slot: u32) {
+        if let Some(index) = state.links.iter().position(|link| link.slot == slot) {
+            let link = state.links.remove(index);
+            link.heap.depart_reader(slot);
         }
+        self.update_linked(state);
     }
 
-    /// Forgets the linked reader and takes back every block it held: its
+    /// Forgets a linked reader and takes back every block it held: its
     /// process is gone, or this sink stops or failed.
-    fn drop_link(&self, state: &mut State) {
-        if let Some(link) = state.link.take()
-            && let Some(heap) = self
-                .heap
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .as_ref()
-        {
-            heap.remove_reader(link.slot);
+    fn drop_link(&self, state: &mut State, slot: u32) {
+        if let Some(index) = state.links.iter().position(|link| link.slot == slot) {
+            let link = state.links.remove(index);
+            link.heap.remove_reader(slot);
         }
+        self.update_linked(state);
     }
 
-    /// Answers "busy" to every reader waiting in the listen queue.
-    fn refuse_extra_readers(&self, state: &mut State) {
-        state.renders_since_refusal = 0;
-        let Some(listener) = state.listener.as_ref() else {
-            return;
-        };
-        while let Ok(Some(connection)) = listener.accept() {
-            gst::warning!(CAT, imp = self, "refusing a second reader: this sink already has one");
-            ipc::refuse_busy(&connection);
+    fn drop_all_links(&self, state: &mut State) {
+        for slot in state.slots() {
+            self.drop_link(state, slot);
         }
     }
 
     /// A new reader first gets the stream's sticky events (stream-start,
-    /// caps, segment, tags), so that it can start anywhere in the stream.
-    fn replay_sticky_events(&self, state: &mut State) -> Result<(), gst::FlowError> {
+    /// caps, segment, tags) as the sink's pad holds them now, so that it can
+    /// start anywhere in the stream.
+    fn replay_sticky_events(&self, state: &mut State, slot: u32) -> Result<(), gst::FlowError> {
         let Some(pad) = self.obj().static_pad("sink") else {
             return Ok(());
         };
@@ -407,54 +540,78 @@ impl ShmRingSink {
         });
         for event in events {
             if let Some((header, payload)) = codec::encode_event(&event) {
-                self.send_copy(state, &header, payload.len(), |dest| dest.copy_from_slice(&payload))?;
+                self.send_copy(state, slot, &header, &payload, true)?;
             }
         }
         Ok(())
     }
 
-    /// Writes one record into the linked reader's queue, sleeping while the
-    /// queue is full. If the reader goes away, the record is dropped with it.
+    /// Writes one record into the queue of the reader in `slot`. With
+    /// `wait`, sleeps while the queue is full; without, reports `Full`. If
+    /// the reader goes away, the record is dropped with it.
     fn write_record(
         &self,
         state: &mut State,
+        slot: u32,
         header: &RecordHeader,
         payload: Payload,
-        fill: impl FnOnce(&mut [u8]),
+        fill: &mut dyn FnMut(&mut [u8]),
+        wait: bool,
     ) -> Result<WriteOutcome, gst::FlowError> {
         loop {
-            let Some(link) = state.link.as_mut() else {
+            let Some(link) = state.link(slot) else {
                 return Ok(WriteOutcome::NoReader);
             };
             match link.records.grant(payload) {
                 Ok(Some(mut grant)) => {
                     fill(grant.payload());
                     grant.commit(header);
-                    self.stats.set_wakeups_sent(link.records.wakeups_sent());
+                    let sent = link.records.wakeups_sent();
+                    self.stats.add_wakeups_sent(sent - link.wakeups_counted);
+                    link.wakeups_counted = sent;
                     return Ok(WriteOutcome::Written);
                 }
-                Ok(None) => self.wait_for_space(state, payload.inline_len())?,
+                Ok(None) if wait => self.wait_for_space(state, slot, payload.inline_len())?,
+                Ok(None) => return Ok(WriteOutcome::Full),
                 Err(err) => return Err(self.post_ring_error(&err, payload.len())),
             }
         }
     }
 
-    /// Sends `len` bytes that `fill` writes: inline if they are small, else
-    /// in a heap block given to the reader.
+    /// Sends `bytes` to the reader in `slot`: inline if they are small, else
+    /// in a heap block given to that reader.
     fn send_copy(
         &self,
         state: &mut State,
+        slot: u32,
         header: &RecordHeader,
-        len: usize,
-        fill: impl FnOnce(&mut [u8]),
+        bytes: &[u8],
+        wait: bool,
     ) -> Result<WriteOutcome, gst::FlowError> {
-        if len <= INLINE_MAX {
-            return self.write_record(state, header, Payload::Inline { len: len as u64 }, fill);
+        let len = bytes.len() as u64;
+        let mut fill = |dest: &mut [u8]| dest.copy_from_slice(bytes);
+        if bytes.len() <= INLINE_MAX {
+            return self.write_record(state, slot, header, Payload::Inline { len }, &mut fill, wait);
         }
-        let Some((slot, heap)) = state.link.as_ref().map(|link| (link.slot, link.heap.clone())) else {
+        let Some(heap) = state.link(slot).map(|link| link.heap.clone()) else {
             return Ok(WriteOutcome::NoReader);
         };
-        let len = len as u64;
+        let unlock = self.unlock.notifier()?;
+        let offset = match self.allocate_block(state, &heap, len, ring::reader(slot), &unlock)? {
+            Some(offset) => offset,
+            None => return self.write_record(state, slot, header, Payload::Inline { len }, &mut fill, wait),
+        };
+        // SAFETY: the block was just allocated for this reader, which has
+        // not been told of it yet, and nothing else maps it writable.
+        if let Some(block) = unsafe { heap.memory().block_mut(offset, len) } {
+            fill(block);
+        }
+        self.send_block(state, slot, &heap, header, offset, len, wait)
+    }
+
+    /// An error, naming the `ring-size` to set, if a payload of `len` bytes
+    /// can never fit in the heap.
+    fn check_heap_holds(&self, heap: &SinkHeap, len: u64) -> Result<(), gst::FlowError> {
         if !heap.can_ever_hold(len) {
             gst::element_imp_error!(
                 self,
@@ -467,71 +624,182 @@ impl ShmRingSink {
             );
             return Err(gst::FlowError::Error);
         }
-        let unlock = self.unlock.notifier()?;
-        let offset = match heap.allocate(len, ring::reader(slot), &unlock) {
-            Ok(Allocation::Block(offset)) => offset,
-            Ok(Allocation::Interrupted) => return Err(gst::FlowError::Flushing),
+        Ok(())
+    }
+
+    /// A block of `len` bytes held by `holders`, waiting for readers to give
+    /// blocks back if none is free. `None` means that none will come back
+    /// and the payload (which then fits) must go inline.
+    fn allocate_block(
+        &self,
+        state: &State,
+        heap: &SinkHeap,
+        len: u64,
+        holders: ring::Holders,
+        unlock: &Notifier,
+    ) -> Result<Option<u64>, gst::FlowError> {
+        self.check_heap_holds(heap, len)?;
+        match heap.allocate(len, holders, unlock) {
+            Ok(Allocation::Block(offset)) => Ok(Some(offset)),
+            Ok(Allocation::Interrupted) => Err(gst::FlowError::Flushing),
             Ok(Allocation::Exhausted) => {
-                // Every block is held here or downstream of the reader, which
+                // Every block is held here or downstream of a reader, which
                 // may keep its buffers until it gets more: waiting could
-                // wait forever. A payload that fits goes through the record
-                // queue instead.
-                let queue = state.link.as_ref().map_or(0, |link| link.records.capacity());
+                // wait forever. A payload that fits every reader's record
+                // queue goes inline instead.
+                let queue = state
+                    .links
+                    .iter()
+                    .map(|link| link.records.capacity())
+                    .min()
+                    .unwrap_or(0);
                 if ring::layout::record_size(len).is_some_and(|size| size <= queue) {
                     gst::debug!(CAT, imp = self, "no free block; {len} bytes go inline");
-                    return self.write_record(state, header, Payload::Inline { len }, fill);
+                    return Ok(None);
                 }
                 gst::element_imp_error!(
                     self,
                     gst::ResourceError::NoSpaceLeft,
                     [
-                        "No block of the {}-byte heap is free for a buffer of {len} bytes, and none is on its way back: upstream and the reader's downstream hold them all. Raise ring-size",
+                        "No block of the {}-byte heap is free for a buffer of {len} bytes, and none is on its way back: upstream and the readers' downstream hold them all. Raise ring-size",
                         heap.size()
                     ]
                 );
-                return Err(gst::FlowError::Error);
+                Err(gst::FlowError::Error)
             }
-            Err(err) => return Err(self.post_ring_error(&err, len)),
-        };
-        // SAFETY: the block was just allocated for this reader, which has
-        // not been told of it yet, and nothing else maps it.
-        if let Some(block) = unsafe { heap.memory().block_mut(offset, len) } {
-            fill(block);
+            Err(err) => Err(self.post_ring_error(&err, len)),
         }
-        self.send_block(state, &heap, header, offset, len)
     }
 
-    /// Sends a record naming a block the linked reader already holds. If
-    /// the record cannot be sent, the reader's hold is dropped.
+    /// Sends a record naming a block the reader in `slot` already holds.
+    /// If the record cannot be sent, the reader's hold is dropped.
+    #[allow(clippy::too_many_arguments)]
     fn send_block(
         &self,
         state: &mut State,
+        slot: u32,
         heap: &SinkHeap,
         header: &RecordHeader,
         offset: u64,
         len: u64,
+        wait: bool,
     ) -> Result<WriteOutcome, gst::FlowError> {
-        let slot = state.link.as_ref().map(|link| link.slot);
-        let written = self.write_record(state, header, Payload::Block { offset, len }, |_| {});
-        // A reader that left had its holds dropped with its link.
-        if let (Some(slot), Ok(WriteOutcome::Written)) = (slot, &written)
-            && let Some(link) = state.link.as_ref().filter(|link| link.slot == slot)
+        // A reader dropped while we waited for the block has no hold left
+        // to send: its bit was cleared everywhere, this block's included.
+        if heap.evicted(slot) {
+            self.drop_link(state, slot);
+        }
+        let written = self.write_record(state, slot, header, Payload::Block { offset, len }, &mut |_| {}, wait);
+        if let Ok(WriteOutcome::Written) = &written
+            && let Some(link) = state.link(slot)
         {
             heap.sent(slot, link.records.position());
             return written;
         }
-        if let Some(slot) = slot
-            && heap.holds_for(offset, slot)
-        {
+        // Not sent, or the reader left: its hold goes. A reader that left
+        // had its holds dropped with its link.
+        if heap.holds_for(offset, slot) {
             heap.release(offset, ring::reader(slot));
         }
         written
     }
 
-    /// Sleeps until a record with `inline_len` bytes of inline payload fits,
-    /// the reader leaves (the link is dropped), or the sink is unlocked.
-    fn wait_for_space(&self, state: &mut State, inline_len: u64) -> Result<(), gst::FlowError> {
-        let Some(link) = state.link.as_mut() else {
+    /// Sends a caps, event or layout record to the reader in `slot`, in
+    /// order with its others. In `drop` mode it never waits: a record that
+    /// does not fit is kept in the reader's backlog, and a reader whose
+    /// backlog overflows is let go.
+    fn send_control(
+        &self,
+        state: &mut State,
+        slot: u32,
+        header: &RecordHeader,
+        bytes: &[u8],
+        drop_mode: bool,
+    ) -> Result<(), gst::FlowError> {
+        if !drop_mode {
+            self.send_copy(state, slot, header, bytes, true)?;
+            return Ok(());
+        }
+        if self.flush_backlog(state, slot, false)?
+            && self.send_copy(state, slot, header, bytes, false)? != WriteOutcome::Full
+        {
+            return Ok(());
+        }
+        let Some(link) = state.link(slot) else {
+            return Ok(());
+        };
+        link.backlog.push_back((*header, bytes.to_vec()));
+        if link.backlog.len() > MAX_BACKLOG {
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Write,
+                ["Reader {slot} has not read for {MAX_BACKLOG} events; letting it go"]
+            );
+            self.drop_link(state, slot);
+        }
+        Ok(())
+    }
+
+    /// Sends the backlog of the reader in `slot`, oldest first, while it
+    /// fits (or, with `wait`, all of it). Returns whether it is empty now.
+    fn flush_backlog(&self, state: &mut State, slot: u32, wait: bool) -> Result<bool, gst::FlowError> {
+        loop {
+            let Some((header, bytes)) = state.link(slot).and_then(|link| link.backlog.pop_front()) else {
+                return Ok(true);
+            };
+            if self.send_copy(state, slot, &header, &bytes, wait)? == WriteOutcome::Full {
+                if let Some(link) = state.link(slot) {
+                    link.backlog.push_front((header, bytes));
+                }
+                return Ok(false);
+            }
+        }
+    }
+
+    /// The reader in `slot` does not get this buffer (`drop` mode): it is
+    /// counted, the reader is told before its next buffer, and it resumes at
+    /// a buffer that is not a delta unit.
+    fn lose(&self, state: &mut State, slot: u32) {
+        if let Some(link) = state.link(slot) {
+            link.lost += 1;
+            link.needs_keyframe = true;
+            self.stats.lost(1);
+        }
+    }
+
+    /// Before the next buffer of a reader that lost buffers: a Lost record
+    /// with how many. Returns whether the buffer may follow (and then must
+    /// carry DISCONT), or `None` if the record did not fit.
+    fn announce_loss(&self, state: &mut State, slot: u32, wait: bool) -> Result<Option<bool>, gst::FlowError> {
+        let lost = match state.link(slot) {
+            Some(link) => link.lost,
+            None => return Ok(None),
+        };
+        if lost == 0 {
+            return Ok(Some(false));
+        }
+        let payload = codec::encode_lost(lost);
+        let header = RecordHeader::untimed(RecordKind::Lost, 0);
+        let len = payload.len() as u64;
+        let mut fill = |dest: &mut [u8]| dest.copy_from_slice(&payload);
+        match self.write_record(state, slot, &header, Payload::Inline { len }, &mut fill, wait)? {
+            WriteOutcome::Written => {
+                if let Some(link) = state.link(slot) {
+                    gst::debug!(CAT, imp = self, "reader {slot} lost {lost} buffers");
+                    link.lost = 0;
+                }
+                Ok(Some(true))
+            }
+            WriteOutcome::NoReader | WriteOutcome::Full => Ok(None),
+        }
+    }
+
+    /// Sleeps until a record with `inline_len` bytes of inline payload fits
+    /// the queue of the reader in `slot`, that reader leaves (its link is
+    /// dropped), or the sink is unlocked. Readers that connect meanwhile
+    /// are accepted, to be linked at the next buffer.
+    fn wait_for_space(&self, state: &mut State, slot: u32, inline_len: u64) -> Result<(), gst::FlowError> {
+        let Some(link) = state.link(slot) else {
             return Ok(());
         };
         match link.records.prepare_wait(inline_len) {
@@ -549,16 +817,17 @@ impl ShmRingSink {
             return Err(gst::FlowError::Flushing);
         }
         if ready[1] && link.connection.peer_gone() {
-            gst::element_imp_warning!(
-                self,
-                gst::ResourceError::Write,
-                ["The reader disconnected; waiting for a new one"]
-            );
-            // A reader waiting in the listen queue is the next one, not
-            // one to turn away.
-            self.drop_link(state);
-        } else if ready[3] {
-            self.refuse_extra_readers(state);
+            gst::element_imp_warning!(self, gst::ResourceError::Write, ["Reader {slot} disconnected"]);
+            self.drop_link(state, slot);
+            return Ok(());
+        }
+        if link.records.reader_detached() {
+            gst::info!(CAT, imp = self, "reader {slot} detached while the writer waited for it");
+            self.depart_link(state, slot);
+            return Ok(());
+        }
+        if ready[3] {
+            self.accept_waiting(state)?;
         }
         Ok(())
     }
@@ -589,7 +858,7 @@ impl ShmRingSink {
         size: usize,
         interrupt: &Notifier,
     ) -> Result<Option<BlockMemory>, gst::FlowError> {
-        let heap = self.heap(self.linked.load(Ordering::SeqCst))?;
+        let heap = self.heap(self.linked.load(Ordering::SeqCst) > 0)?;
         let len = size as u64;
         if !heap.can_ever_hold(len) {
             return Ok(None);
@@ -618,9 +887,8 @@ impl ShmRingSink {
     }
 
     /// The block `buffer`'s one memory is, if upstream filled a block of our
-    /// heap; the linked reader then holds it too.
-    fn block_in_place(&self, state: &State, buffer: &gst::Buffer) -> Option<(u64, u64)> {
-        let slot = state.link.as_ref()?.slot;
+    /// heap; the readers of `holders` then hold it too.
+    fn block_in_place(&self, buffer: &gst::Buffer, holders: ring::Holders) -> Option<(u64, u64)> {
         if buffer.n_memory() != 1 {
             return None;
         }
@@ -629,17 +897,21 @@ impl ShmRingSink {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()?;
-        // Blocks the reader gave back make upstream's buffers writable again,
-        // so that its pool keeps them.
+        // Blocks the readers gave back make upstream's buffers writable
+        // again, so that its pool keeps them.
         heap.collect_now();
         let memory = buffer.memory(0)?;
         let (offset, len) = {
             let map = memory.map_readable().ok()?;
             (heap.memory().offset_of(map.as_ptr())?, map.len() as u64)
         };
-        heap.hold_in_place(offset, len, slot, memory).then_some((offset, len))
+        heap.hold_in_place(offset, len, holders, memory)
+            .then_some((offset, len))
     }
 
+    /// Writes a buffer to every linked reader that is to get it. Its
+    /// payload goes into the heap once, whatever the number of readers: a
+    /// block they all hold, each with its own holder bit.
     fn render_locked(
         &self,
         state: &mut State,
@@ -649,94 +921,272 @@ impl ShmRingSink {
         layout: &VideoLayout,
         wait: bool,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        state.renders_since_refusal += 1;
-        if state.renders_since_refusal >= REFUSAL_INTERVAL && state.link.is_some() {
-            self.refuse_extra_readers(state);
-        }
-        let size = buffer.size();
+        let drop_mode = self.drop_mode(state);
+        let delta = buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+        let queue_limit = self.queue_limit(buffer);
         loop {
-            if !self.ensure_link(state, unlock, wait)? {
+            if !self.admit_readers(state, unlock, wait)? {
                 gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
                 return Ok(gst::FlowSuccess::Ok);
             }
             let base_time = self.obj().base_time();
-            if base_time.is_some() && state.timeline_sent != base_time {
-                self.send_timeline(state)?;
-                state.timeline_sent = base_time;
-                continue;
+            let mut timeline = None;
+            let mut recipients = Vec::with_capacity(state.links.len());
+            for slot in state.slots() {
+                if drop_mode && !self.flush_backlog(state, slot, false)? {
+                    self.lose(state, slot);
+                    continue;
+                }
+                let Some(link) = state.link(slot) else {
+                    continue;
+                };
+                link.records.set_limit(queue_limit);
+                if link.needs_keyframe && delta {
+                    // A reader that just joined never had the frames this
+                    // one depends on; one that lost buffers lost them too.
+                    if link.lost > 0 {
+                        self.lose(state, slot);
+                    }
+                    continue;
+                }
+                if base_time.is_some() && link.timeline_sent != base_time {
+                    link.timeline_sent = base_time;
+                    if timeline.is_none() {
+                        timeline = Some(self.timeline_record());
+                    }
+                    if let Some(Some((timeline_header, bytes))) = &timeline {
+                        self.send_control(state, slot, timeline_header, bytes, drop_mode)?;
+                    }
+                    let Some(link) = state.link(slot) else {
+                        continue;
+                    };
+                    if drop_mode && !link.backlog.is_empty() {
+                        self.lose(state, slot);
+                        continue;
+                    }
+                }
+                let Some(link) = state.link(slot) else {
+                    continue;
+                };
+                if link.layout != *layout {
+                    let bytes = layout.as_ref().map_or(&[][..], |bytes| &bytes[..]);
+                    let layout_header = RecordHeader::untimed(RecordKind::VideoLayout, 0);
+                    self.send_control(state, slot, &layout_header, bytes, drop_mode)?;
+                    if let Some(link) = state.link(slot) {
+                        link.layout = *layout;
+                    }
+                    if drop_mode && state.link(slot).is_some_and(|link| !link.backlog.is_empty()) {
+                        self.lose(state, slot);
+                        continue;
+                    }
+                }
+                if state.link(slot).is_some() {
+                    recipients.push(slot);
+                }
             }
-            if state.link.as_ref().is_some_and(|link| &link.layout != layout) {
-                let layout_bytes = layout.as_ref().map_or(&[][..], |bytes| &bytes[..]);
-                let layout_header = RecordHeader::untimed(RecordKind::VideoLayout, 0);
-                let sent = self.write_record(
-                    state,
-                    &layout_header,
-                    Payload::Inline {
-                        len: layout_bytes.len() as u64,
-                    },
-                    |dest| dest.copy_from_slice(layout_bytes),
-                )?;
-                if let (WriteOutcome::Written, Some(link)) = (sent, state.link.as_mut()) {
-                    link.layout = *layout;
-                }
-                continue;
+            let (delivered, copied) = self.deliver(state, unlock, buffer, header, &recipients, drop_mode)?;
+            if delivered > 0 {
+                self.stats.buffer(buffer.size(), copied);
+                return Ok(gst::FlowSuccess::Ok);
             }
-            let in_place = if size > INLINE_MAX {
-                self.block_in_place(state, buffer)
-            } else {
-                None
-            };
-            gst::trace!(CAT, imp = self, "{buffer:?} in place: {in_place:?}");
-            let (outcome, copied) = match in_place {
-                Some((offset, len)) => {
-                    let heap = state
-                        .link
-                        .as_ref()
-                        .map(|link| link.heap.clone())
-                        .ok_or(gst::FlowError::Flushing)?;
-                    (self.send_block(state, &heap, header, offset, len)?, false)
-                }
-                None => {
-                    let outcome = self.send_copy(state, header, size, |dest| {
-                        buffer.copy_to_slice(0, dest).ok();
-                    })?;
-                    (outcome, true)
-                }
-            };
-            match outcome {
-                WriteOutcome::Written => {
-                    self.stats.buffer(size, copied);
-                    return Ok(gst::FlowSuccess::Ok);
-                }
-                // The reader left while we waited for room: the next one
-                // gets this buffer.
-                WriteOutcome::NoReader if wait => continue,
-                WriteOutcome::NoReader => return Ok(gst::FlowSuccess::Ok),
+            // Every reader left while we waited for room: the next one
+            // gets this buffer.
+            if !(wait && state.links.is_empty()) {
+                return Ok(gst::FlowSuccess::Ok);
             }
         }
     }
 
-    /// Tells the reader this pipeline's base time on CLOCK_MONOTONIC and the
-    /// latency upstream, so that a live reader can map timestamps onto its
-    /// own timeline (see `timeline.rs`).
-    fn send_timeline(&self, state: &mut State) -> Result<(), gst::FlowError> {
+    /// The bytes of records a reader's queue may hold unread: as many
+    /// records like this buffer's as `ring-time` lasts, by its duration, or
+    /// the whole queue.
+    fn queue_limit(&self, buffer: &gst::Buffer) -> u64 {
+        let ring_time = self
+            .settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .ring_time_us;
+        let duration = buffer.duration().map_or(0, gst::ClockTime::nseconds);
+        if ring_time == 0 || duration == 0 {
+            return u64::MAX;
+        }
+        let records = (ring_time.saturating_mul(1000) / duration).max(1);
+        let inline_len = if buffer.size() <= INLINE_MAX {
+            buffer.size() as u64
+        } else {
+            0
+        };
+        let record = ring::layout::record_size(inline_len).unwrap_or(u64::MAX);
+        records.saturating_mul(record)
+    }
+
+    /// The record that tells a reader this pipeline's base time on
+    /// CLOCK_MONOTONIC and the latency upstream, so that a live reader can
+    /// map timestamps onto its own timeline (see `timeline.rs`); `None`
+    /// while the pipeline has no clock.
+    fn timeline_record(&self) -> Option<(RecordHeader, Vec<u8>)> {
         let obj = self.obj();
         let upstream_latency = match obj.query_latency() {
             Ok((_, true, min, _)) => min,
             _ => None,
         };
-        let Some(timeline) = Timeline::of(obj.upcast_ref(), upstream_latency) else {
-            return Ok(());
-        };
+        let timeline = Timeline::of(obj.upcast_ref(), upstream_latency)?;
         gst::debug!(CAT, imp = self, "sending {timeline:?}");
-        if let Some((header, payload)) = codec::encode_event(&timeline.to_event()) {
-            self.send_copy(state, &header, payload.len(), |dest| dest.copy_from_slice(&payload))?;
-        }
-        Ok(())
+        codec::encode_event(&timeline.to_event())
     }
 
-    /// Writes a serialized event, or drops it if no reader is linked: a reader
-    /// that links later gets the sticky ones replayed.
+    /// Writes `buffer` to the readers in `recipients`. Returns to how many
+    /// it went, and whether its payload was copied.
+    fn deliver(
+        &self,
+        state: &mut State,
+        unlock: &Notifier,
+        buffer: &gst::Buffer,
+        header: &RecordHeader,
+        recipients: &[u32],
+        drop_mode: bool,
+    ) -> Result<(usize, bool), gst::FlowError> {
+        if recipients.is_empty() {
+            return Ok((0, false));
+        }
+        let size = buffer.size();
+        let len = size as u64;
+        if size <= INLINE_MAX {
+            let mut delivered = 0;
+            for &slot in recipients {
+                let mut fill = |dest: &mut [u8]| {
+                    buffer.copy_to_slice(0, dest).ok();
+                };
+                let sent = self.deliver_one(state, slot, header, drop_mode, |sink, state, header| {
+                    sink.write_record(state, slot, header, Payload::Inline { len }, &mut fill, !drop_mode)
+                })?;
+                delivered += usize::from(sent);
+            }
+            return Ok((delivered, true));
+        }
+        let Some(heap) = state.links.first().map(|link| link.heap.clone()) else {
+            return Ok((0, false));
+        };
+        self.check_heap_holds(&heap, len)?;
+        let mut recipients = recipients.to_vec();
+        if drop_mode {
+            // A reader that holds its share of the heap gets no more: the
+            // others, and upstream, keep theirs. That share is what it may
+            // fall behind by before it loses buffers. A reader that holds
+            // nothing gets any payload the heap can hold.
+            let share = heap.size() / (state.links.len() as u64 + 1);
+            for slot in std::mem::take(&mut recipients) {
+                let held = heap.bytes_held_by_slot(slot);
+                if held == 0 || held + len <= share {
+                    recipients.push(slot);
+                } else {
+                    self.lose(state, slot);
+                }
+            }
+            if recipients.is_empty() {
+                return Ok((0, false));
+            }
+        }
+        let holders = recipients.iter().fold(0, |holders, &slot| holders | ring::reader(slot));
+        let (offset, copied) = match self.block_in_place(buffer, holders) {
+            Some((offset, _)) => (offset, false),
+            None => match self.allocate_block(state, &heap, len, holders, unlock)? {
+                Some(offset) => {
+                    // SAFETY: the block was just allocated for these readers,
+                    // none of which has been told of it yet, and nothing
+                    // else maps it writable.
+                    if let Some(block) = unsafe { heap.memory().block_mut(offset, len) } {
+                        buffer.copy_to_slice(0, block).ok();
+                    }
+                    (offset, true)
+                }
+                None => {
+                    // No block will come back: inline, a copy per reader.
+                    let mut delivered = 0;
+                    for &slot in &recipients {
+                        let mut fill = |dest: &mut [u8]| {
+                            buffer.copy_to_slice(0, dest).ok();
+                        };
+                        let sent = self.deliver_one(state, slot, header, drop_mode, |sink, state, header| {
+                            sink.write_record(state, slot, header, Payload::Inline { len }, &mut fill, !drop_mode)
+                        })?;
+                        delivered += usize::from(sent);
+                    }
+                    return Ok((delivered, true));
+                }
+            },
+        };
+        let mut delivered = 0;
+        for (index, &slot) in recipients.iter().enumerate() {
+            let sent = self.deliver_one(state, slot, header, drop_mode, |sink, state, header| {
+                sink.send_block(state, slot, &heap, header, offset, len, !drop_mode)
+            });
+            match sent {
+                Ok(sent) => {
+                    delivered += usize::from(sent);
+                    // Not sent: the hold of a reader still linked goes.
+                    if !sent && heap.holds_for(offset, slot) {
+                        heap.release(offset, ring::reader(slot));
+                    }
+                }
+                Err(err) => {
+                    // Unlocked or failed: the readers not reached yet let
+                    // go of the block they will never hear of.
+                    for &later in &recipients[index..] {
+                        if heap.holds_for(offset, later) {
+                            heap.release(offset, ring::reader(later));
+                        }
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok((delivered, copied))
+    }
+
+    /// Writes one buffer record to the reader in `slot` with `write`, after
+    /// a Lost record if it lost buffers (then the buffer carries DISCONT).
+    /// Returns whether the buffer went; in `drop` mode one that does not fit
+    /// is lost.
+    fn deliver_one(
+        &self,
+        state: &mut State,
+        slot: u32,
+        header: &RecordHeader,
+        drop_mode: bool,
+        write: impl FnOnce(&Self, &mut State, &RecordHeader) -> Result<WriteOutcome, gst::FlowError>,
+    ) -> Result<bool, gst::FlowError> {
+        let discont = match self.announce_loss(state, slot, !drop_mode)? {
+            Some(discont) => discont,
+            None => {
+                if drop_mode {
+                    self.lose(state, slot);
+                }
+                return Ok(false);
+            }
+        };
+        let mut header = *header;
+        if discont {
+            header.flags |= gst::BufferFlags::DISCONT.bits();
+        }
+        match write(self, state, &header)? {
+            WriteOutcome::Written => {
+                if let Some(link) = state.link(slot) {
+                    link.needs_keyframe = false;
+                }
+                Ok(true)
+            }
+            WriteOutcome::Full => {
+                self.lose(state, slot);
+                Ok(false)
+            }
+            WriteOutcome::NoReader => Ok(false),
+        }
+    }
+
+    /// Writes a serialized event to every linked reader, or drops it if
+    /// none is linked: a reader that links later gets the sticky ones
+    /// replayed.
     fn write_event(&self, event: &gst::Event) -> Result<(), gst::FlowError> {
         let Some((header, payload)) = codec::encode_event(event) else {
             return Ok(());
@@ -750,16 +1200,26 @@ impl ShmRingSink {
         // reader like a buffer does, so that none is lost and a stream with
         // no buffers still ends on the reader's side. Sticky events need not:
         // every new reader gets them replayed.
-        let waits = event.type_() == gst::EventType::Eos || !event.is_sticky();
-        if waits && !self.ensure_link(&mut state, &unlock, self.wait_for_connection())? {
+        let is_eos = event.type_() == gst::EventType::Eos;
+        let waits = is_eos || !event.is_sticky();
+        if waits && !self.admit_readers(&mut state, &unlock, self.wait_for_connection())? {
             return Ok(());
         }
-        if state.link.is_none() {
+        if state.links.is_empty() {
             return Ok(());
         }
-        self.send_copy(&mut state, &header, payload.len(), |dest| {
-            dest.copy_from_slice(&payload)
-        })?;
+        let drop_mode = self.drop_mode(&mut state);
+        for slot in state.slots() {
+            if is_eos {
+                // The end of the stream is not dropped: every reader gets
+                // what it is owed of caps and events, then EOS.
+                self.flush_backlog(&mut state, slot, true)?;
+                self.announce_loss(&mut state, slot, true)?;
+                self.send_copy(&mut state, slot, &header, &payload, true)?;
+            } else {
+                self.send_control(&mut state, slot, &header, &payload, drop_mode)?;
+            }
+        }
         Ok(())
     }
 
@@ -819,6 +1279,12 @@ impl ObjectImpl for ShmRingSink {
                     .default_value(DEFAULT_RING_SIZE)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt64::builder("ring-time")
+                    .nick("Ring time")
+                    .blurb("Microseconds of buffers (by their durations) a reader's queue may hold unread, e.g. 20000 for 20 ms of live audio: the most a reader can lag, and so the most latency the ring adds. When a reader is that far behind, the writer waits (when-full=block) or drops for it (drop). 0: bounded by the queue's size only")
+                    .default_value(DEFAULT_RING_TIME_US)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoolean::builder("wait-for-connection")
                     .nick("Wait for connection")
                     .blurb("Block the stream until a reader connects; if false, data is dropped while no reader is connected")
@@ -832,9 +1298,28 @@ impl ObjectImpl for ShmRingSink {
                     .default_value(DEFAULT_PERMS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("max-readers")
+                    .nick("Maximum readers")
+                    .blurb("Readers served at once; each gets every buffer, whose payload is written into shared memory once for all of them. A reader beyond this is refused as busy")
+                    .minimum(1)
+                    .maximum(ring::MAX_READERS)
+                    .default_value(DEFAULT_MAX_READERS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("when-full", WhenFull::default())
+                    .nick("When full")
+                    .blurb("What a reader that falls behind does to the writer. block: nothing is lost, the slowest reader paces the writer and so every reader. drop: the writer never waits for a reader; one whose queue or share of the heap is full loses buffers (counted in stats buffers-lost on both sides), gets a DISCONT and resumes at a keyframe. auto (default): drop if upstream is live, since a live source cannot wait anyway and a slow reader should not starve the others; block otherwise, so that files are never silently cut")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("readers")
+                    .nick("Readers")
+                    .blurb("Readers linked now. New readers are taken in as buffers pass")
+                    .maximum(ring::MAX_READERS)
+                    .read_only()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, times-blocked-full, peak-held-bytes (heap bytes held by the reader at most)")
+                    .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, times-blocked-full, peak-held-bytes (heap bytes held by readers at most), buffers-lost (buffers not delivered to a lagging reader in drop mode, summed over readers)")
                     .read_only()
                     .build(),
             ]
@@ -851,6 +1336,9 @@ impl ObjectImpl for ShmRingSink {
             "ring-size" => settings.ring_size = value.get().unwrap_or(DEFAULT_RING_SIZE),
             "wait-for-connection" => settings.wait_for_connection = value.get().unwrap_or(DEFAULT_WAIT_FOR_CONNECTION),
             "perms" => settings.perms = value.get().unwrap_or(DEFAULT_PERMS),
+            "max-readers" => settings.max_readers = value.get().unwrap_or(DEFAULT_MAX_READERS),
+            "when-full" => settings.when_full = value.get().unwrap_or_default(),
+            "ring-time" => settings.ring_time_us = value.get().unwrap_or(DEFAULT_RING_TIME_US),
             name => gst::warning!(CAT, imp = self, "no property {name}"),
         }
     }
@@ -862,6 +1350,10 @@ impl ObjectImpl for ShmRingSink {
             "ring-size" => settings.ring_size.to_value(),
             "wait-for-connection" => settings.wait_for_connection.to_value(),
             "perms" => settings.perms.to_value(),
+            "max-readers" => settings.max_readers.to_value(),
+            "when-full" => settings.when_full.to_value(),
+            "ring-time" => settings.ring_time_us.to_value(),
+            "readers" => self.linked.load(Ordering::SeqCst).to_value(),
             "stats" => self
                 .stats
                 .to_structure("application/x-shmringsink-stats", true)
@@ -933,7 +1425,7 @@ impl BaseSinkImpl for ShmRingSink {
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         let mut state = self.lock_state();
-        self.drop_link(&mut state);
+        self.drop_all_links(&mut state);
         *state = State::default();
         drop(state);
         // Buffers still alive upstream keep their blocks, and the heap with
@@ -961,7 +1453,7 @@ impl BaseSinkImpl for ShmRingSink {
             // Close the connection without EOS, so that the reader reports
             // that the writer failed instead of ending as if it had finished.
             state.failed = true;
-            self.drop_link(&mut state);
+            self.drop_all_links(&mut state);
         }
         if buffer.size() > INLINE_MAX
             && let Some(heap) = self

@@ -128,6 +128,8 @@ struct Link {
     /// the next buffer tells whether its timestamps can be mapped.
     segment: Option<gst::Segment>,
     segment_pending: bool,
+    /// The writer dropped buffers for us: the next buffer is a DISCONT.
+    discont: bool,
 }
 
 /// Buffers to copy payloads into, recycled so that a stream of copies does
@@ -318,6 +320,7 @@ impl ShmRingSrc {
             timeline: None,
             segment: None,
             segment_pending: false,
+            discont: false,
         })
     }
 
@@ -373,6 +376,27 @@ impl ShmRingSrc {
         let (pts, dts) = (map(buffer.pts()), map(buffer.dts()));
         buffer.set_pts(pts);
         buffer.set_dts(dts);
+    }
+
+    /// The writer (`when-full=drop`) dropped `lost` buffers meant for us:
+    /// counted, and posted as a QoS message with the totals so far.
+    fn report_lost(&self, lost: u64) {
+        self.stats.lost(lost);
+        let total = self.stats.buffers_lost();
+        gst::warning!(
+            CAT,
+            imp = self,
+            "the writer dropped {lost} buffers for this reader ({total} so far): it reads slower than the writer writes"
+        );
+        let processed = self.stats.buffers();
+        let message = gst::message::Qos::builder(self.obj().is_live())
+            .stats(
+                gst::format::Buffers::from_u64(processed),
+                gst::format::Buffers::from_u64(total),
+            )
+            .src(&*self.obj())
+            .build();
+        let _ = self.obj().post_message(message);
     }
 
     fn decode_error(&self, err: impl std::fmt::Display) -> gst::FlowError {
@@ -442,6 +466,9 @@ impl ShmRingSrc {
             if self.obj().is_live() {
                 self.onto_our_timeline(link, buffer.make_mut());
             }
+            if std::mem::take(&mut link.discont) {
+                buffer.make_mut().set_flags(gst::BufferFlags::DISCONT);
+            }
             return Ok(Some(Step::Buffer(buffer)));
         }
         // Parse a private copy: the writer could change shared bytes between
@@ -469,6 +496,12 @@ impl ShmRingSrc {
         };
         if header.kind == RecordKind::VideoLayout {
             link.layout = codec::decode_video_layout(&bytes).map_err(|err| self.decode_error(err))?;
+            return Ok(Some(Step::Continue));
+        }
+        if header.kind == RecordKind::Lost {
+            let lost = codec::decode_lost(&bytes).map_err(|err| self.decode_error(err))?;
+            link.discont = true;
+            self.report_lost(lost);
             return Ok(Some(Step::Continue));
         }
         let decoded = codec::decode(&header, &bytes).map_err(|err| self.decode_error(err))?;
