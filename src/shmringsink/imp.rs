@@ -1075,6 +1075,9 @@ impl ShmRingSink {
             // fall behind by before it loses buffers. A reader that holds
             // nothing gets any payload the heap can hold.
             let share = heap.size() / (state.links.len() as u64 + 1);
+            // What the readers gave back counts: the allocator takes their
+            // releases only when it runs short.
+            heap.collect_now();
             for slot in std::mem::take(&mut recipients) {
                 let held = heap.bytes_held_by_slot(slot);
                 if held == 0 || held + len <= share {
