@@ -9,6 +9,7 @@
 //! buffer a reader pushes, pts + base time is the clock time it is due at;
 //! mapped right, that is (writer base time) + n * 10 ms for every reader.
 
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, Once};
 use std::thread;
 use std::time::Duration;
@@ -30,7 +31,7 @@ fn init() {
 }
 
 /// One buffer as a reader pushed it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Pushed {
     offset: u64,
     /// pts + the reader pipeline's base time: when the buffer is due.
@@ -131,4 +132,86 @@ fn readers_started_apart_place_every_buffer_at_the_same_instant() {
             pushed.pushed_at
         );
     }
+}
+
+/// Set in the second reader process, which is this test binary run again
+/// for the test below: the file it writes what it pushed to.
+const READER_OUTPUT: &str = "SHMRING_TIMELINE_READER_OUTPUT";
+
+/// Two readers at once, one in this process and one in another, started a
+/// second apart, read one live writer (which serves both): every buffer
+/// either pushes lies on one line of due times.
+#[test]
+fn readers_in_two_processes_place_every_buffer_at_the_same_instant() {
+    init();
+    if let Some(output) = std::env::var_os(READER_OUTPUT) {
+        // The second process: read, write down, and end here.
+        let socket = std::env::var("SHMRING_TIMELINE_SOCKET").expect("the socket path");
+        let lines: Vec<String> = read_live(&socket, 200)
+            .iter()
+            .map(|pushed| format!("{} {} {} {}", pushed.offset, pushed.due, pushed.pushed_at, pushed.pts))
+            .collect();
+        std::fs::write(output, lines.join("\n")).expect("writing what was pushed");
+        std::process::exit(0);
+    }
+    let scratch = Scratch::new("timeline_two_processes");
+    let socket = scratch.socket().display().to_string();
+    let mut writer = start_writer(
+        &scratch,
+        &format!(
+            "videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=100/1 ! shmringsink socket-path={socket} wait-for-connection=false"
+        ),
+    );
+    let output = scratch.path("second-reader.txt");
+    let mut other = Command::new(std::env::current_exe().expect("this test binary"))
+        .args([
+            "--exact",
+            "readers_in_two_processes_place_every_buffer_at_the_same_instant",
+            "--test-threads=1",
+        ])
+        .env(READER_OUTPUT, &output)
+        .env("SHMRING_TIMELINE_SOCKET", &socket)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting the second reader process");
+    thread::sleep(Duration::from_secs(1));
+    let here = read_live(&socket, 50);
+    let status = other.wait().expect("waiting for the second reader");
+    assert!(status.success(), "the second reader process failed ({status})");
+    writer.assert_running();
+    let there: Vec<Pushed> = std::fs::read_to_string(&output)
+        .expect("what the second reader pushed")
+        .lines()
+        .map(|line| {
+            let numbers: Vec<u64> = line.split(' ').map(|n| n.parse().expect("a number")).collect();
+            Pushed {
+                offset: numbers[0],
+                due: numbers[1],
+                pushed_at: numbers[2],
+                pts: numbers[3],
+            }
+        })
+        .collect();
+    assert_eq!(there.len(), 200);
+    // The two read at the same time: some buffers went to both.
+    assert!(
+        here.iter().any(|a| there.iter().any(|b| a.offset == b.offset)),
+        "the readers did not overlap\nhere: {here:?}\nthere: {there:?}"
+    );
+    let origins: Vec<u64> = here
+        .iter()
+        .chain(&there)
+        .filter(|pushed| pushed.pts > 0)
+        .map(|pushed| pushed.due - pushed.offset * FRAME)
+        .collect();
+    assert!(
+        origins.len() >= 200,
+        "most buffers were due before their reader started"
+    );
+    let (low, high) = (origins.iter().min().unwrap(), origins.iter().max().unwrap());
+    assert!(
+        high - low <= TOLERANCE,
+        "two processes place buffers {} µs apart",
+        (high - low) / 1000
+    );
 }
