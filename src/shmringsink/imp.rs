@@ -413,6 +413,7 @@ impl ShmRingSink {
                     return Ok(WriteOutcome::Written);
                 }
                 Ok(None) => self.wait_for_space(state, payload.inline_len())?,
+                Err(err @ RingError::Corrupt(_)) => self.drop_offender(state, &err),
                 Err(err) => return Err(self.post_ring_error(&err, payload.len())),
             }
         }
@@ -516,6 +517,10 @@ impl ShmRingSink {
         match link.records.prepare_wait(inline_len) {
             Ok(false) => return Ok(()),
             Ok(true) => self.stats.blocked_full(),
+            Err(err @ RingError::Corrupt(_)) => {
+                self.drop_offender(state, &err);
+                return Ok(());
+            }
             Err(err) => return Err(self.post_ring_error(&err, inline_len)),
         }
         let ready = link.waiter.wait();
@@ -540,6 +545,19 @@ impl ShmRingSink {
             self.refuse_extra_readers(state);
         }
         Ok(())
+    }
+
+    /// Drops a reader that broke the record queue: only the reader stores
+    /// its read position, so a position outside the queue is its fault, and
+    /// the stream goes on for the next reader instead of failing.
+    fn drop_offender(&self, state: &mut State, err: &RingError) {
+        gst::warning!(CAT, imp = self, "dropping the reader: {err}");
+        gst::element_imp_warning!(
+            self,
+            gst::ResourceError::Write,
+            ["Dropped the reader: {err}; waiting for a new one"]
+        );
+        self.drop_link(state);
     }
 
     fn post_ring_error(&self, err: &RingError, len: u64) -> gst::FlowError {
