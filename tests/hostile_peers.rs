@@ -6,7 +6,8 @@
 //!
 //! - a hostile **writer** serves a real `gst-launch-1.0 shmringsrc`, sends a
 //!   valid stream, then rewrites positions, record headers, lengths, block
-//!   offsets and sleep sequences at random (fixed seeds). The reader must
+//!   offsets, sleep sequences and heap bytes at random (fixed seeds), waking
+//!   the reader after each store. The reader must
 //!   end with an element error that names the cause, never by a signal,
 //!   never with a GStreamer-CRITICAL, and never hang;
 //! - a hostile **reader** reads from a real `gst-launch-1.0 ... !
@@ -300,7 +301,7 @@ impl HostileWriter {
         let choice = match mode {
             "positions" => 0,
             "headers" => 1,
-            _ => self.rng.below(4),
+            _ => self.rng.below(5),
         };
         match choice {
             0 => {
@@ -347,6 +348,19 @@ impl HostileWriter {
             2 => {
                 let index = self.rng.below(1000);
                 self.send_buffer(index);
+            }
+            3 => {
+                // Payload bytes anywhere in the heap, blocks the reader
+                // holds included.
+                let offset = self.rng.below(WRITER_SIZES.heap_size);
+                let len = self.rng.below(4096);
+                // SAFETY: no slice into the heap is alive in this process.
+                // Writing into blocks a reader holds breaks the protocol,
+                // not this process's memory: that reader only copies them.
+                if let Some(bytes) = unsafe { self.heap.block_mut(offset, len) } {
+                    let value = self.rng.next() as u8;
+                    bytes.fill(value);
+                }
             }
             _ => {
                 // Anything anywhere in the control page.
