@@ -43,6 +43,7 @@ const SIZES: ChannelSizes = ChannelSizes {
 
 /// Every word of the control page, those the side under test owns included:
 /// a hostile peer maps the page read-write and can store anywhere in it.
+/// The positions come twice, as the checks are mostly about them.
 const CONTROL_FIELDS: [usize; 15] = [
     OFFSET_MAGIC,
     OFFSET_VERSION,
