@@ -93,16 +93,19 @@ fn run(target: &str, entry: fn(&[u8]) -> Outcome, seed: u64) -> Outcome {
 fn reader_survives_a_hostile_writer() {
     let total = run("reader", fuzzing::reader_against_hostile_writer, 0x5eed_0001);
     // The inputs must reach past the checks, not only into them: records
-    // read and decoded as well as records refused.
-    assert!(total.records > 500, "{total:?}");
-    assert!(total.accepted > 100, "{total:?}");
-    assert!(total.refused > 1000, "{total:?}");
+    // read and decoded as well as records refused. The seeds fix the figures
+    // (2252 records, 7050 accepted, 33247 refused); the bounds leave room for
+    // changes to the scripts.
+    assert!(total.records > 1000, "{total:?}");
+    assert!(total.accepted > 3000, "{total:?}");
+    assert!(total.refused > 10_000, "{total:?}");
 }
 
 #[test]
 fn writer_survives_a_hostile_reader() {
     let total = run("writer", fuzzing::writer_against_hostile_reader, 0x5eed_0002);
-    assert!(total.records > 500, "{total:?}");
-    assert!(total.accepted > 100, "{total:?}");
-    assert!(total.refused > 1000, "{total:?}");
+    // Fixed by the seeds: 52525 records, 3147 blocks freed, 27169 refused.
+    assert!(total.records > 20_000, "{total:?}");
+    assert!(total.accepted > 1000, "{total:?}");
+    assert!(total.refused > 10_000, "{total:?}");
 }
