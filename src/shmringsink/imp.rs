@@ -555,7 +555,7 @@ impl ShmRingSink {
         gst::element_imp_warning!(
             self,
             gst::ResourceError::Write,
-            ["Dropped the reader: {err}; waiting for a new one"]
+            ["Dropped the reader: {err}; the stream goes on for the next reader"]
         );
         self.drop_link(state);
     }
