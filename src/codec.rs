@@ -145,18 +145,19 @@ fn add_video_meta(meta: &[u8; VIDEO_LAYOUT_SIZE], buffer: &mut gst::BufferRef) -
         u32::from_ne_bytes([meta[at], meta[at + 1], meta[at + 2], meta[at + 3]])
     };
     // SAFETY: `from_glib` for a GLib enum accepts any i32; an unknown value
-    // becomes `__Unknown`, which the format-info lookup below rejects.
+    // becomes `__Unknown`, refused below.
     let format = unsafe { gst_video::VideoFormat::from_glib(word(0) as i32) };
-    let (width, height, planes) = (word(2), word(3), word(4) as usize);
-    let info = gst_video::VideoFormatInfo::from_format(format);
+    // Before the format-info lookup, which for a value past GStreamer's
+    // table logs a CRITICAL and returns NULL (found by the fuzzer).
     if matches!(
         format,
-        gst_video::VideoFormat::Unknown | gst_video::VideoFormat::Encoded
-    ) || planes != info.n_planes() as usize
-        || planes > 4
-        || width == 0
-        || height == 0
-    {
+        gst_video::VideoFormat::Unknown | gst_video::VideoFormat::Encoded | gst_video::VideoFormat::__Unknown(_)
+    ) {
+        return None;
+    }
+    let (width, height, planes) = (word(2), word(3), word(4) as usize);
+    let info = gst_video::VideoFormatInfo::from_format(format);
+    if planes != info.n_planes() as usize || planes > 4 || width == 0 || height == 0 {
         return None;
     }
     let offsets: Vec<usize> = (0..planes).map(|plane| word(6 + plane) as usize).collect();
@@ -251,15 +252,89 @@ fn split_u64(payload: &[u8]) -> Option<(u64, &[u8])> {
     Some((u64::from_ne_bytes(*head), rest))
 }
 
+/// A payload's text: UTF-8 without NUL, which GLib's C strings cannot hold
+/// (gstreamer-rs panics on one; found by the fuzzer).
 fn text<'a>(bytes: &'a [u8], what: &'static str) -> Result<&'a str, DecodeError> {
+    if bytes.contains(&0) {
+        return Err(bad(what));
+    }
     std::str::from_utf8(bytes).map_err(|_| bad(what))
+}
+
+/// Type annotations of values that hold structures or caps of their own,
+/// lowercased and without spaces, as `parses_cleanly` compares them.
+const NESTED_TYPES: [&str; 12] = [
+    "(gststructure)",
+    "(structure)",
+    "(gstcaps)",
+    "(caps)",
+    "(gstcapsfeatures)",
+    "(gstsample)",
+    "(sample)",
+    "(gsttaglist)",
+    "(taglist)",
+    "(gstsegment)",
+    "(segment)",
+    "(gstdatetime)",
+];
+
+/// Whether GStreamer parses `text` (caps, a structure or a tag list) without
+/// a GStreamer-CRITICAL. GStreamer 1.22 checks a structure's name only with
+/// `g_return_val_if_fail` in `gst_structure_new_empty`, so caps such as
+/// `4x` log a CRITICAL, which aborts a process run with
+/// `G_DEBUG=fatal-criticals`. So every structure must start with a letter,
+/// and values that nest structures or caps, whose names would have to be
+/// found inside them, are refused. This refuses more than GStreamer would,
+/// never less: structures are split at every `;` outside double quotes, and
+/// GStreamer only starts a new one at some of those.
+fn parses_cleanly(text: &str) -> bool {
+    // g_ascii_isspace, which the parser skips; Rust's ASCII whitespace
+    // lacks the vertical tab.
+    let space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r');
+    let squashed: String = text
+        .chars()
+        .filter(|&c| !space(c))
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if NESTED_TYPES.iter().any(|nested| squashed.contains(nested)) {
+        return false;
+    }
+    let mut structures = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (at, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                structures.push(&text[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    structures.push(&text[start..]);
+    structures.iter().all(|structure| {
+        let name = structure.trim_start_matches(space);
+        name.is_empty() || name.starts_with(|c: char| c.is_ascii_alphabetic())
+    })
+}
+
+/// The text of a caps, structure or tag list payload, if it is UTF-8 and
+/// parses without a CRITICAL (see `parses_cleanly`).
+fn structure_text<'a>(bytes: &'a [u8], what: &'static str) -> Result<&'a str, DecodeError> {
+    let text = text(bytes, what)?;
+    if !parses_cleanly(text) {
+        return Err(bad(what));
+    }
+    Ok(text)
 }
 
 /// Decodes a caps or event record.
 pub fn decode(header: &RecordHeader, payload: &[u8]) -> Result<Decoded, DecodeError> {
     match header.kind {
         RecordKind::Caps => {
-            let caps = gst::Caps::from_str(text(payload, "caps")?).map_err(|_| bad("caps"))?;
+            let caps = gst::Caps::from_str(structure_text(payload, "caps")?).map_err(|_| bad("caps"))?;
             if !caps.is_fixed() {
                 return Err(bad("caps"));
             }
@@ -304,7 +379,18 @@ fn decode_event(event_type: u32, payload: &[u8]) -> Result<Decoded, DecodeError>
         }
         EventType::Tag => {
             let (scope, rest) = split_u32(payload).ok_or(bad("tag"))?;
-            let mut tags = gst::glib::Value::deserialize(text(rest, "tag")?, gst::TagList::static_type())
+            let text = text(rest, "tag")?;
+            // GStreamer checks this prefix only with a CRITICAL (found by
+            // the fuzzer); a tag list serializes with it.
+            if !text.starts_with("taglist") {
+                return Err(bad("tag"));
+            }
+            if !parses_cleanly(text) {
+                // Tags with samples (cover art) or nested structures: only
+                // metadata, so skipped rather than failing the stream.
+                return Ok(Decoded::Unsupported(event_type));
+            }
+            let mut tags = gst::glib::Value::deserialize(text, gst::TagList::static_type())
                 .ok()
                 .and_then(|value| value.get::<gst::TagList>().ok())
                 .ok_or(bad("tag"))?;
@@ -319,7 +405,7 @@ fn decode_event(event_type: u32, payload: &[u8]) -> Result<Decoded, DecodeError>
         }
         EventType::CustomDownstream | EventType::CustomDownstreamSticky | EventType::CustomBoth => {
             let structure =
-                gst::Structure::from_str(text(payload, "custom event")?).map_err(|_| bad("custom event"))?;
+                gst::Structure::from_str(structure_text(payload, "custom event")?).map_err(|_| bad("custom event"))?;
             match kind {
                 EventType::CustomDownstream => gst::event::CustomDownstream::new(structure),
                 EventType::CustomDownstreamSticky => gst::event::CustomDownstreamSticky::new(structure),
@@ -369,4 +455,54 @@ fn decode_segment(payload: &[u8]) -> Option<gst::Segment> {
     segment.set_position(value(position));
     segment.set_duration(value(duration));
     Some(segment)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps_record(text: &str) -> Result<Decoded, DecodeError> {
+        gst::init().unwrap();
+        decode(&RecordHeader::untimed(RecordKind::Caps, 0), text.as_bytes())
+    }
+
+    #[test]
+    fn structure_names_that_gstreamer_would_log_a_critical_for_are_refused() {
+        // Found by the fuzzer: GStreamer 1.22 logs a CRITICAL for each.
+        for text in [
+            "4294967296",
+            "video/x-raw;4x",
+            " _a",
+            "\"q\", a=1",
+            "a, b=(GstCaps)\"4x\"",
+        ] {
+            assert!(caps_record(text).is_err(), "{text:?}");
+        }
+        let caps = "video/x-raw, format=(string)I420, width=(int)320, height=(int)240, framerate=(fraction)30/1, multiview-flags=(GstVideoMultiviewFlagsSet)0:ffffffff:/right-view-first/left-flipped/left-flopped/right-flipped/right-flopped/half-aspect/mixed-mono";
+        assert!(matches!(caps_record(caps), Ok(Decoded::Caps(_))), "{caps}");
+        // A quoted `;` does not start a structure.
+        assert!(matches!(caps_record("a, s=(string)\"x\\\";4\""), Ok(Decoded::Caps(_))));
+    }
+
+    #[test]
+    fn tags_with_nested_values_are_skipped() {
+        gst::init().unwrap();
+        let mut payload = 0u32.to_ne_bytes().to_vec();
+        payload.extend_from_slice(b"taglist, image=(sample)x");
+        let event_type = gst::EventType::Tag.into_glib() as u32;
+        let header = RecordHeader::untimed(RecordKind::Event, event_type);
+        assert!(matches!(decode(&header, &payload), Ok(Decoded::Unsupported(_))));
+        // Found by the fuzzer: a NUL made gstreamer-rs panic.
+        let mut payload = [0u8; 8].to_vec();
+        payload.extend_from_slice(b"a\0b");
+        let stream_start = gst::EventType::StreamStart.into_glib() as u32;
+        let header = RecordHeader::untimed(RecordKind::Event, stream_start);
+        assert!(decode(&header, &payload).is_err());
+        assert!(caps_record("video/x-raw\0").is_err());
+        let header = RecordHeader::untimed(RecordKind::Event, event_type);
+        // Found by the fuzzer: GStreamer logs a CRITICAL without the prefix.
+        let mut payload = 0u32.to_ne_bytes().to_vec();
+        payload.extend_from_slice(b"4x, title=(string)a");
+        assert!(decode(&header, &payload).is_err());
+    }
 }

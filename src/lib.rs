@@ -9,6 +9,8 @@
 use gst::glib;
 
 pub mod codec;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ipc;
 pub mod ring;
 mod shmringsink;

@@ -573,6 +573,7 @@ impl ShmRingSink {
                 }
                 Ok(None) if wait => self.wait_for_space(state, slot, payload.inline_len())?,
                 Ok(None) => return Ok(WriteOutcome::Full),
+                Err(err @ RingError::Corrupt(_)) => self.drop_offender(state, slot, &err),
                 Err(err) => return Err(self.post_ring_error(&err, payload.len())),
             }
         }
@@ -805,6 +806,10 @@ impl ShmRingSink {
         match link.records.prepare_wait(inline_len) {
             Ok(false) => return Ok(()),
             Ok(true) => self.stats.blocked_full(),
+            Err(err @ RingError::Corrupt(_)) => {
+                self.drop_offender(state, slot, &err);
+                return Ok(());
+            }
             Err(err) => return Err(self.post_ring_error(&err, inline_len)),
         }
         let ready = link.waiter.wait();
@@ -830,6 +835,21 @@ impl ShmRingSink {
             self.accept_waiting(state)?;
         }
         Ok(())
+    }
+
+    /// Drops a reader that broke the record queue: only the reader stores
+    /// its read position, so a position outside the queue is its fault, and
+    /// the stream goes on for the next reader instead of failing.
+    fn drop_offender(&self, state: &mut State, slot: u32, err: &RingError) {
+        let peer = state
+            .link(slot)
+            .map_or_else(|| "gone".to_owned(), |link| link.connection.peer_description());
+        gst::element_imp_warning!(
+            self,
+            gst::ResourceError::Write,
+            ["Dropped reader {slot} ({peer}): {err}; the stream goes on for the others"]
+        );
+        self.drop_link(state, slot);
     }
 
     fn post_ring_error(&self, err: &RingError, len: u64) -> gst::FlowError {
