@@ -844,6 +844,7 @@ impl ShmRingSink {
         let peer = state
             .link(slot)
             .map_or_else(|| "gone".to_owned(), |link| link.connection.peer_description());
+        gst::warning!(CAT, imp = self, "dropping the reader: {err}");
         gst::element_imp_warning!(
             self,
             gst::ResourceError::Write,
