@@ -2,6 +2,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use gst::glib;
 use gst::prelude::*;
@@ -54,6 +55,12 @@ const AUDIO_RECORD_QUEUE_SIZE: u64 = 64 << 10;
 const REFUSAL_INTERVAL: u32 = 256;
 /// Connections kept waiting for their hello; beyond this the oldest goes.
 const MAX_PENDING_READERS: usize = 8;
+/// How often rendering looks at the linked reader's socket for a hang-up.
+/// A reader killed while the ring has room tells nobody; without this look
+/// its blocks would stay taken, and new readers be turned away as "busy",
+/// until the heap or the record queue ran out, which with a large heap
+/// takes thousands of buffers.
+const HANG_UP_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -99,6 +106,8 @@ struct State {
     failed: bool,
     /// Accepted connections whose hello has not arrived yet.
     pending: Vec<Connection>,
+    /// When rendering next looks for the linked reader's hang-up.
+    next_hang_up_check: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -226,6 +235,9 @@ impl ShmRingSink {
             } else if link.records.reader_detached() {
                 gst::info!(CAT, imp = self, "the reader detached; waiting for a new one");
                 self.depart_link(state);
+            } else if self.linked_reader_hung_up(state) {
+                gst::info!(CAT, imp = self, "the reader went away; waiting for a new one");
+                self.drop_link(state);
             } else {
                 return Ok(true);
             }
@@ -359,9 +371,31 @@ impl ShmRingSink {
         }
     }
 
-    /// Answers "busy" to every reader waiting in the listen queue.
+    /// Whether the linked reader's socket hung up: its process is gone.
+    /// Looks at most once per `HANG_UP_CHECK_INTERVAL`, for the cost of a
+    /// system call; clearing `next_hang_up_check` makes it look now.
+    fn linked_reader_hung_up(&self, state: &mut State) -> bool {
+        let Some(link) = state.link.as_ref() else {
+            return false;
+        };
+        let now = Instant::now();
+        if state.next_hang_up_check.is_some_and(|next| now < next) {
+            return false;
+        }
+        state.next_hang_up_check = Some(now + HANG_UP_CHECK_INTERVAL);
+        link.connection.peer_gone()
+    }
+
+    /// Answers "busy" to every reader waiting in the listen queue, unless
+    /// the linked reader is gone: the first of them is then the next one.
     fn refuse_extra_readers(&self, state: &mut State) {
         state.renders_since_refusal = 0;
+        state.next_hang_up_check = None;
+        if self.linked_reader_hung_up(state) {
+            gst::info!(CAT, imp = self, "the reader went away; serving the next one");
+            self.drop_link(state);
+            return;
+        }
         let Some(listener) = state.listener.as_ref() else {
             return;
         };
@@ -786,7 +820,7 @@ impl ObjectImpl for ShmRingSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, times-blocked-full, peak-held-bytes (heap bytes held by the reader at most)")
+                    .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, times-blocked-full, peak-held-bytes (heap bytes held by the reader at most), held-bytes (heap bytes readers hold now: blocks sent and not yet given back)")
                     .read_only()
                     .build(),
             ]
@@ -814,10 +848,17 @@ impl ObjectImpl for ShmRingSink {
             "ring-size" => settings.ring_size.to_value(),
             "wait-for-connection" => settings.wait_for_connection.to_value(),
             "perms" => settings.perms.to_value(),
-            "stats" => self
-                .stats
-                .to_structure("application/x-shmringsink-stats", true)
-                .to_value(),
+            "stats" => {
+                let mut stats = self.stats.to_structure("application/x-shmringsink-stats", true);
+                let held = self
+                    .heap
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .as_ref()
+                    .map_or(0, |heap| heap.bytes_held_by_readers());
+                stats.set("held-bytes", held);
+                stats.to_value()
+            }
             _ => pspec.default_value().clone(),
         }
     }
