@@ -17,7 +17,7 @@ use crate::ring::{self, ChannelSizes, Notifier, Payload, Producer, RecordHeader,
 use crate::stats::Stats;
 use crate::unlock::Unlock;
 
-use super::heap::{Allocation, BlockMemory, SinkHeap};
+use super::heap::{Allocation, BlockMemory, LEASE_WAIT, SinkHeap};
 use super::pool::{HeapAllocator, HeapBufferPool, INLINE_MAX};
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -481,16 +481,19 @@ impl ShmRingSink {
             return Err(gst::FlowError::Error);
         }
         let unlock = self.unlock.notifier()?;
-        let offset = match heap.allocate(len, ring::reader(slot), &unlock) {
+        let queue = state.link.as_ref().map_or(0, |link| link.records.capacity());
+        let fits_inline = ring::layout::record_size(len).is_some_and(|size| size <= queue);
+        // A payload that fits in the record queue goes there rather than
+        // wait for the reader's downstream to let go of blocks.
+        let lease_wait = if fits_inline { Duration::ZERO } else { LEASE_WAIT };
+        let offset = match heap.allocate(len, ring::reader(slot), &unlock, lease_wait) {
             Ok(Allocation::Block(offset)) => offset,
             Ok(Allocation::Interrupted) => return Err(gst::FlowError::Flushing),
             Ok(Allocation::Exhausted) => {
                 // Every block is held here or downstream of the reader, which
-                // may keep its buffers until it gets more: waiting could
-                // wait forever. A payload that fits goes through the record
-                // queue instead.
-                let queue = state.link.as_ref().map_or(0, |link| link.records.capacity());
-                if ring::layout::record_size(len).is_some_and(|size| size <= queue) {
+                // may keep its buffers until it gets more: waiting longer
+                // could wait forever.
+                if fits_inline {
                     gst::debug!(CAT, imp = self, "no free block; {len} bytes go inline");
                     return self.write_record(state, header, Payload::Inline { len }, fill);
                 }
@@ -498,8 +501,9 @@ impl ShmRingSink {
                     self,
                     gst::ResourceError::NoSpaceLeft,
                     [
-                        "No block of the {}-byte heap is free for a buffer of {len} bytes, and none is on its way back: upstream and the reader's downstream hold them all. Raise ring-size",
-                        heap.size()
+                        "No block of the {}-byte heap is free for a buffer of {len} bytes, and none came back within {:?}: upstream and the reader's downstream hold them all. Raise ring-size",
+                        heap.size(),
+                        LEASE_WAIT
                     ]
                 );
                 return Err(gst::FlowError::Error);
@@ -607,7 +611,8 @@ impl ShmRingSink {
         if !heap.can_ever_hold(len) {
             return Ok(None);
         }
-        match heap.allocate(len, ring::WRITER, interrupt) {
+        // Upstream gets ordinary memory rather than wait for a lease.
+        match heap.allocate(len, ring::WRITER, interrupt, Duration::ZERO) {
             Ok(Allocation::Block(offset)) => {
                 gst::trace!(CAT, imp = self, "block {offset} for upstream");
                 Ok(Some(BlockMemory::new(heap, offset, len)))
