@@ -42,6 +42,10 @@ const CAPS: &str = "audio/x-raw,format=U8,rate=48000,channels=1,layout=interleav
 /// How long the reader may go without a buffer before the test calls it a
 /// hang, whatever the count.
 const STALL_WATCHDOG: Duration = Duration::from_secs(60);
+/// The reader keeps at most this many buffers, each for up to
+/// `MAX_KEEP_TIME`.
+const MAX_KEPT: usize = 48;
+const MAX_KEEP_TIME: Duration = Duration::from_millis(30);
 /// Sizes and payloads come from this seed, on both sides.
 const SEED: u64 = 0x50a4_2026;
 
@@ -379,7 +383,21 @@ fn soak(test: &str, count: u64) {
                 writer.describe_when_done()
             ));
         }
-        let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) else {
+        // Kept buffers go when their time is up, whether or not more
+        // came: a reader that let go only when it got more could wait
+        // forever for a writer that waits for it. Each must still hold
+        // what it held.
+        let now = Instant::now();
+        while kept
+            .front()
+            .is_some_and(|oldest| oldest.until <= now || kept.len() >= MAX_KEPT)
+        {
+            let oldest = kept.pop_front().expect("checked above");
+            if let Err(err) = verify_sample(&oldest.sample, oldest.seq, oldest.len) {
+                stop(format!("a kept buffer changed before it was dropped: {err}"));
+            }
+        }
+        let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_mseconds(5)) else {
             if sink.is_eos() {
                 break;
             }
@@ -411,21 +429,10 @@ fn soak(test: &str, count: u64) {
             println!("{test}: {next_seq} of {count} buffers after {:.1?}", started.elapsed());
         }
 
-        // Kept buffers go when their time is up, or the oldest when too
-        // many are kept; each must still hold what it held.
         let now = Instant::now();
-        while kept
-            .front()
-            .is_some_and(|oldest| oldest.until <= now || kept.len() >= 48)
-        {
-            let oldest = kept.pop_front().expect("checked above");
-            if let Err(err) = verify_sample(&oldest.sample, oldest.seq, oldest.len) {
-                stop(format!("a kept buffer changed before it was dropped: {err}"));
-            }
-        }
         if misbehaviour.below(32) == 0 {
             kept_total += 1;
-            let hold = Duration::from_micros(misbehaviour.below(30_000));
+            let hold = Duration::from_micros(misbehaviour.below(MAX_KEEP_TIME.as_micros() as u64));
             kept.push_back(Kept {
                 sample,
                 seq,
