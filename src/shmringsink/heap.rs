@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::ipc;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -90,6 +91,14 @@ impl Books {
 /// reader has read: a reader that leases a block instead of releasing it
 /// sends no wake-up.
 const BLOCK_RECHECK_MS: u8 = 5;
+
+/// How long `allocate` may wait for blocks that a reader's downstream keeps
+/// (leases), when no free range is large enough. Leases are capped at half
+/// the heap, but the free half can be cut into pieces smaller than the
+/// buffer, and applications and queues let go of what they keep as they
+/// go on. Not forever: a downstream that keeps its buffers until it gets
+/// more would then never get any.
+pub(super) const LEASE_WAIT: Duration = Duration::from_secs(1);
 
 /// What a wait for a free block ended with.
 pub(super) enum Allocation {
@@ -285,10 +294,18 @@ impl SinkHeap {
     /// A block of `len` bytes held by `holders`, waiting for a reader to
     /// give one back if none is free. Never waits for blocks only this
     /// process holds: the thread that would let go of them may be this one.
-    pub(super) fn allocate(&self, len: u64, holders: Holders, interrupt: &Notifier) -> Result<Allocation, RingError> {
+    /// Blocks a reader's downstream keeps are waited for up to `lease_wait`.
+    pub(super) fn allocate(
+        &self,
+        len: u64,
+        holders: Holders,
+        interrupt: &Notifier,
+        lease_wait: Duration,
+    ) -> Result<Allocation, RingError> {
         if let Some(offset) = self.try_allocate(len, holders) {
             return Ok(Allocation::Block(offset));
         }
+        let lease_deadline = Instant::now() + lease_wait;
         let _turn = self.wait_turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         loop {
             let mut fds: Vec<OwnedFd> = Vec::new();
@@ -309,7 +326,7 @@ impl SinkHeap {
                 for reader in books.readers.iter_mut() {
                     coming_back |= reader.departing || reader.has_unread_blocks();
                 }
-                if !coming_back {
+                if !coming_back && (Instant::now() >= lease_deadline || books.books.bytes_held_by(!WRITER) == 0) {
                     return Ok(Allocation::Exhausted);
                 }
                 let mut ready = false;

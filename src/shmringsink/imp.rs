@@ -19,7 +19,7 @@ use crate::stats::Stats;
 use crate::timeline::Timeline;
 use crate::unlock::Unlock;
 
-use super::heap::{Allocation, BlockMemory, SinkHeap};
+use super::heap::{Allocation, BlockMemory, LEASE_WAIT, SinkHeap};
 use super::pool::{HeapAllocator, HeapBufferPool, INLINE_MAX};
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -57,6 +57,11 @@ const AUDIO_RECORD_QUEUE_SIZE: u64 = 64 << 10;
 /// How often a sink that has readers looks for new ones: an `accept` per
 /// buffer would be a system call per buffer, which the rings avoid.
 const ACCEPT_INTERVAL: Duration = Duration::from_millis(10);
+/// How often rendering looks at the linked readers' sockets for a hang-up.
+/// A reader killed while its queue has room tells nobody; without this look
+/// its blocks would stay taken, and its slot used, until its queue or the
+/// heap ran out, which with a large heap takes thousands of buffers.
+const HANG_UP_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Connections kept waiting for their hello; beyond this the oldest goes.
 const MAX_PENDING_READERS: usize = 8;
 const DEFAULT_MAX_READERS: u32 = 8;
@@ -148,6 +153,8 @@ struct State {
     links: Vec<Link>,
     /// When the listener was last looked at.
     last_accept: Option<Instant>,
+    /// When rendering next looks for the linked readers' hang-ups.
+    next_hang_up_check: Option<Instant>,
     /// Rendering failed: nothing more, EOS included, goes to a reader.
     failed: bool,
     /// Accepted connections whose hello has not arrived yet.
@@ -354,6 +361,11 @@ impl ShmRingSink {
     /// Forgets the links of readers that detached or were dropped for
     /// breaking the release protocol.
     fn prune_links(&self, state: &mut State) {
+        let now = Instant::now();
+        let look_for_hang_ups = state.next_hang_up_check.is_none_or(|next| now >= next);
+        if look_for_hang_ups {
+            state.next_hang_up_check = Some(now + HANG_UP_CHECK_INTERVAL);
+        }
         let mut index = 0;
         while let Some(link) = state.links.get(index) {
             let slot = link.slot;
@@ -373,6 +385,9 @@ impl ShmRingSink {
             } else if link.records.reader_detached() {
                 gst::info!(CAT, imp = self, "reader {slot} detached");
                 self.depart_link(state, slot);
+            } else if look_for_hang_ups && link.connection.peer_gone() {
+                gst::info!(CAT, imp = self, "reader {slot} went away");
+                self.drop_link(state, slot);
             } else {
                 index += 1;
             }
@@ -640,7 +655,17 @@ impl ShmRingSink {
         unlock: &Notifier,
     ) -> Result<Option<u64>, gst::FlowError> {
         self.check_heap_holds(heap, len)?;
-        match heap.allocate(len, holders, unlock) {
+        let queue = state
+            .links
+            .iter()
+            .map(|link| link.records.capacity())
+            .min()
+            .unwrap_or(0);
+        let fits_inline = ring::layout::record_size(len).is_some_and(|size| size <= queue);
+        // A payload that fits every reader's record queue goes there rather
+        // than wait for readers' downstreams to let go of blocks.
+        let lease_wait = if fits_inline { Duration::ZERO } else { LEASE_WAIT };
+        match heap.allocate(len, holders, unlock, lease_wait) {
             Ok(Allocation::Block(offset)) => Ok(Some(offset)),
             Ok(Allocation::Interrupted) => Err(gst::FlowError::Flushing),
             Ok(Allocation::Exhausted) => {
@@ -648,13 +673,7 @@ impl ShmRingSink {
                 // may keep its buffers until it gets more: waiting could
                 // wait forever. A payload that fits every reader's record
                 // queue goes inline instead.
-                let queue = state
-                    .links
-                    .iter()
-                    .map(|link| link.records.capacity())
-                    .min()
-                    .unwrap_or(0);
-                if ring::layout::record_size(len).is_some_and(|size| size <= queue) {
+                if fits_inline {
                     gst::debug!(CAT, imp = self, "no free block; {len} bytes go inline");
                     return Ok(None);
                 }
@@ -662,8 +681,9 @@ impl ShmRingSink {
                     self,
                     gst::ResourceError::NoSpaceLeft,
                     [
-                        "No block of the {}-byte heap is free for a buffer of {len} bytes, and none is on its way back: upstream and the readers' downstream hold them all. Raise ring-size",
-                        heap.size()
+                        "No block of the {}-byte heap is free for a buffer of {len} bytes, and none came back within {:?}: upstream and the readers' downstream hold them all. Raise ring-size",
+                        heap.size(),
+                        LEASE_WAIT
                     ]
                 );
                 Err(gst::FlowError::Error)
@@ -884,7 +904,8 @@ impl ShmRingSink {
         if !heap.can_ever_hold(len) {
             return Ok(None);
         }
-        match heap.allocate(len, ring::WRITER, interrupt) {
+        // Upstream gets ordinary memory rather than wait for a lease.
+        match heap.allocate(len, ring::WRITER, interrupt, Duration::ZERO) {
             Ok(Allocation::Block(offset)) => {
                 gst::trace!(CAT, imp = self, "block {offset} for upstream");
                 Ok(Some(BlockMemory::new(heap, offset, len)))
@@ -1343,7 +1364,7 @@ impl ObjectImpl for ShmRingSink {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, times-blocked-full, peak-held-bytes (heap bytes held by readers at most), buffers-lost (buffers not delivered to a lagging reader in drop mode, summed over readers)")
+                    .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, times-blocked-full, peak-held-bytes (heap bytes held by readers at most), buffers-lost (buffers not delivered to a lagging reader in drop mode, summed over readers), held-bytes (heap bytes readers hold now: blocks sent and not yet given back)")
                     .read_only()
                     .build(),
             ]
@@ -1378,10 +1399,17 @@ impl ObjectImpl for ShmRingSink {
             "when-full" => settings.when_full.to_value(),
             "ring-time" => settings.ring_time_us.to_value(),
             "readers" => self.linked.load(Ordering::SeqCst).to_value(),
-            "stats" => self
-                .stats
-                .to_structure("application/x-shmringsink-stats", true)
-                .to_value(),
+            "stats" => {
+                let mut stats = self.stats.to_structure("application/x-shmringsink-stats", true);
+                let held = self
+                    .heap
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .as_ref()
+                    .map_or(0, |heap| heap.bytes_held_by_readers());
+                stats.set("held-bytes", held);
+                stats.to_value()
+            }
             _ => pspec.default_value().clone(),
         }
     }
