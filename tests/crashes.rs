@@ -458,3 +458,79 @@ fn kill_writers(test: &str, on_death: OnWriterDeath, seed: u64) {
 fn killed_writers_end_their_readers_with_an_error() {
     kill_writers("kill-writers", OnWriterDeath::Fails, 0x5eed_0003);
 }
+
+/// With `on-disconnect=wait`, one reader outlives writers killed at random
+/// points, one after the other: after each kill it says it waits, within
+/// the watchdog, keeps running, and reads from the next writer. The last
+/// writer ends with EOS, which ends the reader cleanly.
+#[test]
+fn killed_writers_are_waited_for_by_one_reader() {
+    let scratch = Scratch::new("kill-writers-wait");
+    let socket = scratch.socket();
+    let socket = socket.to_str().expect("scratch paths are UTF-8");
+    let mut rng = Rng(0x5eed_0004);
+    let kills = kill_count();
+    let writer_description = |tail: &str| {
+        format!(
+            "videotestsrc is-live=true pattern=ball {tail} ! {SMALL_VIDEO} ! shmringsink socket-path={socket} ring-size={SMALL_HEAP}"
+        )
+    };
+    let mut writer = start_writer(&scratch, &writer_description(""));
+    let mut reader = Launch::spawn(
+        &scratch,
+        "waiting reader",
+        &format!(
+            "-v shmringsrc socket-path={socket} is-live=true on-disconnect=wait ! fakesink silent=false sync=false"
+        ),
+    );
+    let count = |text: &str, needle: &str| text.matches(needle).count();
+    let mut wait_times = Vec::with_capacity(kills);
+    let mut chains_seen = 0;
+    for kill in 0..kills {
+        // A buffer from this writer has arrived.
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            if count(&reader.stdout_text(), "last-message = chain") > chains_seen {
+                break;
+            }
+            reader.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "no buffer from writer {kill}\n{}",
+                reader.describe()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        thread::sleep(rng.delay(Duration::from_millis(100)));
+        let killed = Instant::now();
+        writer.kill();
+        loop {
+            let stdout = reader.stdout_text();
+            if count(&stdout, "waiting for a writer to come back") > kill {
+                chains_seen = count(&stdout, "last-message = chain");
+                break;
+            }
+            reader.assert_running();
+            assert!(
+                killed.elapsed() < WATCHDOG,
+                "the reader did not notice writer {kill} die\n{}",
+                reader.describe()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        wait_times.push(killed.elapsed());
+        writer = start_writer(
+            &scratch,
+            &writer_description(if kill + 1 == kills { "num-buffers=20" } else { "" }),
+        );
+    }
+    writer.finish().assert_success();
+    let reader = reader.finish();
+    reader.assert_success();
+    wait_times.sort();
+    println!(
+        "{kills} writers killed under one waiting reader; kill -> reader waiting: median {:?}, max {:?}",
+        wait_times[wait_times.len() / 2],
+        wait_times[wait_times.len() - 1]
+    );
+}
