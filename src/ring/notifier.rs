@@ -13,12 +13,18 @@ use super::RingError;
 /// our write. That takes a hostile process of the same user (the socket is
 /// 0600 by default), which could just as well ptrace us.
 #[derive(Debug)]
-pub struct Notifier(EventFd);
+pub struct Notifier(
+    EventFd,
+    /// Under `--cfg loom`, the counter as the model checker sees it (see
+    /// [`sync`](super::sync)), shared with the peer's `Notifier`.
+    #[cfg(loom)]
+    std::sync::Arc<super::sync::ModelEvent>,
+);
 
 impl Notifier {
     pub fn new() -> Result<Self, RingError> {
         EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map(Self)
+            .map(Self::wrap)
             .map_err(|err| RingError::io("creating an eventfd", err.into()))
     }
 
@@ -38,7 +44,15 @@ impl Notifier {
         fcntl(&fd, FcntlArg::F_SETFL(flags))
             .map_err(|err| RingError::io("making an eventfd non-blocking", err.into()))?;
         // SAFETY: the fd was just checked to be an eventfd.
-        Ok(Self(unsafe { EventFd::from_owned_fd(fd) }))
+        Ok(Self::wrap(unsafe { EventFd::from_owned_fd(fd) }))
+    }
+
+    fn wrap(eventfd: EventFd) -> Self {
+        #[cfg(not(loom))]
+        let notifier = Self(eventfd);
+        #[cfg(loom)]
+        let notifier = Self(eventfd, Default::default());
+        notifier
     }
 
     /// Wakes whoever polls this fd. A full counter (EAGAIN) already means a
@@ -47,15 +61,36 @@ impl Notifier {
         // EBADF or EINVAL cannot happen on an fd we own and checked; EAGAIN
         // is the saturated counter. Neither leaves anything to do.
         let _ = self.0.write(1);
+        #[cfg(loom)]
+        self.1.notify();
     }
 
     /// Resets the counter after a wake-up.
     pub fn drain(&self) {
         let _ = self.0.read();
+        #[cfg(loom)]
+        self.1.drain();
     }
 
     pub fn as_raw_fd(&self) -> RawFd {
         self.0.as_fd().as_raw_fd()
+    }
+}
+
+#[cfg(loom)]
+impl Notifier {
+    /// The other process's `Notifier` for the same eventfd, in a model: it
+    /// shares the model counter (its own fd is a fresh eventfd that nothing
+    /// polls).
+    pub(crate) fn model_peer(&self) -> Self {
+        let mut peer = Self::new().expect("an eventfd for a model");
+        peer.1 = self.1.clone();
+        peer
+    }
+
+    /// The model counter, for a model to wait on.
+    pub(crate) fn model(&self) -> std::sync::Arc<super::sync::ModelEvent> {
+        self.1.clone()
     }
 }
 
