@@ -77,7 +77,7 @@ impl Notifier {
     }
 }
 
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 impl Notifier {
     /// The other process's `Notifier` for the same eventfd, in a model: it
     /// shares the model counter (its own fd is a fresh eventfd that nothing

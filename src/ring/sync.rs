@@ -60,6 +60,7 @@ mod model {
     }
 
     /// Chooses where the models run on this thread fence `SeqCst` accesses.
+    #[cfg(test)]
     pub(crate) fn set_seq_cst_fence(fence: SeqCstFence) {
         SEQ_CST_FENCE.set(fence);
     }
@@ -199,6 +200,7 @@ mod model {
 
         /// `poll` until readable (level-triggered): returns at once if the
         /// counter is non-zero.
+        #[cfg(test)]
         pub(crate) fn wait_readable(&self) {
             let mut state = self.state.lock().unwrap();
             while state.counter == 0 {
@@ -208,6 +210,7 @@ mod model {
 
         /// `epoll_wait` on an `EPOLLET` registration: returns once there was
         /// a write since the last such wait returned.
+        #[cfg(test)]
         pub(crate) fn wait_edge(&self) {
             let mut state = self.state.lock().unwrap();
             while !state.edge {
