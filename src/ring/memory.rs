@@ -9,7 +9,6 @@
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU64;
 
 use memfd::{FileSeal, Memfd, MemfdOptions};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, mmap_anonymous, munmap};
@@ -17,6 +16,7 @@ use nix::sys::stat::fstat;
 
 use super::RingError;
 use super::layout::*;
+use super::sync::AtomicU64;
 
 /// The seals a memfd must carry before it is shared: its size can never
 /// change, so a mapping of it can never fault with SIGBUS, and no other seal
@@ -206,6 +206,7 @@ impl Mapping {
         Some((usize::try_from(at).ok()?, usize::try_from(len).ok()?))
     }
 
+    #[cfg(not(loom))]
     fn atomic_u64(&self, at: usize) -> &AtomicU64 {
         assert!(at.is_multiple_of(8) && at + 8 <= self.len);
         // SAFETY: `at` is inside the mapping and 8-byte aligned (the mapping
@@ -286,6 +287,10 @@ pub struct ChannelMemory {
     map: Mapping,
     sizes: ChannelSizes,
     records_writable: bool,
+    /// Under `--cfg loom`, the shared words as the model checker sees them
+    /// (see [`sync`](super::sync)).
+    #[cfg(loom)]
+    model: super::sync::ModelChannel,
 }
 
 impl ChannelMemory {
@@ -366,6 +371,8 @@ impl ChannelMemory {
             map,
             sizes,
             records_writable,
+            #[cfg(loom)]
+            model: super::sync::ModelChannel::new(sizes),
         })
     }
 
@@ -380,14 +387,24 @@ impl ChannelMemory {
 
     pub(crate) fn control_u64(&self, offset: usize) -> &AtomicU64 {
         assert!(offset + 8 <= CONTROL_SIZE);
-        self.map.atomic_u64(offset)
+        #[cfg(not(loom))]
+        let word = self.map.atomic_u64(offset);
+        #[cfg(loom)]
+        let word = self.model.control(offset);
+        word
     }
 
     /// Release queue slot `index` (below `release_slots`).
     pub(crate) fn release_slot(&self, index: u64) -> &AtomicU64 {
         let index = index % self.sizes.release_slots;
-        let at = CONTROL_SIZE as u64 + 2 * self.sizes.record_capacity + 8 * index;
-        self.map.atomic_u64(at as usize)
+        #[cfg(not(loom))]
+        let slot = {
+            let at = CONTROL_SIZE as u64 + 2 * self.sizes.record_capacity + 8 * index;
+            self.map.atomic_u64(at as usize)
+        };
+        #[cfg(loom)]
+        let slot = self.model.release_slot(index);
+        slot
     }
 
     /// A private copy of the record header at queue offset `offset`, read
@@ -395,6 +412,8 @@ impl ChannelMemory {
     /// memory again after the copy has been checked.
     pub(crate) fn copy_header(&self, offset: u64) -> Option<[u8; RECORD_HEADER_SIZE as usize]> {
         let (start, _) = self.record_range(offset, RECORD_HEADER_SIZE)?;
+        #[cfg(loom)]
+        self.model.records.read(offset, RECORD_HEADER_SIZE);
         // SAFETY: the range lies inside the mapped record queue (checked by
         // `record_range`), and any byte pattern is a valid [u8; N]. The
         // writer may change the bytes concurrently; the volatile read takes
@@ -413,6 +432,8 @@ impl ChannelMemory {
     /// `len` bytes of the record queue from `offset` (in `0..2 * capacity`).
     pub(crate) fn records(&self, offset: u64, len: u64) -> Option<&[u8]> {
         self.record_range(offset, len)?;
+        #[cfg(loom)]
+        self.model.records.read(offset, len);
         self.map.bytes(CONTROL_SIZE as u64 + offset, len)
     }
 
@@ -429,6 +450,8 @@ impl ChannelMemory {
             return None;
         }
         self.record_range(offset, len)?;
+        #[cfg(loom)]
+        self.model.records.write(offset, len);
         // SAFETY: in range (checked), writable (checked), exclusive by the
         // caller's contract.
         unsafe { self.map.bytes_mut(CONTROL_SIZE as u64 + offset, len) }

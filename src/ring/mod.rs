@@ -63,7 +63,11 @@ mod memory;
 mod notifier;
 pub mod records;
 pub mod releases;
+mod sync;
 pub mod wake;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;

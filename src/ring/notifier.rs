@@ -25,6 +25,10 @@ pub struct Notifier {
     fd: EventFd,
     /// Set once O_NONBLOCK was found cleared, by whoever shares the fd.
     tampered: AtomicBool,
+    /// Under `--cfg loom`, the counter as the model checker sees it (see
+    /// [`sync`](super::sync)), shared with the peer's `Notifier`.
+    #[cfg(loom)]
+    model: std::sync::Arc<super::sync::ModelEvent>,
 }
 
 impl Notifier {
@@ -57,6 +61,8 @@ impl Notifier {
         Self {
             fd,
             tampered: AtomicBool::new(false),
+            #[cfg(loom)]
+            model: Default::default(),
         }
     }
 
@@ -87,16 +93,37 @@ impl Notifier {
         // is the saturated counter. Neither leaves anything to do.
         self.keep_nonblocking();
         let _ = self.fd.write(1);
+        #[cfg(loom)]
+        self.model.notify();
     }
 
     /// Resets the counter after a wake-up.
     pub fn drain(&self) {
         self.keep_nonblocking();
         let _ = self.fd.read();
+        #[cfg(loom)]
+        self.model.drain();
     }
 
     pub fn as_raw_fd(&self) -> RawFd {
         self.fd.as_fd().as_raw_fd()
+    }
+}
+
+#[cfg(all(loom, test))]
+impl Notifier {
+    /// The other process's `Notifier` for the same eventfd, in a model: it
+    /// shares the model counter (its own fd is a fresh eventfd that nothing
+    /// polls).
+    pub(crate) fn model_peer(&self) -> Self {
+        let mut peer = Self::new().expect("an eventfd for a model");
+        peer.model = self.model.clone();
+        peer
+    }
+
+    /// The model counter, for a model to wait on.
+    pub(crate) fn model(&self) -> std::sync::Arc<super::sync::ModelEvent> {
+        self.model.clone()
     }
 }
 

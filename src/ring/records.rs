@@ -46,12 +46,12 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::RingError;
 use super::layout::*;
 use super::memory::ChannelMemory;
 use super::notifier::Notifier;
+use super::sync::Ordering;
 use super::wake::{Sleeper, Waker};
 
 /// The reader publishes its position after 1/this of the queue's capacity

@@ -29,16 +29,18 @@
 //! stale signal costs one spurious wake-up, after which the sleeper looks
 //! again.
 //!
+//! `loom_tests.rs` model-checks this protocol with the real queues, both
+//! sides going to sleep at once included (`scripts/loom.sh`).
+//!
 //! The sequence is 64 bits wide: at one sleep per nanosecond it would take
 //! 292 years to come back to a value the peer remembers, so it cannot wrap
 //! into a lost wake-up. `u64::MAX` is reserved for a reader that has left
 //! ([`READER_DETACHED`](super::layout::READER_DETACHED)); the sequence skips
 //! it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use super::layout::READER_DETACHED;
 use super::notifier::Notifier;
+use super::sync::{AtomicU64, Ordering};
 
 /// One side's own sleep sequence, as that side keeps it.
 #[derive(Debug, Default)]
