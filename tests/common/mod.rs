@@ -7,6 +7,7 @@
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -115,33 +116,52 @@ pub struct Launch {
     pub stdout: PathBuf,
     pub stderr: PathBuf,
     deadline: Instant,
+    /// Started by `spawn_command`: the child leads a process group.
+    own_group: bool,
 }
 
 impl Launch {
     /// Starts `gst-launch-1.0` with `description` split on whitespace, which
     /// is why scratch paths must not contain any.
     pub fn spawn(scratch: &Scratch, name: &str, description: &str) -> Self {
+        let mut command = Command::new("gst-launch-1.0");
+        command.args(description.split_whitespace());
+        Self::start(scratch, name, command, false)
+    }
+
+    /// Starts any program (a script, say) the way `spawn` starts
+    /// gst-launch-1.0: with the plugin, fatal criticals and output in files.
+    /// It runs in a process group of its own, which `kill` ends whole, so
+    /// that a script's own children do not outlive a failed test.
+    pub fn spawn_command(scratch: &Scratch, name: &str, command: Command) -> Self {
+        Self::start(scratch, name, command, true)
+    }
+
+    fn start(scratch: &Scratch, name: &str, mut command: Command, own_group: bool) -> Self {
         let stdout = scratch.path(&format!("{name}.stdout"));
         let stderr = scratch.path(&format!("{name}.stderr"));
         let create =
             |path: &Path| File::create(path).unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
+        if own_group {
+            command.process_group(0);
+        }
         // Output goes to files, not pipes: a child under `-v` prints a lot,
         // and a pipe that nobody drains would block it.
-        let child = Command::new("gst-launch-1.0")
-            .args(description.split_whitespace())
+        let child = command
             .env("GST_PLUGIN_PATH", plugin_dir())
             .env("G_DEBUG", "fatal-criticals")
             .stdin(Stdio::null())
             .stdout(create(&stdout))
             .stderr(create(&stderr))
             .spawn()
-            .unwrap_or_else(|err| panic!("spawning gst-launch-1.0 for the {name}: {err}"));
+            .unwrap_or_else(|err| panic!("spawning {:?} for the {name}: {err}", command.get_program()));
         Self {
             name: name.to_owned(),
             child,
             stdout,
             stderr,
             deadline: Instant::now() + DEADLINE,
+            own_group,
         }
     }
 
@@ -207,12 +227,37 @@ impl Launch {
         }
     }
 
-    /// Sends SIGKILL, as a crash would end the process, and reaps it.
+    /// Sends SIGKILL, as a crash would end the process, and reaps it. A
+    /// child from `spawn_command` is killed with its whole process group.
     pub fn kill(&mut self) {
-        self.child
-            .kill()
-            .unwrap_or_else(|err| panic!("killing the {}: {err}", self.name));
+        if self.own_group {
+            self.signal(libc::SIGKILL);
+        } else {
+            self.child
+                .kill()
+                .unwrap_or_else(|err| panic!("killing the {}: {err}", self.name));
+        }
         let _ = self.child.wait();
+    }
+
+    /// Sends SIGINT, as Ctrl-C in a terminal would (to the process group of
+    /// a child from `spawn_command`): `gst-launch-1.0 -e` answers it with EOS.
+    pub fn interrupt(&mut self) {
+        self.signal(libc::SIGINT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits a pid_t");
+        let target = if self.own_group { -pid } else { pid };
+        // SAFETY: kill(2) takes no pointers. The child is not reaped yet, so
+        // its pid, and the group it leads, cannot have been reused.
+        let result = unsafe { libc::kill(target, signal) };
+        assert!(
+            result == 0,
+            "signalling the {}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Waits for the child to exit. Past the deadline it is killed and the

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Starts the writer and its three readers, lets them run, stops them, and
+# prints what each did.
+#
+#   ./run-all.sh [SECONDS [OUTPUT_DIR]]
+#
+# SECONDS defaults to 10. The recording and each process's log go to
+# OUTPUT_DIR (default: a new temporary directory, kept and printed); the
+# socket lives in a temporary directory of its own, removed at the end.
+# Ctrl-C stops the run early, the same clean way.
+#
+# Stopping: the writer gets SIGINT, which its `gst-launch-1.0 -e` turns
+# into EOS. The EOS crosses the ring to every reader, so the recorder
+# finishes its WAV header and each reader exits by itself with status 0.
+# A reader still running after READER_GRACE seconds (default 30) gets
+# SIGINT itself (the recorder's `-e` still finishes the file), then SIGKILL.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+seconds=${1:-10}
+if [[ ! $seconds =~ ^[0-9]+$ ]]; then
+    echo "usage: $0 [SECONDS [OUTPUT_DIR]]" >&2
+    exit 2
+fi
+output_dir=${2:-$(mktemp -d -t audio-routing.XXXXXX)}
+mkdir -p "$output_dir"
+grace=${READER_GRACE:-30}
+
+if ! gst-inspect-1.0 shmringsink >/dev/null 2>&1; then
+    echo "run-all: GStreamer cannot find the shmring plugin. Build it with" \
+        "'cargo build --release' and 'export GST_PLUGIN_PATH=\$PWD/target/release'" \
+        "in the gst-shmring checkout." >&2
+    exit 1
+fi
+
+socket_dir=$(mktemp -d -t audio-routing-socket.XXXXXX)
+export SOCKET=$socket_dir/audio.sock
+
+declare -A pids=()
+# shellcheck disable=SC2317 # run by the EXIT trap
+cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    rm -rf "$socket_dir"
+}
+trap cleanup EXIT
+
+# start NAME COMMAND...: runs COMMAND in the background, its output in NAME.log.
+start() {
+    local name=$1
+    shift
+    "$@" >"$output_dir/$name.log" 2>&1 &
+    pids[$name]=$!
+}
+
+# Readers first: they wait for the socket, and the writer holds the stream
+# until the first of them connects.
+start recorder "$here/recorder.sh" "$output_dir/recording.wav"
+start level-meter "$here/level-meter.py" --interval 500
+start slow-consumer "$here/slow-consumer.sh"
+start writer "$here/writer.sh"
+echo "run-all: writer and three readers running for $seconds s; logs in $output_dir"
+
+interrupted=0
+trap 'interrupted=1' INT
+sleep "$seconds" &
+wait $! || true
+if [[ $interrupted == 1 ]]; then
+    echo "run-all: interrupted, stopping early"
+fi
+
+# stop NAME: waits for NAME to exit (SIGINT after the grace period, SIGKILL
+# after another) and prints its status; returns it.
+stop() {
+    local name=$1 pid=${pids[$1]} waited=0 status=0
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((waited == grace * 10)); then
+            echo "run-all: $name still runs after $grace s, sending SIGINT"
+            kill -INT "$pid" 2>/dev/null || true
+        elif ((waited == grace * 20)); then
+            echo "run-all: $name still runs, killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    wait "$pid" || status=$?
+    unset "pids[$name]"
+    echo "run-all: $name exited with status $status"
+    return "$status"
+}
+
+failed=0
+kill -INT "${pids[writer]}" 2>/dev/null || true
+for name in writer recorder level-meter slow-consumer; do
+    stop "$name" || failed=1
+done
+
+echo
+echo "=== summary ($output_dir) ==="
+wav=$output_dir/recording.wav
+if [[ -s $wav ]]; then
+    python3 - "$wav" <<'EOF'
+import os, sys, wave
+path = sys.argv[1]
+with wave.open(path) as recording:
+    frames, rate, channels = recording.getnframes(), recording.getframerate(), recording.getnchannels()
+print(f"recording: {os.path.getsize(path)} bytes, {frames / rate:.2f} s of {rate} Hz, {channels} channels")
+EOF
+else
+    echo "recording: no WAV written"
+    failed=1
+fi
+grep -E 'dB' "$output_dir/level-meter.log" | tail -n 1 || echo "level-meter: no level line"
+grep -E 'finished' "$output_dir/level-meter.log" || true
+grep -E 'so far' "$output_dir/slow-consumer.log" | tail -n 1 || echo "slow-consumer: lost nothing"
+grep -E 'finished' "$output_dir/slow-consumer.log" || true
+exit "$failed"
