@@ -19,8 +19,10 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::thread;
+use std::time::Instant;
 
-use common::{Launch, Scratch};
+use common::{DEADLINE, Launch, POLL_INTERVAL, Scratch};
 
 /// Frames per buffer in the tests: 8 KiB buffers (43 ms at 48 kHz), so
 /// payloads travel in heap blocks, and a fast reader may fall 32 buffers
@@ -201,6 +203,55 @@ fn drop_mode_scripts_spare_the_fast_readers() {
         .unwrap_or_else(|| panic!("the slow consumer printed no total:\n{slow_consumer}"));
     assert!(lost > 0, "the slow consumer lost nothing:\n{slow_consumer}");
     println!("drop: the slow consumer lost {lost} buffers");
+}
+
+/// Ctrl-C on the recorder alone (`gst-launch-1.0 -e`) finishes its file:
+/// a valid WAV of the tone's first samples, while the writer goes on.
+#[test]
+fn recorder_finishes_its_file_on_ctrl_c() {
+    let scratch = Scratch::new("routing-ctrl-c");
+    let socket = scratch.socket();
+    let recording = scratch.path("recording.wav");
+    let mut recorder = script(
+        &scratch,
+        "recorder",
+        "recorder.sh",
+        &socket,
+        &[],
+        &[recording.to_str().unwrap()],
+    );
+    let mut writer = script(
+        &scratch,
+        "writer",
+        "writer.sh",
+        &socket,
+        &[("SAMPLES_PER_BUFFER", &SAMPLES_PER_BUFFER.to_string()), ("FREQ", FREQ)],
+        &[],
+    );
+    // filesink writes in 64 KiB batches: some samples are on disk.
+    let deadline = Instant::now() + DEADLINE;
+    while fs::metadata(&recording).map_or(0, |metadata| metadata.len()) == 0 {
+        recorder.assert_running();
+        assert!(Instant::now() < deadline, "the recorder wrote nothing");
+        thread::sleep(POLL_INTERVAL);
+    }
+    recorder.interrupt();
+    recorder.finish().assert_success();
+    writer.assert_running();
+    let recorded = wav_data(&recording);
+    assert!(
+        !recorded.is_empty() && recorded.len().is_multiple_of(BUFFER_BYTES),
+        "the recording holds {} bytes, not whole buffers of {BUFFER_BYTES}",
+        recorded.len()
+    );
+    let buffers = recorded.len() / BUFFER_BYTES;
+    assert!(
+        recorded == reference_recording(&scratch, buffers),
+        "the recording of {buffers} buffers differs from the tone's first {buffers} buffers"
+    );
+    println!("ctrl-c: recorded {buffers} buffers sample-exact");
+    // With no reader left, the writer's EOS would wait for one: kill it.
+    writer.kill();
 }
 
 /// `run-all.sh 3`: everything starts, stops cleanly and reports.

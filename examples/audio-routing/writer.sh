@@ -7,6 +7,8 @@
 #
 # Stop it with Ctrl-C: `-e` turns that into EOS, which reaches every reader,
 # so a recorder finishes its file and each reader exits with status 0.
+# With no reader connected, that EOS waits for one (wait-for-connection):
+# a second Ctrl-C stops the writer at once.
 #
 # when-full=drop: a live capture cannot wait. If the writer waited for a
 # reader that falls behind (when-full=block), the capture would stall, the
