@@ -17,6 +17,9 @@ shmring_setup() {
         gstreamer1.0-plugins-base
         gstreamer1.0-plugins-good
         gstreamer1.0-plugins-bad
+        # examples/audio-routing/level-meter.py, which tests/audio_routing.rs runs.
+        python3-gi
+        gir1.2-gstreamer-1.0
         # The benchmark: syscall counts (perf, or strace where perf cannot
         # run) and the font its charts are drawn with.
         linux-perf
