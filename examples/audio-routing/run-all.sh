@@ -12,8 +12,9 @@
 # Stopping: the writer gets SIGINT, which its `gst-launch-1.0 -e` turns
 # into EOS. The EOS crosses the ring to every reader, so the recorder
 # finishes its WAV header and each reader exits by itself with status 0.
-# A reader still running after READER_GRACE seconds (default 30) gets
-# SIGINT itself (the recorder's `-e` still finishes the file), then SIGKILL.
+# A process still running after GRACE seconds (default 30) gets SIGINT
+# itself (the recorder's `-e` still finishes the file), and SIGKILL 10 s
+# later. If the writer fails, the readers get SIGINT at once.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,7 +25,7 @@ if [[ ! $seconds =~ ^[0-9]+$ ]]; then
 fi
 output_dir=${2:-$(mktemp -d -t audio-routing.XXXXXX)}
 mkdir -p "$output_dir"
-grace=${READER_GRACE:-30}
+grace=${GRACE:-30}
 
 if ! gst-inspect-1.0 shmringsink >/dev/null 2>&1; then
     echo "run-all: GStreamer cannot find the shmring plugin. Build it with" \
@@ -41,17 +42,20 @@ declare -A pids=()
 cleanup() {
     local pid
     for pid in "${pids[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
+        kill -KILL -- "-$pid" 2>/dev/null || true
     done
     rm -rf "$socket_dir"
 }
 trap cleanup EXIT
 
-# start NAME COMMAND...: runs COMMAND in the background, its output in NAME.log.
+# start NAME COMMAND...: runs COMMAND in the background, its output in
+# NAME.log, in a session and process group of its own: a signal for it
+# reaches its children too (slow-consumer.sh's gst-launch), and a Ctrl-C
+# in the terminal reaches only this script, which then stops them in order.
 start() {
     local name=$1
     shift
-    "$@" >"$output_dir/$name.log" 2>&1 &
+    setsid "$@" >"$output_dir/$name.log" 2>&1 &
     pids[$name]=$!
 }
 
@@ -65,23 +69,28 @@ echo "run-all: writer and three readers running for $seconds s; logs in $output_
 
 interrupted=0
 trap 'interrupted=1' INT
-sleep "$seconds" &
-wait $! || true
-if [[ $interrupted == 1 ]]; then
+for ((tenths = 0; tenths < seconds * 10 && interrupted == 0; tenths++)); do
+    if ! kill -0 "${pids[writer]}" 2>/dev/null; then
+        echo "run-all: the writer stopped early; see $output_dir/writer.log"
+        break
+    fi
+    sleep 0.1
+done
+if ((interrupted)); then
     echo "run-all: interrupted, stopping early"
 fi
 
-# stop NAME: waits for NAME to exit (SIGINT after the grace period, SIGKILL
-# after another) and prints its status; returns it.
+# stop NAME GRACE: waits for NAME to exit (SIGINT after GRACE seconds,
+# SIGKILL 10 s later), prints its status and returns it.
 stop() {
-    local name=$1 pid=${pids[$1]} waited=0 status=0
+    local name=$1 grace=$2 pid=${pids[$1]} waited=0 status=0
     while kill -0 "$pid" 2>/dev/null; do
         if ((waited == grace * 10)); then
             echo "run-all: $name still runs after $grace s, sending SIGINT"
-            kill -INT "$pid" 2>/dev/null || true
-        elif ((waited == grace * 20)); then
+            kill -INT -- "-$pid" 2>/dev/null || true
+        elif ((waited == grace * 10 + 100)); then
             echo "run-all: $name still runs, killing it"
-            kill -KILL "$pid" 2>/dev/null || true
+            kill -KILL -- "-$pid" 2>/dev/null || true
         fi
         sleep 0.1
         waited=$((waited + 1))
@@ -93,9 +102,13 @@ stop() {
 }
 
 failed=0
-kill -INT "${pids[writer]}" 2>/dev/null || true
-for name in writer recorder level-meter slow-consumer; do
-    stop "$name" || failed=1
+kill -INT -- "-${pids[writer]}" 2>/dev/null || true
+# The writer's EOS ends the readers; without a writer nothing will.
+stop writer "$grace" || failed=1
+reader_grace=$grace
+((failed == 0)) || reader_grace=0
+for name in recorder level-meter slow-consumer; do
+    stop "$name" "$reader_grace" || failed=1
 done
 
 echo

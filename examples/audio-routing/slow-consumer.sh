@@ -16,15 +16,27 @@ set -euo pipefail
 socket=${SOCKET:-${XDG_RUNTIME_DIR:-/tmp}/audio-routing.sock}
 sleep_us=$((${SLEEP_MS:-100} * 1000))
 
-# -m prints every bus message; a process substitution, rather than a pipe,
+# -m prints every bus message; stdbuf -oL makes it print them as they come
+# rather than in 4 KiB batches. A process substitution, rather than a pipe,
 # keeps gst-launch's pid ($!) so that its exit status is this script's.
-exec {messages}< <(exec gst-launch-1.0 -m shmringsrc name=src "socket-path=$socket" \
+exec {messages}< <(exec stdbuf -oL gst-launch-1.0 -m shmringsrc name=src "socket-path=$socket" \
     ! identity "sleep-time=$sleep_us" ! fakesink sync=false 2>&1)
 launch=$!
 
+# Ctrl-C reaches gst-launch too, which stops; this script goes on until
+# gst-launch's output ends, to print the total.
+trap : INT
+
 lost=0
 printed_at=-1
-while IFS= read -r line <&"$messages"; do
+while true; do
+    status=0
+    IFS= read -r line <&"$messages" || status=$?
+    if ((status > 128)); then
+        continue # interrupted by a signal
+    elif ((status != 0)); then
+        break # gst-launch exited
+    fi
     if [[ $line == *'from element "src" (qos)'* ]]; then
         [[ $line =~ processed=\(guint64\)([0-9]+) ]] && delivered=${BASH_REMATCH[1]}
         [[ $line =~ dropped=\(guint64\)([0-9]+) ]] && lost=${BASH_REMATCH[1]}
