@@ -32,6 +32,9 @@ const SAMPLES_PER_BUFFER: usize = 2048;
 /// S16LE stereo.
 const BYTES_PER_FRAME: usize = 4;
 const BUFFER_BYTES: usize = SAMPLES_PER_BUFFER * BYTES_PER_FRAME;
+/// Buffers recorded after the slow consumer starts: at ten buffers a second
+/// it falls more than 50 behind, more than drop mode lets it.
+const SLOW_RUN_BUFFERS: u64 = 100;
 /// 437.3 Hz at 48 kHz advances by 34984/1875 periods per buffer: the phase
 /// after n buffers repeats only when n is a multiple of 1875 (80 s).
 const FREQ: &str = "437.3";
@@ -47,6 +50,26 @@ fn script(scratch: &Scratch, name: &str, file: &str, socket: &Path, envs: &[(&st
     let mut command = Command::new(example(file));
     command.env("SOCKET", socket).envs(envs.iter().copied()).args(args);
     Launch::spawn_command(scratch, name, command)
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map_or(0, |metadata| metadata.len())
+}
+
+/// Waits until `writer`, which must keep running, has written `len` bytes
+/// to `path`.
+fn wait_for_file_len(writer: &mut Launch, path: &Path, len: u64) {
+    let deadline = Instant::now() + DEADLINE;
+    while file_len(path) < len {
+        writer.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "the {} wrote {} of {len} bytes within {DEADLINE:?}",
+            writer.name,
+            file_len(path)
+        );
+        thread::sleep(POLL_INTERVAL);
+    }
 }
 
 /// The data chunk of a WAV file, after checking that the RIFF header
@@ -105,6 +128,12 @@ fn last_number(text: &str, before: &str, after: &str) -> Option<u64> {
     text[start..end].trim().parse().ok()
 }
 
+/// The total the slow consumer printed at its end.
+fn slow_consumer_lost(stdout: &str) -> u64 {
+    last_number(stdout, "lost ", " buffers in all")
+        .unwrap_or_else(|| panic!("the slow consumer printed no total:\n{stdout}"))
+}
+
 /// What the level meter printed at its end: `(buffers, lost)`.
 fn level_meter_counts(stdout: &str) -> (u64, u64) {
     let buffers = last_number(stdout, "finished: ", " buffers");
@@ -115,12 +144,12 @@ fn level_meter_counts(stdout: &str) -> (u64, u64) {
     }
 }
 
-/// Runs the example's writer (a live tone, `when_full`) with the recorder
-/// and the level meter, and the slow consumer if `slow`; stops the writer
-/// with SIGINT once every reader shows it reads, and checks that the
-/// recording is sample-exact and that the level meter lost nothing.
-/// Returns the slow consumer's output.
-fn route_tone(test: &str, when_full: &str, slow: bool) -> Option<String> {
+/// Runs the example's writer (a live tone, `when_full`) with its three
+/// readers; stops the writer with SIGINT once every reader shows it reads
+/// (and, in drop mode, the slow consumer has lost buffers), and checks that
+/// the recording is sample-exact and that the level meter lost nothing.
+/// Returns the buffers the slow consumer lost.
+fn route_tone(test: &str, when_full: &str) -> u64 {
     let scratch = Scratch::new(test);
     let socket = scratch.socket();
     let recording = scratch.path("recording.wav");
@@ -149,11 +178,17 @@ fn route_tone(test: &str, when_full: &str, slow: bool) -> Option<String> {
         &[],
         &["--interval", "200"],
     );
-    let mut slow_consumer = slow.then(|| script(&scratch, "slow consumer", "slow-consumer.sh", &socket, &[], &[]));
+    let mut slow_consumer = script(&scratch, "slow consumer", "slow-consumer.sh", &socket, &[], &[]);
     level_meter.wait_for_stdout(&[" dB"]);
-    if let Some(slow_consumer) = &mut slow_consumer {
-        slow_consumer.wait_for_stdout(&["buffers so far"]);
-    }
+    slow_consumer.wait_for_stdout(&["reading the stream"]);
+    // Long enough that, in drop mode, the slow consumer falls further
+    // behind than its share of the heap (32 buffers) and must lose some.
+    let slow_joined_at = file_len(&recording);
+    wait_for_file_len(
+        &mut recorder,
+        &recording,
+        slow_joined_at + SLOW_RUN_BUFFERS * BUFFER_BYTES as u64,
+    );
     writer.assert_running();
     // EOS from the writer ends every reader.
     writer.interrupt();
@@ -162,11 +197,8 @@ fn route_tone(test: &str, when_full: &str, slow: bool) -> Option<String> {
     recorder.assert_success();
     let level_meter = level_meter.finish();
     level_meter.assert_success();
-    let slow_consumer = slow_consumer.map(|slow_consumer| {
-        let finished = slow_consumer.finish();
-        finished.assert_success();
-        finished.stdout
-    });
+    let slow_consumer = slow_consumer.finish();
+    slow_consumer.assert_success();
 
     let recorded = wav_data(&recording);
     assert!(
@@ -183,14 +215,23 @@ fn route_tone(test: &str, when_full: &str, slow: bool) -> Option<String> {
     let (level_buffers, level_lost) = level_meter_counts(&level_meter.stdout);
     assert!(level_buffers > 0, "the level meter got no buffer");
     assert_eq!(level_lost, 0, "the level meter lost buffers:\n{}", level_meter.stdout);
-    println!("{when_full}: recorded {buffers} buffers sample-exact; level meter {level_buffers} buffers, none lost");
-    slow_consumer
+    let slow_lost = slow_consumer_lost(&slow_consumer.stdout);
+    println!(
+        "{when_full}: recorded {buffers} buffers sample-exact; level meter {level_buffers} buffers, none lost; slow consumer lost {slow_lost}"
+    );
+    slow_lost
 }
 
-/// `when-full=block` through the scripts: the recording is sample-exact.
+/// `when-full=block` through the scripts: the slowest reader paces the
+/// writer, the recording is sample-exact, and nobody loses anything, the
+/// slow consumer included.
 #[test]
 fn block_mode_scripts_record_sample_exact() {
-    route_tone("routing-block", "block", false);
+    assert_eq!(
+        route_tone("routing-block", "block"),
+        0,
+        "a reader lost buffers in block mode"
+    );
 }
 
 /// `when-full=drop` (the example's choice): the slow consumer loses
@@ -198,11 +239,7 @@ fn block_mode_scripts_record_sample_exact() {
 /// lose nothing.
 #[test]
 fn drop_mode_scripts_spare_the_fast_readers() {
-    let slow_consumer = route_tone("routing-drop", "drop", true).unwrap();
-    let lost = last_number(&slow_consumer, "lost ", " buffers in all")
-        .unwrap_or_else(|| panic!("the slow consumer printed no total:\n{slow_consumer}"));
-    assert!(lost > 0, "the slow consumer lost nothing:\n{slow_consumer}");
-    println!("drop: the slow consumer lost {lost} buffers");
+    assert!(route_tone("routing-drop", "drop") > 0, "the slow consumer lost nothing");
 }
 
 /// Ctrl-C on the recorder alone (`gst-launch-1.0 -e`) finishes its file:
@@ -229,12 +266,7 @@ fn recorder_finishes_its_file_on_ctrl_c() {
         &[],
     );
     // filesink writes in 64 KiB batches: some samples are on disk.
-    let deadline = Instant::now() + DEADLINE;
-    while fs::metadata(&recording).map_or(0, |metadata| metadata.len()) == 0 {
-        recorder.assert_running();
-        assert!(Instant::now() < deadline, "the recorder wrote nothing");
-        thread::sleep(POLL_INTERVAL);
-    }
+    wait_for_file_len(&mut recorder, &recording, 1);
     recorder.interrupt();
     recorder.finish().assert_success();
     writer.assert_running();
@@ -278,8 +310,7 @@ fn run_all_routes_records_meters_and_drops() {
     let level_lines = level_meter.lines().filter(|line| line.ends_with(" dB")).count();
     assert!(level_lines > 0, "the level meter printed no level:\n{level_meter}");
     let slow_consumer = log("slow-consumer");
-    let lost = last_number(&slow_consumer, "lost ", " buffers in all")
-        .unwrap_or_else(|| panic!("the slow consumer printed no total:\n{slow_consumer}"));
+    let lost = slow_consumer_lost(&slow_consumer);
     assert!(lost > 0, "the slow consumer lost nothing:\n{slow_consumer}");
     assert!(
         run_all.stdout.contains("=== summary"),

@@ -45,6 +45,8 @@ while true; do
             printed_at=$SECONDS
             echo "slow-consumer: lost $lost buffers so far (${delivered:-?} delivered)"
         fi
+    elif [[ $line == 'Pipeline is PREROLLED'* ]]; then
+        echo "slow-consumer: reading the stream" # its first buffer is in
     elif [[ $line == *ERROR* || $line == *WARNING* || $line == *EOS* ]]; then
         echo "slow-consumer: $line"
     fi
