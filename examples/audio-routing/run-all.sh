@@ -47,6 +47,7 @@ cleanup() {
     rm -rf "$socket_dir"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM
 
 # start NAME COMMAND...: runs COMMAND in the background, its output in
 # NAME.log, in a session and process group of its own: a signal for it

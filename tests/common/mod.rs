@@ -19,6 +19,8 @@ pub const DEADLINE: Duration = Duration::from_secs(120);
 /// How often waits look again. It decides how soon a wait notices, never what
 /// it concludes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long `Launch::kill` lets a script clean up after SIGTERM.
+pub const TERM_GRACE: Duration = Duration::from_secs(5);
 /// gst-launch prints one of these once `set_state(PAUSED)` has returned, that
 /// is after every element's `start()`: a sink is then listening on its socket,
 /// and a source is waiting for its writer.
@@ -228,10 +230,19 @@ impl Launch {
     }
 
     /// Sends SIGKILL, as a crash would end the process, and reaps it. A
-    /// child from `spawn_command` is killed with its whole process group.
+    /// child from `spawn_command` first gets SIGTERM, so that a script can
+    /// end what it started in other process groups (run-all.sh), and then
+    /// SIGKILL with its whole process group.
     pub fn kill(&mut self) {
         if self.own_group {
-            self.signal(libc::SIGKILL);
+            // Errors are left: once the script has exited and been reaped,
+            // its group may be empty (ESRCH), which is the aim.
+            let _ = self.signal(libc::SIGTERM);
+            let deadline = Instant::now() + TERM_GRACE;
+            while self.exited().is_none() && Instant::now() < deadline {
+                thread::sleep(POLL_INTERVAL);
+            }
+            let _ = self.signal(libc::SIGKILL);
         } else {
             self.child
                 .kill()
@@ -243,21 +254,21 @@ impl Launch {
     /// Sends SIGINT, as Ctrl-C in a terminal would (to the process group of
     /// a child from `spawn_command`): `gst-launch-1.0 -e` answers it with EOS.
     pub fn interrupt(&mut self) {
-        self.signal(libc::SIGINT);
+        self.signal(libc::SIGINT)
+            .unwrap_or_else(|err| panic!("interrupting the {}: {err}", self.name));
     }
 
-    fn signal(&self, signal: libc::c_int) {
+    fn signal(&self, signal: libc::c_int) -> std::io::Result<()> {
         let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits a pid_t");
         let target = if self.own_group { -pid } else { pid };
-        // SAFETY: kill(2) takes no pointers. The child is not reaped yet, so
-        // its pid, and the group it leads, cannot have been reused.
-        let result = unsafe { libc::kill(target, signal) };
-        assert!(
-            result == 0,
-            "signalling the {}: {}",
-            self.name,
-            std::io::Error::last_os_error()
-        );
+        // SAFETY: kill(2) takes no pointers. The kernel keeps the child's
+        // pid, and so the id of the group it leads, from being reused until
+        // the child is reaped and the group has no member left.
+        if unsafe { libc::kill(target, signal) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 
     /// Waits for the child to exit. Past the deadline it is killed and the
