@@ -32,6 +32,13 @@ fn parse_pipeline(description: &str) -> gst::Pipeline {
 /// Runs `pipeline` (already started) until EOS; an error or the deadline
 /// fails the test. Leaves it in NULL.
 fn wait_for_eos(pipeline: &gst::Pipeline, what: &str) {
+    wait_for_eos_counting_qos(pipeline, what);
+}
+
+/// Like [`wait_for_eos`]; returns the (processed, dropped) buffer counts of
+/// the QoS messages posted meanwhile.
+fn wait_for_eos_counting_qos(pipeline: &gst::Pipeline, what: &str) -> Vec<(u64, u64)> {
+    let mut qos = Vec::new();
     let bus = pipeline.bus().unwrap();
     let deadline = Instant::now() + DEADLINE;
     loop {
@@ -39,17 +46,28 @@ fn wait_for_eos(pipeline: &gst::Pipeline, what: &str) {
         assert!(!left.is_zero(), "the {what} did not reach EOS within {DEADLINE:?}");
         let Some(message) = bus.timed_pop_filtered(
             gst::ClockTime::from_mseconds(left.as_millis() as u64),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
+            &[gst::MessageType::Eos, gst::MessageType::Error, gst::MessageType::Qos],
         ) else {
             continue;
         };
-        if let gst::MessageView::Error(err) = message.view() {
-            pipeline.set_state(gst::State::Null).unwrap();
-            panic!("the {what} failed: {} ({:?})", err.error(), err.debug());
+        match message.view() {
+            gst::MessageView::Error(err) => {
+                pipeline.set_state(gst::State::Null).unwrap();
+                panic!("the {what} failed: {} ({:?})", err.error(), err.debug());
+            }
+            gst::MessageView::Qos(message) => {
+                let (processed, dropped) = message.stats();
+                let count = |value: gst::GenericFormattedValue| match value {
+                    gst::GenericFormattedValue::Buffers(Some(count)) => *count,
+                    other => panic!("a QoS count in {other:?}, not buffers"),
+                };
+                qos.push((count(processed), count(dropped)));
+            }
+            _ => break,
         }
-        break;
     }
     pipeline.set_state(gst::State::Null).unwrap();
+    qos
 }
 
 fn play_to_eos(description: &str, what: &str) {
@@ -118,10 +136,13 @@ fn three_readers_get_the_same_bytes_from_one_copy() {
     let expected = fs::read(&expected_path).unwrap();
     assert_eq!(expected.len(), I420_FRAME * FRAMES as usize);
 
+    // A heap of 32 frames keeps the writer close behind the slow reader, so
+    // the stream lasts about FRAMES × 20 ms, time for the others to join.
     let writer = parse_pipeline(&format!(
-        "{} ! shmringsink name=sink socket-path={} max-readers=3 when-full=block",
+        "{} ! shmringsink name=sink socket-path={} max-readers=3 when-full=block ring-size={}",
         raw_video(FRAMES),
-        socket.display()
+        socket.display(),
+        32 * I420_FRAME
     ));
     writer.set_state(gst::State::Playing).unwrap();
     wait_until("the writer's socket", || is_socket(&socket));
@@ -225,10 +246,13 @@ fn killed_reader_does_not_stall_the_others() {
         "reference run",
     );
     let expected = fs::read(&expected_path).unwrap();
+    // A heap of 8 frames: the stuck reader holds them all long before the
+    // stream ends, so the writer stalls on it until it is killed.
     let writer = parse_pipeline(&format!(
-        "{} ! shmringsink name=sink socket-path={} when-full=block",
+        "{} ! shmringsink name=sink socket-path={} when-full=block ring-size={}",
         raw_video(FRAMES),
-        socket.display()
+        socket.display(),
+        8 * I420_FRAME
     ));
     writer.set_state(gst::State::Playing).unwrap();
     wait_until("the writer's socket", || is_socket(&socket));
@@ -257,7 +281,12 @@ fn killed_reader_does_not_stall_the_others() {
             output.display()
         ),
     );
+    let before_kill = counter(&sink, "buffers");
     stuck.kill();
+    // Stalled: the writer got no further than the heap while the stuck
+    // reader lived. After the kill it waits for the other reader, so that
+    // reader gets every frame from there on.
+    assert!(before_kill < u64::from(FRAMES), "the writer never stalled");
     wait_for_eos(&writer, "writer");
     other.finish().assert_success();
     assert_tail_of(&output, &expected, I420_FRAME, "other reader");
@@ -388,20 +417,25 @@ fn checking_reader(socket: &Path, slow: bool, checked: Arc<Mutex<Checked>>) -> g
     pipeline
 }
 
-/// `when-full=drop`: a reader 20 ms per frame behind a writer of 1 kHz is
+/// `when-full=drop`: a reader of 20 ms per frame behind a writer of 500 Hz is
 /// lapped over and over. It only ever delivers whole frames, in order, and
 /// is told of its losses (DISCONT, buffers-lost); a fast reader beside it
 /// loses nothing.
 #[test]
 fn drop_mode_never_tears_a_frame_and_spares_the_fast_reader() {
     init();
-    const FRAMES: u64 = 4000;
+    const FRAMES: u64 = 3000;
     let scratch = Scratch::new("drop-mode");
     let socket = scratch.socket();
+    // Each reader may hold a third of the 32 MiB heap, about 680 frames:
+    // the fast reader may fall 1.3 s behind, on a loaded machine, before it
+    // would lose anything. The heap hands out its most recently freed block
+    // first, so the slow reader's neighbours reuse the same few blocks
+    // thousands of times while it holds its own.
     let writer = parse_pipeline(&format!(
-        "appsrc name=src format=time max-bytes=1000000 block=true caps=video/x-raw,format=GRAY8,width=128,height=128,framerate=1000/1 ! identity sleep-time=1000 ! shmringsink name=sink socket-path={} when-full=drop ring-size={}",
+        "appsrc name=src format=time max-bytes=1000000 block=true caps=video/x-raw,format=GRAY8,width=128,height=128,framerate=500/1 ! identity sleep-time=2000 ! shmringsink name=sink socket-path={} when-full=drop ring-size={}",
         socket.display(),
-        8 << 20
+        32 << 20
     ));
     writer.set_state(gst::State::Playing).unwrap();
     wait_until("the writer's socket", || is_socket(&socket));
@@ -421,15 +455,15 @@ fn drop_mode_never_tears_a_frame_and_spares_the_fast_reader() {
         {
             let buffer = buffer.get_mut().unwrap();
             buffer.set_offset(index);
-            buffer.set_pts(gst::ClockTime::from_mseconds(index));
-            buffer.set_duration(gst::ClockTime::from_mseconds(1));
+            buffer.set_pts(gst::ClockTime::from_mseconds(2 * index));
+            buffer.set_duration(gst::ClockTime::from_mseconds(2));
         }
         appsrc.push_buffer(buffer).unwrap();
     }
     appsrc.end_of_stream().unwrap();
     wait_for_eos(&writer, "writer");
-    wait_for_eos(&fast, "fast reader");
-    wait_for_eos(&slow, "slow reader");
+    let fast_qos = wait_for_eos_counting_qos(&fast, "fast reader");
+    let slow_qos = wait_for_eos_counting_qos(&slow, "slow reader");
 
     let fast_seen = fast_seen.lock().unwrap();
     let slow_seen = slow_seen.lock().unwrap();
@@ -472,6 +506,10 @@ fn drop_mode_never_tears_a_frame_and_spares_the_fast_reader() {
         "the slow reader's frames and losses do not add up"
     );
     assert_eq!(counter(&sink, "buffers-lost"), slow_lost);
+    // Each loss was posted, with the total dropped so far.
+    assert!(fast_qos.is_empty(), "the fast reader posted QoS: {fast_qos:?}");
+    assert_eq!(slow_qos.last().map(|&(_, dropped)| dropped), Some(slow_lost));
+    assert!(slow_qos.windows(2).all(|pair| pair[0].1 < pair[1].1));
 }
 
 /// `when-full=block`: a slow recorder paces the writer and so loses

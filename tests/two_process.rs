@@ -14,6 +14,8 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::{Arc, Mutex, Once};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
@@ -620,26 +622,113 @@ fn second_sink_on_served_path_fails() {
     first.kill();
 }
 
-/// A writer killed mid-stream makes the reader fail with a message saying
-/// so, instead of waiting forever for data that will never come.
-#[test]
-fn killed_writer_fails_the_reader() {
-    let scratch = Scratch::new("killed_writer");
+/// Starts a live, unbounded writer (so that it is still streaming when it is
+/// killed) and a reader with `reader_tail` after its shmringsrc, and waits
+/// until a frame has crossed, so that the two are linked mid-stream.
+fn linked_pair(scratch: &Scratch, src_properties: &str, reader_tail: &str) -> (Launch, Launch) {
     let socket = scratch.socket().display().to_string();
-    // Live and unbounded, so that it is still streaming when it is killed.
-    let mut writer = start_writer(
-        &scratch,
+    let writer = start_writer(
+        scratch,
         &format!("videotestsrc is-live=true ! video/x-raw,width=320,height=240 ! shmringsink socket-path={socket}"),
     );
     let mut reader = Launch::spawn(
-        &scratch,
+        scratch,
         "reader",
-        &format!("-v shmringsrc socket-path={socket} ! fakesink silent=false"),
+        &format!("-v shmringsrc socket-path={socket} {src_properties} ! {reader_tail}"),
     );
-    // A frame has crossed, so the two are linked mid-stream.
     reader.wait_for_stdout(&["last-message = chain"]);
+    (writer, reader)
+}
+
+/// By default (on-disconnect=error) a writer killed mid-stream makes the
+/// reader fail with a message saying so, instead of waiting forever for data
+/// that will never come.
+#[test]
+fn killed_writer_fails_the_reader_by_default() {
+    let scratch = Scratch::new("killed_writer_error");
+    let (mut writer, reader) = linked_pair(&scratch, "", "fakesink silent=false");
     writer.kill();
     reader.finish().assert_failure("went away");
+}
+
+/// With on-disconnect=eos a writer killed mid-stream ends the reader's
+/// stream with a warning, so that what was recorded is finalized: the WAV
+/// header counts every byte the file holds.
+#[test]
+fn killed_writer_ends_the_readers_stream_with_on_disconnect_eos() {
+    let scratch = Scratch::new("killed_writer_eos");
+    let socket = scratch.socket().display().to_string();
+    let wav = scratch.path("recording.wav");
+    let writer_description = format!(
+        "audiotestsrc is-live=true samplesperbuffer=480 ! audio/x-raw,format=S16LE,rate=48000,channels=2 ! shmringsink socket-path={socket}"
+    );
+    let mut writer = start_writer(&scratch, &writer_description);
+    let reader = Launch::spawn(
+        &scratch,
+        "reader",
+        &format!(
+            "shmringsrc socket-path={socket} is-live=true on-disconnect=eos ! wavenc ! filesink location={}",
+            wav.display()
+        ),
+    );
+    // Some audio has been recorded.
+    let recorded = Instant::now();
+    while fs::metadata(&wav).map_or(0, |metadata| metadata.len()) < 64 * 1024 {
+        assert!(
+            recorded.elapsed() < DEADLINE,
+            "nothing was recorded\n{}",
+            reader.describe()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    writer.kill();
+    let reader = reader.finish();
+    reader.assert_success();
+    assert!(reader.stdout.contains("went away"), "no warning\n{}", reader.describe());
+    let bytes = fs::read(&wav).expect("reading the recording");
+    assert_eq!(&bytes[0..4], b"RIFF");
+    let riff_size = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
+    assert_eq!(
+        riff_size + 8,
+        bytes.len(),
+        "the RIFF header does not count the whole file"
+    );
+}
+
+/// With on-disconnect=wait the reader's pipeline keeps running when its
+/// writer is killed, and resumes, with DISCONT, when a writer comes back.
+#[test]
+fn killed_writer_is_waited_for_and_a_new_one_resumes_the_stream() {
+    let scratch = Scratch::new("killed_writer_wait");
+    let socket = scratch.socket().display().to_string();
+    let (mut writer, mut reader) = linked_pair(&scratch, "on-disconnect=wait is-live=true", "fakesink silent=false");
+    writer.kill();
+    reader.wait_for_stdout(&["waiting for a writer to come back"]);
+    thread::sleep(Duration::from_millis(300));
+    reader.assert_running();
+    let before = reader.stdout_text().len();
+    // The new writer ends with EOS, which ends the reader too.
+    let writer = start_writer(
+        &scratch,
+        &format!("videotestsrc num-buffers=20 ! video/x-raw,width=160,height=120 ! shmringsink socket-path={socket}"),
+    );
+    writer.finish().assert_success();
+    let reader = reader.finish();
+    reader.assert_success();
+    let resumed = &reader.stdout[before..];
+    let first_chain = resumed
+        .lines()
+        .find(|line| line.contains("last-message = chain"))
+        .unwrap_or_else(|| panic!("no buffer after the restart\n{}", reader.describe()));
+    assert!(
+        first_chain.contains("discont"),
+        "the first buffer after the restart is not DISCONT: {first_chain}"
+    );
+    assert!(
+        resumed.contains("width=(int)160"),
+        "the new writer's caps did not arrive\n{}",
+        reader.describe()
+    );
 }
 
 /// A SIGKILLed sink leaves its socket file behind; the next sink on that

@@ -38,8 +38,8 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::socket::{
-    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr, accept4, bind,
-    connect, listen, recv, recvmsg, sendmsg, socket,
+    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+    UnixCredentials, accept4, bind, connect, getsockopt, listen, recv, recvmsg, sendmsg, socket, sockopt,
 };
 
 use crate::ring::{ChannelFds, ChannelSizes, HeapMemory, ReaderChannel, ReceivedFds, RingError, WriterChannel};
@@ -71,6 +71,10 @@ pub enum IpcError {
         "the shmringsink at {0} already serves as many readers as its max-readers ({1}) allows; raise max-readers on the sink (at most 31) or stop another reader"
     )]
     Busy(PathBuf, u32),
+    #[error(
+        "permission denied connecting to socket-path {path} ({owner}); the shmringsink's perms property decides who may connect: set perms=0660 and share a group, or run both sides as the same user"
+    )]
+    PermissionDenied { path: PathBuf, owner: String },
     #[error("the peer closed the control socket")]
     PeerGone,
     #[error("malformed handshake: {0}")]
@@ -309,6 +313,21 @@ impl Drop for Listener {
     }
 }
 
+/// The mode and owner of the socket file at `path`, next to who we are, for
+/// a permission error.
+fn describe_owner(path: &Path) -> String {
+    let ours = nix::unistd::geteuid();
+    match std::fs::metadata(path) {
+        Ok(metadata) => format!(
+            "mode {:04o}, owned by uid {} gid {}; this process runs as uid {ours}",
+            metadata.mode() & 0o7777,
+            metadata.uid(),
+            metadata.gid()
+        ),
+        Err(err) => format!("{err}; this process runs as uid {ours}"),
+    }
+}
+
 /// Why a reader could not connect.
 #[derive(Debug)]
 pub enum ConnectError {
@@ -335,6 +354,12 @@ impl Connection {
                 // A full backlog: the writer exists but is busy; a later
                 // attempt will do.
                 Err(Errno::EAGAIN) => return Err(ConnectError::NoListener),
+                Err(Errno::EACCES | Errno::EPERM) => {
+                    return Err(ConnectError::Other(IpcError::PermissionDenied {
+                        path: path.to_owned(),
+                        owner: describe_owner(path),
+                    }));
+                }
                 Err(errno) => return Err(ConnectError::Other(io_err("connecting to the writer")(errno))),
             }
         }
@@ -427,6 +452,9 @@ impl Connection {
                 }
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return Ok(None),
+                // A writer that died with our connection still in its
+                // listen queue: as gone as one that closed it.
+                Err(Errno::ECONNRESET) => return Err(IpcError::PeerGone),
                 Err(errno) => return Err(io_err("receiving the writer's hello")(errno)),
             }
         };
@@ -469,6 +497,20 @@ impl Connection {
             reader_slot: u32_at(40),
         };
         Ok(Some((hello, fds)))
+    }
+
+    /// The peer's process as the kernel recorded it when the connection was
+    /// made (SO_PEERCRED), for messages that name a misbehaving peer.
+    pub fn peer_credentials(&self) -> Option<UnixCredentials> {
+        getsockopt(&self.fd, sockopt::PeerCredentials).ok()
+    }
+
+    /// "pid 1234, uid 1000", or "pid unknown" where the kernel cannot tell.
+    pub fn peer_description(&self) -> String {
+        match self.peer_credentials() {
+            Some(credentials) => format!("pid {}, uid {}", credentials.pid(), credentials.uid()),
+            None => "pid unknown".to_owned(),
+        }
     }
 
     /// After a poll says this socket is readable: whether the peer is gone.

@@ -147,6 +147,12 @@ impl Producer {
         self.waker.sent()
     }
 
+    /// Whether the peer cleared O_NONBLOCK on one of this queue's eventfds
+    /// (see [`Notifier`]): a peer that does is broken or hostile.
+    pub fn peer_tampered(&self) -> bool {
+        self.data_ready.tampered() || self.space_ready.tampered()
+    }
+
     /// Whether the reader has let go of the channel (dropped its
     /// `Consumer`). One load of a word the reader rarely writes.
     pub fn reader_detached(&self) -> bool {
@@ -310,6 +316,12 @@ impl Consumer {
     /// Wake-ups this side has sent so far.
     pub fn wakeups_sent(&self) -> u64 {
         self.waker.sent()
+    }
+
+    /// Whether the peer cleared O_NONBLOCK on one of this queue's eventfds
+    /// (see [`Notifier`]): a peer that does is broken or hostile.
+    pub fn peer_tampered(&self) -> bool {
+        self.data_ready.tampered() || self.space_ready.tampered()
     }
 
     /// Readable when the producer has committed after [`Self::prepare_wait`].

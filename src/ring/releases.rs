@@ -104,6 +104,12 @@ impl ReleaseProducer {
     pub fn wakeups_sent(&self) -> u64 {
         self.waker.sent()
     }
+
+    /// Whether the peer cleared O_NONBLOCK on the release eventfd (see
+    /// [`Notifier`]).
+    pub fn peer_tampered(&self) -> bool {
+        self.release_ready.tampered()
+    }
 }
 
 impl ReleaseConsumer {
@@ -123,6 +129,12 @@ impl ReleaseConsumer {
     /// [`Self::prepare_wait`].
     pub fn release_fd(&self) -> BorrowedFd<'_> {
         self.release_ready.as_fd()
+    }
+
+    /// Whether the peer cleared O_NONBLOCK on the release eventfd (see
+    /// [`Notifier`]).
+    pub fn peer_tampered(&self) -> bool {
+        self.release_ready.tampered()
     }
 
     /// Hands every released offset to `take`, oldest first, and frees their

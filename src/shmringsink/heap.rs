@@ -234,6 +234,9 @@ impl SinkHeap {
             if let Err(err) = taken {
                 bad.get_or_insert(err.to_string());
             }
+            if reader.releases.peer_tampered() {
+                bad.get_or_insert("cleared O_NONBLOCK on its release eventfd".into());
+            }
             if let Some(reason) = bad {
                 offenders.push((reader.slot, reason));
             }

@@ -352,6 +352,16 @@ impl ShmRingSink {
             if link.heap.evicted(slot) {
                 gst::info!(CAT, imp = self, "reader {slot} was dropped");
                 self.drop_link(state, slot);
+            } else if link.records.peer_tampered() {
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Write,
+                    [
+                        "Dropped reader {slot} ({}): it cleared O_NONBLOCK on a shared eventfd, which could block this writer",
+                        link.connection.peer_description()
+                    ]
+                );
+                self.drop_link(state, slot);
             } else if link.records.reader_detached() {
                 gst::info!(CAT, imp = self, "reader {slot} detached");
                 self.depart_link(state, slot);
@@ -458,7 +468,8 @@ impl ShmRingSink {
         gst::info!(
             CAT,
             imp = self,
-            "reader {slot} connected ({} linked); heap of {} bytes",
+            "reader {slot} connected ({}; {} linked); heap of {} bytes",
+            connection.peer_description(),
             state.links.len() + 1,
             heap.size()
         );
@@ -994,6 +1005,9 @@ impl ShmRingSink {
             // fall behind by before it loses buffers. A reader that holds
             // nothing gets any payload the heap can hold.
             let share = heap.size() / (state.links.len() as u64 + 1);
+            // What the readers gave back counts: the allocator takes their
+            // releases only when it runs short.
+            heap.collect_now();
             for slot in std::mem::take(&mut recipients) {
                 let held = heap.bytes_held_by_slot(slot);
                 if held == 0 || held + len <= share {

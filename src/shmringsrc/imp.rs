@@ -17,6 +17,7 @@ use crate::ring::{Consumer, HeapMemory, Notifier, Payload, ReaderChannel, Record
 use crate::stats::Stats;
 use crate::unlock::Unlock;
 
+use super::OnDisconnect;
 use super::pacer::Pacer;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -32,12 +33,27 @@ const DEFAULT_IS_LIVE: bool = false;
 /// microseconds, about the gap between small buffers of a busy writer.
 const SPINS_BEFORE_SLEEP: u32 = 256;
 const DEFAULT_ALWAYS_COPY: bool = false;
+/// A writer that ends cleanly sends EOS, so a closed socket without one is
+/// a failure, reported as one, as shmsrc does; `eos` and `wait` are asked for.
+const DEFAULT_ON_DISCONNECT: OnDisconnect = OnDisconnect::Error;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Settings {
     socket_path: Option<PathBuf>,
     is_live: bool,
     always_copy: bool,
+    on_disconnect: OnDisconnect,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            socket_path: None,
+            is_live: DEFAULT_IS_LIVE,
+            always_copy: DEFAULT_ALWAYS_COPY,
+            on_disconnect: DEFAULT_ON_DISCONNECT,
+        }
+    }
 }
 
 /// The reader's release queue, shared with every lease: a buffer may be
@@ -177,6 +193,8 @@ impl Drop for CopyPool {
 #[derive(Default)]
 struct State {
     link: Option<Link>,
+    /// The next buffer starts a new stream from a writer that came back.
+    discont: bool,
 }
 
 #[derive(Default)]
@@ -200,6 +218,13 @@ enum Step {
     Continue,
 }
 
+/// Why reading from a link stopped.
+enum Read {
+    Buffer(gst::Buffer),
+    /// The writer closed its socket without EOS, and its ring is drained.
+    WriterGone,
+}
+
 impl ShmRingSrc {
     fn lock_state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -218,58 +243,69 @@ impl ShmRingSrc {
             return Err(gst::FlowError::Flushing);
         };
         gst::debug!(CAT, imp = self, "waiting for a shmringsink at {}", path.display());
-        match ipc::connect_reader(&path, unlock.as_fd()) {
-            Ok(Some((connection, channel))) => {
-                let ReaderChannel {
-                    records,
-                    releases,
-                    heap,
-                } = channel;
-                let pacer = Pacer::new().map_err(|err| {
-                    gst::element_imp_error!(self, gst::ResourceError::Failed, ["Could not create a timer: {err}"]);
-                    gst::FlowError::Error
-                })?;
-                let fds = [
-                    (records.data_fd(), Trigger::Edge),
-                    (connection.as_fd(), Trigger::Level),
-                    (unlock.as_fd(), Trigger::Level),
-                    (pacer.fd(), Trigger::Edge),
-                ];
-                let waiter = Waiter::new(fds).map_err(|err| {
-                    gst::element_imp_error!(self, gst::ResourceError::Failed, ["{err}"]);
-                    gst::FlowError::Error
-                })?;
-                gst::info!(
-                    CAT,
-                    imp = self,
-                    "connected to {}; record queue of {} bytes, heap of {} bytes",
-                    path.display(),
-                    records.capacity(),
-                    heap.size()
-                );
-                Ok(Link {
-                    records,
-                    releases: Arc::new(Releases {
-                        producer: Mutex::new(releases),
-                        leased: AtomicU64::new(0),
-                        connection,
-                    }),
-                    heap,
-                    writer_gone: false,
-                    lease: false,
-                    layout: None,
-                    waiter,
-                    pacer,
-                    copies: CopyPool::default(),
-                    discont: false,
-                })
+        let (connection, channel) = loop {
+            match ipc::connect_reader(&path, unlock.as_fd()) {
+                Ok(Some(connected)) => break connected,
+                Ok(None) => return Err(gst::FlowError::Flushing),
+                // A writer that dies during the handshake is one more
+                // disconnect.
+                Err(ipc::IpcError::PeerGone) if settings.on_disconnect == OnDisconnect::Wait => {
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "the writer went away during the handshake; waiting again"
+                    );
+                }
+                Err(err) => {
+                    gst::element_imp_error!(self, gst::ResourceError::OpenRead, ["{err}"]);
+                    return Err(gst::FlowError::Error);
+                }
             }
-            Ok(None) => Err(gst::FlowError::Flushing),
-            Err(err) => {
-                gst::element_imp_error!(self, gst::ResourceError::OpenRead, ["{err}"]);
-                Err(gst::FlowError::Error)
-            }
-        }
+        };
+        let ReaderChannel {
+            records,
+            releases,
+            heap,
+        } = channel;
+        let pacer = Pacer::new().map_err(|err| {
+            gst::element_imp_error!(self, gst::ResourceError::Failed, ["Could not create a timer: {err}"]);
+            gst::FlowError::Error
+        })?;
+        let fds = [
+            (records.data_fd(), Trigger::Edge),
+            (connection.as_fd(), Trigger::Level),
+            (unlock.as_fd(), Trigger::Level),
+            (pacer.fd(), Trigger::Edge),
+        ];
+        let waiter = Waiter::new(fds).map_err(|err| {
+            gst::element_imp_error!(self, gst::ResourceError::Failed, ["{err}"]);
+            gst::FlowError::Error
+        })?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "connected to {} (writer {}); record queue of {} bytes, heap of {} bytes",
+            path.display(),
+            connection.peer_description(),
+            records.capacity(),
+            heap.size()
+        );
+        Ok(Link {
+            records,
+            releases: Arc::new(Releases {
+                producer: Mutex::new(releases),
+                leased: AtomicU64::new(0),
+                connection,
+            }),
+            heap,
+            writer_gone: false,
+            lease: false,
+            layout: None,
+            waiter,
+            pacer,
+            copies: CopyPool::default(),
+            discont: false,
+        })
     }
 
     /// The writer (`when-full=drop`) dropped `lost` buffers meant for us:
@@ -471,6 +507,11 @@ impl ObjectImpl for ShmRingSrc {
                     .default_value(DEFAULT_ALWAYS_COPY)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("on-disconnect", DEFAULT_ON_DISCONNECT)
+                    .nick("On disconnect")
+                    .blurb("What to do when the writer goes away without EOS (crashed, killed, stopped without -e): eos ends the stream with a warning, error fails the pipeline, wait keeps it running and resumes with a DISCONT buffer when a writer appears again at socket-path")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, peak-held-bytes (heap bytes held downstream at most)")
@@ -493,6 +534,7 @@ impl ObjectImpl for ShmRingSrc {
                 self.obj().set_live(self.settings().is_live);
             }
             "always-copy" => settings.always_copy = value.get().unwrap_or(DEFAULT_ALWAYS_COPY),
+            "on-disconnect" => settings.on_disconnect = value.get().unwrap_or(DEFAULT_ON_DISCONNECT),
             name => gst::warning!(CAT, imp = self, "no property {name}"),
         }
     }
@@ -503,6 +545,7 @@ impl ObjectImpl for ShmRingSrc {
             "socket-path" => settings.socket_path.map(|path| path.display().to_string()).to_value(),
             "is-live" => settings.is_live.to_value(),
             "always-copy" => settings.always_copy.to_value(),
+            "on-disconnect" => settings.on_disconnect.to_value(),
             "stats" => self
                 .stats
                 .to_structure("application/x-shmringsrc-stats", false)
@@ -644,26 +687,78 @@ impl PushSrcImpl for ShmRingSrc {
     fn create(&self, _buffer: Option<&mut gst::BufferRef>) -> Result<CreateSuccess, gst::FlowError> {
         let unlock = self.unlock.notifier()?;
         let mut state = self.lock_state();
-        if state.link.is_none() {
-            state.link = Some(self.connect(&unlock)?);
+        loop {
+            if state.link.is_none() {
+                state.link = Some(self.connect(&unlock)?);
+                if state.discont {
+                    gst::info!(CAT, imp = self, "a writer is back; resuming");
+                }
+            }
+            let Some(link) = state.link.as_mut() else {
+                return Err(gst::FlowError::Flushing);
+            };
+            match self.read(link)? {
+                Read::Buffer(mut buffer) => {
+                    if std::mem::take(&mut state.discont) {
+                        buffer.make_mut().set_flags(gst::BufferFlags::DISCONT);
+                    }
+                    return Ok(CreateSuccess::NewBuffer(buffer));
+                }
+                Read::WriterGone => {}
+            }
+            let on_disconnect = self.settings().on_disconnect;
+            let cause =
+                "The shmringsink went away without sending EOS: the writer process stopped, crashed or was killed";
+            match on_disconnect {
+                OnDisconnect::Error => {
+                    gst::element_imp_error!(
+                        self,
+                        gst::ResourceError::Read,
+                        [
+                            "{cause}. Set on-disconnect=wait to keep running until a writer comes back, or eos to end the stream"
+                        ]
+                    );
+                    return Err(gst::FlowError::Error);
+                }
+                OnDisconnect::Eos => {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Read,
+                        [
+                            "{cause}; ending the stream. Set on-disconnect=wait to keep running until a writer comes back"
+                        ]
+                    );
+                    return Err(gst::FlowError::Eos);
+                }
+                OnDisconnect::Wait => {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::ResourceError::Read,
+                        ["{cause}; waiting for a writer to come back (on-disconnect=wait)"]
+                    );
+                    // Leases downstream keep the old heap mapped, and the old
+                    // socket open, until they are dropped.
+                    state.link = None;
+                    state.discont = true;
+                }
+            }
         }
-        let Some(link) = state.link.as_mut() else {
-            return Err(gst::FlowError::Flushing);
-        };
+    }
+}
+
+impl ShmRingSrc {
+    /// Reads records until one is a buffer, or the writer is gone and its
+    /// ring drained. Sleeps in between, on the ring, the socket and `unlock`.
+    fn read(&self, link: &mut Link) -> Result<Read, gst::FlowError> {
         loop {
             self.stats.set_wakeups_sent(link.records.wakeups_sent());
             match self.next_record(link)? {
-                Some(Step::Buffer(buffer)) => return Ok(CreateSuccess::NewBuffer(buffer)),
+                Some(Step::Buffer(buffer)) => return Ok(Read::Buffer(buffer)),
                 Some(Step::Continue) => continue,
                 None => {}
             }
             if link.writer_gone {
-                gst::element_imp_error!(
-                    self,
-                    gst::ResourceError::Read,
-                    ["The shmringsink went away without sending EOS; the writer process stopped or crashed"]
-                );
-                return Err(gst::FlowError::Error);
+                return Ok(Read::WriterGone);
             }
             let arrived = link
                 .records
@@ -710,6 +805,17 @@ impl PushSrcImpl for ShmRingSrc {
             }
             if ready[2] {
                 return Err(gst::FlowError::Flushing);
+            }
+            if link.records.peer_tampered() {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::Read,
+                    [
+                        "The writer ({}) cleared O_NONBLOCK on a shared eventfd, which could block this reader; it is broken or hostile",
+                        link.releases.connection.peer_description()
+                    ]
+                );
+                return Err(gst::FlowError::Error);
             }
             // The writer's records may still be in the ring; drain them
             // before reporting that it is gone.

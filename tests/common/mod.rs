@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::fs::{self, File};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -126,7 +126,29 @@ impl Launch {
     /// Starts `gst-launch-1.0` with `description` split on whitespace, which
     /// is why scratch paths must not contain any.
     pub fn spawn(scratch: &Scratch, name: &str, description: &str) -> Self {
-        let mut command = Command::new("gst-launch-1.0");
+        Self::spawn_wrapped(scratch, name, &[], description)
+    }
+
+    /// Like [`Launch::spawn`], with gst-launch-1.0 run by `wrapper` (a
+    /// command and its arguments, such as `setpriv --reuid=...`), and with
+    /// GStreamer's registry and HOME in the scratch directory, which the
+    /// wrapped process may need to write.
+    pub fn spawn_wrapped(scratch: &Scratch, name: &str, wrapper: &[&str], description: &str) -> Self {
+        let mut command = match wrapper.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg("gst-launch-1.0");
+                let home = scratch.path(&format!("{name}.home"));
+                fs::create_dir_all(&home).unwrap_or_else(|err| panic!("creating {}: {err}", home.display()));
+                fs::set_permissions(&home, fs::Permissions::from_mode(0o777))
+                    .unwrap_or_else(|err| panic!("opening {} to every user: {err}", home.display()));
+                command
+                    .env("HOME", &home)
+                    .env("GST_REGISTRY", home.join("registry.bin"));
+                command
+            }
+            None => Command::new("gst-launch-1.0"),
+        };
         command.args(description.split_whitespace());
         Self::start(scratch, name, command, false)
     }

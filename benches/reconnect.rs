@@ -1,0 +1,231 @@
+//! How fast a reader picks up a writer that restarts.
+//!
+//! A `shmringsrc on-disconnect=wait` pipeline runs in this process while a
+//! writer (`gst-launch-1.0 ... ! shmringsink`, a real second process) is
+//! started, streams a little, and is killed with SIGKILL, as a crash or a
+//! `systemctl kill` would end it, over and over. Each round measures the time
+//! from the socket's appearance (inotify on its directory, in this process)
+//! to the first buffer the source pushes (a probe on its src pad), both on
+//! this process's monotonic clock.
+//!
+//! `cargo bench --bench reconnect` runs 100 rounds; `cargo test --benches`
+//! (CI) runs 3 as a smoke test. `-- --rounds N` picks another count.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+const SOCKET_NAME: &str = "ring.sock";
+/// The goal: a restarted writer is read within this much of its socket
+/// appearing.
+const GOAL: Duration = Duration::from_millis(100);
+/// How long each writer streams before it is killed.
+const STREAMING: Duration = Duration::from_millis(50);
+/// A round that takes longer than this has failed.
+const ROUND_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Times, in this process, at which things were seen.
+#[derive(Default)]
+struct Sightings {
+    sockets: Vec<Instant>,
+    discont_buffers: Vec<Instant>,
+}
+
+fn main() {
+    let arguments: Vec<String> = std::env::args().collect();
+    let benchmark = arguments.iter().any(|argument| argument == "--bench");
+    let rounds = arguments
+        .iter()
+        .position(|argument| argument == "--rounds")
+        .and_then(|at| arguments.get(at + 1))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(if benchmark { 100 } else { 3 });
+    if let Err(err) = run(rounds) {
+        eprintln!("reconnect: {err}");
+        std::process::exit(1);
+    }
+}
+
+fn run(rounds: usize) -> Result<(), String> {
+    gst::init().map_err(|err| format!("initializing GStreamer: {err}"))?;
+    gstshmring::plugin_register_static().map_err(|err| format!("registering the plugin: {err}"))?;
+    let plugin_dir = plugin_dir()?;
+    let scratch = std::env::temp_dir().join(format!("shmring-reconnect-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).map_err(|err| format!("creating {}: {err}", scratch.display()))?;
+    let _ = std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o700));
+    let socket = scratch.join(SOCKET_NAME);
+    let sightings = Arc::new(Mutex::new(Sightings::default()));
+    watch_for_sockets(&scratch, sightings.clone())?;
+
+    let pipeline = gst::parse::launch(&format!(
+        "shmringsrc name=src socket-path={} on-disconnect=wait is-live=true ! fakesink sync=false",
+        socket.display()
+    ))
+    .map_err(|err| format!("building the reader: {err}"))?
+    .downcast::<gst::Pipeline>()
+    .map_err(|_| "the reader is not a pipeline")?;
+    let src = pipeline.by_name("src").ok_or("no src in the reader")?;
+    let pad = src.static_pad("src").ok_or("no src pad")?;
+    let seen = sightings.clone();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let Some(buffer) = info.buffer()
+            && buffer.flags().contains(gst::BufferFlags::DISCONT)
+        {
+            seen.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .discont_buffers
+                .push(Instant::now());
+        }
+        gst::PadProbeReturn::Ok
+    });
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|err| format!("starting the reader: {err}"))?;
+
+    let mut times = Vec::with_capacity(rounds);
+    let mut outcome = Ok(());
+    for round in 0..rounds {
+        match restart_once(&plugin_dir, &socket, &sightings, &pipeline) {
+            Ok(time) => {
+                eprintln!("[{}/{rounds}] socket -> first buffer: {:.2} ms", round + 1, ms(time));
+                times.push(time);
+            }
+            Err(err) => {
+                outcome = Err(format!("round {}: {err}", round + 1));
+                break;
+            }
+        }
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    let _ = std::fs::remove_dir_all(&scratch);
+    outcome?;
+
+    times.sort();
+    let quantile = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let within = times.iter().filter(|time| **time <= GOAL).count();
+    println!(
+        "reconnect: {} restarts; socket appearance -> first buffer pushed: median {:.2} ms, p90 {:.2} ms, max {:.2} ms; {within}/{} within {} ms",
+        times.len(),
+        ms(quantile(0.5)),
+        ms(quantile(0.9)),
+        ms(quantile(1.0)),
+        times.len(),
+        GOAL.as_millis()
+    );
+    Ok(())
+}
+
+/// Starts a writer, measures how long after its socket appeared the reader
+/// pushed its first buffer, and kills it.
+fn restart_once(
+    plugin_dir: &Path,
+    socket: &Path,
+    sightings: &Mutex<Sightings>,
+    pipeline: &gst::Pipeline,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut writer = Writer(
+        Command::new("gst-launch-1.0")
+            .args(
+                format!(
+                    "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=100/1 ! shmringsink socket-path={}",
+                    socket.display()
+                )
+                .split_whitespace(),
+            )
+            .env("GST_PLUGIN_PATH", plugin_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|err| format!("starting the writer: {err}"))?,
+    );
+    let lock = || sightings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let (appeared, pushed) = loop {
+        if started.elapsed() > ROUND_DEADLINE {
+            return Err(format!("no buffer within {ROUND_DEADLINE:?} of starting the writer"));
+        }
+        if let Some(message) = pipeline
+            .bus()
+            .and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]))
+        {
+            return Err(format!("the reader failed: {message:?}"));
+        }
+        if let Ok(Some(status)) = writer.0.try_wait() {
+            return Err(format!("the writer exited ({status})"));
+        }
+        let seen = lock();
+        let appeared = seen.sockets.iter().rev().find(|time| **time >= started).copied();
+        if let Some(appeared) = appeared
+            && let Some(pushed) = seen.discont_buffers.iter().find(|time| **time >= appeared).copied()
+        {
+            break (appeared, pushed);
+        }
+        drop(seen);
+        thread::sleep(Duration::from_millis(1));
+    };
+    thread::sleep(STREAMING);
+    drop(writer);
+    // The source notices the hang-up; its next buffers come from the next
+    // writer.
+    thread::sleep(Duration::from_millis(20));
+    Ok(pushed - appeared)
+}
+
+/// A writer process, killed with SIGKILL when dropped.
+struct Writer(Child);
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Notes the time at which the socket file appears (a sink binds it under
+/// another name and renames it into place), on a thread of its own.
+fn watch_for_sockets(directory: &Path, sightings: Arc<Mutex<Sightings>>) -> Result<(), String> {
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC).map_err(|err| format!("inotify_init: {err}"))?;
+    inotify
+        .add_watch(directory, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
+        .map_err(|err| format!("watching {}: {err}", directory.display()))?;
+    thread::spawn(move || {
+        while let Ok(events) = inotify.read_events() {
+            let now = Instant::now();
+            if events
+                .iter()
+                .any(|event| event.name.as_deref().is_some_and(|name| name == SOCKET_NAME))
+            {
+                sightings
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .sockets
+                    .push(now);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The directory of the cdylib cargo built beside this binary, for the
+/// writer process to load.
+fn plugin_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|err| format!("finding this binary: {err}"))?;
+    let dir = exe.parent().ok_or("this binary has no directory")?.to_path_buf();
+    if dir.join("libgstshmring.so").is_file() {
+        Ok(dir)
+    } else {
+        Err(format!("no libgstshmring.so in {}", dir.display()))
+    }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
