@@ -17,7 +17,8 @@ shmring_setup() {
         gstreamer1.0-plugins-base
         gstreamer1.0-plugins-good
         gstreamer1.0-plugins-bad
-        # The PyGObject examples (examples/python) and their test.
+        # The PyGObject examples (examples/python, and the level meter of
+        # examples/audio-routing) and their tests.
         python3-gi
         gir1.2-gstreamer-1.0
         gir1.2-gst-plugins-base-1.0

@@ -7,6 +7,7 @@
 
 use std::fs::{self, File};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -18,6 +19,8 @@ pub const DEADLINE: Duration = Duration::from_secs(120);
 /// How often waits look again. It decides how soon a wait notices, never what
 /// it concludes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long `Launch::kill` lets a script clean up after SIGTERM.
+pub const TERM_GRACE: Duration = Duration::from_secs(5);
 /// gst-launch prints one of these once `set_state(PAUSED)` has returned, that
 /// is after every element's `start()`: a sink is then listening on its socket,
 /// and a source is waiting for its writer.
@@ -115,6 +118,8 @@ pub struct Launch {
     pub stdout: PathBuf,
     pub stderr: PathBuf,
     deadline: Instant,
+    /// Started by `spawn_command`: the child leads a process group.
+    own_group: bool,
 }
 
 impl Launch {
@@ -129,12 +134,6 @@ impl Launch {
     /// GStreamer's registry and HOME in the scratch directory, which the
     /// wrapped process may need to write.
     pub fn spawn_wrapped(scratch: &Scratch, name: &str, wrapper: &[&str], description: &str) -> Self {
-        let stdout = scratch.path(&format!("{name}.stdout"));
-        let stderr = scratch.path(&format!("{name}.stderr"));
-        let create =
-            |path: &Path| File::create(path).unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
-        // Output goes to files, not pipes: a child under `-v` prints a lot,
-        // and a pipe that nobody drains would block it.
         let mut command = match wrapper.split_first() {
             Some((program, arguments)) => {
                 let mut command = Command::new(program);
@@ -150,21 +149,43 @@ impl Launch {
             }
             None => Command::new("gst-launch-1.0"),
         };
+        command.args(description.split_whitespace());
+        Self::start(scratch, name, command, false)
+    }
+
+    /// Starts any program (a script, say) the way `spawn` starts
+    /// gst-launch-1.0: with the plugin, fatal criticals and output in files.
+    /// It runs in a process group of its own, which `kill` ends whole, so
+    /// that a script's own children do not outlive a failed test.
+    pub fn spawn_command(scratch: &Scratch, name: &str, command: Command) -> Self {
+        Self::start(scratch, name, command, true)
+    }
+
+    fn start(scratch: &Scratch, name: &str, mut command: Command, own_group: bool) -> Self {
+        let stdout = scratch.path(&format!("{name}.stdout"));
+        let stderr = scratch.path(&format!("{name}.stderr"));
+        let create =
+            |path: &Path| File::create(path).unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
+        if own_group {
+            command.process_group(0);
+        }
+        // Output goes to files, not pipes: a child under `-v` prints a lot,
+        // and a pipe that nobody drains would block it.
         let child = command
-            .args(description.split_whitespace())
             .env("GST_PLUGIN_PATH", plugin_dir())
             .env("G_DEBUG", "fatal-criticals")
             .stdin(Stdio::null())
             .stdout(create(&stdout))
             .stderr(create(&stderr))
             .spawn()
-            .unwrap_or_else(|err| panic!("spawning gst-launch-1.0 for the {name}: {err}"));
+            .unwrap_or_else(|err| panic!("spawning {:?} for the {name}: {err}", command.get_program()));
         Self {
             name: name.to_owned(),
             child,
             stdout,
             stderr,
             deadline: Instant::now() + DEADLINE,
+            own_group,
         }
     }
 
@@ -177,26 +198,9 @@ impl Launch {
         program: &Path,
         arguments: impl IntoIterator<Item = A>,
     ) -> Self {
-        let stdout = scratch.path(&format!("{name}.stdout"));
-        let stderr = scratch.path(&format!("{name}.stderr"));
-        let create =
-            |path: &Path| File::create(path).unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
-        let child = Command::new(program)
-            .args(arguments)
-            .env("GST_PLUGIN_PATH", plugin_dir())
-            .env("G_DEBUG", "fatal-criticals")
-            .stdin(Stdio::null())
-            .stdout(create(&stdout))
-            .stderr(create(&stderr))
-            .spawn()
-            .unwrap_or_else(|err| panic!("spawning {} for the {name}: {err}", program.display()));
-        Self {
-            name: name.to_owned(),
-            child,
-            stdout,
-            stderr,
-            deadline: Instant::now() + DEADLINE,
-        }
+        let mut command = Command::new(program);
+        command.args(arguments);
+        Self::start(scratch, name, command, false)
     }
 
     pub fn stdout_text(&self) -> String {
@@ -261,12 +265,46 @@ impl Launch {
         }
     }
 
-    /// Sends SIGKILL, as a crash would end the process, and reaps it.
+    /// Sends SIGKILL, as a crash would end the process, and reaps it. A
+    /// child from `spawn_command` first gets SIGTERM, so that a script can
+    /// end what it started in other process groups (run-all.sh), and then
+    /// SIGKILL with its whole process group.
     pub fn kill(&mut self) {
-        self.child
-            .kill()
-            .unwrap_or_else(|err| panic!("killing the {}: {err}", self.name));
+        if self.own_group {
+            // Errors are left: once the script has exited and been reaped,
+            // its group may be empty (ESRCH), which is the aim.
+            let _ = self.signal(libc::SIGTERM);
+            let deadline = Instant::now() + TERM_GRACE;
+            while self.exited().is_none() && Instant::now() < deadline {
+                thread::sleep(POLL_INTERVAL);
+            }
+            let _ = self.signal(libc::SIGKILL);
+        } else {
+            self.child
+                .kill()
+                .unwrap_or_else(|err| panic!("killing the {}: {err}", self.name));
+        }
         let _ = self.child.wait();
+    }
+
+    /// Sends SIGINT, as Ctrl-C in a terminal would (to the process group of
+    /// a child from `spawn_command`): `gst-launch-1.0 -e` answers it with EOS.
+    pub fn interrupt(&mut self) {
+        self.signal(libc::SIGINT)
+            .unwrap_or_else(|err| panic!("interrupting the {}: {err}", self.name));
+    }
+
+    fn signal(&self, signal: libc::c_int) -> std::io::Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits a pid_t");
+        let target = if self.own_group { -pid } else { pid };
+        // SAFETY: kill(2) takes no pointers. The kernel keeps the child's
+        // pid, and so the id of the group it leads, from being reused until
+        // the child is reaped and the group has no member left.
+        if unsafe { libc::kill(target, signal) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     }
 
     /// Waits for the child to exit. Past the deadline it is killed and the
