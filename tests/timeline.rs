@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread;
 use std::time::Duration;
 
+use gst::glib;
 use gst::prelude::*;
 
 mod common;
@@ -43,6 +44,12 @@ struct Pushed {
 
 /// Reads `count` buffers with a live shmringsrc in a pipeline of its own.
 fn read_live(socket: &str, count: u32) -> Vec<Pushed> {
+    read_live_with(socket, count, |_| ())
+}
+
+/// Like `read_live`, with `configure` called on the pipeline before it
+/// starts (to give it another clock, say).
+fn read_live_with(socket: &str, count: u32, configure: impl FnOnce(&gst::Pipeline)) -> Vec<Pushed> {
     let pipeline = gst::parse::launch(&format!(
         "shmringsrc name=src socket-path={socket} is-live=true num-buffers={count} ! fakesink sync=true"
     ))
@@ -67,6 +74,7 @@ fn read_live(socket: &str, count: u32) -> Vec<Pushed> {
             }
             gst::PadProbeReturn::Ok
         });
+    configure(&pipeline);
     pipeline.set_state(gst::State::Playing).expect("the reader starts");
     let bus = pipeline.bus().expect("a bus");
     let message = bus
@@ -214,4 +222,90 @@ fn readers_in_two_processes_place_every_buffer_at_the_same_instant() {
         "two processes place buffers {} µs apart",
         (high - low) / 1000
     );
+}
+
+/// A reader whose pipeline runs on a CLOCK_REALTIME system clock, not the
+/// default monotonic one, still places buffers where a monotonic reader
+/// does: its clock's offset from CLOCK_MONOTONIC is measured.
+#[test]
+fn a_reader_on_a_realtime_clock_shares_the_timeline() {
+    init();
+    let scratch = Scratch::new("timeline_realtime");
+    let socket = scratch.socket().display().to_string();
+    let mut writer = start_writer(
+        &scratch,
+        &format!(
+            "videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=100/1 ! shmringsink socket-path={socket} wait-for-connection=false"
+        ),
+    );
+    let monotonic = read_live(&socket, 20);
+    let realtime = read_live_with(&socket, 20, |pipeline| {
+        let clock = glib::Object::builder::<gst::SystemClock>()
+            .property("clock-type", gst::ClockType::Realtime)
+            .build();
+        pipeline.use_clock(Some(&clock));
+    });
+    writer.assert_running();
+    // Due times on each reader's own clock: map the realtime reader's to
+    // CLOCK_MONOTONIC before comparing (its clock's offset, read now).
+    let realtime_clock = glib::Object::builder::<gst::SystemClock>()
+        .property("clock-type", gst::ClockType::Realtime)
+        .build();
+    let offset = realtime_clock.time().nseconds() as i128 - gstshmring::timeline::monotonic_now().unwrap() as i128;
+    let origins: Vec<i128> = monotonic
+        .iter()
+        .map(|pushed| (pushed.due, pushed.offset, pushed.pts, 0))
+        .chain(
+            realtime
+                .iter()
+                .map(|pushed| (pushed.due, pushed.offset, pushed.pts, offset)),
+        )
+        .filter(|(_, _, pts, _)| *pts > 0)
+        .map(|(due, offset_n, _, clock_offset)| due as i128 - clock_offset - (offset_n * FRAME) as i128)
+        .collect();
+    assert!(origins.len() >= 30, "most buffers were due before their reader started");
+    let (low, high) = (origins.iter().min().unwrap(), origins.iter().max().unwrap());
+    assert!(
+        high - low <= TOLERANCE as i128,
+        "a realtime-clock reader places buffers {} µs away from a monotonic one",
+        (high - low) / 1000
+    );
+}
+
+/// A live reader answers the latency query with the writer's upstream
+/// latency: a live videotestsrc at 100 frames/s reports one frame, 10 ms.
+#[test]
+fn a_live_reader_reports_the_writers_latency() {
+    init();
+    let scratch = Scratch::new("timeline_latency");
+    let socket = scratch.socket().display().to_string();
+    let mut writer = start_writer(
+        &scratch,
+        &format!(
+            "videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=100/1 ! shmringsink socket-path={socket} wait-for-connection=false"
+        ),
+    );
+    let pipeline = gst::parse::launch(&format!(
+        "shmringsrc name=src socket-path={socket} is-live=true ! fakesink name=out sync=true"
+    ))
+    .expect("the reader pipeline parses")
+    .downcast::<gst::Pipeline>()
+    .expect("a pipeline");
+    pipeline.set_state(gst::State::Playing).expect("the reader starts");
+    // Once a buffer has reached the sink the writer's timeline has arrived.
+    let sink = pipeline.by_name("out").expect("the sink");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while sink.property::<Option<gst::Sample>>("last-sample").is_none() {
+        assert!(std::time::Instant::now() < deadline, "no buffer reached the sink");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let src = pipeline.by_name("src").expect("the source");
+    let mut query = gst::query::Latency::new();
+    assert!(src.static_pad("src").expect("a src pad").query(&mut query));
+    let (live, min, max) = query.result();
+    pipeline.set_state(gst::State::Null).expect("the reader stops");
+    writer.assert_running();
+    assert!(live);
+    assert_eq!(min, gst::ClockTime::from_mseconds(10), "the writer's upstream latency");
+    assert_eq!(max, gst::ClockTime::NONE);
 }
