@@ -1,7 +1,7 @@
 //! The control socket: the versioned handshake that hands a reader the ring,
 //! and the liveness signal afterwards. No GStreamer in here either.
 //!
-//! Wire format, version 2 (native-endian, one SOCK_SEQPACKET message each):
+//! Wire format, version 3 (native-endian, one SOCK_SEQPACKET message each):
 //!
 //! ```text
 //! reader → writer  ClientHello, 16 bytes
@@ -635,7 +635,7 @@ pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(
         // The slot only tells which holder bit the writer keeps for us.
         if hello.reader_slot >= crate::ring::MAX_READERS {
             return Err(IpcError::Malformed(
-                "the writer assigned a reader slot beyond the 31 that version 2 has",
+                "the writer assigned a reader slot beyond the 31 this protocol version has",
             ));
         }
         let Ok([channel, heap, data_ready, space_ready, release_ready]) = <[OwnedFd; 5]>::try_from(fds) else {

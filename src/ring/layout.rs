@@ -1,4 +1,4 @@
-//! The shared-memory layout, version 2.
+//! The shared-memory layout, version 3 (see PROTOCOL.md).
 //!
 //! This file and `PROTOCOL.md` describe the same bytes; change both together
 //! and bump [`LAYOUT_VERSION`] when the meaning of any byte changes.
@@ -65,7 +65,7 @@
 /// First eight bytes of a channel's control page.
 pub const MAGIC: [u8; 8] = *b"SHMRING\0";
 /// Version of the layout above. The socket handshake carries it too.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Size of the control page; the record queue starts right after it.
 pub const CONTROL_SIZE: usize = 4096;
 /// Records start at multiples of this, and heap blocks too, which keeps
