@@ -186,6 +186,28 @@ struct Measured {
     latencies_ns: Vec<u64>,
     /// Buffers missing from the window's sequence numbers.
     lost: u64,
+    /// The reader's `stats`: buffers and wakeups-received over its whole run.
+    stats: Option<WakeUps>,
+}
+
+/// Buffers and wake-ups from an element's `stats`, over its whole run.
+#[derive(Debug, Clone, Copy, Default)]
+struct WakeUps {
+    buffers: u64,
+    wakeups: u64,
+}
+
+impl WakeUps {
+    fn per_buffer(self) -> f64 {
+        self.wakeups as f64 / self.buffers.max(1) as f64
+    }
+}
+
+/// What one run of one configuration measured.
+struct Run {
+    measured: Vec<Measured>,
+    /// The writer's `stats`: buffers and wakeups-sent (summed over readers).
+    writer: Option<WakeUps>,
 }
 
 /// What every run of one configuration measured.
@@ -197,6 +219,11 @@ struct Pooled {
     lost: u64,
     /// The highest p99 of any one reader in any one run.
     worst_reader_p99_ns: u64,
+    /// Each round's p99, all readers pooled; None for a failed run.
+    round_p99_ns: Vec<Option<u64>>,
+    /// Wake-ups per buffer: the writer's (per reader), the readers' mean.
+    writer_wakeups: Vec<f64>,
+    reader_wakeups: Vec<f64>,
 }
 
 fn orchestrate(options: &Options) -> Result<(), String> {
@@ -219,18 +246,53 @@ fn orchestrate(options: &Options) -> Result<(), String> {
             let pool = &mut pooled[index];
             pool.runs += 1;
             match outcome {
-                Ok(children) => {
-                    let p99s: Vec<u64> = children
+                Ok(Run {
+                    measured: children,
+                    writer,
+                }) => {
+                    let mut p99s = Vec::new();
+                    let mut summaries = Vec::new();
+                    for child in &children {
+                        let latencies = sorted(&child.latencies_ns);
+                        let p99 = percentile(&latencies, 0.99);
+                        p99s.push(p99);
+                        summaries.push(format!(
+                            "{}/{}/{}",
+                            micros(percentile(&latencies, 0.5)),
+                            micros(p99),
+                            micros(latencies.last().copied().unwrap_or(0))
+                        ));
+                    }
+                    let readers = children.len() as f64;
+                    let wakeups = match (setup, writer) {
+                        (Setup::Shmring { .. }, Some(writer)) => {
+                            let reader = children
+                                .iter()
+                                .filter_map(|child| child.stats.map(WakeUps::per_buffer))
+                                .sum::<f64>()
+                                / readers;
+                            pool.writer_wakeups.push(writer.per_buffer() / readers);
+                            pool.reader_wakeups.push(reader);
+                            format!(
+                                ", wake-ups per buffer: writer {:.2} per reader, reader {reader:.2}",
+                                writer.per_buffer() / readers
+                            )
+                        }
+                        _ => String::new(),
+                    };
+                    let mut all: Vec<u64> = children
                         .iter()
-                        .map(|child| percentile(&sorted(&child.latencies_ns), 0.99))
+                        .flat_map(|child| child.latencies_ns.iter().copied())
                         .collect();
+                    all.sort_unstable();
+                    pool.round_p99_ns.push(Some(percentile(&all, 0.99)));
                     eprintln!(
-                        "round {}: {:<22} buffers {:>6}, lost {}, p99 per reader (µs): {}",
+                        "round {}: {:<22} buffers {:>6}, lost {}, p50/p99/max µs of each reader: {}{wakeups}",
                         round + 1,
                         setup.label(),
-                        children.iter().map(|child| child.latencies_ns.len()).sum::<usize>(),
+                        all.len(),
                         children.iter().map(|child| child.lost).sum::<u64>(),
-                        p99s.iter().map(|&ns| micros(ns)).collect::<Vec<_>>().join(", "),
+                        summaries.join(", "),
                     );
                     pool.worst_reader_p99_ns = p99s.iter().copied().fold(pool.worst_reader_p99_ns, u64::max);
                     for child in children {
@@ -241,6 +303,7 @@ fn orchestrate(options: &Options) -> Result<(), String> {
                 Err(err) => {
                     eprintln!("round {}: {} failed: {err}", round + 1, setup.label());
                     pool.failed += 1;
+                    pool.round_p99_ns.push(None);
                 }
             }
         }
@@ -276,9 +339,13 @@ fn table(pooled: &[Pooled]) -> String {
         .map(|index| percentile(&sorted(&pooled[index].latencies_ns), 0.99));
     let mut out = String::new();
     out.push_str(
-        "| configuration | runs ok | buffers measured | lost | p50 µs | p99 µs | max µs | worst reader's p99 µs | p99 ÷ queue p99 |\n",
+        "| configuration | runs ok | buffers measured | lost | p50 µs | p99 µs | max µs | worst reader's p99 µs | p99 ÷ queue p99 | same, median over rounds | wake-ups per buffer: writer (per reader) / reader |\n",
     );
-    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    let queue_rounds = SETUPS
+        .iter()
+        .position(|&setup| setup == Setup::Queue)
+        .map(|index| &pooled[index].round_p99_ns);
     for (setup, pool) in SETUPS.iter().zip(pooled) {
         let latencies = sorted(&pool.latencies_ns);
         let p99 = percentile(&latencies, 0.99);
@@ -286,13 +353,33 @@ fn table(pooled: &[Pooled]) -> String {
             Some(queue) if queue > 0 && !latencies.is_empty() => format!("{:.2}×", p99 as f64 / queue as f64),
             _ => "–".to_owned(),
         };
-        let worst = match setup {
-            Setup::Shmring { .. } => micros(pool.worst_reader_p99_ns),
-            Setup::Queue => "–".to_owned(),
+        let (worst, wakeups) = match setup {
+            Setup::Shmring { .. } => (
+                micros(pool.worst_reader_p99_ns),
+                format!(
+                    "{:.2} / {:.2}",
+                    median(&pool.writer_wakeups),
+                    median(&pool.reader_wakeups)
+                ),
+            ),
+            Setup::Queue => ("–".to_owned(), "–".to_owned()),
+        };
+        let round_ratios: Vec<f64> = queue_rounds
+            .into_iter()
+            .flat_map(|queue| queue.iter().zip(&pool.round_p99_ns))
+            .filter_map(|(queue, this)| match (queue, this) {
+                (Some(queue), Some(this)) if *queue > 0 => Some(*this as f64 / *queue as f64),
+                _ => None,
+            })
+            .collect();
+        let round_ratio = if round_ratios.is_empty() {
+            "–".to_owned()
+        } else {
+            format!("{:.2}×", median(&round_ratios))
         };
         let _ = writeln!(
             out,
-            "| {} | {}/{} | {} | {} | {} | {} | {} | {worst} | {ratio} |",
+            "| {} | {}/{} | {} | {} | {} | {} | {} | {worst} | {ratio} | {round_ratio} | {wakeups} |",
             setup.label(),
             pool.runs - pool.failed,
             pool.runs,
@@ -304,6 +391,17 @@ fn table(pooled: &[Pooled]) -> String {
         );
     }
     out
+}
+
+/// The median of some values; 0 when there are none.
+fn median(values: &[f64]) -> f64 {
+    let mut values = values.to_vec();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        len if len % 2 == 1 => values[len / 2],
+        len => (values[len / 2 - 1] + values[len / 2]) / 2.0,
+    }
 }
 
 fn sorted(values: &[u64]) -> Vec<u64> {
@@ -403,7 +501,7 @@ impl Drop for Running {
 }
 
 /// One run of one configuration: what each measuring child saw.
-fn run_once(exe: &Path, dir: &Path, setup: Setup, options: &Options) -> Result<Vec<Measured>, String> {
+fn run_once(exe: &Path, dir: &Path, setup: Setup, options: &Options) -> Result<Run, String> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir).map_err(|err| format!("cannot make {}: {err}", dir.display()))?;
     let socket = dir.join("sock");
@@ -415,7 +513,15 @@ fn run_once(exe: &Path, dir: &Path, setup: Setup, options: &Options) -> Result<V
             writer = Some(Running::spawn(
                 exe,
                 "writer",
-                &["writer", "--pipeline", &writer_pipeline(&socket)],
+                &[
+                    "writer",
+                    "--pipeline",
+                    &writer_pipeline(&socket),
+                    "--stats",
+                    "tx.wakeups-sent",
+                    "--out",
+                    &path("writer".to_owned()),
+                ],
             )?);
             for reader in 0..readers {
                 let ready = path(format!("ready-{reader}"));
@@ -429,6 +535,8 @@ fn run_once(exe: &Path, dir: &Path, setup: Setup, options: &Options) -> Result<V
                         &reader_pipeline(&socket),
                         "--measure",
                         "rx.src",
+                        "--stats",
+                        "rx.wakeups-received",
                         "--ready",
                         &ready,
                         "--out",
@@ -485,29 +593,43 @@ fn run_once(exe: &Path, dir: &Path, setup: Setup, options: &Options) -> Result<V
         child.finish(deadline)?;
         results.push(read_measured(&dir.join(format!("latencies-{index}")))?);
     }
+    let mut writer_stats = None;
     if let Some(writer) = writer.as_mut() {
         writer.finish(Instant::now() + FINISH_TIMEOUT)?;
+        writer_stats = read_measured(&dir.join("writer"))?.stats;
     }
     let _ = fs::remove_dir_all(dir);
-    Ok(results)
+    Ok(Run {
+        measured: results,
+        writer: writer_stats,
+    })
 }
 
-/// Reads a child's result file: `lost N`, then one latency in ns a line.
+/// Reads a child's result file: lines `key N` (`lost`, `buffers`,
+/// `wakeups`), and one latency in ns a line.
 fn read_measured(path: &Path) -> Result<Measured, String> {
     let text = fs::read_to_string(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-    let mut lines = text.lines();
-    let lost = lines
-        .next()
-        .and_then(|line| line.strip_prefix("lost "))
-        .and_then(|count| count.parse().ok())
-        .ok_or_else(|| format!("{} does not start with `lost N`", path.display()))?;
-    let latencies_ns = lines
-        .map(|line| {
-            line.parse::<u64>()
-                .map_err(|err| format!("{}: {line:?}: {err}", path.display()))
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(Measured { latencies_ns, lost })
+    let mut measured = Measured::default();
+    let (mut buffers, mut wakeups) = (None, None);
+    for line in text.lines() {
+        let bad = || format!("{}: unexpected line {line:?}", path.display());
+        if let Ok(latency) = line.parse::<u64>() {
+            measured.latencies_ns.push(latency);
+            continue;
+        }
+        let (key, value) = line.split_once(' ').ok_or_else(bad)?;
+        let value = value.parse::<u64>().map_err(|_| bad())?;
+        match key {
+            "lost" => measured.lost = value,
+            "buffers" => buffers = Some(value),
+            "wakeups" => wakeups = Some(value),
+            _ => return Err(bad()),
+        }
+    }
+    measured.stats = buffers
+        .zip(wakeups)
+        .map(|(buffers, wakeups)| WakeUps { buffers, wakeups });
+    Ok(measured)
 }
 
 /// The child side: one pipeline, run until the parent says stop.
@@ -537,6 +659,9 @@ mod child {
         measure: Option<String>,
         ready: Option<PathBuf>,
         out: Option<PathBuf>,
+        /// `element.field`: the wake-up counter of the element's `stats`
+        /// to report with its `buffers`.
+        stats: Option<String>,
     }
 
     pub fn main(args: &[String]) -> Result<(), String> {
@@ -547,6 +672,7 @@ mod child {
             measure: None,
             ready: None,
             out: None,
+            stats: None,
         };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
@@ -557,6 +683,7 @@ mod child {
                 "--measure" => config.measure = Some(value),
                 "--ready" => config.ready = Some(value.into()),
                 "--out" => config.out = Some(value.into()),
+                "--stats" => config.stats = Some(value),
                 other => return Err(format!("unknown child flag {other}")),
             }
         }
@@ -629,14 +756,13 @@ mod child {
             }
         }
 
-        fn write(&self, out: &std::path::Path) -> Result<(), String> {
+        fn write(&self, text: &mut String) {
             let state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let mut text = format!("lost {}\n", state.lost);
+            text.push_str(&format!("lost {}\n", state.lost));
             for latency in &state.latencies_ns {
                 text.push_str(&latency.to_string());
                 text.push('\n');
             }
-            std::fs::write(out, text).map_err(|err| format!("cannot write {}: {err}", out.display()))
         }
     }
 
@@ -740,8 +866,27 @@ mod child {
             }
             None => failure = Some(format!("still running after {LIFETIME:?}")),
         }
-        if let (Some(measure), Some(out)) = (&measure, &config.out) {
-            measure.write(out)?;
+        if let Some(out) = &config.out {
+            let mut text = String::new();
+            if let Some(name) = &config.stats {
+                let (element, field) = name
+                    .split_once('.')
+                    .ok_or_else(|| format!("--stats {name}: expected element.field"))?;
+                let stats = pipeline
+                    .by_name(element)
+                    .ok_or_else(|| format!("--stats {name}: no element {element}"))?
+                    .property::<gst::Structure>("stats");
+                let count = |field: &str| {
+                    stats
+                        .get::<u64>(field)
+                        .map_err(|err| format!("{element} stats {field}: {err}"))
+                };
+                text.push_str(&format!("buffers {}\nwakeups {}\n", count("buffers")?, count(field)?));
+            }
+            if let Some(measure) = &measure {
+                measure.write(&mut text);
+            }
+            std::fs::write(out, text).map_err(|err| format!("cannot write {}: {err}", out.display()))?;
         }
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let teardown = pipeline.clone();
