@@ -23,7 +23,7 @@
 //! - Lost buffers (`when-full=auto` drops for a live writer) are counted
 //!   from gaps in the sequence numbers, not hidden.
 //!
-//! `cargo bench --bench fanout` makes the full run: 3 rounds of each
+//! `cargo bench --bench fanout` makes the full run: 5 rounds of each
 //! configuration, interleaved, 5 s of audio each. Run without cargo's
 //! `--bench` flag (as `cargo test --benches` does), or with `--smoke`, it
 //! makes one round of 1 s each, so that CI stays quick. `--rounds N` and
@@ -45,6 +45,7 @@ const MAX_READERS: usize = 4;
 /// The audio caps of every configuration.
 const CAPS: &str = "audio/x-raw,format=S16LE,rate=48000,channels=2";
 const SAMPLES_PER_BUFFER: u32 = 64;
+const RATE: u32 = 48_000;
 /// Bytes at the start of each buffer: sequence number, then the writer's
 /// CLOCK_MONOTONIC in ns, both little-endian.
 const STAMP_LEN: usize = 16;
@@ -173,7 +174,7 @@ impl Options {
         }
         Ok(Options {
             smoke,
-            rounds: rounds.unwrap_or(if smoke { 1 } else { 3 }).max(1),
+            rounds: rounds.unwrap_or(if smoke { 1 } else { 5 }).max(1),
             window: Duration::from_secs_f64(seconds),
             warm_up: Duration::from_millis(if smoke { 200 } else { 1000 }),
         })
@@ -203,8 +204,17 @@ impl WakeUps {
     }
 }
 
+/// What all processes of a run cost during its window, µs per buffer.
+#[derive(Debug, Clone, Copy)]
+struct Sched {
+    cpu_us: f64,
+    /// Time runnable but waiting for a CPU.
+    runqueue_us: f64,
+}
+
 /// What one run of one configuration measured.
 struct Run {
+    sched: Sched,
     measured: Vec<Measured>,
     /// The writer's `stats`: buffers and wakeups-sent (summed over readers).
     writer: Option<WakeUps>,
@@ -224,6 +234,10 @@ struct Pooled {
     /// Wake-ups per buffer: the writer's (per reader), the readers' mean.
     writer_wakeups: Vec<f64>,
     reader_wakeups: Vec<f64>,
+    /// All processes of a run together in its window, µs per buffer: CPU
+    /// time, and time runnable but waiting for a CPU.
+    cpu_us: Vec<f64>,
+    runqueue_us: Vec<f64>,
 }
 
 fn orchestrate(options: &Options) -> Result<(), String> {
@@ -249,6 +263,7 @@ fn orchestrate(options: &Options) -> Result<(), String> {
                 Ok(Run {
                     measured: children,
                     writer,
+                    sched,
                 }) => {
                     let mut p99s = Vec::new();
                     let mut summaries = Vec::new();
@@ -280,6 +295,8 @@ fn orchestrate(options: &Options) -> Result<(), String> {
                         }
                         _ => String::new(),
                     };
+                    pool.cpu_us.push(sched.cpu_us);
+                    pool.runqueue_us.push(sched.runqueue_us);
                     let mut all: Vec<u64> = children
                         .iter()
                         .flat_map(|child| child.latencies_ns.iter().copied())
@@ -287,12 +304,14 @@ fn orchestrate(options: &Options) -> Result<(), String> {
                     all.sort_unstable();
                     pool.round_p99_ns.push(Some(percentile(&all, 0.99)));
                     eprintln!(
-                        "round {}: {:<22} buffers {:>6}, lost {}, p50/p99/max µs of each reader: {}{wakeups}",
+                        "round {}: {:<22} buffers {:>6}, lost {}, p50/p99/max µs of each reader: {}{wakeups}, all processes µs per buffer: CPU {:.1}, run-queue wait {:.1}",
                         round + 1,
                         setup.label(),
                         all.len(),
                         children.iter().map(|child| child.lost).sum::<u64>(),
                         summaries.join(", "),
+                        sched.cpu_us,
+                        sched.runqueue_us,
                     );
                     pool.worst_reader_p99_ns = p99s.iter().copied().fold(pool.worst_reader_p99_ns, u64::max);
                     for child in children {
@@ -339,9 +358,9 @@ fn table(pooled: &[Pooled]) -> String {
         .map(|index| percentile(&sorted(&pooled[index].latencies_ns), 0.99));
     let mut out = String::new();
     out.push_str(
-        "| configuration | runs ok | buffers measured | lost | p50 µs | p99 µs | max µs | worst reader's p99 µs | p99 ÷ queue p99 | same, median over rounds | wake-ups per buffer: writer (per reader) / reader |\n",
+        "| configuration | runs ok | buffers measured | lost | p50 µs | p99 µs | max µs | worst reader's p99 µs | p99 ÷ queue p99 | same, median over rounds | wake-ups per buffer: writer (per reader) / reader | all processes, µs per buffer: CPU / run-queue wait |\n",
     );
-    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     let queue_rounds = SETUPS
         .iter()
         .position(|&setup| setup == Setup::Queue)
@@ -379,7 +398,7 @@ fn table(pooled: &[Pooled]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {}/{} | {} | {} | {} | {} | {} | {worst} | {ratio} | {round_ratio} | {wakeups} |",
+            "| {} | {}/{} | {} | {} | {} | {} | {} | {worst} | {ratio} | {round_ratio} | {wakeups} | {:.1} / {:.1} |",
             setup.label(),
             pool.runs - pool.failed,
             pool.runs,
@@ -388,6 +407,8 @@ fn table(pooled: &[Pooled]) -> String {
             micros(percentile(&latencies, 0.5)),
             micros(p99),
             micros(latencies.last().copied().unwrap_or(0)),
+            median(&pool.cpu_us),
+            median(&pool.runqueue_us),
         );
     }
     out
@@ -586,7 +607,16 @@ fn run_once(exe: &Path, dir: &Path, setup: Setup, options: &Options) -> Result<R
     }
     // A measuring child ends by itself at the first buffer stamped after
     // the window; closing its stdin is only the backstop.
-    thread::sleep(options.warm_up + options.window);
+    thread::sleep(options.warm_up);
+    let before = scheduler_times(measuring.iter().chain(writer.as_ref()));
+    thread::sleep(options.window);
+    let after = scheduler_times(measuring.iter().chain(writer.as_ref()));
+    let buffers = options.window.as_secs_f64() * f64::from(RATE) / f64::from(SAMPLES_PER_BUFFER);
+    let per_buffer = |after: u64, before: u64| after.saturating_sub(before) as f64 / 1000.0 / buffers;
+    let sched = Sched {
+        cpu_us: per_buffer(after.0, before.0),
+        runqueue_us: per_buffer(after.1, before.1),
+    };
     let deadline = Instant::now() + FINISH_TIMEOUT;
     let mut results = Vec::new();
     for (index, child) in measuring.iter_mut().enumerate() {
@@ -602,7 +632,30 @@ fn run_once(exe: &Path, dir: &Path, setup: Setup, options: &Options) -> Result<R
     Ok(Run {
         measured: results,
         writer: writer_stats,
+        sched,
     })
+}
+
+/// CPU time and time spent runnable but waiting for a CPU, in ns, of every
+/// thread of these processes alive now (from /proc schedstat).
+fn scheduler_times<'a>(children: impl Iterator<Item = &'a Running>) -> (u64, u64) {
+    let mut times = (0, 0);
+    for child in children {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", child.child.id())) else {
+            continue;
+        };
+        for schedstat in tasks
+            .flatten()
+            .filter_map(|task| fs::read_to_string(task.path().join("schedstat")).ok())
+        {
+            let mut fields = schedstat
+                .split_whitespace()
+                .map(|field| field.parse::<u64>().unwrap_or(0));
+            times.0 += fields.next().unwrap_or(0);
+            times.1 += fields.next().unwrap_or(0);
+        }
+    }
+    times
 }
 
 /// Reads a child's result file: lines `key N` (`lost`, `buffers`,
