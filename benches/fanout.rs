@@ -208,6 +208,8 @@ impl WakeUps {
 #[derive(Debug, Clone, Copy)]
 struct Sched {
     cpu_us: f64,
+    /// The writer's share of `cpu_us`; 0 in the one-process configuration.
+    writer_cpu_us: f64,
     /// Time runnable but waiting for a CPU.
     runqueue_us: f64,
 }
@@ -238,6 +240,9 @@ struct Pooled {
     /// time, and time runnable but waiting for a CPU.
     cpu_us: Vec<f64>,
     runqueue_us: Vec<f64>,
+    /// CPU µs per buffer of the writer, and of each measuring process.
+    writer_cpu_us: Vec<f64>,
+    reader_cpu_us: Vec<f64>,
 }
 
 fn orchestrate(options: &Options) -> Result<(), String> {
@@ -296,6 +301,9 @@ fn orchestrate(options: &Options) -> Result<(), String> {
                         _ => String::new(),
                     };
                     pool.cpu_us.push(sched.cpu_us);
+                    pool.writer_cpu_us.push(sched.writer_cpu_us);
+                    let reader_cpu_us = (sched.cpu_us - sched.writer_cpu_us) / children.len().max(1) as f64;
+                    pool.reader_cpu_us.push(reader_cpu_us);
                     pool.runqueue_us.push(sched.runqueue_us);
                     let mut all: Vec<u64> = children
                         .iter()
@@ -304,12 +312,13 @@ fn orchestrate(options: &Options) -> Result<(), String> {
                     all.sort_unstable();
                     pool.round_p99_ns.push(Some(percentile(&all, 0.99)));
                     eprintln!(
-                        "round {}: {:<22} buffers {:>6}, lost {}, p50/p99/max µs of each reader: {}{wakeups}, all processes µs per buffer: CPU {:.1}, run-queue wait {:.1}",
+                        "round {}: {:<22} buffers {:>6}, lost {}, p50/p99/max µs of each reader: {}{wakeups}, CPU µs per buffer: writer {:.1}, each reader {reader_cpu_us:.1}, all {:.1}, run-queue wait of all {:.1}",
                         round + 1,
                         setup.label(),
                         all.len(),
                         children.iter().map(|child| child.lost).sum::<u64>(),
                         summaries.join(", "),
+                        sched.writer_cpu_us,
                         sched.cpu_us,
                         sched.runqueue_us,
                     );
@@ -358,9 +367,9 @@ fn table(pooled: &[Pooled]) -> String {
         .map(|index| percentile(&sorted(&pooled[index].latencies_ns), 0.99));
     let mut out = String::new();
     out.push_str(
-        "| configuration | runs ok | buffers measured | lost | p50 µs | p99 µs | max µs | worst reader's p99 µs | p99 ÷ queue p99 | same, median over rounds | wake-ups per buffer: writer (per reader) / reader | all processes, µs per buffer: CPU / run-queue wait |\n",
+        "| configuration | runs ok | buffers measured | lost | p50 µs | p99 µs | max µs | worst reader's p99 µs | p99 ÷ queue p99 | same, median over rounds | wake-ups per buffer: writer (per reader) / reader | CPU µs per buffer: writer / each reader / all | run-queue wait µs per buffer, all |\n",
     );
-    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     let queue_rounds = SETUPS
         .iter()
         .position(|&setup| setup == Setup::Queue)
@@ -383,6 +392,10 @@ fn table(pooled: &[Pooled]) -> String {
             ),
             Setup::Queue => ("–".to_owned(), "–".to_owned()),
         };
+        let writer_cpu = match setup {
+            Setup::Shmring { .. } => format!("{:.1}", median(&pool.writer_cpu_us)),
+            Setup::Queue => "–".to_owned(),
+        };
         let round_ratios: Vec<f64> = queue_rounds
             .into_iter()
             .flat_map(|queue| queue.iter().zip(&pool.round_p99_ns))
@@ -398,7 +411,7 @@ fn table(pooled: &[Pooled]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {}/{} | {} | {} | {} | {} | {} | {worst} | {ratio} | {round_ratio} | {wakeups} | {:.1} / {:.1} |",
+            "| {} | {}/{} | {} | {} | {} | {} | {} | {worst} | {ratio} | {round_ratio} | {wakeups} | {writer_cpu} / {:.1} / {:.1} | {:.1} |",
             setup.label(),
             pool.runs - pool.failed,
             pool.runs,
@@ -407,6 +420,7 @@ fn table(pooled: &[Pooled]) -> String {
             micros(percentile(&latencies, 0.5)),
             micros(p99),
             micros(latencies.last().copied().unwrap_or(0)),
+            median(&pool.reader_cpu_us),
             median(&pool.cpu_us),
             median(&pool.runqueue_us),
         );
@@ -609,12 +623,15 @@ fn run_once(exe: &Path, dir: &Path, setup: Setup, options: &Options) -> Result<R
     // the window; closing its stdin is only the backstop.
     thread::sleep(options.warm_up);
     let before = scheduler_times(measuring.iter().chain(writer.as_ref()));
+    let writer_before = scheduler_times(writer.iter());
     thread::sleep(options.window);
     let after = scheduler_times(measuring.iter().chain(writer.as_ref()));
+    let writer_after = scheduler_times(writer.iter());
     let buffers = options.window.as_secs_f64() * f64::from(RATE) / f64::from(SAMPLES_PER_BUFFER);
     let per_buffer = |after: u64, before: u64| after.saturating_sub(before) as f64 / 1000.0 / buffers;
     let sched = Sched {
         cpu_us: per_buffer(after.0, before.0),
+        writer_cpu_us: per_buffer(writer_after.0, writer_before.0),
         runqueue_us: per_buffer(after.1, before.1),
     };
     let deadline = Instant::now() + FINISH_TIMEOUT;
