@@ -30,10 +30,11 @@
 //! `--seconds S` change either. The binary is also each child process:
 //! see [`child`].
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -622,17 +623,25 @@ fn run_once(exe: &Path, dir: &Path, setup: Setup, options: &Options) -> Result<R
     // A measuring child ends by itself at the first buffer stamped after
     // the window; closing its stdin is only the backstop.
     thread::sleep(options.warm_up);
-    let before = scheduler_times(measuring.iter().chain(writer.as_ref()));
-    let writer_before = scheduler_times(writer.iter());
+    let before = thread_times(measuring.iter().chain(writer.as_ref()));
     thread::sleep(options.window);
-    let after = scheduler_times(measuring.iter().chain(writer.as_ref()));
-    let writer_after = scheduler_times(writer.iter());
+    let after = thread_times(measuring.iter().chain(writer.as_ref()));
+    let writer_tasks = writer
+        .as_ref()
+        .map(|writer| PathBuf::from(format!("/proc/{}/task", writer.child.id())));
+    let writer_after: HashMap<PathBuf, (u64, u64)> = after
+        .iter()
+        .filter(|(task, _)| writer_tasks.as_ref().is_some_and(|tasks| task.starts_with(tasks)))
+        .map(|(task, times)| (task.clone(), *times))
+        .collect();
+    let (cpu, waited) = times_between(&before, &after);
+    let (writer_cpu, _) = times_between(&before, &writer_after);
     let buffers = options.window.as_secs_f64() * f64::from(RATE) / f64::from(SAMPLES_PER_BUFFER);
-    let per_buffer = |after: u64, before: u64| after.saturating_sub(before) as f64 / 1000.0 / buffers;
+    let per_buffer = |ns: u64| ns as f64 / 1000.0 / buffers;
     let sched = Sched {
-        cpu_us: per_buffer(after.0, before.0),
-        writer_cpu_us: per_buffer(writer_after.0, writer_before.0),
-        runqueue_us: per_buffer(after.1, before.1),
+        cpu_us: per_buffer(cpu),
+        writer_cpu_us: per_buffer(writer_cpu),
+        runqueue_us: per_buffer(waited),
     };
     let deadline = Instant::now() + FINISH_TIMEOUT;
     let mut results = Vec::new();
@@ -653,26 +662,41 @@ fn run_once(exe: &Path, dir: &Path, setup: Setup, options: &Options) -> Result<R
     })
 }
 
-/// CPU time and time spent runnable but waiting for a CPU, in ns, of every
-/// thread of these processes alive now (from /proc schedstat).
-fn scheduler_times<'a>(children: impl Iterator<Item = &'a Running>) -> (u64, u64) {
-    let mut times = (0, 0);
+/// CPU time and time spent runnable but waiting for a CPU, in ns so far,
+/// of every thread of these processes alive now (from /proc schedstat),
+/// by thread.
+fn thread_times<'a>(children: impl Iterator<Item = &'a Running>) -> HashMap<PathBuf, (u64, u64)> {
+    let mut times = HashMap::new();
     for child in children {
         let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", child.child.id())) else {
             continue;
         };
-        for schedstat in tasks
-            .flatten()
-            .filter_map(|task| fs::read_to_string(task.path().join("schedstat")).ok())
-        {
+        for task in tasks.flatten() {
+            let Ok(schedstat) = fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
             let mut fields = schedstat
                 .split_whitespace()
                 .map(|field| field.parse::<u64>().unwrap_or(0));
-            times.0 += fields.next().unwrap_or(0);
-            times.1 += fields.next().unwrap_or(0);
+            let cpu = fields.next().unwrap_or(0);
+            let waited = fields.next().unwrap_or(0);
+            times.insert(task.path(), (cpu, waited));
         }
     }
     times
+}
+
+/// What the threads alive at `after` spent since `before` (a thread that
+/// started in between, all of its time): CPU, then run-queue wait, in ns.
+/// A thread that ended in between is left out.
+fn times_between(before: &HashMap<PathBuf, (u64, u64)>, after: &HashMap<PathBuf, (u64, u64)>) -> (u64, u64) {
+    after.iter().fold((0, 0), |(cpu, waited), (task, now)| {
+        let then = before.get(task).copied().unwrap_or((0, 0));
+        (
+            cpu + now.0.saturating_sub(then.0),
+            waited + now.1.saturating_sub(then.1),
+        )
+    })
 }
 
 /// Reads a child's result file: lines `key N` (`lost`, `buffers`,
