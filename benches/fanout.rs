@@ -27,8 +27,9 @@
 //! configuration, interleaved, 5 s of audio each. Run without cargo's
 //! `--bench` flag (as `cargo test --benches` does), or with `--smoke`, it
 //! makes one round of 1 s each, so that CI stays quick. `--rounds N` and
-//! `--seconds S` change either. The binary is also each child process:
-//! see [`child`].
+//! `--seconds S` change either; `--keep-files` keeps each run's latencies
+//! (in ns, one a line, in stamp order) under the temporary directory. The
+//! binary is also each child process: see [`child`].
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -141,6 +142,8 @@ fn main() -> ExitCode {
 
 struct Options {
     smoke: bool,
+    /// Keep every run's files (latencies in ns, one a line, in stamp order).
+    keep_files: bool,
     rounds: usize,
     /// Length of the measured window of each run.
     window: Duration,
@@ -152,6 +155,7 @@ impl Options {
     fn parse(args: &[String]) -> Result<Self, String> {
         // cargo bench passes --bench; cargo test --benches passes nothing.
         let mut smoke = !args.iter().any(|arg| arg == "--bench");
+        let mut keep_files = false;
         let mut rounds = None;
         let mut seconds = None;
         let mut args = args.iter();
@@ -160,11 +164,12 @@ impl Options {
             match arg.as_str() {
                 "--bench" => {}
                 "--smoke" => smoke = true,
+                "--keep-files" => keep_files = true,
                 "--rounds" => rounds = Some(value()?.parse::<usize>().map_err(|err| format!("--rounds: {err}"))?),
                 "--seconds" => seconds = Some(value()?.parse::<f64>().map_err(|err| format!("--seconds: {err}"))?),
                 other => {
                     return Err(format!(
-                        "unknown option {other} (expected --smoke, --rounds N, --seconds S)"
+                        "unknown option {other} (expected --smoke, --rounds N, --seconds S, --keep-files)"
                     ));
                 }
             }
@@ -175,6 +180,7 @@ impl Options {
         }
         Ok(Options {
             smoke,
+            keep_files,
             rounds: rounds.unwrap_or(if smoke { 1 } else { 5 }).max(1),
             window: Duration::from_secs_f64(seconds),
             warm_up: Duration::from_millis(if smoke { 200 } else { 1000 }),
@@ -337,7 +343,11 @@ fn orchestrate(options: &Options) -> Result<(), String> {
             }
         }
     }
-    let _ = fs::remove_dir_all(&scratch);
+    if options.keep_files {
+        eprintln!("every run's files are in {}", scratch.display());
+    } else {
+        let _ = fs::remove_dir_all(&scratch);
+    }
     println!("{}", table(&pooled));
     println!(
         "load average (1, 5, 15 min) at start / end: {load_at_start} / {}; took {:.0} s",
@@ -654,7 +664,9 @@ fn run_once(exe: &Path, dir: &Path, setup: Setup, options: &Options) -> Result<R
         writer.finish(Instant::now() + FINISH_TIMEOUT)?;
         writer_stats = read_measured(&dir.join("writer"))?.stats;
     }
-    let _ = fs::remove_dir_all(dir);
+    if !options.keep_files {
+        let _ = fs::remove_dir_all(dir);
+    }
     Ok(Run {
         measured: results,
         writer: writer_stats,
