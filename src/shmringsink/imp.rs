@@ -1,7 +1,7 @@
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -98,7 +98,6 @@ struct Settings {
     perms: u32,
     max_readers: u32,
     when_full: WhenFull,
-    ring_time_us: u64,
 }
 
 impl Default for Settings {
@@ -110,7 +109,6 @@ impl Default for Settings {
             perms: DEFAULT_PERMS,
             max_readers: DEFAULT_MAX_READERS,
             when_full: WhenFull::default(),
-            ring_time_us: DEFAULT_RING_TIME_US,
         }
     }
 }
@@ -142,8 +140,8 @@ struct Link {
     backlog: VecDeque<(RecordHeader, Vec<u8>)>,
     /// Its wake-ups already counted in the stats.
     wakeups_counted: u64,
-    /// The base time whose timeline this reader was sent.
-    timeline_sent: Option<gst::ClockTime>,
+    /// The `timeline_epoch` whose timeline this reader was sent.
+    timeline_sent: Option<u32>,
 }
 
 #[derive(Default)]
@@ -169,14 +167,68 @@ impl State {
         self.links.iter_mut().find(|link| link.slot == slot)
     }
 
-    fn slots(&self) -> Vec<u32> {
-        self.links.iter().map(|link| link.slot).collect()
+    fn slots(&self) -> SlotList {
+        let mut slots = SlotList::default();
+        for link in &self.links {
+            slots.push(link.slot);
+        }
+        slots
+    }
+}
+
+/// Reader slots, in order, kept without allocating: render makes a few such
+/// lists per buffer.
+#[derive(Clone, Copy, Default)]
+struct SlotList {
+    slots: [u32; ring::MAX_READERS as usize],
+    len: usize,
+}
+
+impl SlotList {
+    fn push(&mut self, slot: u32) {
+        if let Some(free) = self.slots.get_mut(self.len) {
+            *free = slot;
+            self.len += 1;
+        }
+    }
+}
+
+impl std::ops::Deref for SlotList {
+    type Target = [u32];
+
+    fn deref(&self) -> &[u32] {
+        &self.slots[..self.len]
+    }
+}
+
+impl<'a> IntoIterator for &'a SlotList {
+    type Item = &'a u32;
+    type IntoIter = std::slice::Iter<'a, u32>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl IntoIterator for SlotList {
+    type Item = u32;
+    type IntoIter = std::iter::Take<std::array::IntoIter<u32, { ring::MAX_READERS as usize }>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.slots.into_iter().take(self.len)
     }
 }
 
 #[derive(Default)]
 pub struct ShmRingSink {
     settings: Mutex<Settings>,
+    /// `ring-time`, in µs: apart from `settings`, since render reads it for
+    /// every buffer.
+    ring_time_us: AtomicU64,
+    /// Counts the base times this element was given (one per PAUSED to
+    /// PLAYING), so that render, which sends each reader the timeline of the
+    /// current one, need not take the object lock to read it per buffer.
+    timeline_epoch: AtomicU32,
     state: Mutex<State>,
     /// The payload heap, made when it is first needed. Apart from `state`:
     /// upstream allocates from it while render holds the state lock.
@@ -971,9 +1023,9 @@ impl ShmRingSink {
                 gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
                 return Ok(gst::FlowSuccess::Ok);
             }
-            let base_time = self.obj().base_time();
+            let epoch = self.timeline_epoch.load(Ordering::Relaxed);
             let mut timeline = None;
-            let mut recipients = Vec::with_capacity(state.links.len());
+            let mut recipients = SlotList::default();
             for slot in state.slots() {
                 if drop_mode && !self.flush_backlog(state, slot, false)? {
                     self.lose(state, slot);
@@ -991,8 +1043,8 @@ impl ShmRingSink {
                     }
                     continue;
                 }
-                if base_time.is_some() && link.timeline_sent != base_time {
-                    link.timeline_sent = base_time;
+                if link.timeline_sent != Some(epoch) {
+                    link.timeline_sent = Some(epoch);
                     if timeline.is_none() {
                         timeline = Some(self.timeline_record());
                     }
@@ -1043,11 +1095,7 @@ impl ShmRingSink {
     /// records like this buffer's as `ring-time` lasts, by its duration, or
     /// the whole queue.
     fn queue_limit(&self, buffer: &gst::Buffer) -> u64 {
-        let ring_time = self
-            .settings
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .ring_time_us;
+        let ring_time = self.ring_time_us.load(Ordering::Relaxed);
         let duration = buffer.duration().map_or(0, gst::ClockTime::nseconds);
         if ring_time == 0 || duration == 0 {
             return u64::MAX;
@@ -1110,7 +1158,11 @@ impl ShmRingSink {
             return Ok((0, false));
         };
         self.check_heap_holds(&heap, len)?;
-        let mut recipients = recipients.to_vec();
+        let mut recipients = {
+            let mut list = SlotList::default();
+            recipients.iter().for_each(|&slot| list.push(slot));
+            list
+        };
         if drop_mode {
             // A reader that holds its share of the heap gets no more: the
             // others, and upstream, keep theirs. That share is what it may
@@ -1383,7 +1435,9 @@ impl ObjectImpl for ShmRingSink {
             "perms" => settings.perms = value.get().unwrap_or(DEFAULT_PERMS),
             "max-readers" => settings.max_readers = value.get().unwrap_or(DEFAULT_MAX_READERS),
             "when-full" => settings.when_full = value.get().unwrap_or_default(),
-            "ring-time" => settings.ring_time_us = value.get().unwrap_or(DEFAULT_RING_TIME_US),
+            "ring-time" => self
+                .ring_time_us
+                .store(value.get().unwrap_or(DEFAULT_RING_TIME_US), Ordering::Relaxed),
             name => gst::warning!(CAT, imp = self, "no property {name}"),
         }
     }
@@ -1397,7 +1451,7 @@ impl ObjectImpl for ShmRingSink {
             "perms" => settings.perms.to_value(),
             "max-readers" => settings.max_readers.to_value(),
             "when-full" => settings.when_full.to_value(),
-            "ring-time" => settings.ring_time_us.to_value(),
+            "ring-time" => self.ring_time_us.load(Ordering::Relaxed).to_value(),
             "readers" => self.linked.load(Ordering::SeqCst).to_value(),
             "stats" => {
                 let mut stats = self.stats.to_structure("application/x-shmringsink-stats", true);
@@ -1427,6 +1481,14 @@ impl ObjectImpl for ShmRingSink {
 impl GstObjectImpl for ShmRingSink {}
 
 impl ElementImpl for ShmRingSink {
+    fn change_state(&self, transition: gst::StateChange) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        // The base time is set before the element goes to PLAYING.
+        if transition == gst::StateChange::PausedToPlaying {
+            self.timeline_epoch.fetch_add(1, Ordering::Relaxed);
+        }
+        self.parent_change_state(transition)
+    }
+
     fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
         static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
             gst::subclass::ElementMetadata::new(

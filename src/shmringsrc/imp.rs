@@ -128,6 +128,9 @@ struct Link {
     /// the next buffer tells whether its timestamps can be mapped.
     segment: Option<gst::Segment>,
     segment_pending: bool,
+    /// Whether this source is live (`is-live`, which cannot change while it
+    /// runs), read once rather than under the object lock per buffer.
+    live: bool,
     /// The writer dropped buffers for us: the next buffer is a DISCONT.
     discont: bool,
 }
@@ -320,6 +323,7 @@ impl ShmRingSrc {
             timeline: None,
             segment: None,
             segment_pending: false,
+            live: self.obj().is_live(),
             discont: false,
         })
     }
@@ -463,7 +467,7 @@ impl ShmRingSrc {
             self.stats.buffer(buffer.size(), copied);
             codec::apply_buffer_header(&header, &link.layout, buffer.make_mut())
                 .map_err(|err| self.decode_error(err))?;
-            if self.obj().is_live() {
+            if link.live {
                 self.onto_our_timeline(link, buffer.make_mut());
             }
             if std::mem::take(&mut link.discont) {
@@ -530,7 +534,7 @@ impl ShmRingSrc {
             }
             Decoded::Segment(segment) => {
                 link.segment = Some(segment.clone());
-                if self.obj().is_live() {
+                if link.live {
                     // The next buffer decides: mapped onto our timeline, or
                     // in the writer's segment as it is.
                     link.segment_pending = true;
