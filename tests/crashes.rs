@@ -21,11 +21,9 @@
 //! `SHMRING_KILLS` sets how many kills each test makes (default 100).
 
 use std::os::unix::process::ExitStatusExt;
-use std::sync::{Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use gst::glib;
 use gst::prelude::*;
 
 mod common;
@@ -43,35 +41,6 @@ const SMALL_VIDEO: &str = "video/x-raw,format=I420,width=64,height=48,framerate=
 /// to get back would soon starve it.
 const SMALL_HEAP: u64 = 128 << 10;
 
-/// Every GLib critical or warning logged in this process, in order.
-static CRITICALS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-fn init_gst() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().expect("GStreamer initializes");
-        gstshmring::plugin_register_static().expect("the shmring plugin registers");
-        glib::log_set_default_handler(|domain, level, message| {
-            if matches!(level, glib::LogLevel::Critical | glib::LogLevel::Warning) {
-                CRITICALS
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .push(format!("{}-{level:?}: {message}", domain.unwrap_or("?")));
-            }
-            glib::log_default_handler(domain, level, Some(message));
-        });
-    });
-}
-
-fn assert_no_criticals_here() {
-    let criticals = CRITICALS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    assert!(
-        criticals.is_empty(),
-        "GLib logged in this process:\n{}",
-        criticals.join("\n")
-    );
-}
-
 /// How many kills a test makes: `SHMRING_KILLS`, or 100.
 fn kill_count() -> usize {
     match std::env::var("SHMRING_KILLS") {
@@ -79,24 +48,6 @@ fn kill_count() -> usize {
             .parse()
             .unwrap_or_else(|err| panic!("SHMRING_KILLS={count:?} is not a count: {err}")),
         Err(_) => 100,
-    }
-}
-
-/// SplitMix64: a fixed seed gives the same kill points on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A delay of up to `max`, in whole milliseconds.
-    fn delay(&mut self, max: Duration) -> Duration {
-        Duration::from_millis(self.next() % (max.as_millis() as u64 + 1))
     }
 }
 
@@ -287,7 +238,7 @@ impl ReaderKills {
         }
         writer.assert_no_error("in-process writer");
         drop(writer);
-        assert_no_criticals_here();
+        assert_no_criticals_here("this process");
         back_times.sort();
         println!(
             "{test}: {kills} readers killed in {:.1?}; writer rendered {rendered} frames; \

@@ -13,12 +13,11 @@
 //! GStreamer's thread pools and caches are filled.
 
 use std::fs;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use gst::glib;
 use gst::prelude::*;
 
 mod common;
@@ -32,25 +31,6 @@ const CYCLES: usize = 1000;
 const RSS_BOUND: u64 = 8 << 20;
 /// 64x48 I420 frames: 4608 bytes, so each travels in a heap block.
 const SMALL_VIDEO: &str = "video/x-raw,format=I420,width=64,height=48,framerate=200/1";
-
-static CRITICALS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-fn init_gst() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().expect("GStreamer initializes");
-        gstshmring::plugin_register_static().expect("the shmring plugin registers");
-        glib::log_set_default_handler(|domain, level, message| {
-            if matches!(level, glib::LogLevel::Critical | glib::LogLevel::Warning) {
-                CRITICALS
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .push(format!("{}-{level:?}: {message}", domain.unwrap_or("?")));
-            }
-            glib::log_default_handler(domain, level, Some(message));
-        });
-    });
-}
 
 fn open_fds() -> usize {
     fs::read_dir("/proc/self/fd")
@@ -239,6 +219,5 @@ fn start_stop_cycles_leak_no_fd_and_no_memory() {
     });
     drop(lonely_reader);
 
-    let criticals = CRITICALS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    assert!(criticals.is_empty(), "GLib logged:\n{}", criticals.join("\n"));
+    assert_no_criticals_here("this process");
 }

@@ -19,41 +19,14 @@ use std::collections::VecDeque;
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread;
 use std::time::Instant;
 
-use gst::glib;
 use gst::prelude::*;
 
 mod common;
 use common::*;
-
-/// Every GLib critical or warning logged in this process, in order.
-static CRITICALS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// Initializes GStreamer in the test process, once for all tests.
-fn init_gst() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().expect("GStreamer initializes");
-        // The test binary links the plugin's rlib, built from the same
-        // sources as the .so the children load.
-        gstshmring::plugin_register_static().expect("the shmring plugin registers");
-        // G_DEBUG is read when GLib loads, before a test could set it, so
-        // this process catches criticals with a handler instead.
-        glib::log_set_default_handler(|domain, level, message| {
-            if matches!(level, glib::LogLevel::Critical | glib::LogLevel::Warning) {
-                criticals().push(format!("{}-{level:?}: {message}", domain.unwrap_or("?")));
-            }
-            glib::log_default_handler(domain, level, Some(message));
-        });
-    });
-}
-
-fn criticals() -> std::sync::MutexGuard<'static, Vec<String>> {
-    CRITICALS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Watches for GLib criticals in this process while a test runs.
 struct NoCriticals {
@@ -64,7 +37,7 @@ impl NoCriticals {
     fn watch() -> Self {
         init_gst();
         Self {
-            seen_before: criticals().len(),
+            seen_before: logged_criticals().len(),
         }
     }
 
@@ -72,7 +45,7 @@ impl NoCriticals {
     /// in parallel and GStreamer logs from its own threads, so one logged
     /// for another test may show here too: either way it is a bug.
     fn check(self) {
-        let criticals = criticals();
+        let criticals = logged_criticals();
         let new = &criticals[self.seen_before..];
         assert!(
             new.is_empty(),

@@ -37,7 +37,7 @@ use gstshmring::ring::{
     RecordKind, ReleaseConsumer,
 };
 
-use common::{Launch, POLL_INTERVAL, Scratch, describe, start_writer};
+use common::{Launch, POLL_INTERVAL, Rng, Scratch, describe, start_writer};
 
 /// How long a process of these tests may take for its part: far above what
 /// each needs, it only turns a hang into a failure.
@@ -52,34 +52,17 @@ const MODE_VAR: &str = "HOSTILE_PEER_MODE";
 const VALID_PART_DONE: &str = "valid part done";
 const DROPPED: &str = "dropped by the writer";
 
-/// splitmix64: a fixed sequence per seed, so that a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-
-    /// A value for a position, length or offset near `near`: aligned or
-    /// not, inside the queue or heap or far outside.
-    fn value(&mut self, near: u64) -> u64 {
-        let step = self.below(1 << 12);
-        match self.below(6) {
-            0 => near.wrapping_add(step * RECORD_ALIGN),
-            1 => near.wrapping_sub(step * RECORD_ALIGN),
-            2 => near.wrapping_add(step),
-            3 => step * RECORD_ALIGN,
-            4 => u64::MAX - step,
-            _ => self.next(),
-        }
+/// A value for a position, length or offset near `near`: aligned or not,
+/// inside the queue or heap or far outside.
+fn value_near(rng: &mut Rng, near: u64) -> u64 {
+    let step = rng.below(1 << 12);
+    match rng.below(6) {
+        0 => near.wrapping_add(step * RECORD_ALIGN),
+        1 => near.wrapping_sub(step * RECORD_ALIGN),
+        2 => near.wrapping_add(step),
+        3 => step * RECORD_ALIGN,
+        4 => u64::MAX - step,
+        _ => rng.next(),
     }
 }
 
@@ -313,7 +296,7 @@ impl HostileWriter {
                     OFFSET_RELEASE_READ,
                     OFFSET_WRITER_RELEASE_SLEEP,
                 ][self.rng.below(6) as usize];
-                let value = self.rng.value(write);
+                let value = value_near(&mut self.rng, write);
                 self.store(field as u64, &value.to_ne_bytes());
             }
             1 => {
@@ -324,12 +307,12 @@ impl HostileWriter {
                     pick => (pick % 5) as u32,
                 };
                 let len = match self.rng.below(3) {
-                    0 => self.rng.value(0),
+                    0 => value_near(&mut self.rng, 0),
                     _ => self.rng.below(512),
                 };
                 let block = match self.rng.below(3) {
                     0 => NONE,
-                    _ => self.rng.value(0),
+                    _ => value_near(&mut self.rng, 0),
                 };
                 let mut header = [0u8; RECORD_HEADER_SIZE as usize];
                 header[0..4].copy_from_slice(&kind.to_ne_bytes());
@@ -627,16 +610,16 @@ impl HostileReader {
                         OFFSET_RELEASE_READ,
                         OFFSET_WRITER_RECORD_SLEEP,
                     ][self.rng.below(5) as usize];
-                    let value = self.rng.value(0);
+                    let value = value_near(&mut self.rng, 0);
                     self.store(field as u64, value);
                 }
                 1 => {
                     let slot = self.rng.below(slots);
-                    let value = self.rng.value(held.last().copied().unwrap_or(0));
+                    let value = value_near(&mut self.rng, held.last().copied().unwrap_or(0));
                     self.store(release_queue + 8 * slot, value);
                 }
                 2 => {
-                    let value = self.rng.value(held.last().copied().unwrap_or(0));
+                    let value = value_near(&mut self.rng, held.last().copied().unwrap_or(0));
                     let _ = self.channel.releases.push(value);
                 }
                 3 => {

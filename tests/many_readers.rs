@@ -7,74 +7,15 @@ mod common;
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
-use common::{DEADLINE, Launch, POLL_INTERVAL, Scratch, is_socket};
+use common::{
+    DEADLINE, Launch, POLL_INTERVAL, Scratch, init_gst, is_socket, parse_pipeline, play_to_eos, wait_for_eos,
+    wait_for_eos_counting_qos,
+};
 use gst::prelude::*;
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().unwrap();
-        gstshmring::plugin_register_static().unwrap();
-    });
-}
-
-fn parse_pipeline(description: &str) -> gst::Pipeline {
-    gst::parse::launch(description)
-        .unwrap_or_else(|err| panic!("parsing {description}: {err}"))
-        .downcast()
-        .unwrap()
-}
-
-/// Runs `pipeline` (already started) until EOS; an error or the deadline
-/// fails the test. Leaves it in NULL.
-fn wait_for_eos(pipeline: &gst::Pipeline, what: &str) {
-    wait_for_eos_counting_qos(pipeline, what);
-}
-
-/// Like [`wait_for_eos`]; returns the (processed, dropped) buffer counts of
-/// the QoS messages posted meanwhile.
-fn wait_for_eos_counting_qos(pipeline: &gst::Pipeline, what: &str) -> Vec<(u64, u64)> {
-    let mut qos = Vec::new();
-    let bus = pipeline.bus().unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "the {what} did not reach EOS within {DEADLINE:?}");
-        let Some(message) = bus.timed_pop_filtered(
-            gst::ClockTime::from_mseconds(left.as_millis() as u64),
-            &[gst::MessageType::Eos, gst::MessageType::Error, gst::MessageType::Qos],
-        ) else {
-            continue;
-        };
-        match message.view() {
-            gst::MessageView::Error(err) => {
-                pipeline.set_state(gst::State::Null).unwrap();
-                panic!("the {what} failed: {} ({:?})", err.error(), err.debug());
-            }
-            gst::MessageView::Qos(message) => {
-                let (processed, dropped) = message.stats();
-                let count = |value: gst::GenericFormattedValue| match value {
-                    gst::GenericFormattedValue::Buffers(Some(count)) => *count,
-                    other => panic!("a QoS count in {other:?}, not buffers"),
-                };
-                qos.push((count(processed), count(dropped)));
-            }
-            _ => break,
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
-    qos
-}
-
-fn play_to_eos(description: &str, what: &str) {
-    let pipeline = parse_pipeline(description);
-    pipeline.set_state(gst::State::Playing).unwrap();
-    wait_for_eos(&pipeline, what);
-}
 
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
@@ -111,6 +52,16 @@ const WIDTH: usize = 320;
 const HEIGHT: usize = 240;
 const I420_FRAME: usize = WIDTH * HEIGHT * 3 / 2;
 
+/// The bytes of `raw_video(frames)` as a one-process run writes them.
+fn reference_video(scratch: &Scratch, frames: u32) -> Vec<u8> {
+    let path = scratch.path("expected.yuv");
+    play_to_eos(
+        &parse_pipeline(&format!("{} ! filesink location={}", raw_video(frames), path.display())),
+        "reference run",
+    );
+    fs::read(&path).unwrap()
+}
+
 fn raw_video(frames: u32) -> String {
     format!(
         "videotestsrc num-buffers={frames} pattern=ball ! video/x-raw,format=I420,width={WIDTH},height={HEIGHT},framerate=30/1"
@@ -124,16 +75,11 @@ fn raw_video(frames: u32) -> String {
 /// writer copied none: its pool's blocks went to all three as they were.
 #[test]
 fn three_readers_get_the_same_bytes_from_one_copy() {
-    init();
+    init_gst();
     const FRAMES: u32 = 300;
     let scratch = Scratch::new("three-readers");
     let socket = scratch.socket();
-    let expected_path = scratch.path("expected.yuv");
-    play_to_eos(
-        &format!("{} ! filesink location={}", raw_video(FRAMES), expected_path.display()),
-        "reference run",
-    );
-    let expected = fs::read(&expected_path).unwrap();
+    let expected = reference_video(&scratch, FRAMES);
     assert_eq!(expected.len(), I420_FRAME * FRAMES as usize);
 
     // A heap of 32 frames keeps the writer close behind the slow reader, so
@@ -201,7 +147,7 @@ fn three_readers_get_the_same_bytes_from_one_copy() {
 /// A reader beyond max-readers is refused with an error naming the limit.
 #[test]
 fn reader_beyond_max_readers_is_refused() {
-    init();
+    init_gst();
     let scratch = Scratch::new("max-readers");
     let socket = scratch.socket();
     let writer = parse_pipeline(&format!(
@@ -236,16 +182,11 @@ fn reader_beyond_max_readers_is_refused() {
 /// remaining frame.
 #[test]
 fn killed_reader_does_not_stall_the_others() {
-    init();
+    init_gst();
     const FRAMES: u32 = 120;
     let scratch = Scratch::new("killed-reader");
     let socket = scratch.socket();
-    let expected_path = scratch.path("expected.yuv");
-    play_to_eos(
-        &format!("{} ! filesink location={}", raw_video(FRAMES), expected_path.display()),
-        "reference run",
-    );
-    let expected = fs::read(&expected_path).unwrap();
+    let expected = reference_video(&scratch, FRAMES);
     // A heap of 8 frames: the stuck reader holds them all long before the
     // stream ends, so the writer stalls on it until it is killed.
     let writer = parse_pipeline(&format!(
@@ -297,7 +238,7 @@ fn killed_reader_does_not_stall_the_others() {
 /// a segment, then a keyframe, and decodes without an error.
 #[test]
 fn late_joiner_starts_at_a_keyframe() {
-    init();
+    init_gst();
     let scratch = Scratch::new("late-joiner");
     let socket = scratch.socket();
     let mut writer = Launch::spawn(
@@ -423,7 +364,7 @@ fn checking_reader(socket: &Path, slow: bool, checked: Arc<Mutex<Checked>>) -> g
 /// loses nothing.
 #[test]
 fn drop_mode_never_tears_a_frame_and_spares_the_fast_reader() {
-    init();
+    init_gst();
     const FRAMES: u64 = 3000;
     let scratch = Scratch::new("drop-mode");
     let socket = scratch.socket();
@@ -517,7 +458,7 @@ fn drop_mode_never_tears_a_frame_and_spares_the_fast_reader() {
 /// sample-exact, header included.
 #[test]
 fn block_mode_recorder_is_sample_exact() {
-    init();
+    init_gst();
     let scratch = Scratch::new("block-recorder");
     let socket = scratch.socket();
     // 8 KiB buffers: payloads in heap blocks, held by both readers at once.
@@ -525,7 +466,7 @@ fn block_mode_recorder_is_sample_exact() {
         "audiotestsrc num-buffers=200 samplesperbuffer=2048 freq=441 ! audio/x-raw,format=S16LE,rate=44100,channels=2";
     let expected = scratch.path("expected.wav");
     play_to_eos(
-        &format!("{source} ! wavenc ! filesink location={}", expected.display()),
+        &parse_pipeline(&format!("{source} ! wavenc ! filesink location={}", expected.display())),
         "reference run",
     );
     let mut writer = Launch::spawn(
@@ -573,7 +514,7 @@ fn block_mode_recorder_is_sample_exact() {
     // The fast reader joined a little later: it got the end of the stream.
     let raw = scratch.path("expected.raw");
     play_to_eos(
-        &format!("{source} ! filesink location={}", raw.display()),
+        &parse_pipeline(&format!("{source} ! filesink location={}", raw.display())),
         "raw reference run",
     );
     assert_tail_of(&fast_output, &fs::read(&raw).unwrap(), 2048 * 4, "fast reader");

@@ -21,11 +21,9 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use gst::glib;
 use gst::prelude::*;
 
 mod common;
@@ -52,42 +50,6 @@ const SEED: u64 = 0x50a4_2026;
 /// The writer child reads its job from these.
 const ENV_SOCKET: &str = "SHMRING_SOAK_WRITER_SOCKET";
 const ENV_COUNT: &str = "SHMRING_SOAK_WRITER_BUFFERS";
-
-static CRITICALS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-fn init_gst() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().expect("GStreamer initializes");
-        gstshmring::plugin_register_static().expect("the shmring plugin registers");
-        glib::log_set_default_handler(|domain, level, message| {
-            if matches!(level, glib::LogLevel::Critical | glib::LogLevel::Warning) {
-                CRITICALS
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .push(format!("{}-{level:?}: {message}", domain.unwrap_or("?")));
-            }
-            glib::log_default_handler(domain, level, Some(message));
-        });
-    });
-}
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
 
 /// The size of every buffer in turn: log-uniform from 1 byte to
 /// `MAX_BUFFER`, so that tiny inline records, blocks of every size and a
@@ -229,12 +191,7 @@ fn soak_writer_child() {
     if let Err(err) = outcome {
         panic!("the soak writer failed: {err}");
     }
-    let criticals = CRITICALS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    assert!(
-        criticals.is_empty(),
-        "the soak writer logged:\n{}",
-        criticals.join("\n")
-    );
+    assert_no_criticals_here("the soak writer");
 }
 
 /// The writer child, killed if the test fails before it exits.
@@ -467,12 +424,7 @@ fn soak(test: &str, count: u64) {
         .property::<gst::Structure>("stats");
     pipeline.set_state(gst::State::Null).expect("the reader stops");
     writer.finish();
-    let criticals = CRITICALS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    assert!(
-        criticals.is_empty(),
-        "GLib logged in the reader:\n{}",
-        criticals.join("\n")
-    );
+    assert_no_criticals_here("the reader");
     println!(
         "{test}: {count} buffers, {bytes} bytes in {:.1?}: 0 lost, 0 reordered, 0 corrupt; \
          the reader stalled {stalls} times and kept {kept_total} buffers; reader stats {stats}",

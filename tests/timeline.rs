@@ -10,7 +10,7 @@
 //! mapped right, that is (writer base time) + n * 10 ms for every reader.
 
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -23,13 +23,6 @@ use common::*;
 const FRAME: u64 = 10_000_000;
 /// How far apart two readers may place the same buffer.
 const TOLERANCE: u64 = 1_000_000;
-
-static REGISTER: Once = Once::new();
-
-fn init() {
-    gst::init().expect("GStreamer initializes");
-    REGISTER.call_once(|| gstshmring::plugin_register_static().expect("the shmring plugin registers"));
-}
 
 /// One buffer as a reader pushed it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -94,7 +87,7 @@ fn read_live_with(socket: &str, count: u32, configure: impl FnOnce(&gst::Pipelin
 
 #[test]
 fn readers_started_apart_place_every_buffer_at_the_same_instant() {
-    init();
+    init_gst();
     let scratch = Scratch::new("timeline");
     let socket = scratch.socket().display().to_string();
     let mut writer = start_writer(
@@ -151,7 +144,7 @@ const READER_OUTPUT: &str = "SHMRING_TIMELINE_READER_OUTPUT";
 /// either pushes lies on one line of due times.
 #[test]
 fn readers_in_two_processes_place_every_buffer_at_the_same_instant() {
-    init();
+    init_gst();
     if let Some(output) = std::env::var_os(READER_OUTPUT) {
         // The second process: read, write down, and end here.
         let socket = std::env::var("SHMRING_TIMELINE_SOCKET").expect("the socket path");
@@ -229,7 +222,7 @@ fn readers_in_two_processes_place_every_buffer_at_the_same_instant() {
 /// does: its clock's offset from CLOCK_MONOTONIC is measured.
 #[test]
 fn a_reader_on_a_realtime_clock_shares_the_timeline() {
-    init();
+    init_gst();
     let scratch = Scratch::new("timeline_realtime");
     let socket = scratch.socket().display().to_string();
     let mut writer = start_writer(
@@ -276,7 +269,7 @@ fn a_reader_on_a_realtime_clock_shares_the_timeline() {
 /// latency: a live videotestsrc at 100 frames/s reports one frame, 10 ms.
 #[test]
 fn a_live_reader_reports_the_writers_latency() {
-    init();
+    init_gst();
     let scratch = Scratch::new("timeline_latency");
     let socket = scratch.socket().display().to_string();
     let mut writer = start_writer(

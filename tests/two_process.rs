@@ -13,7 +13,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -77,53 +77,6 @@ fn buffers_received(stdout: &str) -> Vec<usize> {
 }
 
 /// Initializes GStreamer in the test process, once for all tests.
-fn init_gst() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().expect("GStreamer initializes");
-        // The test binary links the plugin's rlib, built from the same
-        // sources as the .so the children load.
-        gstshmring::plugin_register_static().expect("the shmring plugin registers");
-    });
-}
-
-fn parse_pipeline(description: &str) -> gst::Pipeline {
-    init_gst();
-    gst::parse::launch(description)
-        .unwrap_or_else(|err| panic!("parsing {description:?}: {err}"))
-        .downcast::<gst::Pipeline>()
-        .expect("a description with several elements makes a pipeline")
-}
-
-/// Waits for an in-process pipeline that is already started to reach EOS,
-/// then stops it. An error, or no EOS before the deadline, fails the test.
-fn wait_for_eos(pipeline: &gst::Pipeline, what: &str) {
-    let bus = pipeline.bus().expect("a pipeline has a bus");
-    let deadline = gst::ClockTime::from_nseconds(DEADLINE.as_nanos() as u64);
-    let message = bus.timed_pop_filtered(deadline, &[gst::MessageType::Eos, gst::MessageType::Error]);
-    // Stopping also wakes a shmring element still waiting for its peer, so
-    // this cannot hang even when the wait above timed out.
-    pipeline
-        .set_state(gst::State::Null)
-        .unwrap_or_else(|err| panic!("stopping the {what}: {err}"));
-    match message.as_ref().map(|message| message.view()) {
-        Some(gst::MessageView::Eos(_)) => {}
-        Some(gst::MessageView::Error(err)) => panic!(
-            "the {what} failed: {} ({:?})",
-            err.error(),
-            err.debug().unwrap_or_default()
-        ),
-        _ => panic!("the {what} did not reach EOS within {DEADLINE:?}"),
-    }
-}
-
-fn play_to_eos(pipeline: &gst::Pipeline, what: &str) {
-    pipeline
-        .set_state(gst::State::Playing)
-        .unwrap_or_else(|err| panic!("starting the {what}: {err}"));
-    wait_for_eos(pipeline, what);
-}
-
 /// Everything a buffer carries that the ring must preserve.
 #[derive(Debug, PartialEq, Eq)]
 struct BufferRecord {

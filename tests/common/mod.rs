@@ -10,8 +10,12 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard, Once};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
 
 /// How long any child or in-process pipeline may run. Far above what any
 /// test needs on a loaded 2-core machine: it only turns a hang into a failure.
@@ -410,4 +414,130 @@ pub fn start_writer(scratch: &Scratch, description: &str) -> Launch {
     let mut writer = Launch::spawn(scratch, "writer", description);
     writer.wait_until_started();
     writer
+}
+
+/// Every GLib critical or warning logged in this test process, in order.
+static CRITICALS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Initializes GStreamer in the test process, once for all its tests, with
+/// the plugin registered from the rlib (built from the same sources as the
+/// .so the children load). G_DEBUG is read when GLib loads, before a test
+/// could set it, so this process catches criticals and warnings with a log
+/// handler instead: see [`logged_criticals`].
+pub fn init_gst() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().expect("GStreamer initializes");
+        gstshmring::plugin_register_static().expect("the shmring plugin registers");
+        glib::log_set_default_handler(|domain, level, message| {
+            if matches!(level, glib::LogLevel::Critical | glib::LogLevel::Warning) {
+                logged_criticals().push(format!("{}-{level:?}: {message}", domain.unwrap_or("?")));
+            }
+            glib::log_default_handler(domain, level, Some(message));
+        });
+    });
+}
+
+/// The GLib criticals and warnings logged in this process so far.
+pub fn logged_criticals() -> MutexGuard<'static, Vec<String>> {
+    CRITICALS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Fails if GLib logged a critical or warning in this process; `whom`
+/// names it in the message.
+pub fn assert_no_criticals_here(whom: &str) {
+    let criticals = logged_criticals();
+    assert!(criticals.is_empty(), "GLib logged in {whom}:\n{}", criticals.join("\n"));
+}
+
+/// SplitMix64: a fixed sequence per seed, so that a failing run reproduces.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+
+    /// A delay of up to `max`, in whole milliseconds.
+    pub fn delay(&mut self, max: Duration) -> Duration {
+        Duration::from_millis(self.next() % (max.as_millis() as u64 + 1))
+    }
+}
+
+/// Parses an in-process pipeline (GStreamer initialized first).
+pub fn parse_pipeline(description: &str) -> gst::Pipeline {
+    init_gst();
+    gst::parse::launch(description)
+        .unwrap_or_else(|err| panic!("parsing {description:?}: {err}"))
+        .downcast::<gst::Pipeline>()
+        .expect("a description with several elements makes a pipeline")
+}
+
+/// Waits for an in-process pipeline that is already started to reach EOS,
+/// then stops it. An error, or no EOS before the deadline, fails the test.
+pub fn wait_for_eos(pipeline: &gst::Pipeline, what: &str) {
+    wait_for_eos_counting_qos(pipeline, what);
+}
+
+/// Like [`wait_for_eos`]; returns the (processed, dropped) buffer counts of
+/// the QoS messages posted meanwhile.
+pub fn wait_for_eos_counting_qos(pipeline: &gst::Pipeline, what: &str) -> Vec<(u64, u64)> {
+    let mut qos = Vec::new();
+    let bus = pipeline.bus().expect("a pipeline has a bus");
+    let deadline = Instant::now() + DEADLINE;
+    let outcome = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(format!("the {what} did not reach EOS within {DEADLINE:?}"));
+        }
+        let Some(message) = bus.timed_pop_filtered(
+            gst::ClockTime::from_mseconds(left.as_millis() as u64),
+            &[gst::MessageType::Eos, gst::MessageType::Error, gst::MessageType::Qos],
+        ) else {
+            continue;
+        };
+        match message.view() {
+            gst::MessageView::Error(err) => {
+                break Err(format!(
+                    "the {what} failed: {} ({:?})",
+                    err.error(),
+                    err.debug().unwrap_or_default()
+                ));
+            }
+            gst::MessageView::Qos(message) => {
+                let (processed, dropped) = message.stats();
+                let count = |value: gst::GenericFormattedValue| match value {
+                    gst::GenericFormattedValue::Buffers(Some(count)) => *count,
+                    other => panic!("a QoS count in {other:?}, not buffers"),
+                };
+                qos.push((count(processed), count(dropped)));
+            }
+            _ => break Ok(()),
+        }
+    };
+    // Stopping also wakes a shmring element still waiting for its peer, so
+    // this cannot hang even when the wait above timed out.
+    pipeline
+        .set_state(gst::State::Null)
+        .unwrap_or_else(|err| panic!("stopping the {what}: {err}"));
+    if let Err(failure) = outcome {
+        panic!("{failure}");
+    }
+    qos
+}
+
+/// Starts `pipeline` and runs it to EOS (see [`wait_for_eos`]).
+pub fn play_to_eos(pipeline: &gst::Pipeline, what: &str) {
+    pipeline
+        .set_state(gst::State::Playing)
+        .unwrap_or_else(|err| panic!("starting the {what}: {err}"));
+    wait_for_eos(pipeline, what);
 }
