@@ -1078,7 +1078,7 @@ impl ShmRingSink {
                     recipients.push(slot);
                 }
             }
-            let (delivered, copied) = self.deliver(state, unlock, buffer, header, &recipients, drop_mode)?;
+            let (delivered, copied) = self.deliver(state, unlock, buffer, header, recipients, drop_mode)?;
             if delivered > 0 {
                 self.stats.buffer(buffer.size(), copied);
                 return Ok(gst::FlowSuccess::Ok);
@@ -1133,7 +1133,7 @@ impl ShmRingSink {
         unlock: &Notifier,
         buffer: &gst::Buffer,
         header: &RecordHeader,
-        recipients: &[u32],
+        mut recipients: SlotList,
         drop_mode: bool,
     ) -> Result<(usize, bool), gst::FlowError> {
         if recipients.is_empty() {
@@ -1142,27 +1142,15 @@ impl ShmRingSink {
         let size = buffer.size();
         let len = size as u64;
         if size <= INLINE_MAX {
-            let mut delivered = 0;
-            for &slot in recipients {
-                let mut fill = |dest: &mut [u8]| {
-                    buffer.copy_to_slice(0, dest).ok();
-                };
-                let sent = self.deliver_one(state, slot, header, drop_mode, |sink, state, header| {
-                    sink.write_record(state, slot, header, Payload::Inline { len }, &mut fill, !drop_mode)
-                })?;
-                delivered += usize::from(sent);
-            }
-            return Ok((delivered, true));
+            return Ok((
+                self.deliver_inline(state, buffer, header, &recipients, drop_mode)?,
+                true,
+            ));
         }
         let Some(heap) = state.links.first().map(|link| link.heap.clone()) else {
             return Ok((0, false));
         };
         self.check_heap_holds(&heap, len)?;
-        let mut recipients = {
-            let mut list = SlotList::default();
-            recipients.iter().for_each(|&slot| list.push(slot));
-            list
-        };
         if drop_mode {
             // A reader that holds its share of the heap gets no more: the
             // others, and upstream, keep theirs. That share is what it may
@@ -1199,17 +1187,10 @@ impl ShmRingSink {
                 }
                 None => {
                     // No block will come back: inline, a copy per reader.
-                    let mut delivered = 0;
-                    for &slot in &recipients {
-                        let mut fill = |dest: &mut [u8]| {
-                            buffer.copy_to_slice(0, dest).ok();
-                        };
-                        let sent = self.deliver_one(state, slot, header, drop_mode, |sink, state, header| {
-                            sink.write_record(state, slot, header, Payload::Inline { len }, &mut fill, !drop_mode)
-                        })?;
-                        delivered += usize::from(sent);
-                    }
-                    return Ok((delivered, true));
+                    return Ok((
+                        self.deliver_inline(state, buffer, header, &recipients, drop_mode)?,
+                        true,
+                    ));
                 }
             },
         };
@@ -1239,6 +1220,30 @@ impl ShmRingSink {
             }
         }
         Ok((delivered, copied))
+    }
+
+    /// Writes `buffer` into the record queue of each reader in `recipients`,
+    /// a copy each. Returns to how many it went.
+    fn deliver_inline(
+        &self,
+        state: &mut State,
+        buffer: &gst::Buffer,
+        header: &RecordHeader,
+        recipients: &[u32],
+        drop_mode: bool,
+    ) -> Result<usize, gst::FlowError> {
+        let len = buffer.size() as u64;
+        let mut delivered = 0;
+        for &slot in recipients {
+            let mut fill = |dest: &mut [u8]| {
+                buffer.copy_to_slice(0, dest).ok();
+            };
+            let sent = self.deliver_one(state, slot, header, drop_mode, |sink, state, header| {
+                sink.write_record(state, slot, header, Payload::Inline { len }, &mut fill, !drop_mode)
+            })?;
+            delivered += usize::from(sent);
+        }
+        Ok(delivered)
     }
 
     /// Writes one buffer record to the reader in `slot` with `write`, after
