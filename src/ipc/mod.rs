@@ -38,8 +38,8 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::socket::{
-    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
-    UnixCredentials, accept4, bind, connect, getsockopt, listen, recv, recvmsg, sendmsg, socket, sockopt,
+    AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, Shutdown, SockFlag, SockType, UnixAddr,
+    UnixCredentials, accept4, bind, connect, getsockopt, listen, recv, recvmsg, sendmsg, shutdown, socket, sockopt,
 };
 
 use crate::ring::{ChannelFds, ChannelSizes, HeapMemory, ReaderChannel, ReceivedFds, RingError, WriterChannel};
@@ -523,6 +523,15 @@ impl Connection {
             Ok(_) | Err(Errno::EAGAIN | Errno::EINTR) => false,
             Err(_) => true,
         }
+    }
+
+    /// Ends this side's half of the connection, as a writer that lets a
+    /// reader go: the peer sees a hang-up once it has read what it had,
+    /// while this side still sees the peer's own hang-up when it closes.
+    pub fn shut_out(&self) {
+        // Fails only on a socket that is already disconnected, which is
+        // the aim.
+        let _ = shutdown(self.fd.as_raw_fd(), Shutdown::Write);
     }
 
     fn send(&self, message: &[u8], fds: &[RawFd]) -> Result<(), IpcError> {

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::ipc;
@@ -29,10 +29,13 @@ struct ReaderReleases {
     /// The reader's control socket: its hang-up means that the reader's
     /// process let go of everything, mappings included.
     connection: OwnedFd,
-    /// The reader stopped reading, but buffers of its downstream may still
-    /// use blocks: they come back through the release queue until the
-    /// socket hangs up.
+    /// The reader is no longer sent anything, but it, or buffers of its
+    /// downstream, may still read blocks: they come back through the
+    /// release queue, or all at once when the socket hangs up.
     departing: bool,
+    /// The reader broke its release queue: nothing more is taken from it,
+    /// and what it holds comes back only when its socket hangs up.
+    releases_ignored: bool,
 }
 
 impl ReaderReleases {
@@ -99,6 +102,31 @@ const BLOCK_RECHECK_MS: u8 = 5;
 /// go on. Not forever: a downstream that keeps its buffers until it gets
 /// more would then never get any.
 pub(super) const LEASE_WAIT: Duration = Duration::from_secs(1);
+
+/// How long [`SinkHeap::allocate`] may wait when no block is free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Patience {
+    /// Not at all: with `when-full=drop` the writer never waits for a
+    /// reader, not even for blocks on their way back.
+    None,
+    /// For blocks on their way back from readers (in records not read yet,
+    /// or held by a departing reader) as long as it takes, since they come
+    /// back by themselves; for blocks a reader's downstream keeps (leases)
+    /// at most this long.
+    Leases(Duration),
+}
+
+/// What becomes of the blocks a reader holds when it is let go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Holds {
+    /// Its socket hung up, so its process maps none of them any more: they
+    /// come back now.
+    ComeBack,
+    /// It, or its downstream, may still read them: they stay held, and
+    /// come back as it gives them back, or all at once when its socket
+    /// hangs up.
+    KeptUntilHangUp,
+}
 
 /// What a wait for a free block ended with.
 pub(super) enum Allocation {
@@ -184,19 +212,30 @@ impl SinkHeap {
             unread: VecDeque::with_capacity(256),
             connection,
             departing: false,
+            releases_ignored: false,
         });
         Ok(())
     }
 
-    /// The reader in `slot` stopped reading: nothing more is sent to it, and
-    /// its blocks come back as its downstream lets go of them, or all at
-    /// once when its socket hangs up.
-    pub(super) fn depart_reader(&self, slot: u32) {
+    /// The reader in `slot` is sent nothing more; `holds` says what becomes
+    /// of the blocks it holds. Every way a reader leaves comes here, so that
+    /// a block is never taken back while the reader may still read it.
+    pub(super) fn let_go(&self, slot: u32, holds: Holds) {
+        gst::info!(super::imp::CAT, "letting reader {slot} go: its blocks {holds:?}");
         let mut books = self.lock();
-        if let Some(reader) = books.readers.iter_mut().find(|reader| reader.slot == slot) {
-            reader.departing = true;
-            reader.unread.clear();
+        match holds {
+            Holds::ComeBack => {
+                let Books { books, readers, .. } = &mut *books;
+                Self::forget(readers, books, slot);
+            }
+            Holds::KeptUntilHangUp => {
+                if let Some(reader) = books.readers.iter_mut().find(|reader| reader.slot == slot) {
+                    reader.departing = true;
+                    reader.unread.clear();
+                }
+            }
         }
+        self.wake_waiters();
         let unpinned = self.collect(&mut books);
         drop(books);
         drop(unpinned);
@@ -210,18 +249,8 @@ impl SinkHeap {
         }
     }
 
-    /// Forgets the reader in `slot`, and takes back every block it held.
-    pub(super) fn remove_reader(&self, slot: u32) {
-        let mut books = self.lock();
-        books.readers.retain(|reader| reader.slot != slot);
-        books.books.release_all(ring::reader(slot));
-        let unpinned = books.unpin();
-        self.wake_waiters();
-        drop(books);
-        drop(unpinned);
-    }
-
-    /// Whether the reader in `slot` was dropped for a bad release.
+    /// Whether the reader in `slot` broke its release queue, and is to be
+    /// let go.
     pub(super) fn evicted(&self, slot: u32) -> bool {
         self.evicted.load(Ordering::Relaxed) & (1 << slot) != 0
     }
@@ -232,7 +261,7 @@ impl SinkHeap {
     fn collect(&self, all: &mut Books) -> Vec<PinnedMemory> {
         let Books { books, readers, .. } = all;
         let mut offenders = Vec::new();
-        for reader in readers.iter_mut() {
+        for reader in readers.iter_mut().filter(|reader| !reader.releases_ignored) {
             let holder = ring::reader(reader.slot);
             let mut bad = None;
             let taken = reader.releases.take_all(|offset| {
@@ -252,7 +281,7 @@ impl SinkHeap {
         }
         for (slot, reason) in offenders {
             gst::warning!(super::imp::CAT, "dropping reader {slot}: it {reason}");
-            self.evict(readers, books, slot);
+            self.shut_out(readers, slot);
         }
         // A departing reader is forgotten once its process lets go.
         let gone: Vec<u32> = readers
@@ -261,7 +290,7 @@ impl SinkHeap {
             .map(|reader| reader.slot)
             .collect();
         for slot in gone {
-            self.evict(readers, books, slot);
+            Self::forget(readers, books, slot);
         }
         if all.in_place.is_empty() {
             Vec::new()
@@ -270,10 +299,23 @@ impl SinkHeap {
         }
     }
 
-    /// Forgets the reader in `slot` and takes back every block it held.
-    fn evict(&self, readers: &mut Vec<ReaderReleases>, books: &mut HeapBooks, slot: u32) {
+    /// Forgets the reader in `slot` and takes back every block it held: its
+    /// socket hung up, so its process maps none of them any more.
+    fn forget(readers: &mut Vec<ReaderReleases>, books: &mut HeapBooks, slot: u32) {
+        gst::info!(super::imp::CAT, "reader {slot} is gone: its blocks come back");
         readers.retain(|reader| reader.slot != slot);
         books.release_all(ring::reader(slot));
+    }
+
+    /// Stops taking releases from the reader in `slot`, which broke its
+    /// release queue, and marks it for the sink to let go. What it holds
+    /// stays held until its socket hangs up: it may still be reading it.
+    fn shut_out(&self, readers: &mut [ReaderReleases], slot: u32) {
+        if let Some(reader) = readers.iter_mut().find(|reader| reader.slot == slot) {
+            reader.releases_ignored = true;
+            reader.departing = true;
+            reader.unread.clear();
+        }
         self.evicted.fetch_or(1 << slot, Ordering::SeqCst);
     }
 
@@ -300,15 +342,23 @@ impl SinkHeap {
         len: u64,
         holders: Holders,
         interrupt: &Notifier,
-        lease_wait: Duration,
+        patience: Patience,
     ) -> Result<Allocation, RingError> {
         if let Some(offset) = self.try_allocate(len, holders) {
             return Ok(Allocation::Block(offset));
         }
+        let Patience::Leases(lease_wait) = patience else {
+            return Ok(Allocation::Exhausted);
+        };
         let lease_deadline = Instant::now() + lease_wait;
-        let _turn = self.wait_turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _turn = match self.take_wait_turn(len, holders, interrupt)? {
+            Ok(turn) => turn,
+            Err(done) => return Ok(done),
+        };
         loop {
-            let mut fds: Vec<OwnedFd> = Vec::new();
+            // Release eventfds first, then the sockets of `watched_slots`.
+            let mut release_fds: Vec<OwnedFd> = Vec::new();
+            let mut socket_fds: Vec<OwnedFd> = Vec::new();
             let mut sleeping = Vec::new();
             let mut watched_slots = Vec::new();
             {
@@ -323,7 +373,7 @@ impl SinkHeap {
                     return Ok(Allocation::Block(offset));
                 }
                 let mut coming_back = false;
-                for reader in books.readers.iter_mut() {
+                for reader in books.readers.iter_mut().filter(|reader| !reader.releases_ignored) {
                     coming_back |= reader.departing || reader.has_unread_blocks();
                 }
                 if !coming_back && (Instant::now() >= lease_deadline || books.books.bytes_held_by(!WRITER) == 0) {
@@ -331,7 +381,7 @@ impl SinkHeap {
                 }
                 let mut ready = false;
                 let mut broken = Vec::new();
-                for reader in books.readers.iter_mut() {
+                for reader in books.readers.iter_mut().filter(|reader| !reader.releases_ignored) {
                     match reader.releases.prepare_wait() {
                         Ok(true) => sleeping.push(reader.slot),
                         Ok(false) => ready = true,
@@ -340,8 +390,7 @@ impl SinkHeap {
                 }
                 for (slot, err) in broken {
                     gst::warning!(super::imp::CAT, "dropping reader {slot}: {err}");
-                    let Books { books, readers, .. } = &mut *books;
-                    self.evict(readers, books, slot);
+                    self.shut_out(&mut books.readers, slot);
                     ready = true;
                 }
                 if ready {
@@ -353,13 +402,17 @@ impl SinkHeap {
                         fd.try_clone_to_owned()
                             .map_err(|err| RingError::io("duplicating a reader's fd", err))
                     };
-                    fds.push(dup(reader.releases.as_fd())?);
-                    fds.push(dup(reader.connection.as_fd())?);
+                    // An ignored release queue is not slept on: its eventfd
+                    // could be readable for good.
+                    if !reader.releases_ignored {
+                        release_fds.push(dup(reader.releases.as_fd())?);
+                    }
+                    socket_fds.push(dup(reader.connection.as_fd())?);
                     watched_slots.push(reader.slot);
                 }
                 self.waiters.fetch_add(1, Ordering::SeqCst);
             }
-            let mut watched: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+            let mut watched: Vec<_> = release_fds.iter().chain(&socket_fds).map(|fd| fd.as_fd()).collect();
             watched.push(self.freed.as_fd());
             watched.push(interrupt.as_fd());
             let woken = ipc::wait_readable_for(&watched, PollTimeout::from(BLOCK_RECHECK_MS));
@@ -370,18 +423,52 @@ impl SinkHeap {
             let woken = woken.map_err(|err| RingError::io("waiting for a free block", std::io::Error::other(err)))?;
             // A reader whose socket hung up is gone, and so are its holds.
             for (index, &slot) in watched_slots.iter().enumerate() {
-                if woken.get(2 * index + 1) == Some(&true) {
+                if woken.get(release_fds.len() + index) == Some(&true) {
                     gst::info!(
                         super::imp::CAT,
                         "reader {slot} went away while the writer waited for a block"
                     );
                     let Books { books, readers, .. } = &mut *books;
-                    self.evict(readers, books, slot);
+                    Self::forget(readers, books, slot);
                 }
             }
             drop(books);
             if woken.last() == Some(&true) {
                 return Ok(Allocation::Interrupted);
+            }
+        }
+    }
+
+    /// The turn to sleep on the release eventfds. While another thread has
+    /// it, this one sleeps beside it on what it can see without the
+    /// eventfds, blocks freed in this process and the interrupt, and looks
+    /// again every `BLOCK_RECHECK_MS`: so a render queued behind an
+    /// allocation of upstream's still ends on its own `unlock`. Returns what
+    /// the allocation came to instead, if it came to something first.
+    fn take_wait_turn(
+        &self,
+        len: u64,
+        holders: Holders,
+        interrupt: &Notifier,
+    ) -> Result<Result<MutexGuard<'_, ()>, Allocation>, RingError> {
+        loop {
+            match self.wait_turn.try_lock() {
+                Ok(turn) => return Ok(Ok(turn)),
+                Err(TryLockError::Poisoned(poisoned)) => return Ok(Ok(poisoned.into_inner())),
+                Err(TryLockError::WouldBlock) => {}
+            }
+            if let Some(offset) = self.try_allocate(len, holders) {
+                return Ok(Err(Allocation::Block(offset)));
+            }
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            let woken = ipc::wait_readable_for(
+                &[self.freed.as_fd(), interrupt.as_fd()],
+                PollTimeout::from(BLOCK_RECHECK_MS),
+            );
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            let woken = woken.map_err(|err| RingError::io("waiting for a free block", std::io::Error::other(err)))?;
+            if woken[1] {
+                return Ok(Err(Allocation::Interrupted));
             }
         }
     }

@@ -1,7 +1,7 @@
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use crate::stats::Stats;
 use crate::timeline::Timeline;
 use crate::unlock::Unlock;
 
-use super::heap::{Allocation, BlockMemory, LEASE_WAIT, SinkHeap};
+use super::heap::{Allocation, BlockMemory, Holds, LEASE_WAIT, Patience, SinkHeap};
 use super::pool::{HeapAllocator, HeapBufferPool, INLINE_MAX};
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -219,6 +219,16 @@ impl IntoIterator for SlotList {
     }
 }
 
+/// The element.
+///
+/// Locks, in the order they may be taken: `state`, then `settings` or
+/// `heap`, then a heap's books (`heap.rs`). Only `state` is ever held while
+/// calling into GStreamer (posting a message, querying a pad, waiting for
+/// preroll), because no property getter takes it: the streaming thread
+/// holds it while it waits. `settings` and `heap` are taken by the getters,
+/// and the books by the `stats` getter through the heap, so they are held
+/// only for a few instructions, never across a call into GStreamer other
+/// than a debug log.
 #[derive(Default)]
 pub struct ShmRingSink {
     settings: Mutex<Settings>,
@@ -237,10 +247,47 @@ pub struct ShmRingSink {
     /// wait for the state lock that render holds while it waits, and for
     /// the `readers` property.
     linked: AtomicU32,
+    /// Whether this run is in `drop` mode, for upstream's threads, which
+    /// must not wait for the state lock; false until render decides.
+    drop_mode_decided: AtomicBool,
     /// Written by `unlock` to interrupt a wait; separate from `state` so that
     /// it can be reached while `render` holds the state lock.
     unlock: Unlock,
     stats: Stats,
+}
+
+/// The video info of raw video caps. Other caps are not parsed, since the
+/// parser logs an error for them.
+pub(super) fn raw_video_info(caps: &gst::CapsRef) -> Option<gst_video::VideoInfo> {
+    let structure = caps.structure(0)?;
+    if structure.name() != "video/x-raw" {
+        return None;
+    }
+    gst_video::VideoInfo::from_caps(caps).ok()
+}
+
+/// Why a linked reader is sent nothing more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unlink {
+    /// Its socket hung up: its process is gone, mappings and all.
+    HungUp,
+    /// It let go of its channel itself (EOS, NULL); buffers of its
+    /// downstream may still use blocks.
+    Detached,
+    /// This writer lets it go while it may still run: it lagged too far,
+    /// broke the protocol, or this writer stops or failed.
+    Dropped,
+}
+
+/// Where a payload that needs a block goes.
+enum BlockFor {
+    Block(u64),
+    /// No block will come back in time, and the payload fits every
+    /// reader's record queue: it travels there.
+    Inline,
+    /// `drop` mode, no block free, and readers hold some: the lagging
+    /// readers lose the buffer.
+    Lost,
 }
 
 /// What became of a record meant for one reader.
@@ -305,6 +352,7 @@ impl ShmRingSink {
             if drop_mode { "lose buffers" } else { "pace the writer" }
         );
         state.drop_mode = Some(drop_mode);
+        self.drop_mode_decided.store(drop_mode, Ordering::Relaxed);
         drop_mode
     }
 
@@ -315,11 +363,12 @@ impl ShmRingSink {
             settings.ring_size
         } else {
             let caps = self.obj().static_pad("sink").and_then(|pad| pad.current_caps());
-            let video = caps
-                .as_ref()
-                .and_then(|caps| gst_video::VideoInfo::from_caps(caps).ok());
+            // Parsed only as what they name: the parsers log an error for
+            // caps of another kind.
+            let video = caps.as_deref().and_then(raw_video_info);
             let audio = caps
                 .as_ref()
+                .filter(|caps| caps.structure(0).is_some_and(|s| s.name() == "audio/x-raw"))
                 .and_then(|caps| gst_audio::AudioInfo::from_caps(caps).ok());
             match (video, audio) {
                 (Some(info), _) => (info.size() as u64 * AUTO_VIDEO_FRAMES).max(AUTO_VIDEO_MIN),
@@ -350,32 +399,49 @@ impl ShmRingSink {
     /// The heap, made now if there is none yet. A heap made for earlier,
     /// smaller caps is replaced while nothing uses it: no reader is linked
     /// and no block is out.
-    fn heap(&self, linked: bool) -> Result<Arc<SinkHeap>, gst::FlowError> {
-        let mut slot = self.heap.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    ///
+    /// Posts nothing, and so may be called from any thread: render turns a
+    /// failure into an element error (after letting go of the heap lock,
+    /// which the `stats` getter takes), while the allocator hands out
+    /// ordinary memory instead, since a pipeline that can do without the
+    /// heap must not fail because upstream asked for it.
+    fn heap(&self, linked: bool) -> Result<Arc<SinkHeap>, (u64, RingError)> {
+        let in_use = |heap: &Arc<SinkHeap>| linked || Arc::strong_count(heap) > 1;
         // In use: kept as it is, without looking at the caps again, which the
         // pool would otherwise do for every buffer.
-        if let Some(heap) = slot.as_ref()
-            && (linked || Arc::strong_count(heap) > 1)
+        if let Some(heap) = self
+            .heap
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            && in_use(heap)
         {
             return Ok(heap.clone());
         }
+        // Sized from the caps, which asks the pad: not under the heap lock.
         let wanted = self.heap_size(&self.settings());
+        let mut slot = self.heap.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(heap) = slot.as_ref()
-            && heap.size() >= wanted
+            && (in_use(heap) || heap.size() >= wanted)
         {
             return Ok(heap.clone());
         }
-        let heap = SinkHeap::create(wanted).map_err(|err| {
-            gst::element_imp_error!(
-                self,
-                gst::ResourceError::OpenWrite,
-                ["Could not create a heap of {wanted} bytes: {err}"]
-            );
-            gst::FlowError::Error
-        })?;
+        let heap = SinkHeap::create(wanted).map_err(|err| (wanted, err))?;
         gst::debug!(CAT, imp = self, "heap of {wanted} bytes");
         *slot = Some(heap.clone());
         Ok(heap)
+    }
+
+    /// The heap for the streaming thread, which cannot go on without it.
+    fn heap_or_error(&self, linked: bool) -> Result<Arc<SinkHeap>, gst::FlowError> {
+        self.heap(linked).map_err(|(wanted, err)| {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::OpenWrite,
+                ["Could not create a heap of {wanted} bytes: {err}. Lower ring-size, or check the memory and file-size limits of this process (ulimit -v, ulimit -f)"]
+            );
+            gst::FlowError::Error
+        })
     }
 
     fn update_linked(&self, state: &State) {
@@ -402,8 +468,9 @@ impl ShmRingSink {
             let mut fds = vec![unlock.as_fd(), listener.as_fd()];
             fds.extend(state.pending.iter().map(|connection| connection.as_fd()));
             let ready = ipc::wait_readable_any(&fds).map_err(|err| self.post_ipc_error(&err))?;
+            drop(fds);
             if ready[0] {
-                return Err(gst::FlowError::Flushing);
+                self.resume_after_unlock()?;
             }
             self.accept_readers(state, unlock)?;
         }
@@ -423,7 +490,7 @@ impl ShmRingSink {
             let slot = link.slot;
             if link.heap.evicted(slot) {
                 gst::info!(CAT, imp = self, "reader {slot} was dropped");
-                self.drop_link(state, slot);
+                self.unlink(state, slot, Unlink::Dropped);
             } else if link.records.peer_tampered() {
                 gst::element_imp_warning!(
                     self,
@@ -433,13 +500,13 @@ impl ShmRingSink {
                         link.connection.peer_description()
                     ]
                 );
-                self.drop_link(state, slot);
+                self.unlink(state, slot, Unlink::Dropped);
             } else if link.records.reader_detached() {
                 gst::info!(CAT, imp = self, "reader {slot} detached");
-                self.depart_link(state, slot);
+                self.unlink(state, slot, Unlink::Detached);
             } else if look_for_hang_ups && link.connection.peer_gone() {
                 gst::info!(CAT, imp = self, "reader {slot} went away");
-                self.drop_link(state, slot);
+                self.unlink(state, slot, Unlink::HungUp);
             } else {
                 index += 1;
             }
@@ -501,7 +568,7 @@ impl ShmRingSink {
             ipc::refuse_busy(&connection, max_readers);
             return Ok(());
         }
-        let heap = self.heap(!state.links.is_empty())?;
+        let heap = self.heap_or_error(!state.links.is_empty())?;
         let Some(slot) = heap.free_slot() else {
             gst::warning!(CAT, imp = self, "every holder slot is taken by departing readers");
             ipc::refuse_busy(&connection, max_readers);
@@ -565,29 +632,32 @@ impl ShmRingSink {
         self.replay_sticky_events(state, slot)
     }
 
-    /// Stops sending to a reader that let go of its channel; the blocks
-    /// its downstream still uses come back as it lets go of them.
-    fn depart_link(&self, state: &mut State, slot: u32) {
+    /// Stops sending to the reader in `slot`. Every way a reader leaves
+    /// comes here, and `why` decides what becomes of the blocks it holds:
+    /// they come back at once only when its process is gone. A reader that
+    /// may still run keeps them until its socket hangs up, so that no block
+    /// it may still read is ever written again.
+    fn unlink(&self, state: &mut State, slot: u32, why: Unlink) {
         if let Some(index) = state.links.iter().position(|link| link.slot == slot) {
             let link = state.links.remove(index);
-            link.heap.depart_reader(slot);
+            let holds = match why {
+                Unlink::HungUp => Holds::ComeBack,
+                Unlink::Detached => Holds::KeptUntilHangUp,
+                Unlink::Dropped => {
+                    // It sees the writer leave once it has read what it
+                    // was sent, as if this writer had stopped.
+                    link.connection.shut_out();
+                    Holds::KeptUntilHangUp
+                }
+            };
+            link.heap.let_go(slot, holds);
         }
         self.update_linked(state);
     }
 
-    /// Forgets a linked reader and takes back every block it held: its
-    /// process is gone, or this sink stops or failed.
-    fn drop_link(&self, state: &mut State, slot: u32) {
-        if let Some(index) = state.links.iter().position(|link| link.slot == slot) {
-            let link = state.links.remove(index);
-            link.heap.remove_reader(slot);
-        }
-        self.update_linked(state);
-    }
-
-    fn drop_all_links(&self, state: &mut State) {
+    fn unlink_all(&self, state: &mut State) {
         for slot in state.slots() {
-            self.drop_link(state, slot);
+            self.unlink(state, slot, Unlink::Dropped);
         }
     }
 
@@ -666,8 +736,12 @@ impl ShmRingSink {
         };
         let unlock = self.unlock.notifier()?;
         let offset = match self.allocate_block(state, &heap, len, ring::reader(slot), &unlock)? {
-            Some(offset) => offset,
-            None => return self.write_record(state, slot, header, Payload::Inline { len }, &mut fill, wait),
+            BlockFor::Block(offset) => offset,
+            BlockFor::Inline => {
+                return self.write_record(state, slot, header, Payload::Inline { len }, &mut fill, wait);
+            }
+            // Caps and events are never lost: they wait in the backlog.
+            BlockFor::Lost => return Ok(WriteOutcome::Full),
         };
         // SAFETY: the block was just allocated for this reader, which has
         // not been told of it yet, and nothing else maps it writable.
@@ -696,8 +770,8 @@ impl ShmRingSink {
     }
 
     /// A block of `len` bytes held by `holders`, waiting for readers to give
-    /// blocks back if none is free. `None` means that none will come back
-    /// and the payload (which then fits) must go inline.
+    /// blocks back if none is free (never in `drop` mode). A wait that
+    /// `unlock` interrupts for a pause goes on once the sink plays again.
     fn allocate_block(
         &self,
         state: &State,
@@ -705,7 +779,7 @@ impl ShmRingSink {
         len: u64,
         holders: ring::Holders,
         unlock: &Notifier,
-    ) -> Result<Option<u64>, gst::FlowError> {
+    ) -> Result<BlockFor, gst::FlowError> {
         self.check_heap_holds(heap, len)?;
         let queue = state
             .links
@@ -714,34 +788,66 @@ impl ShmRingSink {
             .min()
             .unwrap_or(0);
         let fits_inline = ring::layout::record_size(len).is_some_and(|size| size <= queue);
+        let drop_mode = state.drop_mode == Some(true);
         // A payload that fits every reader's record queue goes there rather
         // than wait for readers' downstreams to let go of blocks.
-        let lease_wait = if fits_inline { Duration::ZERO } else { LEASE_WAIT };
-        match heap.allocate(len, holders, unlock, lease_wait) {
-            Ok(Allocation::Block(offset)) => Ok(Some(offset)),
-            Ok(Allocation::Interrupted) => Err(gst::FlowError::Flushing),
-            Ok(Allocation::Exhausted) => {
-                // Every block is held here or downstream of a reader, which
-                // may keep its buffers until it gets more: waiting could
-                // wait forever. A payload that fits every reader's record
-                // queue goes inline instead.
-                if fits_inline {
-                    gst::debug!(CAT, imp = self, "no free block; {len} bytes go inline");
-                    return Ok(None);
-                }
-                gst::element_imp_error!(
-                    self,
-                    gst::ResourceError::NoSpaceLeft,
-                    [
-                        "No block of the {}-byte heap is free for a buffer of {len} bytes, and none came back within {:?}: upstream and the readers' downstream hold them all. Raise ring-size",
-                        heap.size(),
-                        LEASE_WAIT
-                    ]
-                );
-                Err(gst::FlowError::Error)
+        let patience = match (drop_mode, fits_inline) {
+            (true, _) => Patience::None,
+            (false, true) => Patience::Leases(Duration::ZERO),
+            (false, false) => Patience::Leases(LEASE_WAIT),
+        };
+        loop {
+            match heap.allocate(len, holders, unlock, patience) {
+                Ok(Allocation::Block(offset)) => return Ok(BlockFor::Block(offset)),
+                Ok(Allocation::Interrupted) => self.resume_after_unlock()?,
+                Ok(Allocation::Exhausted) => break,
+                Err(err) => return Err(self.post_ring_error(&err, len)),
             }
-            Err(err) => Err(self.post_ring_error(&err, len)),
         }
+        // Every block is held here or downstream of a reader, which may keep
+        // its buffers until it gets more: waiting could wait forever. A
+        // payload that fits every reader's record queue goes inline instead.
+        if fits_inline {
+            gst::debug!(CAT, imp = self, "no free block; {len} bytes go inline");
+            return Ok(BlockFor::Inline);
+        }
+        // A reader that holds blocks lags, and in `drop` mode loses.
+        if drop_mode && heap.bytes_held_by_readers() > 0 {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "no free block; {len} bytes are lost for lagging readers"
+            );
+            return Ok(BlockFor::Lost);
+        }
+        let waited = if drop_mode { Duration::ZERO } else { LEASE_WAIT };
+        gst::element_imp_error!(
+            self,
+            gst::ResourceError::NoSpaceLeft,
+            [
+                "No block of the {}-byte heap is free for a buffer of {len} bytes, and none came back within {waited:?}: upstream and the readers' downstream hold them all. Raise ring-size",
+                heap.size()
+            ]
+        );
+        Err(gst::FlowError::Error)
+    }
+
+    /// A wait of the streaming thread was interrupted by `unlock`. On a flush
+    /// or a stop the render ends (`Flushing`); on PLAYING to PAUSED it keeps
+    /// what it renders, waits until PLAYING again, and then goes back to its
+    /// wait, as GstBaseSink's own clock waits do. Only `render` and `event`
+    /// call this, which GstBaseSink calls with its preroll lock held, as
+    /// `wait_preroll` requires; the state lock they hold is one no property
+    /// getter takes.
+    fn resume_after_unlock(&self) -> Result<(), gst::FlowError> {
+        gst::debug!(
+            CAT,
+            imp = self,
+            "unlocked while waiting; waiting for PLAYING or a flush"
+        );
+        self.obj().wait_preroll()?;
+        gst::debug!(CAT, imp = self, "playing again; back to the wait");
+        Ok(())
     }
 
     /// Sends a record naming a block the reader in `slot` already holds.
@@ -757,10 +863,10 @@ impl ShmRingSink {
         len: u64,
         wait: bool,
     ) -> Result<WriteOutcome, gst::FlowError> {
-        // A reader dropped while we waited for the block has no hold left
-        // to send: its bit was cleared everywhere, this block's included.
+        // A reader shut out while we waited for the block is sent nothing
+        // more; its hold on this block goes below.
         if heap.evicted(slot) {
-            self.drop_link(state, slot);
+            self.unlink(state, slot, Unlink::Dropped);
         }
         let written = self.write_record(state, slot, header, Payload::Block { offset, len }, &mut |_| {}, wait);
         if let Ok(WriteOutcome::Written) = &written
@@ -808,7 +914,7 @@ impl ShmRingSink {
                 gst::ResourceError::Write,
                 ["Reader {slot} has not read for {MAX_BACKLOG} events; letting it go"]
             );
-            self.drop_link(state, slot);
+            self.unlink(state, slot, Unlink::Dropped);
         }
         Ok(())
     }
@@ -891,16 +997,17 @@ impl ShmRingSink {
             self.stats.woken();
         }
         if ready[2] {
-            return Err(gst::FlowError::Flushing);
+            // Paused: back to the caller's loop, which tries again.
+            return self.resume_after_unlock();
         }
         if ready[1] && link.connection.peer_gone() {
             gst::element_imp_warning!(self, gst::ResourceError::Write, ["Reader {slot} disconnected"]);
-            self.drop_link(state, slot);
+            self.unlink(state, slot, Unlink::HungUp);
             return Ok(());
         }
         if link.records.reader_detached() {
             gst::info!(CAT, imp = self, "reader {slot} detached while the writer waited for it");
-            self.depart_link(state, slot);
+            self.unlink(state, slot, Unlink::Detached);
             return Ok(());
         }
         if ready[3] {
@@ -922,7 +1029,7 @@ impl ShmRingSink {
             gst::ResourceError::Write,
             ["Dropped reader {slot} ({peer}): {err}; the stream goes on for the others"]
         );
-        self.drop_link(state, slot);
+        self.unlink(state, slot, Unlink::Dropped);
     }
 
     fn post_ring_error(&self, err: &RingError, len: u64) -> gst::FlowError {
@@ -951,13 +1058,30 @@ impl ShmRingSink {
         size: usize,
         interrupt: &Notifier,
     ) -> Result<Option<BlockMemory>, gst::FlowError> {
-        let heap = self.heap(self.linked.load(Ordering::SeqCst) > 0)?;
+        let heap = match self.heap(self.linked.load(Ordering::SeqCst) > 0) {
+            Ok(heap) => heap,
+            Err((wanted, err)) => {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "no heap of {wanted} bytes ({err}); ordinary memory for upstream"
+                );
+                return Ok(None);
+            }
+        };
         let len = size as u64;
         if !heap.can_ever_hold(len) {
             return Ok(None);
         }
-        // Upstream gets ordinary memory rather than wait for a lease.
-        match heap.allocate(len, ring::WRITER, interrupt, Duration::ZERO) {
+        // Upstream gets ordinary memory rather than wait for a lease. In
+        // `drop` mode it does not wait for a reader at all: render then drops
+        // for lagging readers what no block can carry.
+        let patience = if self.drop_mode_decided.load(Ordering::Relaxed) {
+            Patience::None
+        } else {
+            Patience::Leases(Duration::ZERO)
+        };
+        match heap.allocate(len, ring::WRITER, interrupt, patience) {
             Ok(Allocation::Block(offset)) => {
                 gst::trace!(CAT, imp = self, "block {offset} for upstream");
                 Ok(Some(BlockMemory::new(heap, offset, len)))
@@ -971,7 +1095,14 @@ impl ShmRingSink {
                 Ok(None)
             }
             Ok(Allocation::Interrupted) => Err(gst::FlowError::Flushing),
-            Err(err) => Err(self.post_ring_error(&err, len)),
+            Err(err) => {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "no block for upstream ({err}); ordinary memory for {size} bytes"
+                );
+                Ok(None)
+            }
         }
     }
 
@@ -1176,7 +1307,7 @@ impl ShmRingSink {
         let (offset, copied) = match self.block_in_place(buffer, holders) {
             Some((offset, _)) => (offset, false),
             None => match self.allocate_block(state, &heap, len, holders, unlock)? {
-                Some(offset) => {
+                BlockFor::Block(offset) => {
                     // SAFETY: the block was just allocated for these readers,
                     // none of which has been told of it yet, and nothing
                     // else maps it writable.
@@ -1185,12 +1316,18 @@ impl ShmRingSink {
                     }
                     (offset, true)
                 }
-                None => {
+                BlockFor::Inline => {
                     // No block will come back: inline, a copy per reader.
                     return Ok((
                         self.deliver_inline(state, buffer, header, &recipients, drop_mode)?,
                         true,
                     ));
+                }
+                BlockFor::Lost => {
+                    for &slot in &recipients {
+                        self.lose(state, slot);
+                    }
+                    return Ok((0, false));
                 }
             },
         };
@@ -1332,7 +1469,7 @@ impl ShmRingSink {
         if ring_size == 0 {
             return Ok(());
         }
-        let Ok(info) = gst_video::VideoInfo::from_caps(caps) else {
+        let Some(info) = raw_video_info(caps) else {
             return Ok(());
         };
         let frame = info.size() as u64;
@@ -1544,9 +1681,10 @@ impl BaseSinkImpl for ShmRingSink {
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         let mut state = self.lock_state();
-        self.drop_all_links(&mut state);
+        self.unlink_all(&mut state);
         *state = State::default();
         drop(state);
+        self.drop_mode_decided.store(false, Ordering::Relaxed);
         // Buffers still alive upstream keep their blocks, and the heap with
         // them, until they are dropped.
         *self.heap.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
@@ -1572,7 +1710,7 @@ impl BaseSinkImpl for ShmRingSink {
             // Close the connection without EOS, so that the reader reports
             // that the writer failed instead of ending as if it had finished.
             state.failed = true;
-            self.drop_all_links(&mut state);
+            self.unlink_all(&mut state);
         }
         if buffer.size() > INLINE_MAX
             && let Some(heap) = self
@@ -1601,9 +1739,7 @@ impl BaseSinkImpl for ShmRingSink {
         query.add_allocation_param(Some(&allocator), gst::AllocationParams::default());
         // Raw video also gets a pool of such buffers, with its video meta.
         let (caps, need_pool) = query.get_owned();
-        let info = caps
-            .as_ref()
-            .and_then(|caps| gst_video::VideoInfo::from_caps(caps).ok());
+        let info = caps.as_ref().and_then(|caps| raw_video_info(caps));
         if let (Some(caps), Some(info), true) = (caps, info, need_pool) {
             let pool = HeapBufferPool::new(&self.obj());
             let mut config = pool.config();

@@ -114,7 +114,7 @@ mod imp {
             let wants_meta = config.has_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_str());
             let info = caps
                 .as_ref()
-                .and_then(|caps| gst_video::VideoInfo::from_caps(caps).ok());
+                .and_then(|caps| crate::shmringsink::imp::raw_video_info(caps));
             *self.config.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = PoolConfig {
                 size: size as usize,
                 video_layout: info.filter(|_| wants_meta),

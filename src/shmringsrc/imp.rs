@@ -818,8 +818,7 @@ impl PushSrcImpl for ShmRingSrc {
                 Read::WriterGone => {}
             }
             let on_disconnect = self.settings().on_disconnect;
-            let cause =
-                "The shmringsink went away without sending EOS: the writer process stopped, crashed or was killed";
+            let cause = "The shmringsink went away without sending EOS: the writer process stopped, crashed or was killed, or it let this reader go (it fell too far behind in when-full=drop, or the writer failed)";
             match on_disconnect {
                 OnDisconnect::Error => {
                     gst::element_imp_error!(

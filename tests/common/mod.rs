@@ -298,6 +298,18 @@ impl Launch {
             .unwrap_or_else(|err| panic!("interrupting the {}: {err}", self.name));
     }
 
+    /// Stops the child (SIGSTOP) where it is, as a reader too busy to read
+    /// would be, until [`Launch::thaw`].
+    pub fn freeze(&mut self) {
+        self.signal(libc::SIGSTOP)
+            .unwrap_or_else(|err| panic!("stopping the {}: {err}", self.name));
+    }
+
+    pub fn thaw(&mut self) {
+        self.signal(libc::SIGCONT)
+            .unwrap_or_else(|err| panic!("continuing the {}: {err}", self.name));
+    }
+
     fn signal(&self, signal: libc::c_int) -> std::io::Result<()> {
         let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits a pid_t");
         let target = if self.own_group { -pid } else { pid };
