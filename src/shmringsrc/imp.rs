@@ -482,7 +482,9 @@ impl ShmRingSrc {
             buffer.get_mut()?.append_memory(lease.into_memory()?);
             return Some((buffer, false));
         }
-        let buffer = copies.copy(usize::try_from(len).ok()?, |dest| heap.read_block(offset, dest));
+        let buffer = usize::try_from(len)
+            .ok()
+            .and_then(|len| copies.copy(len, |dest| heap.read_block(offset, dest)));
         releases.give_back(offset);
         Some((buffer?, true))
     }
