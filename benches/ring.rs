@@ -132,7 +132,7 @@ impl ShmWriter {
         loop {
             if let Some(mut grant) = self.records.grant(place).expect("the ring is not corrupt") {
                 if let Payload::Inline { .. } = place {
-                    grant.payload().copy_from_slice(payload);
+                    assert!(grant.write_inline(0, payload), "the payload fits its grant");
                 }
                 grant.commit(&header);
                 return;
@@ -188,11 +188,14 @@ impl ShmReader {
                 // check.
                 let block = match record.payload() {
                     Payload::Inline { .. } => {
-                        out.copy_from_slice(record.inline());
+                        assert!(record.read_inline(out), "the record is as long as the payload");
                         None
                     }
                     Payload::Block { offset, len } => {
-                        out.copy_from_slice(self.heap.block(offset, len).expect("peek checked the block"));
+                        assert!(
+                            len == out.len() as u64 && self.heap.read_block(offset, out),
+                            "a short block"
+                        );
                         Some(offset)
                     }
                 };

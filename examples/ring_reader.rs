@@ -116,13 +116,13 @@ fn print_next_record(reader: &mut ReaderChannel, totals: &mut Totals) -> Result<
         return Ok(false);
     };
     // `peek` checked the header and that the payload lies inside the queue
-    // or the heap; the bytes themselves can still change under us, since
-    // the writer maps them too.
+    // or the heap; the bytes are copied out, since the writer maps them too
+    // and can change them under us.
     let header = *record.header();
     let payload = record.payload();
     let bytes = match payload {
-        Payload::Inline { .. } => record.inline(),
-        Payload::Block { offset, len } => reader.heap.block(offset, len).unwrap_or_default(),
+        Payload::Inline { .. } => record.inline_to_vec(),
+        Payload::Block { offset, len } => reader.heap.block_to_vec(offset, len).unwrap_or_default(),
     };
     let pts = match header.pts {
         NONE => "none".to_owned(),
@@ -141,7 +141,7 @@ fn print_next_record(reader: &mut ReaderChannel, totals: &mut Totals) -> Result<
         // The caps as a UTF-8 string (`gst_caps_to_string`), shown but not
         // trusted: invalid UTF-8 and control characters are replaced.
         RecordKind::Caps => {
-            let caps = String::from_utf8_lossy(bytes);
+            let caps = String::from_utf8_lossy(&bytes);
             line += " caps=";
             line.extend(caps.chars().map(|c| if c.is_control() { '?' } else { c }));
         }

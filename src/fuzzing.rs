@@ -239,7 +239,8 @@ fn store_records(file: &File, at: u64, bytes: &[u8]) {
 fn store_heap(heap: &HeapMemory, offset: u64, bytes: &[u8]) {
     // SAFETY: only the fuzzing scripts call this, between the operations
     // they run, when no slice into the heap is alive in this process: the
-    // reader's slices live only within one step.
+    // reader only copies blocks, within one step, and the writer keeps no
+    // slice.
     if let Some(block) = unsafe { heap.block_mut(offset, bytes.len() as u64) } {
         block.copy_from_slice(bytes);
     }
@@ -284,17 +285,16 @@ impl Reader {
         let payload = record.payload();
         let bytes = match payload {
             Payload::Inline { len } => {
-                let inline = record.inline();
-                assert_eq!(
-                    inline.len() as u64,
-                    len,
+                let mut inline = vec![0; len as usize];
+                assert!(
+                    record.read_inline(&mut inline),
                     "peek accepted an inline payload outside the queue"
                 );
-                inline.to_vec()
+                inline
             }
             Payload::Block { offset, len } => {
-                let block = self.channel.heap.block(offset, len);
-                block.expect("peek accepted a block outside the heap").to_vec()
+                let block = self.channel.heap.block_to_vec(offset, len);
+                block.expect("peek accepted a block outside the heap")
             }
         };
         record.release();
@@ -485,9 +485,8 @@ impl Writer {
         for _ in 0..2 {
             match self.records.grant(payload) {
                 Ok(Some(mut grant)) => {
-                    let room = grant.payload();
-                    let len = room.len().min(bytes.len());
-                    room[..len].copy_from_slice(&bytes[..len]);
+                    let len = bytes.len().min(payload.inline_len() as usize);
+                    grant.write_inline(0, &bytes[..len]);
                     grant.commit(header);
                     self.outcome.records += 1;
                     return true;

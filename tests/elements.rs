@@ -409,9 +409,9 @@ fn drain(reader: &mut ReaderChannel) -> (Vec<RecordKind>, Vec<Vec<u8>>) {
     while let Some(record) = reader.records.peek().expect("the sink writes a sound ring") {
         kinds.push(record.header().kind);
         let payload = match record.payload() {
-            Payload::Inline { .. } => record.inline().to_vec(),
+            Payload::Inline { .. } => record.inline_to_vec(),
             Payload::Block { offset, len } => {
-                let bytes = reader.heap.block(offset, len).expect("blocks lie in the heap").to_vec();
+                let bytes = reader.heap.block_to_vec(offset, len).expect("blocks lie in the heap");
                 reader.releases.push(offset).expect("the sink takes blocks back");
                 bytes
             }

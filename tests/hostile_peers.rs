@@ -214,7 +214,7 @@ impl HostileWriter {
         self.collect();
         match self.records.grant(payload) {
             Ok(Some(mut grant)) => {
-                grant.payload().copy_from_slice(inline);
+                assert!(grant.write_inline(0, inline));
                 grant.commit(header);
                 true
             }
@@ -337,7 +337,7 @@ impl HostileWriter {
                 // holds included.
                 let offset = self.rng.below(WRITER_SIZES.heap_size);
                 let len = self.rng.below(4096);
-                // SAFETY: no slice into the heap is alive in this process.
+                // SAFETY: no other slice into the heap is alive in this process.
                 // Writing into blocks a reader holds breaks the protocol,
                 // not this process's memory: that reader only copies them.
                 if let Some(bytes) = unsafe { self.heap.block_mut(offset, len) } {

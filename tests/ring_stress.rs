@@ -297,8 +297,10 @@ impl Writer {
     fn send(&mut self, sequence: u64, payload: Payload, stage: Stage) -> Result<(), RingError> {
         loop {
             if let Some(mut grant) = self.records.grant(payload)? {
-                if let Payload::Inline { .. } = payload {
-                    self.pool.payload(sequence, grant.payload());
+                if let Payload::Inline { len } = payload {
+                    let mut bytes = vec![0; len as usize];
+                    self.pool.payload(sequence, &mut bytes);
+                    assert!(grant.write_inline(0, &bytes), "record {sequence} fits its grant");
                 }
                 grant.commit(&header(sequence));
                 return Ok(());
@@ -375,7 +377,10 @@ impl Checker {
                 assert_eq!(got, len, "length of record {sequence}");
                 let expected = &mut self.expected[..len as usize];
                 self.pool.payload(sequence, expected);
-                assert!(record.inline() == expected, "payload of record {sequence} differs");
+                assert!(
+                    record.inline_to_vec() == expected,
+                    "payload of record {sequence} differs"
+                );
                 None
             }
             (Place::Block, Payload::Block { offset, len: got }) => {
@@ -393,7 +398,10 @@ impl Checker {
 
     fn check_block(&mut self, kept: &Kept, when: &str) {
         let sequence = kept.sequence;
-        let bytes = self.heap.block(kept.offset, kept.len).expect("a block inside the heap");
+        let bytes = self
+            .heap
+            .block_to_vec(kept.offset, kept.len)
+            .expect("a block inside the heap");
         let expected = &mut self.expected[..kept.len as usize];
         self.pool.payload(sequence, expected);
         assert!(bytes == expected, "the block of record {sequence} differs as it {when}");

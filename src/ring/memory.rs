@@ -217,24 +217,44 @@ impl Mapping {
         unsafe { &*self.base.as_ptr().add(at).cast::<AtomicU64>() }
     }
 
-    fn bytes(&self, at: u64, len: u64) -> Option<&[u8]> {
-        let (start, len) = self.range(at, len)?;
-        // SAFETY: the range lies inside the mapping (checked by `range`).
-        // A peer may change these bytes while we hold the slice, so they are
-        // only copied or handed on as opaque media bytes, never validated in
-        // place and then used.
-        Some(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(start), len) })
+    /// The address of `at..at + len`, if the range lies inside. Only a
+    /// pointer: nothing here forms a reference to the bytes.
+    fn pointer(&self, at: u64, len: u64) -> Option<NonNull<u8>> {
+        let (start, _) = self.range(at, len)?;
+        // SAFETY: `start` is inside the reservation (checked by `range`), so
+        // the offset pointer stays within one allocation and is not null.
+        Some(unsafe { self.base.add(start) })
     }
 
+    /// Copies `dest.len()` bytes from `at` into `dest`, a private buffer.
+    fn copy_out(&self, at: u64, dest: &mut [u8]) -> Option<()> {
+        let source = self.pointer(at, dest.len() as u64)?;
+        // SAFETY: the source range is inside the mapping, which stays mapped
+        // (and, sealed against shrinking, never faults) for as long as
+        // `self`; `dest` is private memory, so the two cannot overlap. The
+        // source is read through a raw pointer once, never as a Rust
+        // reference, so a peer that stores there concurrently can only make
+        // the copy hold any byte values, which every caller treats as
+        // untrusted; the compiler cannot read the shared side again later.
+        unsafe { std::ptr::copy_nonoverlapping(source.as_ptr(), dest.as_mut_ptr(), dest.len()) };
+        Some(())
+    }
+
+    /// Copies `source`, private bytes, to `at`.
+    ///
     /// # Safety
-    /// The range must be mapped writable, and the caller must own it: no
-    /// other slice into it may be alive.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn bytes_mut(&self, at: u64, len: u64) -> Option<&mut [u8]> {
-        let (start, len) = self.range(at, len)?;
-        // SAFETY: in bounds (checked), writable and exclusive by the
-        // caller's contract.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(start), len) })
+    /// The range must be mapped writable, and no other thread of this
+    /// process may access it until the copy returns.
+    unsafe fn copy_in(&self, at: u64, source: &[u8]) -> Option<()> {
+        let dest = self.pointer(at, source.len() as u64)?;
+        // SAFETY: in bounds (checked by `pointer`), writable and unshared in
+        // this process by the caller's contract, and `source` is private
+        // memory, so the two cannot overlap. The bytes are stored through a
+        // raw pointer, never a Rust reference, so a peer in another process
+        // that stores there too (a hostile reader mapping the channel
+        // writable) can only spoil what its own side reads.
+        unsafe { std::ptr::copy_nonoverlapping(source.as_ptr(), dest.as_ptr(), source.len()) };
+        Some(())
     }
 
     fn offset_of(&self, pointer: *const u8) -> Option<u64> {
@@ -252,7 +272,8 @@ impl Drop for Mapping {
 }
 
 // SAFETY: the mapping stays valid until drop, and is only reached through
-// atomics and byte slices whose exclusivity the callers guarantee.
+// atomics, raw-pointer copies, and the writer's slices of its own heap
+// (see `HeapMemory::own_block`), whose exclusivity the callers guarantee.
 unsafe impl Send for Mapping {}
 // SAFETY: as above.
 unsafe impl Sync for Mapping {}
@@ -429,32 +450,36 @@ impl ChannelMemory {
         })
     }
 
-    /// `len` bytes of the record queue from `offset` (in `0..2 * capacity`).
-    pub(crate) fn records(&self, offset: u64, len: u64) -> Option<&[u8]> {
+    /// Copies `dest.len()` bytes of the record queue from `offset` (in
+    /// `0..2 * capacity`) into `dest`. The peer may be changing them: check
+    /// the copy, never the queue.
+    pub(crate) fn read_records(&self, offset: u64, dest: &mut [u8]) -> Option<()> {
+        let len = dest.len() as u64;
         self.record_range(offset, len)?;
         #[cfg(loom)]
         self.model.records.read(offset, len);
-        self.map.bytes(CONTROL_SIZE as u64 + offset, len)
+        self.map.copy_out(CONTROL_SIZE as u64 + offset, dest)
     }
 
-    /// Mutable access to `len` record bytes at `offset`.
+    /// Copies `source` into the record queue at `offset`. A hostile reader
+    /// that maps the memfd writable itself can store there too, so the bytes
+    /// are written, never read back to make a decision.
     ///
     /// # Safety
     /// The caller must be the channel's only producer, and the range must
-    /// lie in the free part of the queue, with no other slice into it alive.
-    /// A hostile reader that maps the memfd writable itself can still store
-    /// there, so the bytes are written, never read back to make a decision.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn records_mut(&self, offset: u64, len: u64) -> Option<&mut [u8]> {
+    /// lie in the free part of the queue, which the consumer never reads.
+    pub(crate) unsafe fn write_records(&self, offset: u64, source: &[u8]) -> Option<()> {
         if !self.records_writable {
             return None;
         }
+        let len = source.len() as u64;
         self.record_range(offset, len)?;
         #[cfg(loom)]
         self.model.records.write(offset, len);
-        // SAFETY: in range (checked), writable (checked), exclusive by the
-        // caller's contract.
-        unsafe { self.map.bytes_mut(CONTROL_SIZE as u64 + offset, len) }
+        // SAFETY: in range (checked), mapped writable (checked), and no
+        // other thread of this process touches the free part: the producer
+        // is unique and the consumer reads only the written part.
+        unsafe { self.map.copy_in(CONTROL_SIZE as u64 + offset, source) }
     }
 
     fn record_range(&self, offset: u64, len: u64) -> Option<(usize, usize)> {
@@ -514,14 +539,51 @@ impl HeapMemory {
         self.size
     }
 
-    /// The `len` bytes at heap offset `offset`, if they lie inside the heap.
-    /// A hostile writer can change them at any time: copy them before
-    /// checking or parsing them.
-    pub fn block(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        self.map.bytes(offset, len)
+    /// Copies `dest.len()` bytes at heap offset `offset` into `dest`, if
+    /// they lie inside the heap. A hostile writer can change them at any
+    /// time: check the copy, never the heap.
+    #[must_use]
+    pub fn read_block(&self, offset: u64, dest: &mut [u8]) -> bool {
+        self.map.copy_out(offset, dest).is_some()
     }
 
-    /// Mutable access to the `len` bytes at `offset`.
+    /// A private copy of the `len` bytes at `offset`, if they lie inside
+    /// the heap.
+    pub fn block_to_vec(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+        self.map.range(offset, len)?;
+        let mut copy = vec![0; usize::try_from(len).ok()?];
+        self.read_block(offset, &mut copy).then_some(copy)
+    }
+
+    /// The address of the `len` bytes at `offset`, if they lie inside the
+    /// heap: for handing a block to C code (GStreamer) without forming a
+    /// Rust reference to memory that a peer writes.
+    pub fn block_pointer(&self, offset: u64, len: u64) -> Option<NonNull<u8>> {
+        self.map.pointer(offset, len)
+    }
+
+    /// The writer's view of a block of its own heap; `None` in a reader.
+    ///
+    /// A slice is sound here, unlike anywhere else in shared memory, because
+    /// no other process can write the heap: it was sealed with
+    /// `F_SEAL_FUTURE_WRITE` right after this process mapped it and before
+    /// its fd went anywhere, so no peer can map it writable, add write access
+    /// with `mprotect`, `write(2)` to it or punch holes in it. Within this
+    /// process the heap's books hand each block to one user at a time.
+    pub fn own_block(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        if !self.writable {
+            return None;
+        }
+        let pointer = self.map.pointer(offset, len)?;
+        // SAFETY: in bounds (checked by `pointer`, so `len` fits a usize),
+        // and written only by this process (see above). The caller holds the block in the books, so
+        // nothing in this process writes it while the slice lives: `block_mut`
+        // is only called on a block that no one else holds.
+        Some(unsafe { std::slice::from_raw_parts(pointer.as_ptr(), len as usize) })
+    }
+
+    /// Mutable access to the `len` bytes at `offset` of the writer's own
+    /// heap (see [`Self::own_block`] for why a slice is sound here).
     ///
     /// # Safety
     /// Only the writer may call this, on a block its allocator handed out and
@@ -531,9 +593,12 @@ impl HeapMemory {
         if !self.writable {
             return None;
         }
-        // SAFETY: writable (checked); bounds checked by `bytes_mut`;
-        // exclusive by the caller's contract.
-        unsafe { self.map.bytes_mut(offset, len) }
+        let pointer = self.map.pointer(offset, len)?;
+        // SAFETY: in bounds (checked by `pointer`, so `len` fits a usize);
+        // mapped writable (checked)
+        // and sealed so that no other process can write it (see `own_block`);
+        // exclusive within this process by the caller's contract.
+        Some(unsafe { std::slice::from_raw_parts_mut(pointer.as_ptr(), len as usize) })
     }
 
     /// The heap offset of a pointer into the heap, if it points there.
@@ -706,19 +771,25 @@ mod tests {
         let writer = ChannelMemory::create(SIZES).unwrap();
         let capacity = SIZES.record_capacity;
         let pattern: Vec<u8> = (1..=16).collect();
+        let read = |memory: &ChannelMemory, offset: u64, len: usize| {
+            let mut copy = vec![0; len];
+            memory.read_records(offset, &mut copy).map(|()| copy)
+        };
         // SAFETY: this test is the only user of the channel.
-        let slot = unsafe { writer.records_mut(capacity - 8, 16) }.unwrap();
-        slot.copy_from_slice(&pattern);
-        assert_eq!(writer.records(0, 8).unwrap(), &pattern[8..]);
-        assert_eq!(writer.records(2 * capacity - 8, 8).unwrap(), &pattern[..8]);
+        unsafe { writer.write_records(capacity - 8, &pattern) }.unwrap();
+        assert_eq!(read(&writer, 0, 8).unwrap(), &pattern[8..]);
+        assert_eq!(read(&writer, 2 * capacity - 8, 8).unwrap(), &pattern[..8]);
 
         // The reader sees the same bytes and cannot write them.
         let reader = ChannelMemory::open(writer.memfd().try_clone_to_owned().unwrap(), SIZES).unwrap();
-        assert_eq!(reader.records(capacity - 8, 16).unwrap(), &pattern[..]);
-        // SAFETY: must refuse before any slice exists.
-        assert!(unsafe { reader.records_mut(0, 1) }.is_none());
-        assert!(reader.records(2 * capacity - 8, 9).is_none());
-        assert!(reader.records(u64::MAX, 2).is_none());
+        assert_eq!(read(&reader, capacity - 8, 16).unwrap(), pattern);
+        // SAFETY: must refuse before touching the queue.
+        assert!(unsafe { reader.write_records(0, &[1]) }.is_none());
+        assert!(read(&reader, 2 * capacity - 8, 9).is_none());
+        assert!(read(&reader, u64::MAX, 2).is_none());
+        // SAFETY: must refuse before touching the queue.
+        assert!(unsafe { writer.write_records(2 * capacity - 8, &[0; 9]) }.is_none());
+        assert_eq!(read(&reader, 2 * capacity - 8, 8).unwrap(), &pattern[..8]);
     }
 
     #[test]
@@ -737,13 +808,23 @@ mod tests {
         // SAFETY: this test owns the heap.
         unsafe { writer.block_mut(4096, 4) }.unwrap().copy_from_slice(b"abcd");
         let reader = HeapMemory::open(writer.memfd().try_clone_to_owned().unwrap(), 8192).unwrap();
-        assert_eq!(reader.block(4096, 4).unwrap(), b"abcd");
-        assert!(reader.block(8190, 3).is_none());
-        assert!(reader.block(u64::MAX, 2).is_none());
+        assert_eq!(reader.block_to_vec(4096, 4).unwrap(), b"abcd");
+        let mut copy = [0; 3];
+        assert!(reader.read_block(4097, &mut copy));
+        assert_eq!(&copy, b"bcd");
+        assert!(!reader.read_block(8190, &mut copy));
+        assert!(reader.block_to_vec(u64::MAX, 2).is_none());
+        assert!(reader.block_pointer(8190, 3).is_none());
+        // Only the writer gets slices of the heap.
+        assert!(reader.own_block(4096, 4).is_none());
         // SAFETY: must refuse before any slice exists.
         assert!(unsafe { reader.block_mut(0, 1) }.is_none());
-        let pointer = writer.block(4096, 1).unwrap().as_ptr();
+        let pointer = writer.own_block(4096, 1).unwrap().as_ptr();
         assert_eq!(writer.offset_of(pointer), Some(4096));
+        assert_eq!(
+            writer.block_pointer(4096, 1).map(NonNull::as_ptr),
+            Some(pointer.cast_mut())
+        );
         assert_eq!(writer.offset_of([0u8; 1].as_ptr()), None);
         // Nobody can map it writable any more, a reader least of all.
         let path = format!("/proc/self/fd/{}", writer.memfd().as_raw_fd());
@@ -777,5 +858,46 @@ mod tests {
             _ => panic!("a short heap was accepted"),
         };
         assert!(message.contains("needs 16384"), "{message}");
+    }
+
+    #[test]
+    fn sealed_heap_cannot_be_written_through_its_fd_at_all() {
+        // `own_block` hands out slices of the writer's heap on the grounds
+        // that no other process can write it: every way a reader holding
+        // the fd, even reopened read-write, could try must fail.
+        use nix::fcntl::{FallocateFlags, fallocate};
+        let writer = HeapMemory::create(8192).unwrap();
+        // SAFETY: this test owns the heap.
+        unsafe { writer.block_mut(0, 4) }.unwrap().copy_from_slice(b"keep");
+        let path = format!("/proc/self/fd/{}", writer.memfd().as_raw_fd());
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+        assert!(file.write_all_at(b"lost", 0).is_err(), "write(2) to the sealed heap");
+        let punch = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        assert!(
+            fallocate(&file, punch, 0, 4096).is_err(),
+            "punching a hole in the sealed heap"
+        );
+        // SAFETY: a read-only shared mapping of our own memfd, unmapped below.
+        let mapped = unsafe {
+            mmap(
+                None,
+                NonZeroUsize::new(4096).unwrap(),
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_SHARED,
+                &file,
+                0,
+            )
+        }
+        .unwrap();
+        // SAFETY: changes the protection of the mapping just made, which
+        // nothing refers to.
+        let upgraded = unsafe { nix::sys::mman::mprotect(mapped, 4096, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE) };
+        // SAFETY: as above; nothing refers to the mapping.
+        let _ = unsafe { munmap(mapped, 4096) };
+        assert!(
+            upgraded.is_err(),
+            "mprotect made a read-only mapping of the sealed heap writable"
+        );
+        assert_eq!(writer.own_block(0, 4).unwrap(), b"keep");
     }
 }

@@ -32,7 +32,7 @@
 //!
 //! // A small payload travels inline.
 //! let mut grant = records.grant(Payload::Inline { len: 5 }).unwrap().unwrap();
-//! grant.payload().copy_from_slice(b"hello");
+//! assert!(grant.write_inline(0, b"hello"));
 //! grant.commit(&RecordHeader::untimed(RecordKind::Caps, 0));
 //!
 //! // A large one goes in a heap block, named by the record.
@@ -44,11 +44,11 @@
 //! records.grant(payload).unwrap().unwrap().commit(&RecordHeader::untimed(RecordKind::Buffer, 0));
 //!
 //! let record = reader.records.peek().unwrap().unwrap();
-//! assert_eq!(record.inline(), b"hello");
+//! assert_eq!(record.inline_to_vec(), b"hello");
 //! record.release();
 //! let record = reader.records.peek().unwrap().unwrap();
 //! let Payload::Block { offset, len } = record.payload() else { unreachable!() };
-//! assert!(reader.heap.block(offset, len).unwrap().iter().all(|&byte| byte == 7));
+//! assert!(reader.heap.block_to_vec(offset, len).unwrap().iter().all(|&byte| byte == 7));
 //! record.release();
 //!
 //! // The reader gives the block back; the writer frees it.

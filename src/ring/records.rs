@@ -263,17 +263,23 @@ impl Producer {
 }
 
 impl WriteGrant<'_> {
-    /// The inline payload, contiguous even across the wrap. Write it; do not
-    /// read it back, since a hostile reader can change it.
-    pub fn payload(&mut self) -> &mut [u8] {
+    /// Copies `bytes` into the inline payload from byte `at`, contiguous
+    /// even across the wrap. `false`, with nothing written, if they do not
+    /// lie inside the payload. The payload lives in memory a hostile reader
+    /// can write, so it is only ever written, never read back.
+    pub fn write_inline(&mut self, at: u64, bytes: &[u8]) -> bool {
+        let inline_len = self.payload.inline_len();
+        if at.checked_add(bytes.len() as u64).is_none_or(|end| end > inline_len) {
+            return false;
+        }
         let producer = &*self.producer;
-        let offset = producer.write % producer.capacity + RECORD_HEADER_SIZE;
+        let offset = producer.write % producer.capacity + RECORD_HEADER_SIZE + at;
         // SAFETY: `grant` checked that the whole record fits in the free part
         // of the queue, which the consumer never reads, and `&mut self` makes
-        // this the only slice into it. The range is within `2 * capacity`
-        // because offset < capacity + header and the record is at most
-        // capacity; `records_mut` checks that again.
-        unsafe { producer.memory.records_mut(offset, self.payload.inline_len()) }.unwrap_or_default()
+        // this grant's producer the only writer. The range is within
+        // `2 * capacity` because the record starts below capacity and is at
+        // most capacity long; `write_records` checks that again.
+        unsafe { producer.memory.write_records(offset, bytes) }.is_some()
     }
 
     /// Publishes the record and wakes the consumer if it sleeps.
@@ -284,12 +290,10 @@ impl WriteGrant<'_> {
         };
         let raw = header.encode(self.payload);
         let at = producer.write % producer.capacity;
-        // SAFETY: as in `payload`: the header's bytes are the start of the
-        // granted record, in the free part of the queue, and the grant is
-        // exclusive.
-        if let Some(slot) = unsafe { producer.memory.records_mut(at, RECORD_HEADER_SIZE) } {
-            slot.copy_from_slice(&raw);
-        }
+        // SAFETY: as in `write_inline`: the header's bytes are the start of
+        // the granted record, in the free part of the queue, and the grant
+        // is exclusive.
+        let _ = unsafe { producer.memory.write_records(at, &raw) };
         producer.write += size;
         producer
             .memory
@@ -473,18 +477,29 @@ impl ReadRecord<'_> {
         self.payload
     }
 
-    /// The inline payload (empty for a block record), contiguous even
-    /// across the wrap. A hostile writer can change these bytes at any time:
-    /// copy them before checking or parsing them.
-    pub fn inline(&self) -> &[u8] {
+    /// Copies the inline payload (empty for a block record), contiguous
+    /// even across the wrap, into `dest`, which must be as long. `false`,
+    /// with nothing copied, if it is not. A hostile writer can change the
+    /// payload at any time: check the copy, never the queue.
+    #[must_use]
+    pub fn read_inline(&self, dest: &mut [u8]) -> bool {
+        if dest.len() as u64 != self.payload.inline_len() {
+            return false;
+        }
         let consumer = &*self.consumer;
         let offset = consumer.read % consumer.capacity + RECORD_HEADER_SIZE;
         // `peek` checked that the record lies within the written part of the
-        // queue, so this range is in bounds and the lookup cannot fail.
-        consumer
-            .memory
-            .records(offset, self.payload.inline_len())
-            .unwrap_or_default()
+        // queue, so this range is in bounds and the copy cannot fail.
+        consumer.memory.read_records(offset, dest).is_some()
+    }
+
+    /// A private copy of the inline payload (empty for a block record).
+    pub fn inline_to_vec(&self) -> Vec<u8> {
+        let mut copy = vec![0; self.payload.inline_len() as usize];
+        if !self.read_inline(&mut copy) {
+            copy.clear();
+        }
+        copy
     }
 
     /// Frees the record's place in the queue for the producer. A block it

@@ -88,7 +88,7 @@ fn send(producer: &mut Producer, payload: &[u8], header: &RecordHeader) {
         .grant(Payload::Inline { len })
         .unwrap()
         .expect("room for the record");
-    grant.payload().copy_from_slice(payload);
+    assert!(grant.write_inline(0, payload));
     grant.commit(header);
 }
 
@@ -101,7 +101,7 @@ fn send_block(producer: &mut Producer, offset: u64, len: u64, header: &RecordHea
 /// is, and its inline bytes.
 fn receive(consumer: &mut Consumer) -> Option<(RecordHeader, Payload, Vec<u8>)> {
     let record = consumer.peek().unwrap()?;
-    let taken = (*record.header(), record.payload(), record.inline().to_vec());
+    let taken = (*record.header(), record.payload(), record.inline_to_vec());
     record.release();
     Some(taken)
 }
@@ -170,8 +170,8 @@ fn every_record_kind_round_trips() {
         panic!("expected a block, got {:?}", record.payload());
     };
     assert_eq!((offset, len), (block, frame.len() as u64));
-    assert!(record.inline().is_empty());
-    assert_eq!(ends.reader_heap.block(offset, len).unwrap(), &frame[..]);
+    assert!(record.inline_to_vec().is_empty());
+    assert_eq!(ends.reader_heap.block_to_vec(offset, len).unwrap(), frame);
     record.release();
     assert_eq!(
         receive(&mut ends.consumer),
@@ -181,29 +181,39 @@ fn every_record_kind_round_trips() {
 }
 
 #[test]
+fn inline_payloads_are_copied_in_pieces_and_bounds_checked() {
+    let mut ends = ends();
+    // Push the write position near the end, so that the record wraps.
+    let filler = vec![1; (CAPACITY - 2 * RECORD_HEADER_SIZE - 64) as usize];
+    send(&mut ends.producer, &filler, &caps());
+    assert_eq!(receive_inline(&mut ends.consumer), filler);
+    let mut grant = ends.producer.grant(Payload::Inline { len: 200 }).unwrap().unwrap();
+    assert!(!grant.write_inline(150, &[9; 51]), "a write past the payload");
+    assert!(!grant.write_inline(u64::MAX, &[9]), "a write at an overflowing offset");
+    assert!(grant.write_inline(0, &[2; 100]));
+    assert!(grant.write_inline(100, &[3; 100]));
+    grant.commit(&caps());
+    let record = ends.consumer.peek().unwrap().unwrap();
+    assert!(!record.read_inline(&mut [0; 199]), "a copy into a shorter buffer");
+    assert!(!record.read_inline(&mut [0; 201]), "a copy into a longer buffer");
+    let mut copy = [0; 200];
+    assert!(record.read_inline(&mut copy));
+    record.release();
+    assert_eq!(copy[..100], [2; 100]);
+    assert_eq!(copy[100..], [3; 100]);
+}
+
+#[test]
 fn payloads_are_64_byte_aligned() {
     let mut ends = ends();
+    // The queue is page-aligned and every record starts at a multiple of
+    // 64 with a 64-byte header, so every inline payload is 64-byte aligned.
+    assert_eq!(RECORD_HEADER_SIZE % RECORD_ALIGN, 0);
     for len in [0, 1, 63, 64, 65, 200, 1000] {
-        let mut grant = ends.producer.grant(Payload::Inline { len }).unwrap().unwrap();
-        assert_eq!(grant.payload().len() as u64, len);
-        if len > 0 {
-            assert_eq!(
-                grant.payload().as_ptr() as usize % RECORD_ALIGN as usize,
-                0,
-                "len {len}"
-            );
-        }
-        grant.commit(&caps());
-        let record = ends.consumer.peek().unwrap().unwrap();
-        assert_eq!(record.inline().len() as u64, len);
-        if len > 0 {
-            assert_eq!(
-                record.inline().as_ptr() as usize % RECORD_ALIGN as usize,
-                0,
-                "len {len}"
-            );
-        }
-        record.release();
+        let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        send(&mut ends.producer, &bytes, &caps());
+        assert_eq!(ends.producer.position() % RECORD_ALIGN, 0, "len {len}");
+        assert_eq!(receive_inline(&mut ends.consumer), bytes);
     }
     // Heap blocks of any size, on both sides' mappings.
     let mut books = HeapBooks::new(HEAP);
@@ -212,7 +222,7 @@ fn payloads_are_64_byte_aligned() {
         // SAFETY: the block was just allocated and no reader has been sent it.
         let written = unsafe { ends.writer_heap.block_mut(block, len) }.unwrap();
         assert_eq!(written.as_ptr() as usize % BLOCK_ALIGN as usize, 0, "len {len}");
-        let read = ends.reader_heap.block(block, len).unwrap();
+        let read = ends.reader_heap.block_pointer(block, len).unwrap();
         assert_eq!(read.as_ptr() as usize % BLOCK_ALIGN as usize, 0, "len {len}");
     }
 }
@@ -270,12 +280,9 @@ fn grant_needs_room_and_a_dropped_grant_writes_nothing() {
     // one byte more pads to another 64.
     let largest = CAPACITY - 3 * record_size(1000).unwrap() - RECORD_HEADER_SIZE;
     // Filled, then dropped without a commit.
-    ends.producer
-        .grant(Payload::Inline { len: largest })
-        .unwrap()
-        .unwrap()
-        .payload()
-        .fill(0xee);
+    let filler = vec![0xee; largest as usize];
+    let mut grant = ends.producer.grant(Payload::Inline { len: largest }).unwrap().unwrap();
+    assert!(grant.write_inline(0, &filler));
     assert!(
         ends.producer
             .grant(Payload::Inline { len: largest + 1 })
@@ -295,7 +302,7 @@ fn peek_without_release_keeps_the_record() {
     send(&mut ends.producer, b"first", &caps());
     send(&mut ends.producer, b"second", &caps());
     for _ in 0..2 {
-        assert_eq!(ends.consumer.peek().unwrap().unwrap().inline(), b"first");
+        assert_eq!(ends.consumer.peek().unwrap().unwrap().inline_to_vec(), b"first");
     }
     assert_eq!(receive_inline(&mut ends.consumer), b"first");
     assert_eq!(receive_inline(&mut ends.consumer), b"second");
@@ -380,7 +387,7 @@ fn records_of_varied_sizes_survive_many_wraps() {
         let bytes: Vec<u8> = (0..payload.inline_len()).map(|i| (i ^ sequence) as u8).collect();
         match ends.producer.grant(payload).unwrap() {
             Some(mut grant) => {
-                grant.payload().copy_from_slice(&bytes);
+                assert!(grant.write_inline(0, &bytes));
                 grant.commit(&buffer(sequence));
                 in_flight.push_back((buffer(sequence), payload, bytes));
                 sequence += 1;
@@ -526,7 +533,7 @@ fn the_readers_header_is_a_private_copy() {
     ends.peer.write_all_at(&[0xff; 64], record_at(0)).unwrap();
     assert_eq!(*record.header(), buffer(1));
     assert_eq!(record.payload(), Payload::Inline { len: 3 });
-    assert_eq!(record.inline(), b"abc");
+    assert_eq!(record.inline_to_vec(), b"abc");
     record.release();
     assert!(ends.consumer.peek().unwrap().is_none());
 }
@@ -610,7 +617,7 @@ fn block_outside_the_heap_or_misaligned_is_corrupt() {
             len: 128
         }
     );
-    assert!(ends.reader_heap.block(HEAP - 128, 128).is_some());
+    assert!(ends.reader_heap.block_to_vec(HEAP - 128, 128).is_some());
     send_block(&mut ends.producer, 0, 10, &buffer(2));
     assert_eq!(
         receive(&mut ends.consumer),

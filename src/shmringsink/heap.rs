@@ -591,10 +591,15 @@ impl BlockMemory {
     }
 }
 
+// A block of the sink's own heap may be lent to GStreamer as a slice, unlike
+// anything a reader maps: sealed against writes by any other mapping, it is
+// written by this process alone (see `HeapMemory::own_block`).
 impl AsRef<[u8]> for BlockMemory {
     fn as_ref(&self) -> &[u8] {
-        // The allocator handed out at least `len` bytes at `offset`.
-        self.heap.memory.block(self.offset, self.len).unwrap_or_default()
+        // The allocator handed out at least `len` bytes at `offset`, and this
+        // object holds the block for the writer, so the books give it to no
+        // one else to write while the slice lives.
+        self.heap.memory.own_block(self.offset, self.len).unwrap_or_default()
     }
 }
 
@@ -603,7 +608,7 @@ impl AsMut<[u8]> for BlockMemory {
         // SAFETY: this object holds the block for the writer, and GStreamer
         // maps a memory writable only while its buffer is writable, that is
         // before it is pushed (and so before any reader gets the block) and
-        // with no other mapping alive.
+        // with no other mapping alive. No other process can write the heap.
         unsafe { self.heap.memory.block_mut(self.offset, self.len) }.unwrap_or_default()
     }
 }

@@ -14,7 +14,7 @@ use gst_base::subclass::prelude::*;
 use crate::codec::{self, VideoLayout};
 use crate::ipc::{self, Connection, IpcError, Listener, Trigger, Waiter};
 use crate::ring::layout::{MAX_HEAP_SIZE, MAX_RELEASE_SLOTS};
-use crate::ring::{self, ChannelSizes, Notifier, Payload, Producer, RecordHeader, RecordKind, RingError};
+use crate::ring::{self, ChannelSizes, Notifier, Payload, Producer, RecordHeader, RecordKind, RingError, WriteGrant};
 use crate::stats::Stats;
 use crate::timeline::Timeline;
 use crate::unlock::Unlock;
@@ -298,6 +298,38 @@ enum WriteOutcome {
     NoReader,
     /// The reader's queue is full and the write was not to wait.
     Full,
+}
+
+/// Where a record's inline payload comes from. The record queue is memory a
+/// hostile reader can write, so the payload is copied into it from private
+/// bytes rather than written through a slice of it.
+#[derive(Clone, Copy)]
+enum Inline<'a> {
+    Bytes(&'a [u8]),
+    /// A buffer's memories, each mapped in turn: no merged copy first.
+    Buffer(&'a gst::Buffer),
+}
+
+impl Inline<'_> {
+    fn copy_into(self, grant: &mut WriteGrant<'_>) {
+        match self {
+            Inline::Bytes(bytes) => {
+                grant.write_inline(0, bytes);
+            }
+            Inline::Buffer(buffer) => {
+                let mut at = 0;
+                for memory in buffer.iter_memories() {
+                    let Ok(map) = memory.map_readable() else {
+                        return;
+                    };
+                    if !grant.write_inline(at, &map) {
+                        return;
+                    }
+                    at += map.len() as u64;
+                }
+            }
+        }
+    }
 }
 
 impl ShmRingSink {
@@ -692,7 +724,7 @@ impl ShmRingSink {
         slot: u32,
         header: &RecordHeader,
         payload: Payload,
-        fill: &mut dyn FnMut(&mut [u8]),
+        inline: Inline<'_>,
         wait: bool,
     ) -> Result<WriteOutcome, gst::FlowError> {
         loop {
@@ -701,7 +733,7 @@ impl ShmRingSink {
             };
             match link.records.grant(payload) {
                 Ok(Some(mut grant)) => {
-                    fill(grant.payload());
+                    inline.copy_into(&mut grant);
                     grant.commit(header);
                     let sent = link.records.wakeups_sent();
                     self.stats.add_wakeups_sent(sent - link.wakeups_counted);
@@ -727,9 +759,9 @@ impl ShmRingSink {
         wait: bool,
     ) -> Result<WriteOutcome, gst::FlowError> {
         let len = bytes.len() as u64;
-        let mut fill = |dest: &mut [u8]| dest.copy_from_slice(bytes);
+        let inline = Inline::Bytes(bytes);
         if bytes.len() <= INLINE_MAX {
-            return self.write_record(state, slot, header, Payload::Inline { len }, &mut fill, wait);
+            return self.write_record(state, slot, header, Payload::Inline { len }, inline, wait);
         }
         let Some(heap) = state.link(slot).map(|link| link.heap.clone()) else {
             return Ok(WriteOutcome::NoReader);
@@ -738,7 +770,7 @@ impl ShmRingSink {
         let offset = match self.allocate_block(state, &heap, len, ring::reader(slot), &unlock)? {
             BlockFor::Block(offset) => offset,
             BlockFor::Inline => {
-                return self.write_record(state, slot, header, Payload::Inline { len }, &mut fill, wait);
+                return self.write_record(state, slot, header, Payload::Inline { len }, inline, wait);
             }
             // Caps and events are never lost: they wait in the backlog.
             BlockFor::Lost => return Ok(WriteOutcome::Full),
@@ -746,7 +778,7 @@ impl ShmRingSink {
         // SAFETY: the block was just allocated for this reader, which has
         // not been told of it yet, and nothing else maps it writable.
         if let Some(block) = unsafe { heap.memory().block_mut(offset, len) } {
-            fill(block);
+            block.copy_from_slice(bytes);
         }
         self.send_block(state, slot, &heap, header, offset, len, wait)
     }
@@ -868,7 +900,14 @@ impl ShmRingSink {
         if heap.evicted(slot) {
             self.unlink(state, slot, Unlink::Dropped);
         }
-        let written = self.write_record(state, slot, header, Payload::Block { offset, len }, &mut |_| {}, wait);
+        let written = self.write_record(
+            state,
+            slot,
+            header,
+            Payload::Block { offset, len },
+            Inline::Bytes(&[]),
+            wait,
+        );
         if let Ok(WriteOutcome::Written) = &written
             && let Some(link) = state.link(slot)
         {
@@ -960,8 +999,14 @@ impl ShmRingSink {
         let payload = codec::encode_lost(lost);
         let header = RecordHeader::untimed(RecordKind::Lost, 0);
         let len = payload.len() as u64;
-        let mut fill = |dest: &mut [u8]| dest.copy_from_slice(&payload);
-        match self.write_record(state, slot, &header, Payload::Inline { len }, &mut fill, wait)? {
+        match self.write_record(
+            state,
+            slot,
+            &header,
+            Payload::Inline { len },
+            Inline::Bytes(&payload),
+            wait,
+        )? {
             WriteOutcome::Written => {
                 if let Some(link) = state.link(slot) {
                     gst::debug!(CAT, imp = self, "reader {slot} lost {lost} buffers");
@@ -1372,11 +1417,15 @@ impl ShmRingSink {
         let len = buffer.size() as u64;
         let mut delivered = 0;
         for &slot in recipients {
-            let mut fill = |dest: &mut [u8]| {
-                buffer.copy_to_slice(0, dest).ok();
-            };
             let sent = self.deliver_one(state, slot, header, drop_mode, |sink, state, header| {
-                sink.write_record(state, slot, header, Payload::Inline { len }, &mut fill, !drop_mode)
+                sink.write_record(
+                    state,
+                    slot,
+                    header,
+                    Payload::Inline { len },
+                    Inline::Buffer(buffer),
+                    !drop_mode,
+                )
             })?;
             delivered += usize::from(sent);
         }

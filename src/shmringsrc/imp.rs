@@ -87,11 +87,50 @@ struct Lease {
     len: u64,
 }
 
-impl AsRef<[u8]> for Lease {
-    fn as_ref(&self) -> &[u8] {
-        // `peek` checked that the block lies inside the heap.
-        self.heap.block(self.offset, self.len).unwrap_or_default()
+impl Lease {
+    /// A read-only GstMemory over the block, which owns the lease. The writer
+    /// can store into the block at any time, so no Rust reference to it is
+    /// ever formed: GStreamer gets its address through the C API, and its C
+    /// code reading the bytes is outside Rust's rules. `None` (and the block
+    /// goes back) if the block is not inside the heap, which `peek` checked.
+    fn into_memory(self) -> Option<gst::Memory> {
+        let data = self.heap.block_pointer(self.offset, self.len)?;
+        let len = usize::try_from(self.len).ok()?;
+        let lease = Box::into_raw(Box::new(self));
+        // SAFETY: `data..data + len` lies inside the heap's mapping (checked
+        // by `block_pointer`), which the lease keeps mapped until GStreamer
+        // hands it to `free_lease`, once, when this memory and every memory
+        // shared from it are gone. READONLY makes GStreamer refuse to map it
+        // writable (and the pages are PROT_READ besides), so the pointer's
+        // mutability is never used. The lease is Send (two Arcs of Sync
+        // types and integers), as `free_lease` may run on any thread.
+        let memory = unsafe {
+            gst::ffi::gst_memory_new_wrapped(
+                gst::ffi::GST_MEMORY_FLAG_READONLY,
+                data.as_ptr().cast(),
+                len,
+                0,
+                len,
+                lease.cast(),
+                Some(free_lease),
+            )
+        };
+        if memory.is_null() {
+            // SAFETY: GStreamer refused the memory and so never calls
+            // `free_lease`: the box is still ours alone.
+            drop(unsafe { Box::from_raw(lease) });
+            return None;
+        }
+        // SAFETY: a new GstMemory with one reference, which we take.
+        Some(unsafe { gst::Memory::from_glib_full(memory) })
     }
+}
+
+/// The notify of a lease's GstMemory: gives the block back.
+unsafe extern "C" fn free_lease(lease: glib::ffi::gpointer) {
+    // SAFETY: `lease` is the box `Lease::into_memory` leaked for the memory
+    // being freed, and GStreamer calls the notify once.
+    drop(unsafe { Box::from_raw(lease.cast::<Lease>()) });
 }
 
 impl Drop for Lease {
@@ -144,20 +183,21 @@ struct CopyPool {
 }
 
 impl CopyPool {
-    /// A buffer holding a copy of `bytes`.
-    fn copy_of(&mut self, bytes: &[u8]) -> gst::Buffer {
-        let mut buffer = self.buffer(bytes.len());
+    /// A buffer of `len` bytes that `read` fills with a copy from shared
+    /// memory; `None` if `read` fails.
+    fn copy(&mut self, len: usize, mut read: impl FnMut(&mut [u8]) -> bool) -> Option<gst::Buffer> {
+        let mut buffer = self.buffer(len);
         let copied = match buffer.get_mut().and_then(|buffer| buffer.map_writable().ok()) {
-            Some(mut dest) if dest.len() == bytes.len() => {
-                dest.copy_from_slice(bytes);
-                true
-            }
-            _ => false,
+            Some(mut dest) if dest.len() == len => Some(read(&mut dest)),
+            _ => None,
         };
-        if copied {
-            buffer
-        } else {
-            gst::Buffer::from_mut_slice(bytes.to_vec())
+        match copied {
+            Some(true) => Some(buffer),
+            Some(false) => None,
+            None => {
+                let mut bytes = vec![0; len];
+                read(&mut bytes).then(|| gst::Buffer::from_mut_slice(bytes))
+            }
         }
     }
 
@@ -419,13 +459,14 @@ impl ShmRingSrc {
     /// A buffer for a block the writer sent: the block itself, read-only,
     /// while leases hold less than half the heap; past that a copy, and the
     /// block goes straight back, so the writer always has half the heap.
+    /// `None` if the block does not lie inside the heap.
     fn block_buffer(
         &self,
         (heap, releases, copies): (&Arc<HeapMemory>, &Arc<Releases>, &mut CopyPool),
         lease: bool,
         offset: u64,
         len: u64,
-    ) -> (gst::Buffer, bool) {
+    ) -> Option<(gst::Buffer, bool)> {
         let half = heap.size() / 2;
         let leased = releases.leased.load(Ordering::Relaxed);
         if lease && leased + len <= half {
@@ -437,11 +478,15 @@ impl ShmRingSrc {
                 offset,
                 len,
             };
-            return (gst::Buffer::from_slice(lease), false);
+            let mut buffer = gst::Buffer::new();
+            buffer.get_mut()?.append_memory(lease.into_memory()?);
+            return Some((buffer, false));
         }
-        let buffer = copies.copy_of(heap.block(offset, len).unwrap_or_default());
+        let buffer = usize::try_from(len)
+            .ok()
+            .and_then(|len| copies.copy(len, |dest| heap.read_block(offset, dest)));
         releases.give_back(offset);
-        (buffer, true)
+        Some((buffer?, true))
     }
 
     /// Takes the record at the read position, if any, and acts on it.
@@ -454,8 +499,11 @@ impl ShmRingSrc {
         let header = *record.header();
         let payload = record.payload();
         if header.kind == RecordKind::Buffer {
-            let (mut buffer, copied) = match payload {
-                Payload::Inline { .. } => (link.copies.copy_of(record.inline()), true),
+            let taken = match payload {
+                Payload::Inline { len } => link
+                    .copies
+                    .copy(len as usize, |dest| record.read_inline(dest))
+                    .map(|buffer| (buffer, true)),
                 // The record is passed only once the block is leased or
                 // given back, so that the writer, watching the read
                 // position, never sees the block in neither state.
@@ -464,6 +512,11 @@ impl ShmRingSrc {
                 }
             };
             record.release();
+            let Some((mut buffer, copied)) = taken else {
+                return Err(self.decode_error(
+                    "The writer sent a buffer record whose payload lies outside the shared memory; the writer is broken",
+                ));
+            };
             self.stats.buffer(buffer.size(), copied);
             codec::apply_buffer_header(&header, &link.layout, buffer.make_mut())
                 .map_err(|err| self.decode_error(err))?;
@@ -487,13 +540,13 @@ impl ShmRingSrc {
         }
         let bytes = match payload {
             Payload::Inline { .. } => {
-                let bytes = record.inline().to_vec();
+                let bytes = record.inline_to_vec();
                 record.release();
                 bytes
             }
             Payload::Block { offset, len } => {
                 record.release();
-                let bytes = link.heap.block(offset, len).unwrap_or_default().to_vec();
+                let bytes = link.heap.block_to_vec(offset, len).unwrap_or_default();
                 link.releases.give_back(offset);
                 bytes
             }
