@@ -17,6 +17,8 @@ shmring_setup() {
         gstreamer1.0-plugins-base
         gstreamer1.0-plugins-good
         gstreamer1.0-plugins-bad
+        # gst-play-1.0, which the shmring:// URI tests run.
+        gstreamer1.0-plugins-base-apps
         # The PyGObject examples (examples/python, and the level meter of
         # examples/audio-routing) and their tests.
         python3-gi

@@ -4,10 +4,12 @@
 //! - [`ring`]: the ring itself, with no GStreamer in it;
 //! - [`ipc`]: the control socket that hands a reader the ring;
 //! - [`codec`]: how caps, events and buffer metadata become records;
+//! - [`address`]: socket paths, named streams and `shmring://` URIs;
 //! - `shmringsink` and `shmringsrc`: the elements.
 
 use gst::glib;
 
+pub mod address;
 pub mod codec;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -18,6 +20,7 @@ mod shmringsrc;
 mod stats;
 pub mod timeline;
 mod unlock;
+mod uri;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     shmringsink::register(plugin)?;

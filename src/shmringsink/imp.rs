@@ -11,6 +11,7 @@ use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
+use crate::address::Address;
 use crate::codec::{self, VideoLayout};
 use crate::ipc::{self, Connection, IpcError, Listener, Trigger, Waiter};
 use crate::ring::layout::{MAX_HEAP_SIZE, MAX_RELEASE_SLOTS};
@@ -93,6 +94,7 @@ pub enum WhenFull {
 #[derive(Debug, Clone)]
 struct Settings {
     socket_path: Option<PathBuf>,
+    stream: Option<String>,
     ring_size: u64,
     wait_for_connection: bool,
     perms: u32,
@@ -104,6 +106,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             socket_path: None,
+            stream: None,
             ring_size: DEFAULT_RING_SIZE,
             wait_for_connection: DEFAULT_WAIT_FOR_CONNECTION,
             perms: DEFAULT_PERMS,
@@ -1549,6 +1552,7 @@ impl ObjectSubclass for ShmRingSink {
     const NAME: &'static str = "GstShmRingSink";
     type Type = super::ShmRingSink;
     type ParentType = gst_base::BaseSink;
+    type Interfaces = (gst::URIHandler,);
 }
 
 impl ObjectImpl for ShmRingSink {
@@ -1557,7 +1561,12 @@ impl ObjectImpl for ShmRingSink {
             vec![
                 glib::ParamSpecString::builder("socket-path")
                     .nick("Socket path")
-                    .blurb("Path of the unix socket that shmringsrc connects to (required)")
+                    .blurb("Path of the unix socket that shmringsrc connects to; this or stream is required")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("stream")
+                    .nick("Stream name")
+                    .blurb("Name of the stream, instead of socket-path: its socket is NAME in the user's stream directory, $XDG_RUNTIME_DIR/shmring (or /tmp/shmring-UID), made as needed with mode 0700. One file name: not empty, not . or .., no /")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt64::builder("ring-size")
@@ -1621,6 +1630,7 @@ impl ObjectImpl for ShmRingSink {
             "socket-path" => {
                 settings.socket_path = value.get::<Option<String>>().ok().flatten().map(PathBuf::from);
             }
+            "stream" => settings.stream = value.get().ok().flatten(),
             "ring-size" => settings.ring_size = value.get().unwrap_or(DEFAULT_RING_SIZE),
             "wait-for-connection" => settings.wait_for_connection = value.get().unwrap_or(DEFAULT_WAIT_FOR_CONNECTION),
             "perms" => settings.perms = value.get().unwrap_or(DEFAULT_PERMS),
@@ -1637,6 +1647,7 @@ impl ObjectImpl for ShmRingSink {
         let settings = self.settings();
         match pspec.name() {
             "socket-path" => settings.socket_path.map(|path| path.display().to_string()).to_value(),
+            "stream" => settings.stream.to_value(),
             "ring-size" => settings.ring_size.to_value(),
             "wait-for-connection" => settings.wait_for_connection.to_value(),
             "perms" => settings.perms.to_value(),
@@ -1706,15 +1717,36 @@ impl ElementImpl for ShmRingSink {
     }
 }
 
+impl URIHandlerImpl for ShmRingSink {
+    const URI_TYPE: gst::URIType = gst::URIType::Sink;
+
+    fn protocols() -> &'static [&'static str] {
+        &[crate::address::SCHEME]
+    }
+
+    fn uri(&self) -> Option<String> {
+        let settings = self.settings();
+        crate::uri::uri(settings.socket_path.as_deref(), settings.stream.as_deref())
+    }
+
+    fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
+        let (socket_path, stream) = crate::uri::properties(self.obj().upcast_ref(), uri)?;
+        let mut settings = self.settings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        settings.socket_path = socket_path;
+        settings.stream = stream;
+        drop(settings);
+        self.obj().notify("socket-path");
+        self.obj().notify("stream");
+        Ok(())
+    }
+}
+
 impl BaseSinkImpl for ShmRingSink {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings();
-        let Some(path) = settings.socket_path.clone() else {
-            return Err(gst::error_msg!(
-                gst::ResourceError::Settings,
-                ["socket-path is not set; set it to the unix socket readers connect to, e.g. socket-path=/tmp/cam"]
-            ));
-        };
+        let path = Address::from_properties(settings.socket_path.as_deref(), settings.stream.as_deref())
+            .and_then(|address| address.socket_path())
+            .map_err(|err| gst::error_msg!(gst::ResourceError::Settings, ["{err}"]))?;
         if settings.ring_size != 0 {
             let rounded = settings.ring_size.div_ceil(4096) * 4096;
             crate::ring::check_heap_size(rounded)

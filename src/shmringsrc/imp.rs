@@ -11,6 +11,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
+use crate::address::Address;
 use crate::codec::{self, Decoded, VideoLayout};
 use crate::ipc::{self, Connection, Trigger, Waiter};
 use crate::ring::{Consumer, HeapMemory, Notifier, Payload, ReaderChannel, RecordKind, ReleaseProducer};
@@ -41,6 +42,7 @@ const DEFAULT_ON_DISCONNECT: OnDisconnect = OnDisconnect::Error;
 #[derive(Debug, Clone)]
 struct Settings {
     socket_path: Option<PathBuf>,
+    stream: Option<String>,
     is_live: bool,
     always_copy: bool,
     on_disconnect: OnDisconnect,
@@ -50,6 +52,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             socket_path: None,
+            stream: None,
             is_live: DEFAULT_IS_LIVE,
             always_copy: DEFAULT_ALWAYS_COPY,
             on_disconnect: DEFAULT_ON_DISCONNECT,
@@ -250,6 +253,9 @@ struct State {
 #[derive(Default)]
 pub struct ShmRingSrc {
     settings: Mutex<Settings>,
+    /// Where the writer's socket is, as `start` found it from `socket-path`
+    /// or `stream`.
+    socket_path: Mutex<Option<PathBuf>>,
     state: Mutex<State>,
     /// The caps last read from the ring, answered to caps queries. Kept apart
     /// from `state` because setting caps queries us back.
@@ -295,7 +301,12 @@ impl ShmRingSrc {
 
     fn connect(&self, unlock: &Notifier) -> Result<Link, gst::FlowError> {
         let settings = self.settings();
-        let Some(path) = settings.socket_path else {
+        let Some(path) = self
+            .socket_path
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+        else {
             return Err(gst::FlowError::Flushing);
         };
         gst::debug!(CAT, imp = self, "waiting for a shmringsink at {}", path.display());
@@ -625,6 +636,7 @@ impl ObjectSubclass for ShmRingSrc {
     const NAME: &'static str = "GstShmRingSrc";
     type Type = super::ShmRingSrc;
     type ParentType = gst_base::PushSrc;
+    type Interfaces = (gst::URIHandler,);
 }
 
 impl ObjectImpl for ShmRingSrc {
@@ -633,7 +645,12 @@ impl ObjectImpl for ShmRingSrc {
             vec![
                 glib::ParamSpecString::builder("socket-path")
                     .nick("Socket path")
-                    .blurb("Path of the unix socket of the shmringsink to read from (required); the source waits for it to appear")
+                    .blurb("Path of the unix socket of the shmringsink to read from; this or stream is required. The source waits for it to appear")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("stream")
+                    .nick("Stream name")
+                    .blurb("Name of the shmringsink's stream to read, instead of socket-path: its socket is NAME in the user's stream directory, $XDG_RUNTIME_DIR/shmring (or /tmp/shmring-UID), made as needed with mode 0700. One file name: not empty, not . or .., no /")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("is-live")
@@ -669,6 +686,7 @@ impl ObjectImpl for ShmRingSrc {
             "socket-path" => {
                 settings.socket_path = value.get::<Option<String>>().ok().flatten().map(PathBuf::from);
             }
+            "stream" => settings.stream = value.get().ok().flatten(),
             "is-live" => {
                 settings.is_live = value.get().unwrap_or(DEFAULT_IS_LIVE);
                 drop(settings);
@@ -684,6 +702,7 @@ impl ObjectImpl for ShmRingSrc {
         let settings = self.settings();
         match pspec.name() {
             "socket-path" => settings.socket_path.map(|path| path.display().to_string()).to_value(),
+            "stream" => settings.stream.to_value(),
             "is-live" => settings.is_live.to_value(),
             "always-copy" => settings.always_copy.to_value(),
             "on-disconnect" => settings.on_disconnect.to_value(),
@@ -759,16 +778,38 @@ impl ElementImpl for ShmRingSrc {
     }
 }
 
+impl URIHandlerImpl for ShmRingSrc {
+    const URI_TYPE: gst::URIType = gst::URIType::Src;
+
+    fn protocols() -> &'static [&'static str] {
+        &[crate::address::SCHEME]
+    }
+
+    fn uri(&self) -> Option<String> {
+        let settings = self.settings();
+        crate::uri::uri(settings.socket_path.as_deref(), settings.stream.as_deref())
+    }
+
+    fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
+        let (socket_path, stream) = crate::uri::properties(self.obj().upcast_ref(), uri)?;
+        let mut settings = self.settings.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        settings.socket_path = socket_path;
+        settings.stream = stream;
+        drop(settings);
+        self.obj().notify("socket-path");
+        self.obj().notify("stream");
+        Ok(())
+    }
+}
+
 impl BaseSrcImpl for ShmRingSrc {
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings();
-        let Some(path) = settings.socket_path else {
-            return Err(gst::error_msg!(
-                gst::ResourceError::Settings,
-                ["socket-path is not set; set it to the socket-path of the shmringsink to read from"]
-            ));
-        };
+        let path = Address::from_properties(settings.socket_path.as_deref(), settings.stream.as_deref())
+            .and_then(|address| address.socket_path())
+            .map_err(|err| gst::error_msg!(gst::ResourceError::Settings, ["{err}"]))?;
         ipc::socket_directory(&path).map_err(|err| gst::error_msg!(gst::ResourceError::NotFound, ["{err}"]))?;
+        *self.socket_path.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(path);
         self.unlock.start()?;
         Ok(())
     }
