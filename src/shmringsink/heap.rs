@@ -241,6 +241,22 @@ impl SinkHeap {
         drop(unpinned);
     }
 
+    /// The sink stops and never writes this heap again: every reader is
+    /// forgotten and its holds dropped, so that the memories pinned for
+    /// readers, which hold the heap, let go of it.
+    pub(super) fn close(&self) {
+        let mut books = self.lock();
+        let Books {
+            books: holds, readers, ..
+        } = &mut *books;
+        for slot in readers.iter().map(|reader| reader.slot).collect::<Vec<_>>() {
+            Self::forget(readers, holds, slot);
+        }
+        let unpinned = books.unpin();
+        drop(books);
+        drop(unpinned);
+    }
+
     /// Notes that a record naming a block, ending at queue position
     /// `record_end`, was sent to the reader in `slot`.
     pub(super) fn sent(&self, slot: u32, record_end: u64) {

@@ -1766,9 +1766,15 @@ impl BaseSinkImpl for ShmRingSink {
         *state = State::default();
         drop(state);
         self.drop_mode_decided.store(false, Ordering::Relaxed);
+        // Nothing writes this heap again (a restart makes a new one), so
+        // whatever readers still read of it stays intact: their holds, and
+        // the memories pinned for them, which keep the heap alive, go now.
         // Buffers still alive upstream keep their blocks, and the heap with
         // them, until they are dropped.
-        *self.heap.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        let heap = self.heap.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(heap) = heap {
+            heap.close();
+        }
         self.unlock.stop();
         Ok(())
     }
