@@ -216,16 +216,41 @@ pub struct ShmRingSrc {
     caps: Mutex<Option<gst::Caps>>,
     unlock: Unlock,
     stats: Stats,
-    /// Set while an event of the writer's is pushed; see `constructed`.
-    forwarding: AtomicBool,
-    /// Set once the writer's segment has been pushed; see `constructed`.
-    writer_segment: AtomicBool,
+    /// The stream-start and segment pushed last in the writer's name; see
+    /// `constructed`.
+    pushed: Mutex<Pushed>,
     /// Whether the "timestamps not mapped" warning was logged.
     unmapped_warned: AtomicBool,
     /// The latency upstream of the writer, from its timeline, for the
     /// latency query. Apart from `state`, which `create` holds while it
     /// waits.
     writer_latency: Mutex<Option<gst::ClockTime>>,
+}
+
+/// The writer's stream-start, and the segment pushed for it (the writer's
+/// own, or one of ours onto which its timestamps are mapped): what
+/// downstream must have in place of GstBaseSrc's own.
+#[derive(Default)]
+struct Pushed {
+    stream_start: Option<gst::Event>,
+    segment: Option<gst::Event>,
+}
+
+impl Pushed {
+    fn slot(&mut self, kind: gst::EventType) -> Option<&mut Option<gst::Event>> {
+        match kind {
+            gst::EventType::StreamStart => Some(&mut self.stream_start),
+            gst::EventType::Segment => Some(&mut self.segment),
+            _ => None,
+        }
+    }
+}
+
+/// What goes downstream in place of a stream-start or segment.
+enum Replace {
+    Keep,
+    Drop,
+    With(gst::Event),
 }
 
 /// What one record turned into.
@@ -333,7 +358,6 @@ impl ShmRingSrc {
     /// running, and its own segment is then held back.
     fn forward_writer_segment(&self, segment: &gst::Segment) {
         gst::debug!(CAT, imp = self, "forwarding {segment:?}");
-        self.writer_segment.store(true, Ordering::SeqCst);
         self.forward(gst::event::Segment::new(segment));
     }
 
@@ -368,7 +392,6 @@ impl ShmRingSrc {
         if std::mem::take(&mut link.segment_pending) {
             let ours = gst::FormattedSegment::<gst::ClockTime>::new();
             gst::debug!(CAT, imp = self, "mapping the writer's timestamps onto our timeline");
-            self.writer_segment.store(true, Ordering::SeqCst);
             self.forward(gst::event::Segment::new(&ours));
         }
         let element = element.upcast_ref::<gst::Element>();
@@ -411,9 +434,48 @@ impl ShmRingSrc {
     /// Pushes one of the writer's events downstream, past the probe that
     /// holds back GstBaseSrc's own.
     fn forward(&self, event: gst::Event) {
-        self.forwarding.store(true, Ordering::SeqCst);
+        if let Some(slot) = self.lock_pushed().slot(event.type_()) {
+            *slot = Some(event.clone());
+        }
         self.obj().src_pad().push_event(event);
-        self.forwarding.store(false, Ordering::SeqCst);
+    }
+
+    fn lock_pushed(&self) -> MutexGuard<'_, Pushed> {
+        self.pushed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What the probe of `constructed` lets through in place of `event`, a
+    /// stream-start or segment on its way downstream: the writer's own pass,
+    /// also when GStreamer sends them again to a downstream linked later.
+    /// GstBaseSrc's, made up without the writer, give way to the writer's
+    /// where downstream lacks it, and are dropped where it has it.
+    fn in_place_of(&self, event: &gst::EventRef) -> Replace {
+        let Some(ours) = self.lock_pushed().slot(event.type_()).and_then(|slot| slot.clone()) else {
+            // Before the writer's first: GstBaseSrc's stream-start would
+            // name a made-up stream, and its segment is all there is yet.
+            return if event.type_() == gst::EventType::StreamStart {
+                Replace::Drop
+            } else {
+                Replace::Keep
+            };
+        };
+        if ours.seqnum() == event.seqnum() {
+            return Replace::Keep;
+        }
+        // GstBaseSrc pushes its segment after ours, so the pad stores its
+        // segment, not ours, for a downstream linked later.
+        let mut downstream_has_ours = false;
+        if let Some(peer) = self.obj().src_pad().peer() {
+            peer.sticky_events_foreach(|sticky| {
+                downstream_has_ours |= sticky.type_() == ours.type_() && sticky.seqnum() == ours.seqnum();
+                std::ops::ControlFlow::Continue(gst::EventForeachAction::Keep)
+            });
+        }
+        if downstream_has_ours {
+            Replace::Drop
+        } else {
+            Replace::With(ours)
+        }
     }
 
     /// A buffer for a block the writer sent: the block itself, read-only,
@@ -649,29 +711,34 @@ impl ObjectImpl for ShmRingSrc {
         obj.set_live(DEFAULT_IS_LIVE);
         // GstBaseSrc sends a stream-start of its own, with a made-up stream
         // id, before the first `create`, and a segment of its own before the
-        // first buffer. The writer's come through the ring: let only those
-        // through (GstBaseSrc's segment only until the writer's arrives), so
-        // downstream sees the stream's real id once, and the writer's
-        // segment in its own format.
+        // first buffer. The writer's come through the ring, and downstream
+        // must see those (see `in_place_of`), also when GStreamer replays the
+        // pad's sticky events to a downstream linked while we run.
         let element = obj.downgrade();
         obj.src_pad()
             .add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
                 let Some(element) = element.upgrade() else {
                     return gst::PadProbeReturn::Ok;
                 };
-                let imp = element.imp();
-                let held_back = match info.event().map(|event| event.type_()) {
-                    Some(gst::EventType::StreamStart) => true,
-                    Some(gst::EventType::Segment) => imp.writer_segment.load(Ordering::SeqCst),
-                    _ => false,
+                let Some(event) = info.event() else {
+                    return gst::PadProbeReturn::Ok;
                 };
-                if held_back && !imp.forwarding.load(Ordering::SeqCst) {
-                    // Taking the event and returning Handled frees it once;
-                    // Drop would leave GStreamer unreffing a cleared pointer.
-                    drop(info.take_event());
-                    gst::PadProbeReturn::Handled
-                } else {
-                    gst::PadProbeReturn::Ok
+                if !matches!(event.type_(), gst::EventType::StreamStart | gst::EventType::Segment) {
+                    return gst::PadProbeReturn::Ok;
+                }
+                match element.imp().in_place_of(event) {
+                    Replace::Keep => gst::PadProbeReturn::Ok,
+                    Replace::With(ours) => {
+                        info.data = Some(gst::PadProbeData::Event(ours));
+                        gst::PadProbeReturn::Ok
+                    }
+                    Replace::Drop => {
+                        // Taking the event and returning Handled frees it
+                        // once; Drop would leave GStreamer unreffing a
+                        // cleared pointer.
+                        drop(info.take_event());
+                        gst::PadProbeReturn::Handled
+                    }
                 }
             });
     }
@@ -723,7 +790,7 @@ impl BaseSrcImpl for ShmRingSrc {
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         *self.lock_state() = State::default();
         *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
-        self.writer_segment.store(false, Ordering::SeqCst);
+        *self.lock_pushed() = Pushed::default();
         self.unmapped_warned.store(false, Ordering::Relaxed);
         *self
             .writer_latency
