@@ -124,10 +124,14 @@ struct Link {
     copies: CopyPool,
     /// The writer's base time on CLOCK_MONOTONIC, from its timeline event.
     timeline: Option<Timeline>,
-    /// The writer's last segment, which a live source holds back until
-    /// the next buffer tells whether its timestamps can be mapped.
+    /// The writer's last segment, held back until the next buffer, which
+    /// tells whether its timestamps can be mapped (live) or must be rebased
+    /// (not live, reading a live writer).
     segment: Option<gst::Segment>,
     segment_pending: bool,
+    /// Not live, reading a live writer: the writer's running time of the
+    /// first timestamp, and our running time it was moved to; see `rebase`.
+    origin: Option<(gst::ClockTime, gst::ClockTime)>,
     /// Whether this source is live (`is-live`, which cannot change while it
     /// runs), read once rather than under the object lock per buffer.
     live: bool,
@@ -348,6 +352,7 @@ impl ShmRingSrc {
             timeline: None,
             segment: None,
             segment_pending: false,
+            origin: None,
             live: self.obj().is_live(),
             discont: false,
         })
@@ -403,6 +408,53 @@ impl ShmRingSrc {
         let (pts, dts) = (map(buffer.pts()), map(buffer.dts()));
         buffer.set_pts(pts);
         buffer.set_dts(dts);
+    }
+
+    /// Not live: a live writer's timestamps are running times of a pipeline
+    /// that may have run for hours, which a syncing sink here would wait
+    /// for. They move, in a segment of our own, so that the first buffer is
+    /// due now in our pipeline (0 while it prerolls) plus the writer's
+    /// upstream latency, the slack a live pipeline would give it, and the
+    /// rest keep their spacing. The writer's timeline says whether its
+    /// upstream is live: it names an upstream latency only then. A writer
+    /// whose upstream is not live (a file) keeps its segment and timestamps.
+    fn rebase(&self, link: &mut Link, buffer: &mut gst::BufferRef) {
+        let segment = link
+            .segment
+            .as_ref()
+            .and_then(|segment| segment.downcast_ref::<gst::ClockTime>());
+        let latency = link.timeline.and_then(|timeline| timeline.upstream_latency);
+        let (Some(segment), Some(latency)) = (segment, latency) else {
+            if std::mem::take(&mut link.segment_pending)
+                && let Some(segment) = link.segment.clone()
+            {
+                self.forward_writer_segment(&segment);
+            }
+            return;
+        };
+        let running = |time: Option<gst::ClockTime>| segment.to_running_time(time?);
+        let (pts, dts) = (running(buffer.pts()), running(buffer.dts()));
+        if link.origin.is_none()
+            && let Some(first) = pts.into_iter().chain(dts).min()
+        {
+            let now = self.obj().current_running_time().unwrap_or(gst::ClockTime::ZERO);
+            gst::debug!(
+                CAT,
+                imp = self,
+                "the writer is live: its running time {first} is our {}",
+                now + latency
+            );
+            link.origin = Some((first, now + latency));
+        }
+        if std::mem::take(&mut link.segment_pending) {
+            self.forward(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
+        }
+        let Some((first, start)) = link.origin else {
+            return;
+        };
+        let map = |running: Option<gst::ClockTime>| running.map(|running| start + running.saturating_sub(first));
+        buffer.set_pts(map(pts));
+        buffer.set_dts(map(dts));
     }
 
     /// The writer (`when-full=drop`) dropped `lost` buffers meant for us:
@@ -526,11 +578,13 @@ impl ShmRingSrc {
                 }
             };
             record.release();
-            self.stats.buffer(buffer.size(), copied);
             codec::apply_buffer_header(&header, &link.layout, buffer.make_mut())
                 .map_err(|err| self.decode_error(err))?;
+            self.stats.buffer(buffer.size(), copied);
             if link.live {
                 self.onto_our_timeline(link, buffer.make_mut());
+            } else {
+                self.rebase(link, buffer.make_mut());
             }
             if std::mem::take(&mut link.discont) {
                 buffer.make_mut().set_flags(gst::BufferFlags::DISCONT);
@@ -595,22 +649,29 @@ impl ShmRingSrc {
                 }
             }
             Decoded::Segment(segment) => {
-                link.segment = Some(segment.clone());
-                if link.live {
-                    // The next buffer decides: mapped onto our timeline, or
-                    // in the writer's segment as it is.
-                    link.segment_pending = true;
-                } else {
-                    self.forward_writer_segment(&segment);
-                }
+                // The next buffer decides: onto our timeline, rebased, or in
+                // the writer's segment as it is.
+                link.segment = Some(segment);
+                link.segment_pending = true;
             }
             Decoded::Eos => {
                 gst::debug!(CAT, imp = self, "end of stream from the writer");
+                if std::mem::take(&mut link.segment_pending)
+                    && let Some(segment) = link.segment.clone()
+                {
+                    self.forward_writer_segment(&segment);
+                }
                 return Err(gst::FlowError::Eos);
             }
             Decoded::Event(event) => {
                 if let Some(timeline) = Timeline::from_event(&event) {
                     gst::debug!(CAT, imp = self, "the writer's timeline: {timeline:?}");
+                    if link.timeline.is_some_and(|known| known != timeline) {
+                        // The writer's pipeline paused, or started again:
+                        // its running time no longer keeps pace with our
+                        // clock. Rebase again from its next buffer.
+                        link.origin = None;
+                    }
                     link.timeline = Some(timeline);
                     *self
                         .writer_latency
@@ -647,7 +708,7 @@ impl ObjectImpl for ShmRingSrc {
                     .build(),
                 glib::ParamSpecBoolean::builder("is-live")
                     .nick("Is live")
-                    .blurb("Act as a live source")
+                    .blurb("Act as a live source, on the writer's timeline: every live reader plays a buffer at the same instant. Not live, a live writer's buffers are moved so that the first one read is due at once")
                     .default_value(DEFAULT_IS_LIVE)
                     .mutable_ready()
                     .build(),
