@@ -138,3 +138,116 @@ fn a_downstream_linked_while_playing_gets_stream_start_caps_and_segment() {
     assert_eq!(segment(&second_seen), segment(&first_seen));
     assert_no_criticals_here("the reader");
 }
+const WIDTH: u32 = 64;
+const HEIGHT: u32 = 48;
+const FRAMES: u8 = 10;
+
+/// Frame `n` of I420 at WIDTH x HEIGHT, plane by plane in the default layout:
+/// every row different, so that a row out of place shows.
+fn unpadded_frame(n: u8, info: &gst_video::VideoInfo) -> Vec<Vec<Vec<u8>>> {
+    (0..3u8)
+        .map(|plane| {
+            let (width, height) = if plane == 0 {
+                (WIDTH, HEIGHT)
+            } else {
+                (WIDTH / 2, HEIGHT / 2)
+            };
+            assert_eq!(info.comp_width(plane), width);
+            (0..height)
+                .map(|row| {
+                    (0..width)
+                        .map(|column| (u32::from(n) * 31 + u32::from(plane) * 7 + row * 3 + column) as u8)
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A writer whose frames have padded rows and gaps between planes, described
+/// by a GstVideoMeta, read by `gst-launch-1.0 shmringsrc ! filesink`, which
+/// ignores the meta: the file must hold the frames in the default layout,
+/// the bytes a one-process `appsrc ! filesink` writes for them unpadded.
+#[test]
+fn padded_video_reaches_a_downstream_without_video_meta_in_the_default_layout() {
+    init_gst();
+    let scratch = Scratch::new("padded_video");
+    let socket = scratch.socket().display().to_string();
+    let caps = format!("video/x-raw,format=I420,width={WIDTH},height={HEIGHT},framerate=30/1");
+    let info = gst_video::VideoInfo::from_caps(&caps.parse::<gst::Caps>().expect("caps")).expect("video info");
+    let writer = parse_pipeline(&format!(
+        "appsrc name=app format=time caps={caps} ! shmringsink socket-path={socket}"
+    ));
+    let app = writer
+        .by_name("app")
+        .expect("the appsrc")
+        .downcast::<gst_app::AppSrc>()
+        .expect("an appsrc");
+    writer.set_state(gst::State::Playing).expect("the writer starts");
+    let output = scratch.path("frames.yuv");
+    let reader = Launch::spawn(
+        &scratch,
+        "reader",
+        &format!(
+            "shmringsrc socket-path={socket} ! filesink location={}",
+            output.display()
+        ),
+    );
+
+    let strides = [WIDTH as i32 + 16, WIDTH as i32 / 2 + 16, WIDTH as i32 / 2 + 16];
+    let mut offsets = [0usize; 3];
+    let mut size = 0;
+    for plane in 0..3 {
+        offsets[plane] = size;
+        let rows = if plane == 0 { HEIGHT } else { HEIGHT / 2 } as usize;
+        size += rows * strides[plane] as usize + 64;
+    }
+    assert_ne!(&strides[..], info.stride(), "the frames are padded");
+    let mut expected = Vec::new();
+    for n in 0..FRAMES {
+        let planes = unpadded_frame(n, &info);
+        let mut bytes = vec![0xEEu8; size];
+        for (plane, rows) in planes.iter().enumerate() {
+            for (row, pixels) in rows.iter().enumerate() {
+                let at = offsets[plane] + row * strides[plane] as usize;
+                bytes[at..at + pixels.len()].copy_from_slice(pixels);
+                expected.extend_from_slice(pixels);
+            }
+        }
+        let mut buffer = gst::Buffer::from_mut_slice(bytes);
+        {
+            let buffer = buffer.get_mut().expect("a new buffer is writable");
+            buffer.set_pts(gst::ClockTime::from_mseconds(u64::from(n) * 33));
+            gst_video::VideoMeta::add_full(
+                buffer,
+                gst_video::VideoFrameFlags::empty(),
+                gst_video::VideoFormat::I420,
+                WIDTH,
+                HEIGHT,
+                &offsets,
+                &strides,
+            )
+            .expect("a video meta");
+        }
+        app.push_buffer(buffer).expect("the writer takes the frame");
+    }
+    app.end_of_stream().expect("the writer takes EOS");
+    wait_for_eos(&writer, "writer");
+    reader.finish().assert_success();
+    assert_eq!(expected.len(), info.size() * usize::from(FRAMES));
+
+    let written = std::fs::read(&output).expect("the reader's file");
+    assert_eq!(
+        written.len(),
+        expected.len(),
+        "the reader wrote {} bytes, {} frames in the default layout are {} bytes",
+        written.len(),
+        FRAMES,
+        expected.len()
+    );
+    assert!(
+        written == expected,
+        "the frames the reader wrote differ from those sent"
+    );
+    assert_no_criticals_here("the writer");
+}

@@ -115,6 +115,12 @@ struct Link {
     lease: bool,
     /// The memory layout of the buffers that follow.
     layout: VideoLayout,
+    /// For raw video caps: the caps, and the layout their frames have
+    /// without a GstVideoMeta.
+    video: Option<(gst::Caps, gst_video::VideoInfo)>,
+    /// Whether downstream reads GstVideoMeta, asked once per caps and per
+    /// reconfiguration; `None` until asked.
+    video_meta: Option<bool>,
     /// Sleeps on the ring's data fd, the socket, the unlock fd and the
     /// pacer's timer.
     waiter: Waiter<4>,
@@ -223,6 +229,9 @@ pub struct ShmRingSrc {
     /// The stream-start and segment pushed last in the writer's name; see
     /// `constructed`.
     pushed: Mutex<Pushed>,
+    /// Set when downstream may have changed (`negotiate`), so that whether
+    /// it reads GstVideoMeta is asked again.
+    reconfigured: AtomicBool,
     /// Whether the "timestamps not mapped" warning was logged.
     unmapped_warned: AtomicBool,
     /// The latency upstream of the writer, from its timeline, for the
@@ -346,6 +355,8 @@ impl ShmRingSrc {
             writer_gone: false,
             lease: false,
             layout: None,
+            video: None,
+            video_meta: None,
             waiter,
             pacer,
             copies: CopyPool::default(),
@@ -558,6 +569,66 @@ impl ShmRingSrc {
         (buffer, true)
     }
 
+    /// A copy of `buffer` in the default layout of the caps, if the writer's
+    /// layout (a GstVideoMeta with other strides or plane offsets) is not
+    /// that one and downstream does not read GstVideoMeta: filesink, or an
+    /// application reading raw bytes, would misread the frame. `None` when
+    /// the buffer can go as it is.
+    fn unpadded(&self, link: &mut Link, buffer: &gst::Buffer) -> Option<Result<gst::Buffer, gst::FlowError>> {
+        let (caps, info) = link.video.as_ref()?;
+        let meta = buffer.meta::<gst_video::VideoMeta>()?;
+        let planes = info.n_planes() as usize;
+        let default = meta.format() == info.format()
+            && meta.width() == info.width()
+            && meta.height() == info.height()
+            && meta.offset().get(..planes) == info.offset().get(..planes)
+            && meta.stride().get(..planes) == info.stride().get(..planes);
+        if default {
+            return None;
+        }
+        if self.reconfigured.swap(false, Ordering::Relaxed) {
+            link.video_meta = None;
+        }
+        let takes_meta = *link.video_meta.get_or_insert_with(|| {
+            let mut query = gst::query::Allocation::new(Some(caps), false);
+            let takes = self.obj().src_pad().peer_query(&mut query)
+                && query.find_allocation_meta::<gst_video::VideoMeta>().is_some();
+            gst::debug!(
+                CAT,
+                imp = self,
+                "downstream {} GstVideoMeta for {caps}",
+                if takes { "reads" } else { "does not read" }
+            );
+            takes
+        });
+        if takes_meta {
+            return None;
+        }
+        let mut unpadded = link.copies.buffer(info.size());
+        let copied = match (
+            gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), info),
+            unpadded.get_mut(),
+        ) {
+            (Ok(frame), Some(out)) => gst_video::VideoFrameRef::from_buffer_ref_writable(out, info)
+                .and_then(|mut out| frame.copy(&mut out))
+                .is_ok(),
+            _ => false,
+        };
+        if !copied {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Format,
+                [
+                    "Could not copy a frame of the writer's layout (offsets {:?}, strides {:?}) into the default layout of {caps}, which downstream needs: it does not read GstVideoMeta",
+                    meta.offset(),
+                    meta.stride()
+                ]
+            );
+            return Some(Err(gst::FlowError::Error));
+        }
+        Some(Ok(unpadded))
+    }
+
     /// Takes the record at the read position, if any, and acts on it.
     fn next_record(&self, link: &mut Link) -> Result<Option<Step>, gst::FlowError> {
         let record = match link.records.peek() {
@@ -580,6 +651,15 @@ impl ShmRingSrc {
             record.release();
             codec::apply_buffer_header(&header, &link.layout, buffer.make_mut())
                 .map_err(|err| self.decode_error(err))?;
+            let (mut buffer, copied) = match self.unpadded(link, &buffer) {
+                Some(unpadded) => {
+                    let mut unpadded = unpadded?;
+                    codec::apply_buffer_header(&header, &None, unpadded.make_mut())
+                        .map_err(|err| self.decode_error(err))?;
+                    (unpadded, true)
+                }
+                None => (buffer, copied),
+            };
             self.stats.buffer(buffer.size(), copied);
             if link.live {
                 self.onto_our_timeline(link, buffer.make_mut());
@@ -638,6 +718,13 @@ impl ShmRingSrc {
                         .lock()
                         .unwrap_or_else(|poisoned| poisoned.into_inner())
                         .always_copy;
+                link.video = caps
+                    .structure(0)
+                    .is_some_and(|s| s.name() == "video/x-raw")
+                    .then(|| gst_video::VideoInfo::from_caps(&caps).ok())
+                    .flatten()
+                    .map(|info| (caps.clone(), info));
+                link.video_meta = None;
                 *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(caps.clone());
                 if obj.set_caps(&caps).is_err() {
                     gst::element_imp_error!(
@@ -897,6 +984,7 @@ impl BaseSrcImpl for ShmRingSrc {
     }
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
+        self.reconfigured.store(true, Ordering::Relaxed);
         // The caps come from the writer, in stream order, in `create`.
         let caps = self
             .caps
