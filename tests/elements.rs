@@ -160,13 +160,18 @@ fn find_thread(name: &str) -> i32 {
     found.expect("wait_until returned, so the thread was found")
 }
 
-/// A sink in lossless mode: a harness answers latency queries as a live
-/// source, which would make `when-full=auto` drop for a slow reader.
+/// A sink fed as from a file. A harness answers latency queries as a live
+/// source unless told otherwise, which would make `when-full=auto` drop for
+/// a slow reader, and a reader that is not live rebase the timestamps (see
+/// the README's `is-live`), where these tests check that they arrive as
+/// they were sent.
 fn sink_harness(path: &Path, properties: &str) -> Harness {
-    Harness::new_parse(&format!(
+    let mut harness = Harness::new_parse(&format!(
         "shmringsink socket-path=\"{}\" when-full=block {properties}",
         path.display()
-    ))
+    ));
+    harness.set_live(false);
+    harness
 }
 
 /// A bus that collects the messages of a harness's element. Harnesses have

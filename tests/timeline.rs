@@ -12,7 +12,7 @@
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gst::glib;
 use gst::prelude::*;
@@ -302,3 +302,69 @@ fn a_live_reader_reports_the_writers_latency() {
     assert_eq!(min, gst::ClockTime::from_mseconds(10), "the writer's upstream latency");
     assert_eq!(max, gst::ClockTime::NONE);
 }
+
+/// The README's audio recipe: a live writer, and a reader that is not live
+/// (no `is-live`) with a sink that syncs, joining after the writer has run
+/// for a while. The reader's first buffer must play at once, not when the
+/// reader's running time reaches the writer's.
+#[test]
+fn a_late_reader_that_is_not_live_plays_a_live_writer_at_once() {
+    init_gst();
+    let scratch = Scratch::new("timeline_late_not_live");
+    let socket = scratch.socket().display().to_string();
+    let mut writer = start_writer(
+        &scratch,
+        &format!(
+            "audiotestsrc is-live=true ! audio/x-raw,rate=48000,channels=2 ! shmringsink socket-path={socket} wait-for-connection=false"
+        ),
+    );
+    // Far more than the bound below: a reader that kept the writer's
+    // running times would wait this long before its first buffer.
+    thread::sleep(WRITER_AHEAD);
+    let pipeline = parse_pipeline(&format!(
+        "shmringsrc socket-path={socket} ! fakesink name=out sync=true signal-handoffs=true"
+    ));
+    let rendered = Arc::new(Mutex::new(Vec::new()));
+    let record = rendered.clone();
+    pipeline
+        .by_name("out")
+        .expect("the sink")
+        .connect("handoff", false, move |values| {
+            let buffer = values[1].get::<gst::Buffer>().expect("a buffer");
+            record.lock().unwrap().push((
+                Instant::now(),
+                buffer.pts().expect("a timestamp"),
+                buffer.duration().expect("a duration"),
+            ));
+            None
+        });
+    let playing = Instant::now();
+    pipeline.set_state(gst::State::Playing).expect("the reader starts");
+    let deadline = playing + DEADLINE;
+    while rendered.lock().unwrap().len() < RENDERED {
+        assert!(Instant::now() < deadline, "the reader rendered too few buffers");
+        thread::sleep(POLL_INTERVAL);
+    }
+    pipeline.set_state(gst::State::Null).expect("the reader stops");
+    writer.assert_running();
+    let rendered = rendered.lock().unwrap().clone();
+    let took = rendered[RENDERED - 1].0 - playing;
+    assert!(
+        took < PLAYS_WITHIN,
+        "the reader took {took:?} to render {RENDERED} buffers of a writer that had run {WRITER_AHEAD:?}"
+    );
+    // The writer's spacing survives: each buffer starts where the one
+    // before it ends.
+    for pair in rendered.windows(2) {
+        assert_eq!(pair[1].1, pair[0].1 + pair[0].2, "rendered: {rendered:?}");
+    }
+    assert_no_criticals_here("the reader");
+}
+
+/// How long the writer runs before the late reader joins.
+const WRITER_AHEAD: Duration = Duration::from_secs(10);
+/// Buffers of about 21 ms the late reader must render ...
+const RENDERED: usize = 20;
+/// ... within this much of PLAYING: about 0.5 s of audio and start-up,
+/// with room for a loaded machine, and half of `WRITER_AHEAD`.
+const PLAYS_WITHIN: Duration = Duration::from_secs(5);

@@ -157,6 +157,12 @@ struct Link {
     lease: bool,
     /// The memory layout of the buffers that follow.
     layout: VideoLayout,
+    /// For raw video caps: the caps, and the layout their frames have
+    /// without a GstVideoMeta.
+    video: Option<(gst::Caps, gst_video::VideoInfo)>,
+    /// Whether downstream reads GstVideoMeta, asked once per caps and per
+    /// reconfiguration; `None` until asked.
+    video_meta: Option<bool>,
     /// Sleeps on the ring's data fd, the socket, the unlock fd and the
     /// pacer's timer.
     waiter: Waiter<4>,
@@ -166,10 +172,14 @@ struct Link {
     copies: CopyPool,
     /// The writer's base time on CLOCK_MONOTONIC, from its timeline event.
     timeline: Option<Timeline>,
-    /// The writer's last segment, which a live source holds back until
-    /// the next buffer tells whether its timestamps can be mapped.
+    /// The writer's last segment, held back until the next buffer, which
+    /// tells whether its timestamps can be mapped (live) or must be rebased
+    /// (not live, reading a live writer).
     segment: Option<gst::Segment>,
     segment_pending: bool,
+    /// Not live, reading a live writer: the writer's running time of the
+    /// first timestamp, and our running time it was moved to; see `rebase`.
+    origin: Option<(gst::ClockTime, gst::ClockTime)>,
     /// Whether this source is live (`is-live`, which cannot change while it
     /// runs), read once rather than under the object lock per buffer.
     live: bool,
@@ -262,16 +272,44 @@ pub struct ShmRingSrc {
     caps: Mutex<Option<gst::Caps>>,
     unlock: Unlock,
     stats: Stats,
-    /// Set while an event of the writer's is pushed; see `constructed`.
-    forwarding: AtomicBool,
-    /// Set once the writer's segment has been pushed; see `constructed`.
-    writer_segment: AtomicBool,
+    /// The stream-start and segment pushed last in the writer's name; see
+    /// `constructed`.
+    pushed: Mutex<Pushed>,
+    /// Set when downstream may have changed (`negotiate`), so that whether
+    /// it reads GstVideoMeta is asked again.
+    reconfigured: AtomicBool,
     /// Whether the "timestamps not mapped" warning was logged.
     unmapped_warned: AtomicBool,
     /// The latency upstream of the writer, from its timeline, for the
     /// latency query. Apart from `state`, which `create` holds while it
     /// waits.
     writer_latency: Mutex<Option<gst::ClockTime>>,
+}
+
+/// The writer's stream-start, and the segment pushed for it (the writer's
+/// own, or one of ours onto which its timestamps are mapped): what
+/// downstream must have in place of GstBaseSrc's own.
+#[derive(Default)]
+struct Pushed {
+    stream_start: Option<gst::Event>,
+    segment: Option<gst::Event>,
+}
+
+impl Pushed {
+    fn slot(&mut self, kind: gst::EventType) -> Option<&mut Option<gst::Event>> {
+        match kind {
+            gst::EventType::StreamStart => Some(&mut self.stream_start),
+            gst::EventType::Segment => Some(&mut self.segment),
+            _ => None,
+        }
+    }
+}
+
+/// What goes downstream in place of a stream-start or segment.
+enum Replace {
+    Keep,
+    Drop,
+    With(gst::Event),
 }
 
 /// What one record turned into.
@@ -368,12 +406,15 @@ impl ShmRingSrc {
             writer_gone: false,
             lease: false,
             layout: None,
+            video: None,
+            video_meta: None,
             waiter,
             pacer,
             copies: CopyPool::default(),
             timeline: None,
             segment: None,
             segment_pending: false,
+            origin: None,
             live: self.obj().is_live(),
             discont: false,
         })
@@ -384,7 +425,6 @@ impl ShmRingSrc {
     /// running, and its own segment is then held back.
     fn forward_writer_segment(&self, segment: &gst::Segment) {
         gst::debug!(CAT, imp = self, "forwarding {segment:?}");
-        self.writer_segment.store(true, Ordering::SeqCst);
         self.forward(gst::event::Segment::new(segment));
     }
 
@@ -419,7 +459,6 @@ impl ShmRingSrc {
         if std::mem::take(&mut link.segment_pending) {
             let ours = gst::FormattedSegment::<gst::ClockTime>::new();
             gst::debug!(CAT, imp = self, "mapping the writer's timestamps onto our timeline");
-            self.writer_segment.store(true, Ordering::SeqCst);
             self.forward(gst::event::Segment::new(&ours));
         }
         let element = element.upcast_ref::<gst::Element>();
@@ -431,6 +470,53 @@ impl ShmRingSrc {
         let (pts, dts) = (map(buffer.pts()), map(buffer.dts()));
         buffer.set_pts(pts);
         buffer.set_dts(dts);
+    }
+
+    /// Not live: a live writer's timestamps are running times of a pipeline
+    /// that may have run for hours, which a syncing sink here would wait
+    /// for. They move, in a segment of our own, so that the first buffer is
+    /// due now in our pipeline (0 while it prerolls) plus the writer's
+    /// upstream latency, the slack a live pipeline would give it, and the
+    /// rest keep their spacing. The writer's timeline says whether its
+    /// upstream is live: it names an upstream latency only then. A writer
+    /// whose upstream is not live (a file) keeps its segment and timestamps.
+    fn rebase(&self, link: &mut Link, buffer: &mut gst::BufferRef) {
+        let segment = link
+            .segment
+            .as_ref()
+            .and_then(|segment| segment.downcast_ref::<gst::ClockTime>());
+        let latency = link.timeline.and_then(|timeline| timeline.upstream_latency);
+        let (Some(segment), Some(latency)) = (segment, latency) else {
+            if std::mem::take(&mut link.segment_pending)
+                && let Some(segment) = link.segment.clone()
+            {
+                self.forward_writer_segment(&segment);
+            }
+            return;
+        };
+        let running = |time: Option<gst::ClockTime>| segment.to_running_time(time?);
+        let (pts, dts) = (running(buffer.pts()), running(buffer.dts()));
+        if link.origin.is_none()
+            && let Some(first) = pts.into_iter().chain(dts).min()
+        {
+            let now = self.obj().current_running_time().unwrap_or(gst::ClockTime::ZERO);
+            gst::debug!(
+                CAT,
+                imp = self,
+                "the writer is live: its running time {first} is our {}",
+                now + latency
+            );
+            link.origin = Some((first, now + latency));
+        }
+        if std::mem::take(&mut link.segment_pending) {
+            self.forward(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
+        }
+        let Some((first, start)) = link.origin else {
+            return;
+        };
+        let map = |running: Option<gst::ClockTime>| running.map(|running| start + running.saturating_sub(first));
+        buffer.set_pts(map(pts));
+        buffer.set_dts(map(dts));
     }
 
     /// The writer (`when-full=drop`) dropped `lost` buffers meant for us:
@@ -462,9 +548,48 @@ impl ShmRingSrc {
     /// Pushes one of the writer's events downstream, past the probe that
     /// holds back GstBaseSrc's own.
     fn forward(&self, event: gst::Event) {
-        self.forwarding.store(true, Ordering::SeqCst);
+        if let Some(slot) = self.lock_pushed().slot(event.type_()) {
+            *slot = Some(event.clone());
+        }
         self.obj().src_pad().push_event(event);
-        self.forwarding.store(false, Ordering::SeqCst);
+    }
+
+    fn lock_pushed(&self) -> MutexGuard<'_, Pushed> {
+        self.pushed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What the probe of `constructed` lets through in place of `event`, a
+    /// stream-start or segment on its way downstream: the writer's own pass,
+    /// also when GStreamer sends them again to a downstream linked later.
+    /// GstBaseSrc's, made up without the writer, give way to the writer's
+    /// where downstream lacks it, and are dropped where it has it.
+    fn in_place_of(&self, event: &gst::EventRef) -> Replace {
+        let Some(ours) = self.lock_pushed().slot(event.type_()).and_then(|slot| slot.clone()) else {
+            // Before the writer's first: GstBaseSrc's stream-start would
+            // name a made-up stream, and its segment is all there is yet.
+            return if event.type_() == gst::EventType::StreamStart {
+                Replace::Drop
+            } else {
+                Replace::Keep
+            };
+        };
+        if ours.seqnum() == event.seqnum() {
+            return Replace::Keep;
+        }
+        // GstBaseSrc pushes its segment after ours, so the pad stores its
+        // segment, not ours, for a downstream linked later.
+        let mut downstream_has_ours = false;
+        if let Some(peer) = self.obj().src_pad().peer() {
+            peer.sticky_events_foreach(|sticky| {
+                downstream_has_ours |= sticky.type_() == ours.type_() && sticky.seqnum() == ours.seqnum();
+                std::ops::ControlFlow::Continue(gst::EventForeachAction::Keep)
+            });
+        }
+        if downstream_has_ours {
+            Replace::Drop
+        } else {
+            Replace::With(ours)
+        }
     }
 
     /// A buffer for a block the writer sent: the block itself, read-only,
@@ -500,6 +625,66 @@ impl ShmRingSrc {
         Some((buffer?, true))
     }
 
+    /// A copy of `buffer` in the default layout of the caps, if the writer's
+    /// layout (a GstVideoMeta with other strides or plane offsets) is not
+    /// that one and downstream does not read GstVideoMeta: filesink, or an
+    /// application reading raw bytes, would misread the frame. `None` when
+    /// the buffer can go as it is.
+    fn unpadded(&self, link: &mut Link, buffer: &gst::Buffer) -> Option<Result<gst::Buffer, gst::FlowError>> {
+        let (caps, info) = link.video.as_ref()?;
+        let meta = buffer.meta::<gst_video::VideoMeta>()?;
+        let planes = info.n_planes() as usize;
+        let default = meta.format() == info.format()
+            && meta.width() == info.width()
+            && meta.height() == info.height()
+            && meta.offset().get(..planes) == info.offset().get(..planes)
+            && meta.stride().get(..planes) == info.stride().get(..planes);
+        if default {
+            return None;
+        }
+        if self.reconfigured.swap(false, Ordering::Relaxed) {
+            link.video_meta = None;
+        }
+        let takes_meta = *link.video_meta.get_or_insert_with(|| {
+            let mut query = gst::query::Allocation::new(Some(caps), false);
+            let takes = self.obj().src_pad().peer_query(&mut query)
+                && query.find_allocation_meta::<gst_video::VideoMeta>().is_some();
+            gst::debug!(
+                CAT,
+                imp = self,
+                "downstream {} GstVideoMeta for {caps}",
+                if takes { "reads" } else { "does not read" }
+            );
+            takes
+        });
+        if takes_meta {
+            return None;
+        }
+        let mut unpadded = link.copies.buffer(info.size());
+        let copied = match (
+            gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), info),
+            unpadded.get_mut(),
+        ) {
+            (Ok(frame), Some(out)) => gst_video::VideoFrameRef::from_buffer_ref_writable(out, info)
+                .and_then(|mut out| frame.copy(&mut out))
+                .is_ok(),
+            _ => false,
+        };
+        if !copied {
+            gst::element_imp_error!(
+                self,
+                gst::StreamError::Format,
+                [
+                    "Could not copy a frame of the writer's layout (offsets {:?}, strides {:?}) into the default layout of {caps}, which downstream needs: it does not read GstVideoMeta",
+                    meta.offset(),
+                    meta.stride()
+                ]
+            );
+            return Some(Err(gst::FlowError::Error));
+        }
+        Some(Ok(unpadded))
+    }
+
     /// Takes the record at the read position, if any, and acts on it.
     fn next_record(&self, link: &mut Link) -> Result<Option<Step>, gst::FlowError> {
         let record = match link.records.peek() {
@@ -528,11 +713,22 @@ impl ShmRingSrc {
                     "The writer sent a buffer record whose payload lies outside the shared memory; the writer is broken",
                 ));
             };
-            self.stats.buffer(buffer.size(), copied);
             codec::apply_buffer_header(&header, &link.layout, buffer.make_mut())
                 .map_err(|err| self.decode_error(err))?;
+            let (mut buffer, copied) = match self.unpadded(link, &buffer) {
+                Some(unpadded) => {
+                    let mut unpadded = unpadded?;
+                    codec::apply_buffer_header(&header, &None, unpadded.make_mut())
+                        .map_err(|err| self.decode_error(err))?;
+                    (unpadded, true)
+                }
+                None => (buffer, copied),
+            };
+            self.stats.buffer(buffer.size(), copied);
             if link.live {
                 self.onto_our_timeline(link, buffer.make_mut());
+            } else {
+                self.rebase(link, buffer.make_mut());
             }
             if std::mem::take(&mut link.discont) {
                 buffer.make_mut().set_flags(gst::BufferFlags::DISCONT);
@@ -586,6 +782,13 @@ impl ShmRingSrc {
                         .lock()
                         .unwrap_or_else(|poisoned| poisoned.into_inner())
                         .always_copy;
+                link.video = caps
+                    .structure(0)
+                    .is_some_and(|s| s.name() == "video/x-raw")
+                    .then(|| gst_video::VideoInfo::from_caps(&caps).ok())
+                    .flatten()
+                    .map(|info| (caps.clone(), info));
+                link.video_meta = None;
                 *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(caps.clone());
                 if obj.set_caps(&caps).is_err() {
                     gst::element_imp_error!(
@@ -597,22 +800,29 @@ impl ShmRingSrc {
                 }
             }
             Decoded::Segment(segment) => {
-                link.segment = Some(segment.clone());
-                if link.live {
-                    // The next buffer decides: mapped onto our timeline, or
-                    // in the writer's segment as it is.
-                    link.segment_pending = true;
-                } else {
-                    self.forward_writer_segment(&segment);
-                }
+                // The next buffer decides: onto our timeline, rebased, or in
+                // the writer's segment as it is.
+                link.segment = Some(segment);
+                link.segment_pending = true;
             }
             Decoded::Eos => {
                 gst::debug!(CAT, imp = self, "end of stream from the writer");
+                if std::mem::take(&mut link.segment_pending)
+                    && let Some(segment) = link.segment.clone()
+                {
+                    self.forward_writer_segment(&segment);
+                }
                 return Err(gst::FlowError::Eos);
             }
             Decoded::Event(event) => {
                 if let Some(timeline) = Timeline::from_event(&event) {
                     gst::debug!(CAT, imp = self, "the writer's timeline: {timeline:?}");
+                    if link.timeline.is_some_and(|known| known != timeline) {
+                        // The writer's pipeline paused, or started again:
+                        // its running time no longer keeps pace with our
+                        // clock. Rebase again from its next buffer.
+                        link.origin = None;
+                    }
                     link.timeline = Some(timeline);
                     *self
                         .writer_latency
@@ -655,7 +865,7 @@ impl ObjectImpl for ShmRingSrc {
                     .build(),
                 glib::ParamSpecBoolean::builder("is-live")
                     .nick("Is live")
-                    .blurb("Act as a live source")
+                    .blurb("Act as a live source, on the writer's timeline: every live reader plays a buffer at the same instant. Not live, a live writer's buffers are moved so that the first one read is due at once")
                     .default_value(DEFAULT_IS_LIVE)
                     .mutable_ready()
                     .build(),
@@ -721,29 +931,34 @@ impl ObjectImpl for ShmRingSrc {
         obj.set_live(DEFAULT_IS_LIVE);
         // GstBaseSrc sends a stream-start of its own, with a made-up stream
         // id, before the first `create`, and a segment of its own before the
-        // first buffer. The writer's come through the ring: let only those
-        // through (GstBaseSrc's segment only until the writer's arrives), so
-        // downstream sees the stream's real id once, and the writer's
-        // segment in its own format.
+        // first buffer. The writer's come through the ring, and downstream
+        // must see those (see `in_place_of`), also when GStreamer replays the
+        // pad's sticky events to a downstream linked while we run.
         let element = obj.downgrade();
         obj.src_pad()
             .add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
                 let Some(element) = element.upgrade() else {
                     return gst::PadProbeReturn::Ok;
                 };
-                let imp = element.imp();
-                let held_back = match info.event().map(|event| event.type_()) {
-                    Some(gst::EventType::StreamStart) => true,
-                    Some(gst::EventType::Segment) => imp.writer_segment.load(Ordering::SeqCst),
-                    _ => false,
+                let Some(event) = info.event() else {
+                    return gst::PadProbeReturn::Ok;
                 };
-                if held_back && !imp.forwarding.load(Ordering::SeqCst) {
-                    // Taking the event and returning Handled frees it once;
-                    // Drop would leave GStreamer unreffing a cleared pointer.
-                    drop(info.take_event());
-                    gst::PadProbeReturn::Handled
-                } else {
-                    gst::PadProbeReturn::Ok
+                if !matches!(event.type_(), gst::EventType::StreamStart | gst::EventType::Segment) {
+                    return gst::PadProbeReturn::Ok;
+                }
+                match element.imp().in_place_of(event) {
+                    Replace::Keep => gst::PadProbeReturn::Ok,
+                    Replace::With(ours) => {
+                        info.data = Some(gst::PadProbeData::Event(ours));
+                        gst::PadProbeReturn::Ok
+                    }
+                    Replace::Drop => {
+                        // Taking the event and returning Handled frees it
+                        // once; Drop would leave GStreamer unreffing a
+                        // cleared pointer.
+                        drop(info.take_event());
+                        gst::PadProbeReturn::Handled
+                    }
                 }
             });
     }
@@ -817,7 +1032,7 @@ impl BaseSrcImpl for ShmRingSrc {
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         *self.lock_state() = State::default();
         *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
-        self.writer_segment.store(false, Ordering::SeqCst);
+        *self.lock_pushed() = Pushed::default();
         self.unmapped_warned.store(false, Ordering::Relaxed);
         *self
             .writer_latency
@@ -863,6 +1078,7 @@ impl BaseSrcImpl for ShmRingSrc {
     }
 
     fn negotiate(&self) -> Result<(), gst::LoggableError> {
+        self.reconfigured.store(true, Ordering::Relaxed);
         // The caps come from the writer, in stream order, in `create`.
         let caps = self
             .caps
