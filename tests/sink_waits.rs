@@ -11,6 +11,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -121,6 +123,8 @@ fn frozen_reader(scratch: &Scratch) -> Launch {
         &format!("shmringsrc socket-path={} ! checksumsink", scratch.socket().display()),
     );
     reader.wait_for_stdout(&["0:00:00.000000000 "]);
+    // Let it finish with that frame; the tests hold either way.
+    thread::sleep(Duration::from_millis(100));
     reader.freeze();
     reader
 }
@@ -177,4 +181,181 @@ fn writer_paused_while_waiting_for_a_block_streams_again() {
     let reader = frozen_reader(&scratch);
     wait_until("the reader holds the heap", || stat(&sink, "held-bytes") >= 3 * frame);
     pause_and_resume(&scratch, &writer, Some(reader), &expected);
+}
+
+/// A writer in this process whose frames (GRAY8 640x480, larger than a
+/// record queue) come from an appsrc in ordinary memory, so that render
+/// copies each into a heap block of its own choosing.
+struct AppWriter {
+    pipeline: gst::Pipeline,
+    appsrc: gst_app::AppSrc,
+    sink: gst::Element,
+    /// Frames that reached the sink: once the last one pushed has, every
+    /// earlier one was rendered.
+    arrived: Arc<AtomicU64>,
+    pushed: u64,
+}
+
+const GRAY_WIDTH: usize = 640;
+const GRAY_HEIGHT: usize = 480;
+const GRAY_FRAME: usize = GRAY_WIDTH * GRAY_HEIGHT;
+
+impl AppWriter {
+    fn start(scratch: &Scratch, sink_properties: &str) -> Self {
+        let pipeline = common::parse_pipeline(&format!(
+            "appsrc name=src format=time caps=video/x-raw,format=GRAY8,width={GRAY_WIDTH},height={GRAY_HEIGHT},framerate=30/1 \
+             ! shmringsink name=sink {sink_properties} socket-path={}",
+            scratch.socket().display()
+        ));
+        let appsrc = pipeline
+            .by_name("src")
+            .and_downcast::<gst_app::AppSrc>()
+            .expect("the appsrc");
+        let sink = pipeline.by_name("sink").expect("the sink is named");
+        let arrived = Arc::new(AtomicU64::new(0));
+        let counter = arrived.clone();
+        sink.static_pad("sink")
+            .expect("the sink has a pad")
+            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                gst::PadProbeReturn::Ok
+            });
+        pipeline.set_state(gst::State::Playing).expect("the writer starts");
+        Self {
+            pipeline,
+            appsrc,
+            sink,
+            arrived,
+            pushed: 0,
+        }
+    }
+
+    /// Queues a frame; appsrc's thread renders it.
+    fn push(&mut self) {
+        let mut buffer = gst::Buffer::from_mut_slice(vec![(self.pushed % 251) as u8; GRAY_FRAME]);
+        let frame_ns = 33_333_333;
+        let buffer_mut = buffer.get_mut().expect("a new buffer is writable");
+        buffer_mut.set_pts(gst::ClockTime::from_nseconds(self.pushed * frame_ns));
+        buffer_mut.set_duration(gst::ClockTime::from_nseconds(frame_ns));
+        self.appsrc.push_buffer(buffer).expect("appsrc takes the frame");
+        self.pushed += 1;
+    }
+
+    /// Pushes a frame and waits until render has handled every one before.
+    fn push_rendered(&mut self) {
+        self.push();
+        let pushed = self.pushed;
+        wait_until(&format!("frame {pushed} reached the sink"), || {
+            self.arrived.load(Ordering::SeqCst) == pushed
+        });
+    }
+}
+
+/// Starts a reader that prints checksums (keeping the last frame, as any
+/// sink does by default, if `keeps_last`), lets it read the first frame,
+/// and freezes it.
+fn reader_frozen_after_one_frame(scratch: &Scratch, writer: &mut AppWriter, keeps_last: bool) -> Launch {
+    let mut reader = Launch::spawn(
+        scratch,
+        "reader",
+        &format!(
+            "shmringsrc socket-path={} ! checksumsink enable-last-sample={keeps_last}",
+            scratch.socket().display()
+        ),
+    );
+    // Readers are taken in as frames pass; the first render waits for one.
+    writer.push_rendered();
+    wait_until("the reader is linked", || writer.sink.property::<u32>("readers") == 1);
+    reader.wait_for_stdout(&["0:00:00.000000000 "]);
+    // Let it finish with that frame; the tests hold either way.
+    thread::sleep(Duration::from_millis(100));
+    reader.freeze();
+    reader
+}
+
+#[test]
+fn drop_mode_never_waits_for_blocks_a_frozen_reader_has_not_read() {
+    let scratch = Scratch::new("drop-no-wait");
+    // Upstream fills blocks from the sink's pool, five frames a second, in a
+    // heap of one frame. The reader gives the first frame back and is
+    // frozen before the second comes; the second is sent to it, and then
+    // no block is free until it reads. Upstream's allocations must not wait
+    // for that block (they get ordinary memory), and the frozen reader
+    // loses the frames.
+    let writer = common::parse_pipeline(&format!(
+        "videotestsrc is-live=true ! video/x-raw,format=GRAY8,width={GRAY_WIDTH},height={GRAY_HEIGHT},framerate=5/1 \
+         ! shmringsink name=sink when-full=drop ring-size={GRAY_FRAME} socket-path={}",
+        scratch.socket().display()
+    ));
+    let sink = writer.by_name("sink").expect("the sink is named");
+    writer.set_state(gst::State::Playing).expect("the writer starts");
+    let mut reader = Launch::spawn(
+        &scratch,
+        "reader",
+        &format!(
+            "shmringsrc socket-path={} ! checksumsink enable-last-sample=false",
+            scratch.socket().display()
+        ),
+    );
+    reader.wait_for_stdout(&["0:00:00"]);
+    reader.freeze();
+    wait_until("the frozen reader loses frames", || stat(&sink, "buffers-lost") >= 3);
+    reader.thaw();
+    writer.set_state(gst::State::Null).expect("the writer stops");
+    drop(reader);
+    common::assert_no_criticals_here("the writer's process");
+}
+
+#[test]
+fn render_queued_behind_an_upstream_allocation_ends_on_unlock() {
+    let scratch = Scratch::new("turn-unlock");
+    let mut writer = AppWriter::start(&scratch, &format!("when-full=block ring-size={}", 2 * GRAY_FRAME));
+    // The sink's pool, asked for while the streaming thread is free: the
+    // allocation query waits for it.
+    let sink_pad = writer.sink.static_pad("sink").expect("the sink has a pad");
+    let caps = gst::Caps::builder("video/x-raw")
+        .field("format", "GRAY8")
+        .field("width", GRAY_WIDTH as i32)
+        .field("height", GRAY_HEIGHT as i32)
+        .field("framerate", gst::Fraction::new(30, 1))
+        .build();
+    let mut query = gst::query::Allocation::new(Some(&caps), true);
+    assert!(sink_pad.query(&mut query), "the sink answers the allocation query");
+    let (pool, size, _, _) = query.allocation_pools().next().expect("the sink offers a pool");
+    let pool = pool.expect("a pool");
+    let mut config = pool.config();
+    config.set_params(Some(&caps), size, 0, 0);
+    pool.set_config(config).expect("the pool takes its config");
+    pool.set_active(true).expect("the pool activates");
+    let mut reader = reader_frozen_after_one_frame(&scratch, &mut writer, true);
+    // Its sink keeps the first frame's block; the second block goes to a
+    // record it does not read.
+    writer.push_rendered();
+    wait_until("the reader holds the heap", || {
+        stat(&writer.sink, "held-bytes") >= 2 * GRAY_FRAME as u64
+    });
+    // Upstream's pool waits for a block, holding the turn to sleep on the
+    // readers' release eventfds, until its own flush.
+    let waiting_pool = pool.clone();
+    let allocation = thread::spawn(move || waiting_pool.acquire_buffer(None).map(drop));
+    thread::sleep(Duration::from_millis(200));
+    // Render needs a block too, and queues behind the pool.
+    writer.push();
+    thread::sleep(Duration::from_millis(200));
+    // Stopping unlocks the sink: its render must end though the pool waits on.
+    let pipeline = writer.pipeline.clone();
+    let (stopped, stop_done) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = stopped.send(pipeline.set_state(gst::State::Null));
+    });
+    let result = stop_done.recv_timeout(WATCHDOG);
+    reader.thaw();
+    pool.set_active(false).expect("the pool deactivates");
+    assert!(
+        matches!(result, Ok(Ok(_))),
+        "stopping the writer hung behind upstream's allocation: {result:?}"
+    );
+    assert!(allocation.join().is_ok(), "the pool's allocation ended");
+    drop(reader);
+    common::assert_no_criticals_here("the writer's process");
 }
