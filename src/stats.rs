@@ -28,12 +28,8 @@ impl Stats {
         }
     }
 
-    /// The ring side's own count of wake-ups it sent the other side.
-    pub fn set_wakeups_sent(&self, count: u64) {
-        self.wakeups_sent.store(count, Ordering::Relaxed);
-    }
-
-    /// More wake-ups sent, by one of several rings (the writer's readers).
+    /// More wake-ups sent, by one of several rings (the writer's readers, or
+    /// the reader's successive links to writers).
     pub fn add_wakeups_sent(&self, count: u64) {
         self.wakeups_sent.fetch_add(count, Ordering::Relaxed);
     }

@@ -19,7 +19,7 @@
 //!
 //! control page
 //! 0x000  [u8; 8]  magic, "SHMRING\0"
-//! 0x008  u32      layout version (2)
+//! 0x008  u32      layout version (3)
 //! 0x00c  u32      control page size (4096)
 //! 0x010  u64      record queue capacity in bytes
 //! 0x018  u64      release queue capacity in entries

@@ -185,6 +185,9 @@ struct Link {
     live: bool,
     /// The writer dropped buffers for us: the next buffer is a DISCONT.
     discont: bool,
+    /// This link's wake-ups of the writer already added to the stats,
+    /// which count over every link of the run.
+    wakeups_counted: u64,
 }
 
 /// Buffers to copy payloads into, recycled so that a stream of copies does
@@ -417,6 +420,7 @@ impl ShmRingSrc {
             origin: None,
             live: self.obj().is_live(),
             discont: false,
+            wakeups_counted: 0,
         })
     }
 
@@ -882,7 +886,7 @@ impl ObjectImpl for ShmRingSrc {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Counters: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, peak-held-bytes (heap bytes held downstream at most)")
+                    .blurb("Counters over the whole run, reconnections included: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, peak-held-bytes (heap bytes held downstream at most), buffers-lost (buffers the writer dropped for this reader under when-full=drop)")
                     .read_only()
                     .build(),
             ]
@@ -1171,7 +1175,9 @@ impl ShmRingSrc {
     /// ring drained. Sleeps in between, on the ring, the socket and `unlock`.
     fn read(&self, link: &mut Link) -> Result<Read, gst::FlowError> {
         loop {
-            self.stats.set_wakeups_sent(link.records.wakeups_sent());
+            let sent = link.records.wakeups_sent();
+            self.stats.add_wakeups_sent(sent - link.wakeups_counted);
+            link.wakeups_counted = sent;
             match self.next_record(link)? {
                 Some(Step::Buffer(buffer)) => return Ok(Read::Buffer(buffer)),
                 Some(Step::Continue) => continue,
