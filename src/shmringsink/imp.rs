@@ -20,16 +20,9 @@ use crate::stats::Stats;
 use crate::timeline::Timeline;
 use crate::unlock::Unlock;
 
+use super::CAT;
 use super::heap::{Allocation, BlockMemory, Holds, LEASE_WAIT, Patience, SinkHeap};
 use super::pool::{HeapAllocator, HeapBufferPool, INLINE_MAX};
-
-pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new(
-        "shmringsink",
-        gst::DebugColorFlags::empty(),
-        Some("Shared-memory ring sink"),
-    )
-});
 
 const DEFAULT_RING_SIZE: u64 = 0;
 const DEFAULT_WAIT_FOR_CONNECTION: bool = true;
