@@ -31,6 +31,7 @@ use gst::prelude::*;
 mod heap;
 mod imp;
 mod pool;
+mod readers;
 
 /// The element's debug category, here so that every part of the element
 /// takes it from above rather than from one another.
