@@ -221,7 +221,7 @@ impl SinkHeap {
     /// of the blocks it holds. Every way a reader leaves comes here, so that
     /// a block is never taken back while the reader may still read it.
     pub(super) fn let_go(&self, slot: u32, holds: Holds) {
-        gst::info!(super::imp::CAT, "letting reader {slot} go: its blocks {holds:?}");
+        gst::info!(super::CAT, "letting reader {slot} go: its blocks {holds:?}");
         let mut books = self.lock();
         match holds {
             Holds::ComeBack => {
@@ -296,7 +296,7 @@ impl SinkHeap {
             }
         }
         for (slot, reason) in offenders {
-            gst::warning!(super::imp::CAT, "dropping reader {slot}: it {reason}");
+            gst::warning!(super::CAT, "dropping reader {slot}: it {reason}");
             self.shut_out(readers, slot);
         }
         // A departing reader is forgotten once its process lets go.
@@ -318,7 +318,7 @@ impl SinkHeap {
     /// Forgets the reader in `slot` and takes back every block it held: its
     /// socket hung up, so its process maps none of them any more.
     fn forget(readers: &mut Vec<ReaderReleases>, books: &mut HeapBooks, slot: u32) {
-        gst::info!(super::imp::CAT, "reader {slot} is gone: its blocks come back");
+        gst::info!(super::CAT, "reader {slot} is gone: its blocks come back");
         readers.retain(|reader| reader.slot != slot);
         books.release_all(ring::reader(slot));
     }
@@ -405,7 +405,7 @@ impl SinkHeap {
                     }
                 }
                 for (slot, err) in broken {
-                    gst::warning!(super::imp::CAT, "dropping reader {slot}: {err}");
+                    gst::warning!(super::CAT, "dropping reader {slot}: {err}");
                     self.shut_out(&mut books.readers, slot);
                     ready = true;
                 }
@@ -441,7 +441,7 @@ impl SinkHeap {
             for (index, &slot) in watched_slots.iter().enumerate() {
                 if woken.get(release_fds.len() + index) == Some(&true) {
                     gst::info!(
-                        super::imp::CAT,
+                        super::CAT,
                         "reader {slot} went away while the writer waited for a block"
                     );
                     let Books { books, readers, .. } = &mut *books;

@@ -23,12 +23,25 @@
 //! 4. A reader that leaves is forgotten alone, and its blocks come back;
 //!    nothing waits for it except, in `block` mode, a write to it.
 
+use std::sync::LazyLock;
+
 use gst::glib;
 use gst::prelude::*;
 
 mod heap;
 mod imp;
 mod pool;
+mod readers;
+
+/// The element's debug category, here so that every part of the element
+/// takes it from above rather than from one another.
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "shmringsink",
+        gst::DebugColorFlags::empty(),
+        Some("Shared-memory ring sink"),
+    )
+});
 
 glib::wrapper! {
     pub struct ShmRingSink(ObjectSubclass<imp::ShmRingSink>) @extends gst_base::BaseSink, gst::Element, gst::Object, @implements gst::URIHandler;
