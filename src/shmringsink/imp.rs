@@ -64,8 +64,12 @@ const ACCEPT_INTERVAL: Duration = Duration::from_millis(10);
 /// heap ran out, which with a large heap takes thousands of buffers.
 const HANG_UP_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Connections kept waiting for their hello; beyond this the oldest goes.
-const MAX_PENDING_READERS: usize = 8;
+/// Every reader a sink can serve may knock at once (readers started before
+/// the writer all wake when its socket appears), and a few more may be
+/// connections that never say hello, which must not push them out.
+const MAX_PENDING_READERS: usize = ring::MAX_READERS as usize + 8;
 const DEFAULT_MAX_READERS: u32 = 8;
+const DEFAULT_WAIT_FOR_READERS: u32 = 1;
 /// Caps, events and layouts kept for a reader that lags in `drop` mode.
 /// A reader that falls this far behind on them no longer reads at all: it
 /// is let go.
@@ -99,6 +103,7 @@ struct Settings {
     wait_for_connection: bool,
     perms: u32,
     max_readers: u32,
+    wait_for_readers: u32,
     when_full: WhenFull,
 }
 
@@ -111,6 +116,7 @@ impl Default for Settings {
             wait_for_connection: DEFAULT_WAIT_FOR_CONNECTION,
             perms: DEFAULT_PERMS,
             max_readers: DEFAULT_MAX_READERS,
+            wait_for_readers: DEFAULT_WAIT_FOR_READERS,
             when_full: WhenFull::default(),
         }
     }
@@ -163,6 +169,9 @@ struct State {
     /// Whether a lagging reader loses buffers instead of pacing the
     /// writer: `when-full`, with `auto` decided once per run.
     drop_mode: Option<bool>,
+    /// `wait-for-readers` readers were linked once: from now on, waiting
+    /// for a reader means waiting for one.
+    readers_gathered: bool,
 }
 
 impl State {
@@ -486,16 +495,22 @@ impl ShmRingSink {
     /// Makes sure the readers that connected are linked: drops the links of
     /// readers that left, and takes in readers waiting to join (at most once
     /// per `ACCEPT_INTERVAL` while some are linked). With `wait`, sleeps
-    /// until one is linked. Returns whether any is. A connection that never
-    /// says hello blocks nothing: it waits in `pending` while others are
-    /// served.
+    /// until one is linked, or the first time until `wait-for-readers` are,
+    /// so that readers started before the writer all get its first buffer.
+    /// Returns whether any is. A connection that never says hello blocks
+    /// nothing: it waits in `pending` while others are served.
     fn admit_readers(&self, state: &mut State, unlock: &Notifier, wait: bool) -> Result<bool, gst::FlowError> {
         self.prune_links(state);
-        let due = state.links.is_empty() || state.last_accept.is_none_or(|last| last.elapsed() >= ACCEPT_INTERVAL);
+        let wanted = if state.readers_gathered {
+            1
+        } else {
+            self.settings().wait_for_readers as usize
+        };
+        let due = state.links.len() < wanted || state.last_accept.is_none_or(|last| last.elapsed() >= ACCEPT_INTERVAL);
         if due {
             self.accept_readers(state, unlock)?;
         }
-        while state.links.is_empty() && wait {
+        while state.links.len() < wanted && wait {
             let Some(listener) = state.listener.as_ref() else {
                 return Err(gst::FlowError::Flushing);
             };
@@ -509,6 +524,7 @@ impl ShmRingSink {
             }
             self.accept_readers(state, unlock)?;
         }
+        state.readers_gathered |= wait;
         Ok(!state.links.is_empty())
     }
 
@@ -1603,6 +1619,14 @@ impl ObjectImpl for ShmRingSink {
                     .default_value(DEFAULT_MAX_READERS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("wait-for-readers")
+                    .nick("Wait for readers")
+                    .blurb("Readers to wait for before the first buffer, with wait-for-connection=true: readers started before the writer then all get the stream from its first buffer. Later, as for one, the stream waits only while no reader is connected. At most max-readers")
+                    .minimum(1)
+                    .maximum(ring::MAX_READERS)
+                    .default_value(DEFAULT_WAIT_FOR_READERS)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("when-full", WhenFull::default())
                     .nick("When full")
                     .blurb("What a reader that falls behind does to the writer. block: nothing is lost, the slowest reader paces the writer and so every reader. drop: the writer never waits for a reader; one whose queue or share of the heap is full loses buffers (counted in stats buffers-lost on both sides), gets a DISCONT and resumes at a keyframe. auto (default): drop if upstream is live, since a live source cannot wait anyway and a slow reader should not starve the others; block otherwise, so that files are never silently cut")
@@ -1635,6 +1659,7 @@ impl ObjectImpl for ShmRingSink {
             "wait-for-connection" => settings.wait_for_connection = value.get().unwrap_or(DEFAULT_WAIT_FOR_CONNECTION),
             "perms" => settings.perms = value.get().unwrap_or(DEFAULT_PERMS),
             "max-readers" => settings.max_readers = value.get().unwrap_or(DEFAULT_MAX_READERS),
+            "wait-for-readers" => settings.wait_for_readers = value.get().unwrap_or(DEFAULT_WAIT_FOR_READERS),
             "when-full" => settings.when_full = value.get().unwrap_or_default(),
             "ring-time" => self
                 .ring_time_us
@@ -1652,6 +1677,7 @@ impl ObjectImpl for ShmRingSink {
             "wait-for-connection" => settings.wait_for_connection.to_value(),
             "perms" => settings.perms.to_value(),
             "max-readers" => settings.max_readers.to_value(),
+            "wait-for-readers" => settings.wait_for_readers.to_value(),
             "when-full" => settings.when_full.to_value(),
             "ring-time" => self.ring_time_us.load(Ordering::Relaxed).to_value(),
             "readers" => self.linked.load(Ordering::SeqCst).to_value(),
@@ -1747,6 +1773,16 @@ impl BaseSinkImpl for ShmRingSink {
         let path = Address::from_properties(settings.socket_path.as_deref(), settings.stream.as_deref())
             .and_then(|address| address.socket_path())
             .map_err(|err| gst::error_msg!(gst::ResourceError::Settings, ["{err}"]))?;
+        if settings.wait_for_readers > settings.max_readers {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                [
+                    "wait-for-readers={} exceeds max-readers={}: the stream would wait for readers it refuses. Lower wait-for-readers or raise max-readers",
+                    settings.wait_for_readers,
+                    settings.max_readers
+                ]
+            ));
+        }
         if settings.ring_size != 0 {
             let rounded = settings.ring_size.div_ceil(4096) * 4096;
             crate::ring::check_heap_size(rounded)

@@ -349,7 +349,7 @@ impl ShmRingSrc {
         };
         gst::debug!(CAT, imp = self, "waiting for a shmringsink at {}", path.display());
         let (connection, channel) = loop {
-            match ipc::connect_reader(&path, unlock.as_fd()) {
+            match ipc::connect_reader(&path, &[unlock.as_fd()]) {
                 Ok(Some(connected)) => break connected,
                 Ok(None) => return Err(gst::FlowError::Flushing),
                 // A writer that dies during the handshake is one more
