@@ -739,6 +739,11 @@ pub fn wait_readable_any(fds: &[BorrowedFd<'_>]) -> Result<Vec<bool>, IpcError> 
     wait_readable_for(fds, PollTimeout::NONE)
 }
 
+/// Whether `fd` is readable now, without waiting.
+pub fn readable_now(fd: BorrowedFd<'_>) -> Result<bool, IpcError> {
+    Ok(wait_readable_for(&[fd], PollTimeout::ZERO)?[0])
+}
+
 /// Like [`wait_readable_any`], giving up after `timeout`: then no fd is
 /// marked ready.
 pub fn wait_readable_for(fds: &[BorrowedFd<'_>], timeout: PollTimeout) -> Result<Vec<bool>, IpcError> {
