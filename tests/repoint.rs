@@ -27,16 +27,15 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-/// A live tone into a sink that neither waits for a reader nor loses
-/// buffers for one, so that the recorder gets every buffer from when it
-/// joins.
-fn start_tone_writer(scratch: &Scratch, name: &str, socket: &std::path::Path, freq: u32) -> Launch {
+/// A live tone into a sink (at `address`: `socket-path=...` or
+/// `stream=...`) that neither waits for a reader nor loses buffers for one,
+/// so that the recorder gets every buffer from when it joins.
+fn start_tone_writer(scratch: &Scratch, name: &str, address: &str, freq: u32) -> Launch {
     let mut writer = Launch::spawn(
         scratch,
         name,
         &format!(
-            "-e audiotestsrc is-live=true freq={freq} samplesperbuffer={SAMPLES} ! audio/x-raw,format=S16LE,rate=48000,channels=1 ! shmringsink socket-path={} wait-for-connection=false when-full=block",
-            socket.display()
+            "-e audiotestsrc is-live=true freq={freq} samplesperbuffer={SAMPLES} ! audio/x-raw,format=S16LE,rate=48000,channels=1 ! shmringsink {address} wait-for-connection=false when-full=block"
         ),
     );
     writer.wait_until_started();
@@ -72,18 +71,36 @@ struct Recorded {
     tone: Option<Tone>,
 }
 
-#[test]
-fn socket_path_set_while_playing_switches_writers() {
-    init_gst();
-    let scratch = Scratch::new("repoint");
-    let (low_socket, high_socket) = (scratch.path("low.sock"), scratch.path("high.sock"));
-    let mut low = start_tone_writer(&scratch, "low-writer", &low_socket, LOW_HZ);
-    let mut high = start_tone_writer(&scratch, "high-writer", &high_socket, HIGH_HZ);
+/// Stops the pipeline when the test ends, also when it fails: dropping a
+/// PLAYING pipeline is a CRITICAL, which would hide the failure.
+struct Stopping(gst::Pipeline);
 
-    let recorder = parse_pipeline(&format!(
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
+/// Records the low writer at `low_socket` in this process, calls `switch`
+/// on the PLAYING source, and records the high writer, started at
+/// `high_address`, until its EOS.
+fn record_across_a_switch(test: &str, high_address: &str, switch: impl FnOnce(&gst::Element)) {
+    init_gst();
+    let scratch = Scratch::new(test);
+    let low_socket = scratch.path("low.sock");
+    let mut low = start_tone_writer(
+        &scratch,
+        "low-writer",
+        &format!("socket-path={}", low_socket.display()),
+        LOW_HZ,
+    );
+    let mut high = start_tone_writer(&scratch, "high-writer", high_address, HIGH_HZ);
+
+    let recorder = Stopping(parse_pipeline(&format!(
         "shmringsrc name=src socket-path={} ! appsink name=sink sync=false",
         low_socket.display()
-    ));
+    )));
+    let recorder = &recorder.0;
     let recorded = Arc::new(Mutex::new(Vec::<Recorded>::new()));
     let sink = recorder
         .by_name("sink")
@@ -110,9 +127,8 @@ fn socket_path_set_while_playing_switches_writers() {
         low.assert_running();
         count() >= WANTED
     });
-    let src = recorder.by_name("src").unwrap();
-    src.set_property("socket-path", high_socket.display().to_string());
     let switched_at = count();
+    switch(&recorder.by_name("src").unwrap());
     wait_until("the second writer's buffers", || {
         high.assert_running();
         count() >= switched_at + 2 * WANTED
@@ -124,7 +140,11 @@ fn socket_path_set_while_playing_switches_writers() {
     let message = bus
         .timed_pop_filtered(
             gst::ClockTime::from_seconds(DEADLINE.as_secs()),
-            &[gst::MessageType::Eos, gst::MessageType::Error, gst::MessageType::Warning],
+            &[
+                gst::MessageType::Eos,
+                gst::MessageType::Error,
+                gst::MessageType::Warning,
+            ],
         )
         .expect("the recording ends within the deadline");
     assert!(
@@ -153,9 +173,27 @@ fn socket_path_set_while_playing_switches_writers() {
     );
     let disconts: Vec<usize> = (0..recorded.len()).filter(|&index| recorded[index].discont).collect();
     // GStreamer marks a source's first buffer DISCONT; then only the switch.
-    assert_eq!(
-        disconts,
-        [0, first_high],
-        "DISCONT at the start and at the switch only"
-    );
+    assert_eq!(disconts, [0, first_high], "DISCONT at the start and at the switch only");
+}
+
+#[test]
+fn socket_path_set_while_playing_switches_writers() {
+    let scratch = Scratch::new("repoint-target");
+    let high_socket = scratch.path("high.sock");
+    record_across_a_switch("repoint", &format!("socket-path={}", high_socket.display()), |src| {
+        src.set_property("socket-path", high_socket.display().to_string());
+    });
+}
+
+/// From `socket-path` to `stream`: setting `stream` first names two
+/// sockets, which changes nothing; clearing `socket-path` then names the
+/// stream's, and the source switches to it. The writer, a child, shares
+/// this process's environment and so its stream directory.
+#[test]
+fn stream_set_while_playing_switches_writers() {
+    let name = format!("repoint-test-{}", std::process::id());
+    record_across_a_switch("repoint-stream", &format!("stream={name}"), |src| {
+        src.set_property("stream", &name);
+        src.set_property("socket-path", None::<String>);
+    });
 }

@@ -347,7 +347,7 @@ enum Read {
 
 /// What came of waiting for a writer.
 enum Connect {
-    Linked(Link),
+    Linked(Box<Link>),
     /// `socket-path` or `stream` may have changed.
     Repointed,
 }
@@ -387,7 +387,13 @@ impl ShmRingSrc {
         };
         match address {
             Ok(path) if path != *current => {
-                gst::info!(CAT, imp = self, "re-pointed from {} to {}", current.display(), path.display());
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "re-pointed from {} to {}",
+                    current.display(),
+                    path.display()
+                );
                 *current = path;
                 self.repoint.unlock();
             }
@@ -456,7 +462,7 @@ impl ShmRingSrc {
             records.capacity(),
             heap.size()
         );
-        Ok(Connect::Linked(Link {
+        Ok(Connect::Linked(Box::new(Link {
             path,
             records,
             releases: Arc::new(Releases {
@@ -479,7 +485,7 @@ impl ShmRingSrc {
             origin: None,
             live: self.obj().is_live(),
             discont: false,
-        }))
+        })))
     }
 
     /// Pushes the writer's segment as it is, whatever its format: GstBaseSrc
@@ -1204,7 +1210,7 @@ impl PushSrcImpl for ShmRingSrc {
             }
             if state.link.is_none() {
                 match self.connect(&unlock, &repoint)? {
-                    Connect::Linked(link) => state.link = Some(link),
+                    Connect::Linked(link) => state.link = Some(*link),
                     Connect::Repointed => {
                         repoint.drain();
                         continue;
