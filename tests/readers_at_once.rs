@@ -69,7 +69,10 @@ fn assert_every_frame(reader: common::Finished, expected: &[String]) {
     );
 }
 
-fn all_readers_get_every_frame(readers: usize) {
+/// `readers` readers started before a writer that serves `served` of them
+/// and waits for as many: each served reader gets every frame, and each of
+/// the others is refused at once with the busy error.
+fn readers_started_first(readers: usize, served: usize) {
     let scratch = Scratch::new(&format!("readers-at-once-{readers}"));
     let socket = scratch.socket();
     let expected = reference(&scratch);
@@ -91,7 +94,7 @@ fn all_readers_get_every_frame(readers: usize) {
         &scratch,
         "writer",
         &format!(
-            "{} ! shmringsink socket-path={} max-readers={readers} wait-for-readers={readers} when-full=block",
+            "{} ! shmringsink socket-path={} max-readers={served} wait-for-readers={served} when-full=block",
             video(),
             socket.display()
         ),
@@ -100,19 +103,33 @@ fn all_readers_get_every_frame(readers: usize) {
     // the watchdog for a reader left waiting.
     let finished: Vec<_> = launched.into_iter().map(Launch::finish).collect();
     writer.finish().assert_success();
-    for reader in finished {
+    let (ok, refused): (Vec<_>, Vec<_>) = finished.into_iter().partition(|reader| reader.status.success());
+    assert_eq!(
+        ok.len(),
+        served,
+        "readers served of {readers}, with max-readers={served}"
+    );
+    for reader in ok {
         assert_every_frame(reader, &expected);
+    }
+    for reader in refused {
+        reader.assert_failure(&format!("max-readers ({served})"));
     }
 }
 
 #[test]
 fn sixteen_readers_started_first_get_every_frame() {
-    all_readers_get_every_frame(16);
+    readers_started_first(16, 16);
 }
 
 #[test]
 fn thirty_one_readers_started_first_get_every_frame() {
-    all_readers_get_every_frame(31);
+    readers_started_first(31, 31);
+}
+
+#[test]
+fn readers_beyond_max_readers_started_first_are_refused_not_left_waiting() {
+    readers_started_first(20, 16);
 }
 
 /// Readers that arrive one by one, each after the one before is linked:
@@ -150,4 +167,34 @@ fn writer_waits_for_the_readers_it_was_told_of() {
     for reader in launched {
         assert_every_frame(reader.finish(), &expected);
     }
+}
+
+/// Waiting for more readers than the sink serves would wait for good: the
+/// sink refuses to start, naming both properties.
+#[test]
+fn wait_for_more_readers_than_served_is_refused() {
+    init_gst();
+    let scratch = Scratch::new("wait-for-too-many");
+    let sink = gst::ElementFactory::make("shmringsink")
+        .property("socket-path", scratch.socket().display().to_string())
+        .property("max-readers", 2u32)
+        .property("wait-for-readers", 3u32)
+        .build()
+        .unwrap();
+    let bus = gst::Bus::new();
+    sink.set_bus(Some(&bus));
+    assert!(sink.set_state(gst::State::Paused).is_err(), "the sink started");
+    let message = bus
+        .pop_filtered(&[gst::MessageType::Error])
+        .expect("a failed start posts an error");
+    sink.set_state(gst::State::Null).unwrap();
+    let gst::MessageView::Error(err) = message.view() else {
+        unreachable!("filtered to errors");
+    };
+    let debug = err.debug().unwrap_or_default();
+    assert!(
+        debug.contains("wait-for-readers=3 exceeds max-readers=2"),
+        "{}: {debug}",
+        err.error()
+    );
 }

@@ -169,8 +169,9 @@ struct State {
     /// Whether a lagging reader loses buffers instead of pacing the
     /// writer: `when-full`, with `auto` decided once per run.
     drop_mode: Option<bool>,
-    /// `wait-for-readers` readers were linked once: from now on, waiting
-    /// for a reader means waiting for one.
+    /// The first buffer (or event that waits for readers) went through,
+    /// having waited for `wait-for-readers` readers if it waited at all:
+    /// from now on, waiting for readers means waiting for one.
     readers_gathered: bool,
 }
 
@@ -524,7 +525,7 @@ impl ShmRingSink {
             }
             self.accept_readers(state, unlock)?;
         }
-        state.readers_gathered |= wait;
+        state.readers_gathered = true;
         Ok(!state.links.is_empty())
     }
 

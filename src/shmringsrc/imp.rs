@@ -1,5 +1,5 @@
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Instant;
@@ -369,7 +369,7 @@ impl ShmRingSrc {
     }
 
     /// Whether `path` is still where the writer to read from is.
-    fn points_at(&self, path: &std::path::Path) -> bool {
+    fn points_at(&self, path: &Path) -> bool {
         self.lock_socket_path().as_deref() == Some(path)
     }
 
@@ -615,6 +615,7 @@ impl ShmRingSrc {
 
     /// Pushes one of the writer's events downstream, past the probe that
     /// holds back GstBaseSrc's own.
+    ///
     /// A stream-start or segment equal to the one downstream has (a new
     /// writer's, after a switch or a reconnection, that says the same) is
     /// not pushed again: downstream goes on as one stream.
