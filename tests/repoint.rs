@@ -81,10 +81,10 @@ impl Drop for Stopping {
     }
 }
 
-/// Records the low writer at `low_socket` in this process, calls `switch`
-/// on the PLAYING source, and records the high writer, started at
-/// `high_address`, until its EOS.
-fn record_across_a_switch(test: &str, high_address: &str, switch: impl FnOnce(&gst::Element)) {
+/// Records the low writer in this process with `shmringsrc SOURCE_PROPERTIES`,
+/// calls `switch` on the PLAYING source, and records the high writer,
+/// started at `high_address`, until its EOS.
+fn record_across_a_switch(test: &str, source_properties: &str, high_address: &str, switch: impl FnOnce(&gst::Element)) {
     init_gst();
     let scratch = Scratch::new(test);
     let low_socket = scratch.path("low.sock");
@@ -97,7 +97,7 @@ fn record_across_a_switch(test: &str, high_address: &str, switch: impl FnOnce(&g
     let mut high = start_tone_writer(&scratch, "high-writer", high_address, HIGH_HZ);
 
     let recorder = Stopping(parse_pipeline(&format!(
-        "shmringsrc name=src socket-path={} ! appsink name=sink sync=false",
+        "shmringsrc name=src socket-path={} {source_properties} ! appsink name=sink sync=false",
         low_socket.display()
     )));
     let recorder = &recorder.0;
@@ -180,9 +180,14 @@ fn record_across_a_switch(test: &str, high_address: &str, switch: impl FnOnce(&g
 fn socket_path_set_while_playing_switches_writers() {
     let scratch = Scratch::new("repoint-target");
     let high_socket = scratch.path("high.sock");
-    record_across_a_switch("repoint", &format!("socket-path={}", high_socket.display()), |src| {
-        src.set_property("socket-path", high_socket.display().to_string());
-    });
+    record_across_a_switch(
+        "repoint",
+        "",
+        &format!("socket-path={}", high_socket.display()),
+        |src| {
+            src.set_property("socket-path", high_socket.display().to_string());
+        },
+    );
 }
 
 /// From `socket-path` to `stream`: setting `stream` first names two
@@ -192,8 +197,22 @@ fn socket_path_set_while_playing_switches_writers() {
 #[test]
 fn stream_set_while_playing_switches_writers() {
     let name = format!("repoint-test-{}", std::process::id());
-    record_across_a_switch("repoint-stream", &format!("stream={name}"), |src| {
+    record_across_a_switch("repoint-stream", "", &format!("stream={name}"), |src| {
         src.set_property("stream", &name);
         src.set_property("socket-path", None::<String>);
     });
+}
+
+/// A live reader, which maps each writer's timestamps through its own
+/// timeline, switches the same way.
+#[test]
+fn live_reader_switches_writers() {
+    let scratch = Scratch::new("repoint-live-target");
+    let high_socket = scratch.path("high.sock");
+    record_across_a_switch(
+        "repoint-live",
+        "is-live=true",
+        &format!("socket-path={}", high_socket.display()),
+        |src| src.set_property("socket-path", high_socket.display().to_string()),
+    );
 }
