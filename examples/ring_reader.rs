@@ -67,7 +67,7 @@ fn read_until_writer_leaves(path: &Path) -> Result<Totals, Box<dyn Error>> {
     // when `interrupt` becomes readable. An application would write to
     // `_cancel` from another thread to stop waiting; nothing does here.
     let (interrupt, _cancel) = io::pipe()?;
-    let Some((connection, mut reader)) = ipc::connect_reader(path, interrupt.as_fd())? else {
+    let Some((connection, mut reader)) = ipc::connect_reader(path, &[interrupt.as_fd()])? else {
         return Err("interrupted while connecting".into());
     };
 

@@ -322,3 +322,121 @@ fn run_all_routes_records_meters_and_drops() {
         recorded.len()
     );
 }
+
+/// Which of run-switch.sh's two tones (500 Hz, 2000 Hz) a 10 ms buffer of
+/// S16LE stereo holds, by the zero crossings of its left channel: 10 or 40.
+/// `None` for a buffer of neither (torn, or mixed).
+fn switch_tone(buffer: &[u8]) -> Option<u32> {
+    let left: Vec<i16> = buffer
+        .chunks_exact(BYTES_PER_FRAME)
+        .map(|frame| i16::from_le_bytes([frame[0], frame[1]]))
+        .collect();
+    match left.windows(2).filter(|pair| (pair[0] < 0) != (pair[1] < 0)).count() {
+        8..=12 => Some(500),
+        36..=44 => Some(2000),
+        _ => None,
+    }
+}
+
+/// switch-recorder.py re-points its PLAYING shmringsrc from one writer.sh
+/// to another after 100 buffers: the WAV holds the first tone, then the
+/// second, in whole buffers, and the recorder counted two DISCONTs (its
+/// first buffer, and the switch) and no error.
+#[test]
+fn switch_recorder_records_both_writers() {
+    const EVERY: usize = 100;
+    /// writer.sh's default: 10 ms at 48 kHz.
+    const SWITCH_BUFFER: usize = 480 * BYTES_PER_FRAME;
+    let scratch = Scratch::new("routing-switch");
+    let (first, second) = (scratch.path("a.sock"), scratch.path("b.sock"));
+    let no_wait = ("WAIT_FOR_CONNECTION", "false");
+    let mut writers = [
+        script(
+            &scratch,
+            "writer-a",
+            "writer.sh",
+            &first,
+            &[no_wait, ("FREQ", "500")],
+            &[],
+        ),
+        script(
+            &scratch,
+            "writer-b",
+            "writer.sh",
+            &second,
+            &[no_wait, ("FREQ", "2000")],
+            &[],
+        ),
+    ];
+    let recording = scratch.path("recording.wav");
+    let every = EVERY.to_string();
+    let mut command = Command::new(example("switch-recorder.py"));
+    command
+        .arg(&recording)
+        .arg(&first)
+        .arg(&second)
+        .args(["--every", &every]);
+    let mut recorder = Launch::spawn_command(&scratch, "recorder", command);
+    recorder.wait_for_stdout(&["switched to"]);
+    // As many buffers again from the second writer, and then some: wavenc's
+    // header and filesink's batching are not counted.
+    wait_for_file_len(&mut recorder, &recording, (3 * EVERY * SWITCH_BUFFER) as u64);
+    recorder.interrupt();
+    let recorder = recorder.finish();
+    recorder.assert_success();
+    for writer in &mut writers {
+        writer.assert_running();
+        writer.interrupt();
+    }
+    for writer in writers {
+        writer.finish().assert_success();
+    }
+
+    let data = wav_data(&recording);
+    assert_eq!(data.len() % SWITCH_BUFFER, 0, "the recording holds a partial buffer");
+    let tones: Vec<_> = data.chunks_exact(SWITCH_BUFFER).map(switch_tone).collect();
+    let torn: Vec<usize> = (0..tones.len()).filter(|&index| tones[index].is_none()).collect();
+    assert!(torn.is_empty(), "buffers of neither tone at {torn:?}");
+    let switch = tones
+        .iter()
+        .position(|tone| *tone == Some(2000))
+        .expect("the second writer's tone is in the recording");
+    assert!(
+        switch >= EVERY,
+        "the switch came after {switch} buffers, before {EVERY}"
+    );
+    assert!(
+        tones[..switch].iter().all(|tone| *tone == Some(500)) && tones[switch..].iter().all(|tone| *tone == Some(2000)),
+        "the recording is not the first tone, then the second"
+    );
+    assert!(
+        recorder.stdout.contains(" 2 DISCONT, 1 switches"),
+        "the recorder did not count two DISCONTs and one switch\n{}",
+        recorder.describe()
+    );
+}
+
+/// `run-switch.sh 3`: both writers and the recorder start, stop cleanly
+/// and report.
+#[test]
+fn run_switch_records_and_reports() {
+    let scratch = Scratch::new("routing-run-switch");
+    let output = scratch.path("out");
+    let mut command = Command::new(example("run-switch.sh"));
+    command.arg("3").arg(&output);
+    let run_switch = Launch::spawn_command(&scratch, "run-switch", command).finish();
+    run_switch.assert_success();
+    assert!(
+        !wav_data(&output.join("recording.wav")).is_empty(),
+        "the recording holds no samples"
+    );
+    for name in ["writer-a", "writer-b", "recorder"] {
+        let log = fs::read_to_string(output.join(format!("{name}.log"))).unwrap_or_default();
+        assert!(!log.contains("CRITICAL"), "the {name} logged a CRITICAL:\n{log}");
+    }
+    assert!(
+        run_switch.stdout.contains("=== summary") && run_switch.stdout.contains("finished:"),
+        "run-switch printed no summary\n{}",
+        run_switch.describe()
+    );
+}

@@ -388,7 +388,7 @@ fn idle_reader(path: &Path) -> Running<(Connection, ReaderChannel)> {
     spawn("idle reader", move || {
         // Nothing ever interrupts this reader; the join's watchdog bounds it.
         let interrupt = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).expect("an eventfd");
-        ipc::connect_reader(&path, interrupt.as_fd())
+        ipc::connect_reader(&path, &[interrupt.as_fd()])
             .expect("the sink accepts a reader of the same version")
             .expect("the interrupt never fires")
     })

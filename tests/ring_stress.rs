@@ -702,7 +702,7 @@ fn a_reader_attached_over_the_socket_gets_the_same_stream() {
     // Neither side is ever interrupted: these eventfds are never written.
     let reader = thread::spawn(move || {
         let interrupt = Notifier::new().expect("creating an eventfd");
-        ipc::connect_reader(&path, interrupt.as_fd())
+        ipc::connect_reader(&path, &[interrupt.as_fd()])
     });
     let interrupt = Notifier::new().expect("creating an eventfd");
     let heap = Arc::new(HeapMemory::create(SIZES.heap_size).expect("creating the heap"));

@@ -29,6 +29,9 @@
 #   FREQ                the test tone's frequency in Hz (default 440)
 #   NUM_BUFFERS         stop after this many buffers (default -1: run until Ctrl-C)
 #   LIVE                1 (default): produce the tone in real time; 0: as fast as readers take it
+#   WAIT_FOR_CONNECTION true (default): hold the stream, and the EOS, until a reader connects;
+#                       false: drop the audio while no reader is connected, and end at once
+#                       (the writers of run-switch.sh, which a recorder leaves and comes back to)
 set -euo pipefail
 
 socket=${SOCKET:-${XDG_RUNTIME_DIR:-/tmp}/audio-routing.sock}
@@ -38,6 +41,7 @@ samples_per_buffer=${SAMPLES_PER_BUFFER:-480}
 freq=${FREQ:-440}
 num_buffers=${NUM_BUFFERS:--1}
 live=${LIVE:-1}
+wait_for_connection=${WAIT_FOR_CONNECTION:-true}
 
 if ! gst-inspect-1.0 shmringsink >/dev/null 2>&1; then
     echo "writer: GStreamer cannot find shmringsink. Build the plugin with" \
@@ -66,4 +70,5 @@ else
 fi
 
 exec gst-launch-1.0 -e "${source[@]}" \
-    ! shmringsink "socket-path=$socket" "max-readers=$max_readers" "when-full=$when_full"
+    ! shmringsink "socket-path=$socket" "max-readers=$max_readers" "when-full=$when_full" \
+    "wait-for-connection=$wait_for_connection"

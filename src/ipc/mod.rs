@@ -236,7 +236,7 @@ impl Listener {
                 return Err(IpcError::NotASocket(path.to_owned()));
             }
             match Connection::connect(path) {
-                Ok(_) => return Err(IpcError::InUse(path.to_owned())),
+                Ok(_) | Err(ConnectError::BacklogFull) => return Err(IpcError::InUse(path.to_owned())),
                 Err(ConnectError::NoListener) => {}
                 Err(ConnectError::Other(err)) => return Err(err),
             }
@@ -254,10 +254,10 @@ impl Listener {
         // Listen before the socket appears under its name: a reader woken by
         // the rename must find it accepting, or it would see "connection
         // refused", take the socket for a stale one, and wait for a change
-        // in the directory that never comes.
-        let listening = Backlog::new(8)
-            .and_then(|backlog| listen(&fd, backlog))
-            .map_err(std::io::Error::from);
+        // in the directory that never comes. The queue is as long as the
+        // system allows: up to 31 readers started before the writer all
+        // knock at once, and each one the queue cannot hold has to retry.
+        let listening = listen(&fd, Backlog::MAXCONN).map_err(std::io::Error::from);
         let placed = listening
             .and_then(|()| std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode)))
             .and_then(|()| std::fs::rename(&staging, path));
@@ -333,6 +333,10 @@ fn describe_owner(path: &Path) -> String {
 pub enum ConnectError {
     /// No socket file, or a stale one: wait for a writer.
     NoListener,
+    /// A writer listens, but its queue of connections not yet accepted is
+    /// full: try again shortly. Its socket file exists already, so waiting
+    /// for the file to appear would wait forever.
+    BacklogFull,
     Other(IpcError),
 }
 
@@ -351,9 +355,7 @@ impl Connection {
                 Ok(()) => return Ok(Self { fd }),
                 Err(Errno::EINTR) => continue,
                 Err(Errno::ENOENT | Errno::ECONNREFUSED) => return Err(ConnectError::NoListener),
-                // A full backlog: the writer exists but is busy; a later
-                // attempt will do.
-                Err(Errno::EAGAIN) => return Err(ConnectError::NoListener),
+                Err(Errno::EAGAIN) => return Err(ConnectError::BacklogFull),
                 Err(Errno::EACCES | Errno::EPERM) => {
                     return Err(ConnectError::Other(IpcError::PermissionDenied {
                         path: path.to_owned(),
@@ -586,13 +588,23 @@ impl AsFd for ListenerWatch {
     }
 }
 
+/// Longest pause between two attempts on a writer whose listen queue is
+/// full: it drains the queue at its next buffer, or at once while it waits
+/// for readers.
+const BACKLOG_RETRY_MAX_MS: u16 = 64;
+
 /// The reader's side of the handshake: sleeps until a writer listens at
 /// `path`, connects, and attaches to the ring it sends after checking every
-/// part of it. Returns `Ok(None)` as soon as `interrupt` becomes readable.
-pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(Connection, ReaderChannel)>, IpcError> {
+/// part of it. Returns `Ok(None)` as soon as one of `interrupts` becomes
+/// readable.
+pub fn connect_reader(
+    path: &Path,
+    interrupts: &[BorrowedFd<'_>],
+) -> Result<Option<(Connection, ReaderChannel)>, IpcError> {
     // The directory is watched only once a first attempt finds no writer,
     // and then tried again before sleeping, so no creation is missed.
     let mut watch: Option<ListenerWatch> = None;
+    let mut retry_ms: u16 = 1;
     loop {
         let connection = match Connection::connect(path) {
             Ok(connection) => connection,
@@ -600,12 +612,23 @@ pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(
                 match &watch {
                     None => watch = Some(ListenerWatch::new(path)?),
                     Some(watch) => {
-                        if wait_readable([watch.as_fd(), interrupt])?[1] {
+                        let mut fds = vec![watch.as_fd()];
+                        fds.extend_from_slice(interrupts);
+                        if wait_readable_any(&fds)?[1..].contains(&true) {
                             return Ok(None);
                         }
                         watch.drain();
                     }
                 }
+                continue;
+            }
+            Err(ConnectError::BacklogFull) => {
+                // Nothing announces room in another process's listen
+                // queue, so this one wait is on a timer.
+                if wait_readable_for(interrupts, PollTimeout::from(retry_ms))?.contains(&true) {
+                    return Ok(None);
+                }
+                retry_ms = (retry_ms * 2).min(BACKLOG_RETRY_MAX_MS);
                 continue;
             }
             Err(ConnectError::Other(err)) => return Err(err),
@@ -624,7 +647,9 @@ pub fn connect_reader(path: &Path, interrupt: BorrowedFd<'_>) -> Result<Option<(
             match connection.recv_server_hello() {
                 Ok(Some(reply)) => break reply,
                 Ok(None) => {
-                    if wait_readable([connection.as_fd(), interrupt])?[1] {
+                    let mut fds = vec![connection.as_fd()];
+                    fds.extend_from_slice(interrupts);
+                    if wait_readable_any(&fds)?[1..].contains(&true) {
                         return Ok(None);
                     }
                 }
@@ -712,6 +737,11 @@ pub fn answer_hello(
 /// Like [`wait_readable`], for a number of fds known only at run time.
 pub fn wait_readable_any(fds: &[BorrowedFd<'_>]) -> Result<Vec<bool>, IpcError> {
     wait_readable_for(fds, PollTimeout::NONE)
+}
+
+/// Whether `fd` is readable now, without waiting.
+pub fn readable_now(fd: BorrowedFd<'_>) -> Result<bool, IpcError> {
+    Ok(wait_readable_for(&[fd], PollTimeout::ZERO)?[0])
 }
 
 /// Like [`wait_readable_any`], giving up after `timeout`: then no fd is

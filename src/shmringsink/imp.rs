@@ -48,6 +48,7 @@ const RECORD_QUEUE_SIZE: u64 = 256 << 10;
 /// device's buffer is.
 const AUDIO_RECORD_QUEUE_SIZE: u64 = 64 << 10;
 const DEFAULT_MAX_READERS: u32 = 8;
+const DEFAULT_WAIT_FOR_READERS: u32 = 1;
 
 /// What the writer does when a reader falls behind.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, glib::Enum)]
@@ -77,6 +78,7 @@ struct Settings {
     wait_for_connection: bool,
     perms: u32,
     max_readers: u32,
+    wait_for_readers: u32,
     when_full: WhenFull,
 }
 
@@ -89,6 +91,7 @@ impl Default for Settings {
             wait_for_connection: DEFAULT_WAIT_FOR_CONNECTION,
             perms: DEFAULT_PERMS,
             max_readers: DEFAULT_MAX_READERS,
+            wait_for_readers: DEFAULT_WAIT_FOR_READERS,
             when_full: WhenFull::default(),
         }
     }
@@ -387,6 +390,14 @@ impl ShmRingSink {
         drop_mode
     }
 
+    /// `wait-for-readers`: readers the first buffer waits for.
+    pub(super) fn wait_for_readers(&self) -> u32 {
+        self.settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .wait_for_readers
+    }
+
     pub(super) fn max_readers(&self) -> u32 {
         self.settings
             .lock()
@@ -572,6 +583,14 @@ impl ObjectImpl for ShmRingSink {
                     .default_value(DEFAULT_MAX_READERS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("wait-for-readers")
+                    .nick("Wait for readers")
+                    .blurb("Readers to wait for before the first buffer, with wait-for-connection=true: readers started before the writer then all get the stream from its first buffer. Later, as for one, the stream waits only while no reader is connected. At most max-readers")
+                    .minimum(1)
+                    .maximum(ring::MAX_READERS)
+                    .default_value(DEFAULT_WAIT_FOR_READERS)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("when-full", WhenFull::default())
                     .nick("When full")
                     .blurb("What a reader that falls behind does to the writer. block: nothing is lost, the slowest reader paces the writer and so every reader. drop: the writer never waits for a reader; one whose queue or share of the heap is full loses buffers (counted in stats buffers-lost on both sides), gets a DISCONT and resumes at a keyframe. auto (default): drop if upstream is live, since a live source cannot wait anyway and a slow reader should not starve the others; block otherwise, so that files are never silently cut")
@@ -604,6 +623,7 @@ impl ObjectImpl for ShmRingSink {
             "wait-for-connection" => settings.wait_for_connection = value.get().unwrap_or(DEFAULT_WAIT_FOR_CONNECTION),
             "perms" => settings.perms = value.get().unwrap_or(DEFAULT_PERMS),
             "max-readers" => settings.max_readers = value.get().unwrap_or(DEFAULT_MAX_READERS),
+            "wait-for-readers" => settings.wait_for_readers = value.get().unwrap_or(DEFAULT_WAIT_FOR_READERS),
             "when-full" => settings.when_full = value.get().unwrap_or_default(),
             "ring-time" => self
                 .ring_time_us
@@ -621,6 +641,7 @@ impl ObjectImpl for ShmRingSink {
             "wait-for-connection" => settings.wait_for_connection.to_value(),
             "perms" => settings.perms.to_value(),
             "max-readers" => settings.max_readers.to_value(),
+            "wait-for-readers" => settings.wait_for_readers.to_value(),
             "when-full" => settings.when_full.to_value(),
             "ring-time" => self.ring_time_us.load(Ordering::Relaxed).to_value(),
             "readers" => self.linked.load(Ordering::SeqCst).to_value(),
@@ -716,6 +737,16 @@ impl BaseSinkImpl for ShmRingSink {
         let path = Address::from_properties(settings.socket_path.as_deref(), settings.stream.as_deref())
             .and_then(|address| address.socket_path())
             .map_err(|err| gst::error_msg!(gst::ResourceError::Settings, ["{err}"]))?;
+        if settings.wait_for_readers > settings.max_readers {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                [
+                    "wait-for-readers={} exceeds max-readers={}: the stream would wait for readers it refuses. Lower wait-for-readers or raise max-readers",
+                    settings.wait_for_readers,
+                    settings.max_readers
+                ]
+            ));
+        }
         if settings.ring_size != 0 {
             let rounded = settings.ring_size.div_ceil(4096) * 4096;
             crate::ring::check_heap_size(rounded)

@@ -58,7 +58,10 @@ const ACCEPT_INTERVAL: Duration = Duration::from_millis(10);
 /// heap ran out, which with a large heap takes thousands of buffers.
 const HANG_UP_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Connections kept waiting for their hello; beyond this the oldest goes.
-const MAX_PENDING_READERS: usize = 8;
+/// Every reader a sink can serve may knock at once (readers started before
+/// the writer all wake when its socket appears), and a few more may be
+/// connections that never say hello, which must not push them out.
+const MAX_PENDING_READERS: usize = ring::MAX_READERS as usize + 8;
 
 /// The linked readers and the ones on their way in.
 #[derive(Default)]
@@ -75,6 +78,10 @@ pub(super) struct Readers {
     /// Whether a lagging reader loses buffers instead of pacing the
     /// writer: `when-full`, with `auto` decided once per run.
     drop_mode: Option<bool>,
+    /// The first buffer (or event that waits for readers) went through,
+    /// having waited for `wait-for-readers` readers if it waited at all:
+    /// from now on, waiting for readers means waiting for one.
+    readers_gathered: bool,
 }
 
 impl Readers {
@@ -112,9 +119,10 @@ impl Readers {
     /// Makes sure the readers that connected are linked: drops the links of
     /// readers that left, and takes in readers waiting to join (at most once
     /// per `ACCEPT_INTERVAL` while some are linked). With `wait`, sleeps
-    /// until one is linked. Returns whether any is. A connection that never
-    /// says hello blocks nothing: it waits in `pending` while others are
-    /// served.
+    /// until one is linked, or the first time until `wait-for-readers` are,
+    /// so that readers started before the writer all get its first buffer.
+    /// Returns whether any is. A connection that never says hello blocks
+    /// nothing: it waits in `pending` while others are served.
     pub(super) fn admit_readers(
         &mut self,
         sink: &ShmRingSink,
@@ -122,11 +130,16 @@ impl Readers {
         wait: bool,
     ) -> Result<bool, gst::FlowError> {
         self.prune_links(sink);
-        let due = self.links.is_empty() || self.last_accept.is_none_or(|last| last.elapsed() >= ACCEPT_INTERVAL);
+        let wanted = if self.readers_gathered {
+            1
+        } else {
+            sink.wait_for_readers() as usize
+        };
+        let due = self.links.len() < wanted || self.last_accept.is_none_or(|last| last.elapsed() >= ACCEPT_INTERVAL);
         if due {
             self.accept_readers(sink, unlock)?;
         }
-        while self.links.is_empty() && wait {
+        while self.links.len() < wanted && wait {
             let Some(listener) = self.listener.as_ref() else {
                 return Err(gst::FlowError::Flushing);
             };
@@ -140,6 +153,7 @@ impl Readers {
             }
             self.accept_readers(sink, unlock)?;
         }
+        self.readers_gathered = true;
         Ok(!self.links.is_empty())
     }
 

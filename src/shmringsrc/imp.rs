@@ -1,5 +1,5 @@
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Instant;
@@ -145,6 +145,9 @@ impl Drop for Lease {
 
 /// The writer we read from.
 struct Link {
+    /// Its socket: when `socket-path` or `stream` names another, the link
+    /// is dropped for one to that.
+    path: PathBuf,
     records: Consumer,
     releases: Arc<Releases>,
     heap: Arc<HeapMemory>,
@@ -163,9 +166,9 @@ struct Link {
     /// Whether downstream reads GstVideoMeta, asked once per caps and per
     /// reconfiguration; `None` until asked.
     video_meta: Option<bool>,
-    /// Sleeps on the ring's data fd, the socket, the unlock fd and the
-    /// pacer's timer.
-    waiter: Waiter<4>,
+    /// Sleeps on the ring's data fd, the socket, the unlock fd, the
+    /// pacer's timer and the re-point fd.
+    waiter: Waiter<5>,
     /// Wakes the reader just before a steady stream's next record.
     pacer: Pacer,
     /// Buffers for copies, of the size of the last copy.
@@ -267,8 +270,12 @@ struct State {
 pub struct ShmRingSrc {
     settings: Mutex<Settings>,
     /// Where the writer's socket is, as `start` found it from `socket-path`
-    /// or `stream`.
+    /// or `stream`, or as they were set since, while running. `None` while
+    /// stopped.
     socket_path: Mutex<Option<PathBuf>>,
+    /// Wakes the streaming thread when `socket_path` changes while it runs,
+    /// as `unlock` does for a flush: an eventfd with the same lifetime.
+    repoint: Unlock,
     state: Mutex<State>,
     /// The caps last read from the ring, answered to caps queries. Kept apart
     /// from `state` because setting caps queries us back.
@@ -308,6 +315,17 @@ impl Pushed {
     }
 }
 
+/// Whether two stream-starts, or two segments, say the same.
+fn same_sticky(a: &gst::Event, b: &gst::Event) -> bool {
+    match (a.view(), b.view()) {
+        (gst::EventView::StreamStart(a), gst::EventView::StreamStart(b)) => {
+            a.stream_id() == b.stream_id() && a.group_id() == b.group_id()
+        }
+        (gst::EventView::Segment(a), gst::EventView::Segment(b)) => a.segment() == b.segment(),
+        _ => false,
+    }
+}
+
 /// What goes downstream in place of a stream-start or segment.
 enum Replace {
     Keep,
@@ -326,6 +344,15 @@ enum Read {
     Buffer(gst::Buffer),
     /// The writer closed its socket without EOS, and its ring is drained.
     WriterGone,
+    /// `socket-path` or `stream` may have changed.
+    Repointed,
+}
+
+/// What came of waiting for a writer.
+enum Connect {
+    Linked(Box<Link>),
+    /// `socket-path` or `stream` may have changed.
+    Repointed,
 }
 
 impl ShmRingSrc {
@@ -340,21 +367,60 @@ impl ShmRingSrc {
             .clone()
     }
 
-    fn connect(&self, unlock: &Notifier) -> Result<Link, gst::FlowError> {
+    fn lock_socket_path(&self) -> MutexGuard<'_, Option<PathBuf>> {
+        self.socket_path.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether `path` is still where the writer to read from is.
+    fn points_at(&self, path: &Path) -> bool {
+        self.lock_socket_path().as_deref() == Some(path)
+    }
+
+    /// While running: takes in a new `socket-path` or `stream`, and wakes
+    /// the streaming thread to switch to it. A pair that does not name one
+    /// socket (both set, say, between setting one and clearing the other)
+    /// changes nothing yet.
+    fn repoint(&self) {
         let settings = self.settings();
-        let Some(path) = self
-            .socket_path
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-        else {
+        let address = Address::from_properties(settings.socket_path.as_deref(), settings.stream.as_deref())
+            .and_then(|address| address.socket_path());
+        let mut current = self.lock_socket_path();
+        let Some(current) = current.as_mut() else {
+            return;
+        };
+        match address {
+            Ok(path) if path != *current => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "re-pointed from {} to {}",
+                    current.display(),
+                    path.display()
+                );
+                *current = path;
+                self.repoint.unlock();
+            }
+            Ok(_) => {}
+            Err(err) => gst::debug!(CAT, imp = self, "not re-pointing yet: {err}"),
+        }
+    }
+
+    fn connect(&self, unlock: &Notifier, repoint: &Notifier) -> Result<Connect, gst::FlowError> {
+        let settings = self.settings();
+        let Some(path) = self.lock_socket_path().clone() else {
             return Err(gst::FlowError::Flushing);
         };
         gst::debug!(CAT, imp = self, "waiting for a shmringsink at {}", path.display());
         let (connection, channel) = loop {
-            match ipc::connect_reader(&path, unlock.as_fd()) {
+            match ipc::connect_reader(&path, &[unlock.as_fd(), repoint.as_fd()]) {
                 Ok(Some(connected)) => break connected,
-                Ok(None) => return Err(gst::FlowError::Flushing),
+                Ok(None) => {
+                    // A flush wins over a new address.
+                    return match ipc::readable_now(unlock.as_fd()) {
+                        Ok(false) => Ok(Connect::Repointed),
+                        Ok(true) | Err(_) => Err(gst::FlowError::Flushing),
+                    };
+                }
                 // A writer that dies during the handshake is one more
                 // disconnect.
                 Err(ipc::IpcError::PeerGone) if settings.on_disconnect == OnDisconnect::Wait => {
@@ -384,6 +450,7 @@ impl ShmRingSrc {
             (connection.as_fd(), Trigger::Level),
             (unlock.as_fd(), Trigger::Level),
             (pacer.fd(), Trigger::Edge),
+            (repoint.as_fd(), Trigger::Level),
         ];
         let waiter = Waiter::new(fds).map_err(|err| {
             gst::element_imp_error!(self, gst::ResourceError::Failed, ["{err}"]);
@@ -398,7 +465,8 @@ impl ShmRingSrc {
             records.capacity(),
             heap.size()
         );
-        Ok(Link {
+        Ok(Connect::Linked(Box::new(Link {
+            path,
             records,
             releases: Arc::new(Releases {
                 producer: Mutex::new(releases),
@@ -421,7 +489,7 @@ impl ShmRingSrc {
             live: self.obj().is_live(),
             discont: false,
             wakeups_counted: 0,
-        })
+        })))
     }
 
     /// Pushes the writer's segment as it is, whatever its format: GstBaseSrc
@@ -551,9 +619,20 @@ impl ShmRingSrc {
 
     /// Pushes one of the writer's events downstream, past the probe that
     /// holds back GstBaseSrc's own.
+    ///
+    /// A stream-start or segment equal to the one downstream has (a new
+    /// writer's, after a switch or a reconnection, that says the same) is
+    /// not pushed again: downstream goes on as one stream.
     fn forward(&self, event: gst::Event) {
-        if let Some(slot) = self.lock_pushed().slot(event.type_()) {
-            *slot = Some(event.clone());
+        {
+            let mut pushed = self.lock_pushed();
+            if let Some(slot) = pushed.slot(event.type_()) {
+                if slot.as_ref().is_some_and(|last| same_sticky(last, &event)) {
+                    gst::debug!(CAT, imp = self, "not pushing {event:?} again");
+                    return;
+                }
+                *slot = Some(event.clone());
+            }
         }
         self.obj().src_pad().push_event(event);
     }
@@ -859,13 +938,13 @@ impl ObjectImpl for ShmRingSrc {
             vec![
                 glib::ParamSpecString::builder("socket-path")
                     .nick("Socket path")
-                    .blurb("Path of the unix socket of the shmringsink to read from; this or stream is required. The source waits for it to appear")
-                    .mutable_ready()
+                    .blurb("Path of the unix socket of the shmringsink to read from; this or stream is required. The source waits for it to appear. Set while playing, the source switches to that writer: new caps and segment if they differ, DISCONT on its first buffer")
+                    .mutable_playing()
                     .build(),
                 glib::ParamSpecString::builder("stream")
                     .nick("Stream name")
-                    .blurb("Name of the shmringsink's stream to read, instead of socket-path: its socket is NAME in the user's stream directory, $XDG_RUNTIME_DIR/shmring (or /tmp/shmring-UID), made as needed with mode 0700. One file name: not empty, not . or .., no /")
-                    .mutable_ready()
+                    .blurb("Name of the shmringsink's stream to read, instead of socket-path: its socket is NAME in the user's stream directory, $XDG_RUNTIME_DIR/shmring (or /tmp/shmring-UID), made as needed with mode 0700. One file name: not empty, not . or .., no /. Set while playing, the source switches to that stream, as for socket-path")
+                    .mutable_playing()
                     .build(),
                 glib::ParamSpecBoolean::builder("is-live")
                     .nick("Is live")
@@ -899,8 +978,14 @@ impl ObjectImpl for ShmRingSrc {
         match pspec.name() {
             "socket-path" => {
                 settings.socket_path = value.get::<Option<String>>().ok().flatten().map(PathBuf::from);
+                drop(settings);
+                self.repoint();
             }
-            "stream" => settings.stream = value.get().ok().flatten(),
+            "stream" => {
+                settings.stream = value.get().ok().flatten();
+                drop(settings);
+                self.repoint();
+            }
             "is-live" => {
                 settings.is_live = value.get().unwrap_or(DEFAULT_IS_LIVE);
                 drop(settings);
@@ -1015,6 +1100,7 @@ impl URIHandlerImpl for ShmRingSrc {
         settings.socket_path = socket_path;
         settings.stream = stream;
         drop(settings);
+        self.repoint();
         self.obj().notify("socket-path");
         self.obj().notify("stream");
         Ok(())
@@ -1028,8 +1114,9 @@ impl BaseSrcImpl for ShmRingSrc {
             .and_then(|address| address.socket_path())
             .map_err(|err| gst::error_msg!(gst::ResourceError::Settings, ["{err}"]))?;
         ipc::socket_directory(&path).map_err(|err| gst::error_msg!(gst::ResourceError::NotFound, ["{err}"]))?;
-        *self.socket_path.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(path);
         self.unlock.start()?;
+        self.repoint.start()?;
+        *self.lock_socket_path() = Some(path);
         Ok(())
     }
 
@@ -1042,6 +1129,8 @@ impl BaseSrcImpl for ShmRingSrc {
             .writer_latency
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        *self.lock_socket_path() = None;
+        self.repoint.stop();
         self.unlock.stop();
         Ok(())
     }
@@ -1111,12 +1200,29 @@ impl BaseSrcImpl for ShmRingSrc {
 impl PushSrcImpl for ShmRingSrc {
     fn create(&self, _buffer: Option<&mut gst::BufferRef>) -> Result<CreateSuccess, gst::FlowError> {
         let unlock = self.unlock.notifier()?;
+        let repoint = self.repoint.notifier()?;
         let mut state = self.lock_state();
         loop {
+            // Compared on every call, not only when the re-point fd wakes a
+            // sleep: a reader that never runs dry never sleeps.
+            if state.link.as_ref().is_some_and(|link| !self.points_at(&link.path)) {
+                // Leases downstream keep the old heap mapped, and the old
+                // socket open, until they are dropped; every buffer already
+                // pushed is whole.
+                gst::info!(CAT, imp = self, "leaving the writer for the new socket-path or stream");
+                state.link = None;
+                state.discont = true;
+            }
             if state.link.is_none() {
-                state.link = Some(self.connect(&unlock)?);
+                match self.connect(&unlock, &repoint)? {
+                    Connect::Linked(link) => state.link = Some(*link),
+                    Connect::Repointed => {
+                        repoint.drain();
+                        continue;
+                    }
+                }
                 if state.discont {
-                    gst::info!(CAT, imp = self, "a writer is back; resuming");
+                    gst::info!(CAT, imp = self, "linked to a writer; resuming with a DISCONT");
                 }
             }
             let Some(link) = state.link.as_mut() else {
@@ -1128,6 +1234,10 @@ impl PushSrcImpl for ShmRingSrc {
                         buffer.make_mut().set_flags(gst::BufferFlags::DISCONT);
                     }
                     return Ok(CreateSuccess::NewBuffer(buffer));
+                }
+                Read::Repointed => {
+                    repoint.drain();
+                    continue;
                 }
                 Read::WriterGone => {}
             }
@@ -1231,6 +1341,9 @@ impl ShmRingSrc {
             }
             if ready[2] {
                 return Err(gst::FlowError::Flushing);
+            }
+            if ready[4] {
+                return Ok(Read::Repointed);
             }
             if link.records.peer_tampered() {
                 gst::element_imp_error!(
