@@ -14,6 +14,7 @@ use gst_base::subclass::prelude::*;
 use crate::address::Address;
 use crate::codec::{self, VideoLayout};
 use crate::ipc::{self, Connection, IpcError, Listener, Trigger, Waiter};
+use crate::metas;
 use crate::ring::layout::{MAX_HEAP_SIZE, MAX_RELEASE_SLOTS};
 use crate::ring::{self, ChannelSizes, Notifier, Payload, Producer, RecordHeader, RecordKind, RingError, WriteGrant};
 use crate::stats::Stats;
@@ -163,6 +164,8 @@ struct State {
     /// Whether a lagging reader loses buffers instead of pacing the
     /// writer: `when-full`, with `auto` decided once per run.
     drop_mode: Option<bool>,
+    /// The Metas record of the buffer being rendered; empty if it has none.
+    metas: Vec<u8>,
 }
 
 impl State {
@@ -257,6 +260,7 @@ pub struct ShmRingSink {
     /// it can be reached while `render` holds the state lock.
     unlock: Unlock,
     stats: Stats,
+    metas: metas::Outgoing,
 }
 
 /// The video info of raw video caps. Other caps are not parsed, since the
@@ -1436,9 +1440,9 @@ impl ShmRingSink {
     }
 
     /// Writes one buffer record to the reader in `slot` with `write`, after
-    /// a Lost record if it lost buffers (then the buffer carries DISCONT).
-    /// Returns whether the buffer went; in `drop` mode one that does not fit
-    /// is lost.
+    /// a Lost record if it lost buffers (then the buffer carries DISCONT)
+    /// and its Metas record if it has metas. Returns whether the buffer
+    /// went; in `drop` mode one that does not fit is lost.
     fn deliver_one(
         &self,
         state: &mut State,
@@ -1459,6 +1463,22 @@ impl ShmRingSink {
         let mut header = *header;
         if discont {
             header.flags |= gst::BufferFlags::DISCONT.bits();
+        }
+        if !state.metas.is_empty() {
+            // The flag, not the order, ties the Metas record to this
+            // buffer: if the buffer does not follow, the next one lacks it.
+            let metas = std::mem::take(&mut state.metas);
+            let metas_header = RecordHeader::untimed(RecordKind::Metas, 0);
+            let sent = self.send_copy(state, slot, &metas_header, &metas, !drop_mode);
+            state.metas = metas;
+            match sent? {
+                WriteOutcome::Written => header.flags |= metas::METAS_PRECEDE,
+                WriteOutcome::Full => {
+                    self.lose(state, slot);
+                    return Ok(false);
+                }
+                WriteOutcome::NoReader => return Ok(false),
+            }
         }
         match write(self, state, &header)? {
             WriteOutcome::Written => {
@@ -1788,10 +1808,12 @@ impl BaseSinkImpl for ShmRingSink {
         let wait = self.wait_for_connection();
         let header = codec::buffer_header(buffer);
         let layout = codec::video_layout(buffer);
+        let metas = self.metas.encode(self.obj().upcast_ref(), buffer);
         let mut state = self.lock_state();
         if state.failed {
             return Err(gst::FlowError::Error);
         }
+        state.metas = metas;
         let rendered = self.render_locked(&mut state, &unlock, buffer, &header, &layout, wait);
         if let Err(gst::FlowError::Error) = rendered {
             // Close the connection without EOS, so that the reader reports
