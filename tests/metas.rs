@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use gst::prelude::*;
 
@@ -18,6 +19,8 @@ const CUSTOM_META: &str = "shmring-test-meta";
 const REFERENCE: &str = "timestamp/x-shmring-test";
 /// Set in the writer child: the socket it writes to.
 const WRITER_SOCKET: &str = "SHMRING_METAS_WRITER_SOCKET";
+/// Set in the writer child: more properties of its shmringsink.
+const WRITER_SINK_PROPERTIES: &str = "SHMRING_METAS_WRITER_SINK_PROPERTIES";
 
 #[test]
 fn planar_audio_recorded_through_the_ring_is_byte_identical() {
@@ -66,6 +69,12 @@ fn payload(index: u64) -> Vec<u8> {
     vec![index as u8; len]
 }
 
+/// Every third buffer has no metas: a lost buffer's metas must not land on
+/// it.
+fn has_metas(index: u64) -> bool {
+    index % 3 != 2
+}
+
 fn time_code(index: u64) -> gst_video::ValidVideoTimeCode {
     gst_video::ValidVideoTimeCode::new(
         gst::Fraction::new(25, 1),
@@ -106,8 +115,9 @@ fn reference_timestamp(index: u64) -> gst::ClockTime {
 fn run_writer(socket: &str) {
     init_gst();
     gst::meta::CustomMeta::register(CUSTOM_META, &[]);
+    let properties = std::env::var(WRITER_SINK_PROPERTIES).unwrap_or_default();
     let pipeline = parse_pipeline(&format!(
-        "appsrc name=src format=time caps=application/x-shmring-test ! shmringsink socket-path={socket}"
+        "appsrc name=src format=time caps=application/x-shmring-test ! shmringsink socket-path={socket} {properties}"
     ));
     let appsrc = pipeline
         .by_name("src")
@@ -117,10 +127,11 @@ fn run_writer(socket: &str) {
     let reference = gst::Caps::from_str(REFERENCE).expect("reference caps");
     for index in 0..BUFFERS {
         let mut buffer = gst::Buffer::from_mut_slice(payload(index));
-        {
-            let buffer = buffer.get_mut().expect("a new buffer is writable");
-            buffer.set_pts(FRAME * index);
-            buffer.set_duration(FRAME);
+        let writable = buffer.get_mut().expect("a new buffer is writable");
+        writable.set_pts(FRAME * index);
+        writable.set_duration(FRAME);
+        if has_metas(index) {
+            let buffer = writable;
             gst_video::VideoTimeCodeMeta::add(buffer, &time_code(index));
             gst::ReferenceTimestampMeta::add(buffer, &reference, reference_timestamp(index), FRAME);
             let mut custom = gst::meta::CustomMeta::add(buffer, CUSTOM_META).expect("the custom meta");
@@ -144,6 +155,11 @@ fn run_writer(socket: &str) {
 /// Checks every meta of buffer `index` as read; returns how many it had.
 fn check_metas(index: u64, buffer: &gst::BufferRef) -> usize {
     assert_eq!(buffer.map_readable().expect("readable").as_slice(), &payload(index)[..]);
+    let count = buffer.iter_meta::<gst::Meta>().count();
+    if !has_metas(index) {
+        assert_eq!(count, 0, "buffer {index} has no metas");
+        return count;
+    }
     let tc = buffer
         .meta::<gst_video::VideoTimeCodeMeta>()
         .expect("a time code meta")
@@ -189,31 +205,26 @@ fn check_metas(index: u64, buffer: &gst::BufferRef) -> usize {
     let caption_meta = buffer.meta::<gst_video::VideoCaptionMeta>().expect("a caption meta");
     assert_eq!(caption_meta.caption_type(), gst_video::VideoCaptionType::Cea708Cdp);
     assert_eq!(caption_meta.data(), &caption(index)[..]);
-    buffer.iter_meta::<gst::Meta>().count()
+    assert_eq!(count, 5, "buffer {index}");
+    count
 }
 
-/// The writer is another process (this binary, in `run_writer`); the
-/// reader here checks each buffer's metas against what the writer added.
-#[test]
-fn metas_an_application_adds_cross_with_their_buffers() {
-    if let Ok(socket) = std::env::var(WRITER_SOCKET) {
-        run_writer(&socket);
-        return;
-    }
-    let scratch = Scratch::new("metas_an_application_adds_cross_with_their_buffers");
+/// Runs the writer child (this binary, in `run_writer`, as `test`) with
+/// `properties` on its shmringsink, and reads it here, taking `pause` over
+/// each buffer. Returns the index and
+/// the number of metas of each buffer read, each checked against what the
+/// writer added, and the buffers the reader was told it lost.
+fn read_from_writer_child(test: &str, properties: &str, pause: Duration) -> (Vec<(u64, usize)>, u64) {
+    let scratch = Scratch::new(test);
     let socket = scratch.socket();
     let mut command = Command::new(std::env::current_exe().expect("this test binary"));
     command
-        .args([
-            "metas_an_application_adds_cross_with_their_buffers",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(WRITER_SOCKET, &socket);
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(WRITER_SOCKET, &socket)
+        .env(WRITER_SINK_PROPERTIES, properties);
     let writer = Launch::spawn_command(&scratch, "writer", command);
     let pipeline = parse_pipeline(&format!(
-        "shmringsrc socket-path={} ! appsink name=sink sync=false",
+        "shmringsrc name=src socket-path={} ! appsink name=sink sync=false",
         socket.display()
     ));
     let appsink = pipeline
@@ -230,15 +241,61 @@ fn metas_an_application_adds_cross_with_their_buffers() {
                 let index = buffer.pts().expect("a timestamp").nseconds() / FRAME.nseconds();
                 let metas = check_metas(index, buffer);
                 seen.lock().unwrap().push((index, metas));
+                std::thread::sleep(pause);
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
     );
     play_to_eos(&pipeline, "reader");
+    let lost = pipeline
+        .by_name("src")
+        .expect("the shmringsrc")
+        .property::<gst::Structure>("stats")
+        .get::<u64>("buffers-lost")
+        .expect("a buffers-lost counter");
     writer.finish().assert_success();
     assert_no_criticals_here("the reader");
-    let checked = checked.lock().unwrap();
+    let checked = checked.lock().unwrap().clone();
+    (checked, lost)
+}
+
+/// The writer is another process; the reader here checks each buffer's
+/// metas against what the writer added.
+#[test]
+fn metas_an_application_adds_cross_with_their_buffers() {
+    const TEST: &str = "metas_an_application_adds_cross_with_their_buffers";
+    if let Ok(socket) = std::env::var(WRITER_SOCKET) {
+        run_writer(&socket);
+        return;
+    }
+    let (checked, lost) = read_from_writer_child(TEST, "", Duration::ZERO);
     let indices: Vec<u64> = checked.iter().map(|&(index, _)| index).collect();
     assert_eq!(indices, (0..BUFFERS).collect::<Vec<_>>());
-    assert!(checked.iter().all(|&(_, metas)| metas == 5), "{checked:?}");
+    let with_metas = checked.iter().filter(|&&(_, metas)| metas == 5).count();
+    assert_eq!(with_metas, (0..BUFFERS).filter(|&index| has_metas(index)).count());
+    assert_eq!(lost, 0);
+}
+
+/// `when-full=drop` with a queue bounded to two buffers' worth of records
+/// (`ring-time`) and a reader slower than the writer, which keeps to the
+/// buffers' timestamps (`sync=true`): whichever buffers are
+/// lost, a buffer read carries its own metas, never those of a lost one.
+#[test]
+fn lost_buffers_take_their_metas_with_them() {
+    const TEST: &str = "lost_buffers_take_their_metas_with_them";
+    if let Ok(socket) = std::env::var(WRITER_SOCKET) {
+        run_writer(&socket);
+        return;
+    }
+    let (checked, lost) = read_from_writer_child(
+        TEST,
+        "when-full=drop ring-time=80000 sync=true",
+        Duration::from_millis(60),
+    );
+    eprintln!("{} buffers read, {lost} lost", checked.len());
+    assert!(
+        checked.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "out of order: {checked:?}"
+    );
+    assert_eq!(checked.len() as u64 + lost, BUFFERS, "{checked:?}");
 }

@@ -1200,7 +1200,7 @@ impl ShmRingSink {
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let drop_mode = self.drop_mode(state);
         let delta = buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-        let queue_limit = self.queue_limit(buffer);
+        let queue_limit = self.queue_limit(buffer, state.metas.len());
         loop {
             if !self.admit_readers(state, unlock, wait)? {
                 gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
@@ -1275,22 +1275,24 @@ impl ShmRingSink {
     }
 
     /// The bytes of records a reader's queue may hold unread: as many
-    /// records like this buffer's as `ring-time` lasts, by its duration, or
-    /// the whole queue.
-    fn queue_limit(&self, buffer: &gst::Buffer) -> u64 {
+    /// records like this buffer's (with its Metas record, of `metas_len`
+    /// bytes, if it has one) as `ring-time` lasts, by its duration, or the
+    /// whole queue.
+    fn queue_limit(&self, buffer: &gst::Buffer, metas_len: usize) -> u64 {
         let ring_time = self.ring_time_us.load(Ordering::Relaxed);
         let duration = buffer.duration().map_or(0, gst::ClockTime::nseconds);
         if ring_time == 0 || duration == 0 {
             return u64::MAX;
         }
         let records = (ring_time.saturating_mul(1000) / duration).max(1);
-        let inline_len = if buffer.size() <= INLINE_MAX {
-            buffer.size() as u64
-        } else {
-            0
+        let record = |len: usize| {
+            let inline_len = if len <= INLINE_MAX { len as u64 } else { 0 };
+            ring::layout::record_size(inline_len).unwrap_or(u64::MAX)
         };
-        let record = ring::layout::record_size(inline_len).unwrap_or(u64::MAX);
-        records.saturating_mul(record)
+        // A buffer's Metas record waits unread while its buffer record is
+        // written: a limit of one buffer's record alone would lose it.
+        let metas = if metas_len > 0 { record(metas_len) } else { 0 };
+        records.saturating_mul(record(buffer.size()).saturating_add(metas))
     }
 
     /// The record that tells a reader this pipeline's base time on
