@@ -55,8 +55,8 @@ const MAX_ENTRIES: usize = 1024;
 /// Longest region-of-interest type: each distinct one becomes a GQuark,
 /// which lives as long as the process.
 const MAX_ROI_TYPE: usize = 256;
-/// Custom meta names a reader process registers for its writers: each is
-/// two GTypes, which live as long as the process.
+/// Custom meta names a reader process registers (or drops) for its writers:
+/// each registered one is two GTypes, which live as long as the process.
 const MAX_CUSTOM_REGISTRATIONS: usize = 64;
 
 /// The writer's side: lists a buffer's metas, and logs once per kind those
@@ -352,16 +352,30 @@ fn is_type_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '+'))
 }
 
-/// Registers the custom meta `name` in this process, as the writer's
-/// process did, unless it is already. Refuses a name that GLib would refuse
-/// or that another type holds, each of which GStreamer answers with a
-/// CRITICAL, and more names than `MAX_CUSTOM_REGISTRATIONS`.
-fn ensure_custom_meta(name: &str) -> Result<(), DecodeError> {
-    static REGISTERED: Mutex<usize> = Mutex::new(0);
+/// Whether the custom meta `name` may be added in this process: it is
+/// registered, or it is registered now, as in the writer's process. A name
+/// in GStreamer's namespace (`Gst...`, such as vp8enc's `GstVP8Meta`) is
+/// not: the plugin that owns it registers it when it loads, and fails with
+/// a CRITICAL if the name is taken by then, so such a meta is dropped
+/// (logged once) until that plugin is loaded here. Refuses a name that GLib
+/// would refuse or that another type holds, each of which GStreamer answers
+/// with a CRITICAL, and more names than `MAX_CUSTOM_REGISTRATIONS`.
+fn ensure_custom_meta(name: &str) -> Result<bool, DecodeError> {
+    static REGISTERED: Mutex<Vec<String>> = Mutex::new(Vec::new());
     const WHAT: &str = "custom meta (a name this process cannot register)";
     let mut registered = REGISTERED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if gst::meta::CustomMeta::is_registered(name) {
-        return Ok(());
+        return Ok(true);
+    }
+    if name.starts_with("Gst") {
+        if !registered.iter().any(|dropped| dropped == name) {
+            registered.push(name.to_owned());
+            gst::debug!(
+                CAT,
+                "dropping custom meta {name}: a GStreamer plugin registers it, and none that has is loaded in this process"
+            );
+        }
+        return Ok(false);
     }
     // gst_meta_register_custom registers the API type `NAME-api` and the
     // type NAME; either existing already makes it fail with a CRITICAL.
@@ -369,19 +383,21 @@ fn ensure_custom_meta(name: &str) -> Result<(), DecodeError> {
     if !is_type_name(name)
         || glib::Type::from_name(name).is_some()
         || glib::Type::from_name(&api).is_some()
-        || *registered >= MAX_CUSTOM_REGISTRATIONS
+        || registered.len() >= MAX_CUSTOM_REGISTRATIONS
     {
         return Err(bad(WHAT));
     }
     gst::meta::CustomMeta::register(name, &[]);
-    *registered += 1;
-    Ok(())
+    registered.push(name.to_owned());
+    Ok(true)
 }
 
 fn add_custom(body: &[u8], buffer: &mut gst::BufferRef) -> Result<(), DecodeError> {
     const WHAT: &str = "custom meta";
     let structure = gst::Structure::from_str(codec::structure_text(body, WHAT)?).map_err(|_| bad(WHAT))?;
-    ensure_custom_meta(structure.name())?;
+    if !ensure_custom_meta(structure.name())? {
+        return Ok(());
+    }
     let mut meta = gst::meta::CustomMeta::add(buffer, structure.name()).map_err(|_| bad(WHAT))?;
     let fields = meta.mut_structure();
     for (field, value) in structure.iter() {
@@ -556,7 +572,7 @@ mod tests {
             time_code_with(6, 25),
             time_code_with(0, u32::MAX),
             entry(REFERENCE_TIMESTAMP, &reference),
-            entry(CUSTOM, b"GstBuffer, a=(int)1"),
+            entry(CUSTOM, b"GObject, a=(int)1"),
             entry(CUSTOM, b"shmring-collide"),
             entry(CUSTOM, b"ab, a=(int)1"),
             entry(CUSTOM, b"with/slash"),
@@ -576,6 +592,11 @@ mod tests {
             let mut buffer = gst::Buffer::with_size(64).unwrap();
             assert!(decode(&hostile, None, buffer.make_mut()).is_err(), "{hostile:?}");
         }
+        // GStreamer's namespace is left to the plugins that own it.
+        let mut buffer = gst::Buffer::with_size(64).unwrap();
+        decode(&entry(CUSTOM, b"GstShmringUnitMeta, a=(int)7"), None, buffer.make_mut()).unwrap();
+        assert_eq!(buffer.iter_meta::<gst::Meta>().count(), 0);
+        assert!(!gst::meta::CustomMeta::is_registered("GstShmringUnitMeta"));
         // A name no type holds is registered, as the writer's process did.
         let mut buffer = gst::Buffer::with_size(64).unwrap();
         decode(&entry(CUSTOM, b"shmring-unit-meta, a=(int)7"), None, buffer.make_mut()).unwrap();
