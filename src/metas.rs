@@ -76,6 +76,12 @@ impl Outgoing {
             if api == gst_video::VideoMeta::meta_api() {
                 continue;
             }
+            // Checked before anything is written, so that a buffer whose
+            // metas all stay behind costs no allocation.
+            if !carried(&meta) {
+                self.log_dropped(element, api);
+                continue;
+            }
             let start = out.len();
             out.extend_from_slice(&[0; 8]);
             let kind = encode_one(&meta, &mut out);
@@ -106,6 +112,20 @@ impl Outgoing {
             );
         }
     }
+}
+
+/// Whether `meta` is of a kind the ring carries.
+fn carried(meta: &gst::MetaRef<'_, gst::Meta>) -> bool {
+    let api = meta.api();
+    [
+        gst_audio::AudioMeta::meta_api(),
+        gst_video::VideoTimeCodeMeta::meta_api(),
+        gst::ReferenceTimestampMeta::meta_api(),
+        gst_video::VideoRegionOfInterestMeta::meta_api(),
+        gst_video::VideoCaptionMeta::meta_api(),
+    ]
+    .contains(&api)
+        || meta.try_as_custom_meta().is_some()
 }
 
 /// Appends the body of `meta`'s entry; returns its kind, or `None` for a

@@ -144,6 +144,8 @@ fn run_writer(socket: &str) {
             roi.set_parent_id(-1);
             roi.add_param(roi_param(index));
             gst_video::VideoCaptionMeta::add(buffer, gst_video::VideoCaptionType::Cea708Cdp, &caption(index));
+            // A kind the ring does not carry: dropped, and logged once.
+            gst_audio::AudioLevelMeta::add(buffer, 30, true);
         }
         appsrc.push_buffer(buffer).expect("the writer takes the buffer");
     }
@@ -152,7 +154,8 @@ fn run_writer(socket: &str) {
     assert_no_criticals_here("the writer child");
 }
 
-/// Checks every meta of buffer `index` as read; returns how many it had.
+/// Checks every meta of buffer `index` as read (the writer's audio level
+/// meta stays behind); returns how many it had.
 fn check_metas(index: u64, buffer: &gst::BufferRef) -> usize {
     assert_eq!(buffer.map_readable().expect("readable").as_slice(), &payload(index)[..]);
     let count = buffer.iter_meta::<gst::Meta>().count();
@@ -213,15 +216,17 @@ fn check_metas(index: u64, buffer: &gst::BufferRef) -> usize {
 /// `properties` on its shmringsink, and reads it here, taking `pause` over
 /// each buffer. Returns the index and
 /// the number of metas of each buffer read, each checked against what the
-/// writer added, and the buffers the reader was told it lost.
-fn read_from_writer_child(test: &str, properties: &str, pause: Duration) -> (Vec<(u64, usize)>, u64) {
+/// writer added, the buffers the reader was told it lost, and the writer's
+/// stderr (with the debug log of `shmringmetas`).
+fn read_from_writer_child(test: &str, properties: &str, pause: Duration) -> (Vec<(u64, usize)>, u64, String) {
     let scratch = Scratch::new(test);
     let socket = scratch.socket();
     let mut command = Command::new(std::env::current_exe().expect("this test binary"));
     command
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(WRITER_SOCKET, &socket)
-        .env(WRITER_SINK_PROPERTIES, properties);
+        .env(WRITER_SINK_PROPERTIES, properties)
+        .env("GST_DEBUG", "shmringmetas:5");
     let writer = Launch::spawn_command(&scratch, "writer", command);
     let pipeline = parse_pipeline(&format!(
         "shmringsrc name=src socket-path={} ! appsink name=sink sync=false",
@@ -253,10 +258,11 @@ fn read_from_writer_child(test: &str, properties: &str, pause: Duration) -> (Vec
         .property::<gst::Structure>("stats")
         .get::<u64>("buffers-lost")
         .expect("a buffers-lost counter");
-    writer.finish().assert_success();
+    let writer = writer.finish();
+    writer.assert_success();
     assert_no_criticals_here("the reader");
     let checked = checked.lock().unwrap().clone();
-    (checked, lost)
+    (checked, lost, writer.stderr)
 }
 
 /// The writer is another process; the reader here checks each buffer's
@@ -268,12 +274,16 @@ fn metas_an_application_adds_cross_with_their_buffers() {
         run_writer(&socket);
         return;
     }
-    let (checked, lost) = read_from_writer_child(TEST, "", Duration::ZERO);
+    let (checked, lost, writer_log) = read_from_writer_child(TEST, "", Duration::ZERO);
     let indices: Vec<u64> = checked.iter().map(|&(index, _)| index).collect();
     assert_eq!(indices, (0..BUFFERS).collect::<Vec<_>>());
     let with_metas = checked.iter().filter(|&&(_, metas)| metas == 5).count();
     assert_eq!(with_metas, (0..BUFFERS).filter(|&index| has_metas(index)).count());
     assert_eq!(lost, 0);
+    let dropped = writer_log
+        .matches("GstAudioLevelMetaAPI does not cross the ring")
+        .count();
+    assert_eq!(dropped, 1, "{writer_log}");
 }
 
 /// `when-full=drop` with a queue bounded to two buffers' worth of records
@@ -287,7 +297,7 @@ fn lost_buffers_take_their_metas_with_them() {
         run_writer(&socket);
         return;
     }
-    let (checked, lost) = read_from_writer_child(
+    let (checked, lost, _) = read_from_writer_child(
         TEST,
         "when-full=drop ring-time=80000 sync=true",
         Duration::from_millis(60),
