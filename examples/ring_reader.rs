@@ -152,7 +152,7 @@ fn print_next_record(reader: &mut ReaderChannel, totals: &mut Totals) -> Result<
                 line += &format!(" lost={}", u64::from_ne_bytes(*lost));
             }
         }
-        RecordKind::Event | RecordKind::VideoLayout => {}
+        RecordKind::Event | RecordKind::VideoLayout | RecordKind::Metas => {}
     }
     totals.records += 1;
     println!("{line}");

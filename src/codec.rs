@@ -5,6 +5,7 @@
 //! | record            | payload                                            |
 //! |-------------------|----------------------------------------------------|
 //! | buffer            | the buffer's bytes                                 |
+//! | metas             | the buffer's metas (see `metas.rs`)                |
 //! | video layout      | empty (no GstVideoMeta), or u32 format, u32 frame flags, u32 width, u32 height, u32 planes, u32 reserved, u32 plane offsets[4], i32 plane strides[4] |
 //! | caps              | the caps as a UTF-8 string                         |
 //! | event stream-start| u32 flags, u32 group-id (0 = none), UTF-8 stream-id |
@@ -32,7 +33,7 @@ pub struct DecodeError {
     what: &'static str,
 }
 
-fn bad(what: &'static str) -> DecodeError {
+pub(crate) fn bad(what: &'static str) -> DecodeError {
     DecodeError { what }
 }
 
@@ -242,19 +243,19 @@ pub fn encode_event(event: &gst::Event) -> Option<(RecordHeader, Vec<u8>)> {
     Some((RecordHeader::untimed(RecordKind::Event, event_type), payload))
 }
 
-fn split_u32(payload: &[u8]) -> Option<(u32, &[u8])> {
+pub(crate) fn split_u32(payload: &[u8]) -> Option<(u32, &[u8])> {
     let (head, rest) = payload.split_first_chunk::<4>()?;
     Some((u32::from_ne_bytes(*head), rest))
 }
 
-fn split_u64(payload: &[u8]) -> Option<(u64, &[u8])> {
+pub(crate) fn split_u64(payload: &[u8]) -> Option<(u64, &[u8])> {
     let (head, rest) = payload.split_first_chunk::<8>()?;
     Some((u64::from_ne_bytes(*head), rest))
 }
 
 /// A payload's text: UTF-8 without NUL, which GLib's C strings cannot hold
 /// (gstreamer-rs panics on one; found by the fuzzer).
-fn text<'a>(bytes: &'a [u8], what: &'static str) -> Result<&'a str, DecodeError> {
+pub(crate) fn text<'a>(bytes: &'a [u8], what: &'static str) -> Result<&'a str, DecodeError> {
     if bytes.contains(&0) {
         return Err(bad(what));
     }
@@ -287,7 +288,7 @@ const NESTED_TYPES: [&str; 12] = [
 /// found inside them, are refused. This refuses more than GStreamer would,
 /// never less: structures are split at every `;` outside double quotes, and
 /// GStreamer only starts a new one at some of those.
-fn parses_cleanly(text: &str) -> bool {
+pub(crate) fn parses_cleanly(text: &str) -> bool {
     // g_ascii_isspace, which the parser skips; Rust's ASCII whitespace
     // lacks the vertical tab.
     let space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r');
@@ -322,7 +323,7 @@ fn parses_cleanly(text: &str) -> bool {
 
 /// The text of a caps, structure or tag list payload, if it is UTF-8 and
 /// parses without a CRITICAL (see `parses_cleanly`).
-fn structure_text<'a>(bytes: &'a [u8], what: &'static str) -> Result<&'a str, DecodeError> {
+pub(crate) fn structure_text<'a>(bytes: &'a [u8], what: &'static str) -> Result<&'a str, DecodeError> {
     let text = text(bytes, what)?;
     if !parses_cleanly(text) {
         return Err(bad(what));
@@ -341,7 +342,7 @@ pub fn decode(header: &RecordHeader, payload: &[u8]) -> Result<Decoded, DecodeEr
             Ok(Decoded::Caps(caps))
         }
         RecordKind::Event => decode_event(header.flags, payload),
-        RecordKind::Buffer | RecordKind::VideoLayout | RecordKind::Lost => Err(bad("buffer")),
+        RecordKind::Buffer | RecordKind::VideoLayout | RecordKind::Lost | RecordKind::Metas => Err(bad("buffer")),
     }
 }
 

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use gst::glib::translate::IntoGlib;
 
 use crate::codec;
+use crate::metas;
 use crate::ring::layout::*;
 use crate::ring::{
     self, ChannelSizes, HeapBooks, HeapMemory, Payload, Producer, ReaderChannel, ReceivedFds, RecordHeader, RecordKind,
@@ -162,7 +163,21 @@ impl<'a> Script<'a> {
 
     /// A record kind, the unknown ones 0 and 5 included.
     fn kind(&mut self) -> u32 {
-        u32::from(self.byte() % 6)
+        u32::from(self.byte() % 7)
+    }
+
+    /// A Metas record's payload: a few entries of kinds mostly known, each
+    /// with a body of its own.
+    fn metas(&mut self) -> Vec<u8> {
+        let mut metas = Vec::new();
+        for _ in 0..self.byte() % 4 {
+            let kind = u32::from(self.byte() % 8);
+            let body = self.payload();
+            metas.extend_from_slice(&kind.to_ne_bytes());
+            metas.extend_from_slice(&(body.len() as u32).to_ne_bytes());
+            metas.extend_from_slice(&body);
+        }
+        metas
     }
 
     /// An event type for a record's flags: mostly ones the codec reads.
@@ -261,6 +276,7 @@ fn duplicate(fds: &ReceivedFds) -> Option<ReceivedFds> {
 struct Reader {
     channel: ReaderChannel,
     layout: codec::VideoLayout,
+    metas: metas::Incoming,
 }
 
 fn count<T, E>(result: &Result<T, E>, accepted: &mut u64) {
@@ -306,7 +322,9 @@ impl Reader {
                 let mut buffer = gst::Buffer::from_mut_slice(bytes);
                 let applied = codec::apply_buffer_header(&header, &self.layout, buffer.make_mut());
                 count(&applied, &mut outcome.accepted);
+                count(&self.metas.apply(&header, buffer.make_mut()), &mut outcome.accepted);
             }
+            RecordKind::Metas => self.metas.hold(bytes),
             RecordKind::VideoLayout => {
                 if let Ok(layout) = codec::decode_video_layout(&bytes) {
                     self.layout = layout;
@@ -314,7 +332,11 @@ impl Reader {
                 }
             }
             RecordKind::Caps | RecordKind::Event => {
-                count(&codec::decode(&header, &bytes), &mut outcome.accepted);
+                let decoded = codec::decode(&header, &bytes);
+                if let Ok(codec::Decoded::Caps(caps)) = &decoded {
+                    self.metas.set_caps(caps);
+                }
+                count(&decoded, &mut outcome.accepted);
             }
             RecordKind::Lost => count(&codec::decode_lost(&bytes), &mut outcome.accepted),
         }
@@ -339,7 +361,11 @@ pub fn reader_against_hostile_writer(data: &[u8]) -> Outcome {
         .try_clone_to_owned()
         .expect("duplicating the fds of a fuzzing ring");
     let file = channel_file(&spare);
-    let mut reader = Some(Reader { channel, layout: None });
+    let mut reader = Some(Reader {
+        channel,
+        layout: None,
+        metas: metas::Incoming::default(),
+    });
     // Where the hostile writer puts its next record.
     let mut write = 0u64;
     while !script.is_empty() {
@@ -432,7 +458,13 @@ pub fn reader_against_hostile_writer(data: &[u8]) -> Outcome {
                     && let Some(fds) = duplicate(&spare)
                 {
                     match ReaderChannel::attach(fds, SIZES) {
-                        Ok(channel) => reader = Some(Reader { channel, layout: None }),
+                        Ok(channel) => {
+                            reader = Some(Reader {
+                                channel,
+                                layout: None,
+                                metas: metas::Incoming::default(),
+                            })
+                        }
                         Err(_) => outcome.refused += 1,
                     }
                 }
@@ -455,6 +487,17 @@ pub fn reader_against_hostile_writer(data: &[u8]) -> Outcome {
                     let applied = codec::apply_buffer_header(&header, &layout, buffer.make_mut());
                     count(&applied, &mut outcome.accepted);
                 }
+                // Metas, against planar audio caps as audio metas need.
+                let metas = script.metas();
+                let mut buffer = gst::Buffer::with_size(usize::from(script.byte()) * 8).expect("a small buffer");
+                let audio = gst_audio::AudioInfo::builder(gst_audio::AudioFormat::F32le, 48000, 2)
+                    .layout(gst_audio::AudioLayout::NonInterleaved)
+                    .build()
+                    .expect("planar audio info");
+                count(
+                    &metas::decode(&metas, Some(&audio), buffer.make_mut()),
+                    &mut outcome.accepted,
+                );
             }
         }
     }

@@ -4,6 +4,7 @@
 //! - [`ring`]: the ring itself, with no GStreamer in it;
 //! - [`ipc`]: the control socket that hands a reader the ring;
 //! - [`codec`]: how caps, events and buffer metadata become records;
+//! - [`metas`]: the metas that cross with a buffer;
 //! - [`address`]: socket paths, named streams and `shmring://` URIs;
 //! - `shmringsink` and `shmringsrc`: the elements.
 
@@ -14,6 +15,7 @@ pub mod codec;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ipc;
+pub mod metas;
 pub mod ring;
 mod shmringsink;
 mod shmringsrc;

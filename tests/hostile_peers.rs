@@ -237,7 +237,11 @@ impl HostileWriter {
     /// A buffer numbered `index`: inline for even numbers, in a block for
     /// odd ones.
     fn send_buffer(&mut self, index: u64) -> bool {
-        let mut header = RecordHeader::untimed(RecordKind::Buffer, 0);
+        self.send_buffer_flagged(index, 0)
+    }
+
+    fn send_buffer_flagged(&mut self, index: u64, flags: u32) -> bool {
+        let mut header = RecordHeader::untimed(RecordKind::Buffer, flags);
         header.pts = index * 1_000_000;
         header.duration = 1_000_000;
         if index.is_multiple_of(2) {
@@ -284,7 +288,8 @@ impl HostileWriter {
         let choice = match mode {
             "positions" => 0,
             "headers" => 1,
-            _ => self.rng.below(5),
+            "metas" => 5,
+            _ => self.rng.below(6),
         };
         match choice {
             0 => {
@@ -304,7 +309,7 @@ impl HostileWriter {
                 // write position past it.
                 let kind = match self.rng.below(8) {
                     0 => self.rng.next() as u32,
-                    pick => (pick % 5) as u32,
+                    pick => (pick % 7) as u32,
                 };
                 let len = match self.rng.below(3) {
                     0 => value_near(&mut self.rng, 0),
@@ -343,6 +348,28 @@ impl HostileWriter {
                 if let Some(bytes) = unsafe { self.heap.block_mut(offset, len) } {
                     let value = self.rng.next() as u8;
                     bytes.fill(value);
+                }
+            }
+            5 => {
+                // A metas record of entries of known kinds with bodies of
+                // any bytes, then the buffer it says it belongs to.
+                let mut metas = Vec::new();
+                for _ in 0..=self.rng.below(3) {
+                    let body: Vec<u8> = (0..self.rng.below(64)).map(|_| self.rng.next() as u8 % 8).collect();
+                    metas.extend_from_slice(&(1 + self.rng.below(6) as u32).to_ne_bytes());
+                    metas.extend_from_slice(&(body.len() as u32).to_ne_bytes());
+                    metas.extend_from_slice(&body);
+                }
+                let header = RecordHeader::untimed(RecordKind::Metas, 0);
+                if self.send(
+                    &header,
+                    Payload::Inline {
+                        len: metas.len() as u64,
+                    },
+                    &metas,
+                ) {
+                    let index = self.rng.below(1000);
+                    self.send_buffer_flagged(index, gstshmring::metas::METAS_PRECEDE);
                 }
             }
             _ => {
@@ -476,6 +503,12 @@ fn reader_survives_broken_positions() {
 fn reader_survives_broken_headers() {
     let causes = run_hostile_writer("headers", &[4, 5, 6]);
     assert!(causes.iter().any(|cause| cause != READER_CAUSES[2]), "{causes:?}");
+}
+
+#[test]
+fn reader_refuses_hostile_metas_without_a_critical() {
+    let causes = run_hostile_writer("metas", &[11, 12]);
+    assert!(causes.iter().all(|cause| cause == READER_CAUSES[1]), "{causes:?}");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The shared-memory layout, version 3 (see PROTOCOL.md).
+//! The shared-memory layout, version 4 (see PROTOCOL.md).
 //!
 //! This file and `PROTOCOL.md` describe the same bytes; change both together
 //! and bump [`LAYOUT_VERSION`] when the meaning of any byte changes.
@@ -19,7 +19,7 @@
 //!
 //! control page
 //! 0x000  [u8; 8]  magic, "SHMRING\0"
-//! 0x008  u32      layout version (3)
+//! 0x008  u32      layout version (4)
 //! 0x00c  u32      control page size (4096)
 //! 0x010  u64      record queue capacity in bytes
 //! 0x018  u64      release queue capacity in entries
@@ -48,7 +48,8 @@
 //!
 //! ```text
 //! 0   u32  kind (see RecordKind)
-//! 4   u32  flags (GstBufferFlags for buffers, the event type for events)
+//! 4   u32  flags (GstBufferFlags for buffers, with bit 31 set when a Metas
+//!          record precedes the buffer; the event type for events)
 //! 8   u64  payload length in bytes
 //! 16  u64  pts          } u64::MAX means "none", as GST_CLOCK_TIME_NONE
 //! 24  u64  dts          }
@@ -65,7 +66,7 @@
 /// First eight bytes of a channel's control page.
 pub const MAGIC: [u8; 8] = *b"SHMRING\0";
 /// Version of the layout above. The socket handshake carries it too.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Size of the control page; the record queue starts right after it.
 pub const CONTROL_SIZE: usize = 4096;
 /// Records start at multiples of this, and heap blocks too, which keeps
@@ -127,6 +128,9 @@ pub enum RecordKind {
     /// the payload is a u64, how many since the last record it sent. The
     /// next buffer record is a discontinuity.
     Lost = 5,
+    /// The metas of the buffer record that comes next, which carries
+    /// `METAS_PRECEDE` (see `metas.rs`).
+    Metas = 6,
 }
 
 impl RecordKind {
@@ -137,6 +141,7 @@ impl RecordKind {
             3 => Some(Self::Event),
             4 => Some(Self::VideoLayout),
             5 => Some(Self::Lost),
+            6 => Some(Self::Metas),
             _ => None,
         }
     }

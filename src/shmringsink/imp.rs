@@ -12,6 +12,7 @@ use gst_base::subclass::prelude::*;
 use crate::address::Address;
 use crate::codec;
 use crate::ipc::Listener;
+use crate::metas;
 use crate::ring::layout::MAX_HEAP_SIZE;
 use crate::ring::{self, Notifier, RecordHeader, RingError};
 use crate::stats::Stats;
@@ -143,6 +144,7 @@ pub struct ShmRingSink {
     /// it can be reached while `render` holds the state lock.
     unlock: Unlock,
     stats: Stats,
+    metas: metas::Outgoing,
 }
 
 /// The video info of raw video caps. Other caps are not parsed, since the
@@ -478,22 +480,24 @@ impl ShmRingSink {
     }
 
     /// The bytes of records a reader's queue may hold unread: as many
-    /// records like this buffer's as `ring-time` lasts, by its duration, or
-    /// the whole queue.
-    pub(super) fn queue_limit(&self, buffer: &gst::Buffer) -> u64 {
+    /// records like this buffer's (with its Metas record, of `metas_len`
+    /// bytes, if it has one) as `ring-time` lasts, by its duration, or the
+    /// whole queue.
+    pub(super) fn queue_limit(&self, buffer: &gst::Buffer, metas_len: usize) -> u64 {
         let ring_time = self.ring_time_us.load(Ordering::Relaxed);
         let duration = buffer.duration().map_or(0, gst::ClockTime::nseconds);
         if ring_time == 0 || duration == 0 {
             return u64::MAX;
         }
         let records = (ring_time.saturating_mul(1000) / duration).max(1);
-        let inline_len = if buffer.size() <= INLINE_MAX {
-            buffer.size() as u64
-        } else {
-            0
+        let record = |len: usize| {
+            let inline_len = if len <= INLINE_MAX { len as u64 } else { 0 };
+            ring::layout::record_size(inline_len).unwrap_or(u64::MAX)
         };
-        let record = ring::layout::record_size(inline_len).unwrap_or(u64::MAX);
-        records.saturating_mul(record)
+        // A buffer's Metas record waits unread while its buffer record is
+        // written: a limit of one buffer's record alone would lose it.
+        let metas = if metas_len > 0 { record(metas_len) } else { 0 };
+        records.saturating_mul(record(buffer.size()).saturating_add(metas))
     }
 
     /// Which base time this is, counted from the first: a reader whose
@@ -788,11 +792,14 @@ impl BaseSinkImpl for ShmRingSink {
         let wait = self.wait_for_connection();
         let header = codec::buffer_header(buffer);
         let layout = codec::video_layout(buffer);
+        let metas = self.metas.encode(self.obj().upcast_ref(), buffer);
         let mut state = self.lock_state();
         if state.failed {
             return Err(gst::FlowError::Error);
         }
-        let rendered = state.readers.render(self, &unlock, buffer, &header, &layout, wait);
+        let rendered = state
+            .readers
+            .render(self, &unlock, buffer, &header, &layout, metas, wait);
         if let Err(gst::FlowError::Error) = rendered {
             // Close the connection without EOS, so that the reader reports
             // that the writer failed instead of ending as if it had finished.

@@ -82,6 +82,8 @@ pub(super) struct Readers {
     /// having waited for `wait-for-readers` readers if it waited at all:
     /// from now on, waiting for readers means waiting for one.
     readers_gathered: bool,
+    /// The Metas record of the buffer being rendered; empty if it has none.
+    metas: Vec<u8>,
 }
 
 impl Readers {

@@ -14,6 +14,7 @@ use gst_base::subclass::prelude::*;
 use crate::address::Address;
 use crate::codec::{self, Decoded, VideoLayout};
 use crate::ipc::{self, Connection, Trigger, Waiter};
+use crate::metas;
 use crate::ring::{Consumer, HeapMemory, Notifier, Payload, ReaderChannel, RecordKind, ReleaseProducer};
 use crate::stats::Stats;
 use crate::timeline::Timeline;
@@ -160,6 +161,8 @@ struct Link {
     lease: bool,
     /// The memory layout of the buffers that follow.
     layout: VideoLayout,
+    /// The metas of the next buffer, and the caps they are checked against.
+    metas: metas::Incoming,
     /// For raw video caps: the caps, and the layout their frames have
     /// without a GstVideoMeta.
     video: Option<(gst::Caps, gst_video::VideoInfo)>,
@@ -477,6 +480,7 @@ impl ShmRingSrc {
             writer_gone: false,
             lease: false,
             layout: None,
+            metas: metas::Incoming::default(),
             video: None,
             video_meta: None,
             waiter,
@@ -807,6 +811,9 @@ impl ShmRingSrc {
                 }
                 None => (buffer, copied),
             };
+            link.metas
+                .apply(&header, buffer.make_mut())
+                .map_err(|err| self.decode_error(err))?;
             self.stats.buffer(buffer.size(), copied);
             if link.live {
                 self.onto_our_timeline(link, buffer.make_mut());
@@ -845,6 +852,10 @@ impl ShmRingSrc {
             link.layout = codec::decode_video_layout(&bytes).map_err(|err| self.decode_error(err))?;
             return Ok(Some(Step::Continue));
         }
+        if header.kind == RecordKind::Metas {
+            link.metas.hold(bytes);
+            return Ok(Some(Step::Continue));
+        }
         if header.kind == RecordKind::Lost {
             let lost = codec::decode_lost(&bytes).map_err(|err| self.decode_error(err))?;
             link.discont = true;
@@ -872,6 +883,7 @@ impl ShmRingSrc {
                     .flatten()
                     .map(|info| (caps.clone(), info));
                 link.video_meta = None;
+                link.metas.set_caps(&caps);
                 *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(caps.clone());
                 if obj.set_caps(&caps).is_err() {
                     gst::element_imp_error!(

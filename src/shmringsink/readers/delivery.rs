@@ -34,6 +34,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use crate::codec::{self, VideoLayout};
+use crate::metas;
 use crate::ring::{self, Notifier, Payload, RecordHeader, RecordKind, RingError, WriteGrant};
 use crate::shmringsink::CAT;
 use crate::shmringsink::heap::{Allocation, LEASE_WAIT, Patience, SinkHeap};
@@ -103,11 +104,13 @@ impl Readers {
         buffer: &gst::Buffer,
         header: &RecordHeader,
         layout: &VideoLayout,
+        metas: Vec<u8>,
         wait: bool,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let drop_mode = self.drop_mode(sink);
         let delta = buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-        let queue_limit = sink.queue_limit(buffer);
+        self.metas = metas;
+        let queue_limit = sink.queue_limit(buffer, self.metas.len());
         loop {
             if !self.admit_readers(sink, unlock, wait)? {
                 gst::trace!(CAT, imp = sink, "no reader; dropping {buffer:?}");
@@ -307,9 +310,9 @@ impl Readers {
     }
 
     /// Writes one buffer record to the reader in `slot` with `write`, after
-    /// a Lost record if it lost buffers (then the buffer carries DISCONT).
-    /// Returns whether the buffer went; in `drop` mode one that does not fit
-    /// is lost.
+    /// a Lost record if it lost buffers (then the buffer carries DISCONT)
+    /// and its Metas record if it has metas. Returns whether the buffer
+    /// went; in `drop` mode one that does not fit is lost.
     fn deliver_one(
         &mut self,
         sink: &ShmRingSink,
@@ -330,6 +333,22 @@ impl Readers {
         let mut header = *header;
         if discont {
             header.flags |= gst::BufferFlags::DISCONT.bits();
+        }
+        if !self.metas.is_empty() {
+            // The flag, not the order, ties the Metas record to this
+            // buffer: if the buffer does not follow, the next one lacks it.
+            let metas = std::mem::take(&mut self.metas);
+            let metas_header = RecordHeader::untimed(RecordKind::Metas, 0);
+            let sent = self.send_copy(sink, slot, &metas_header, &metas, !drop_mode);
+            self.metas = metas;
+            match sent? {
+                WriteOutcome::Written => header.flags |= metas::METAS_PRECEDE,
+                WriteOutcome::Full => {
+                    self.lose(sink, slot);
+                    return Ok(false);
+                }
+                WriteOutcome::NoReader => return Ok(false),
+            }
         }
         match write(self, sink, &header)? {
             WriteOutcome::Written => {
