@@ -797,9 +797,8 @@ impl BaseSinkImpl for ShmRingSink {
         if state.failed {
             return Err(gst::FlowError::Error);
         }
-        let rendered = state
-            .readers
-            .render(self, &unlock, buffer, &header, &layout, metas, wait);
+        state.readers.carry_metas(metas);
+        let rendered = state.readers.render(self, &unlock, buffer, &header, &layout, wait);
         if let Err(gst::FlowError::Error) = rendered {
             // Close the connection without EOS, so that the reader reports
             // that the writer failed instead of ending as if it had finished.

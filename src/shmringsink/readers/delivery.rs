@@ -94,6 +94,12 @@ impl Readers {
         Ok(())
     }
 
+    /// The Metas record (see `metas.rs`) of the buffer `render` gets next;
+    /// empty if it carries none.
+    pub(in crate::shmringsink) fn carry_metas(&mut self, metas: Vec<u8>) {
+        self.metas = metas;
+    }
+
     /// Writes a buffer to every linked reader that is to get it. Its
     /// payload goes into the heap once, whatever the number of readers: a
     /// block they all hold, each with its own holder bit.
@@ -104,12 +110,10 @@ impl Readers {
         buffer: &gst::Buffer,
         header: &RecordHeader,
         layout: &VideoLayout,
-        metas: Vec<u8>,
         wait: bool,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let drop_mode = self.drop_mode(sink);
         let delta = buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-        self.metas = metas;
         let queue_limit = sink.queue_limit(buffer, self.metas.len());
         loop {
             if !self.admit_readers(sink, unlock, wait)? {
