@@ -90,17 +90,11 @@ impl Pipeline {
 
     /// Counts the buffers that reach the pad of `element`'s sink pad.
     fn count_buffers(&self, element: &str) -> Arc<AtomicU64> {
-        let count = Arc::new(AtomicU64::new(0));
-        let counted = count.clone();
-        self.0
+        let element = self
+            .0
             .by_name(element)
-            .and_then(|element| element.static_pad("sink"))
-            .unwrap_or_else(|| panic!("no sink pad on {element}"))
-            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                counted.fetch_add(1, Ordering::SeqCst);
-                gst::PadProbeReturn::Ok
-            });
-        count
+            .unwrap_or_else(|| panic!("no element {element}"));
+        common::count_buffers(&element)
     }
 }
 

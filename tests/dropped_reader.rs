@@ -16,12 +16,15 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Launch, Scratch};
+
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    common::wait_until_within(WATCHDOG, what, done);
+}
 use gst::prelude::*;
 
 /// Debian's interpreter, which has PyGObject (python3-gi).
@@ -86,14 +89,6 @@ fn frame(index: u64) -> gst::Buffer {
     buffer
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WATCHDOG;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn reader_dropped_for_its_backlog_never_shows_a_rewritten_frame() {
     let scratch = Scratch::new("dropped-reader");
@@ -111,14 +106,7 @@ fn reader_dropped_for_its_backlog_never_shows_a_rewritten_frame() {
     // Frames that reached the sink: when the last one pushed has, every
     // earlier one was rendered (or lost) already. The sink's own count
     // leaves out frames every reader lost.
-    let arrived = Arc::new(AtomicU64::new(0));
-    let counter = arrived.clone();
-    sink.static_pad("sink")
-        .expect("the sink has a pad")
-        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            gst::PadProbeReturn::Ok
-        });
+    let arrived = common::count_buffers(&sink);
     writer.set_state(gst::State::Playing).expect("the writer starts");
 
     let mut checker_command = Command::new(PYTHON);

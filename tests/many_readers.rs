@@ -8,22 +8,12 @@ use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::Instant;
 
 use common::{
-    DEADLINE, Launch, POLL_INTERVAL, Scratch, init_gst, is_socket, parse_pipeline, play_to_eos, wait_for_eos,
-    wait_for_eos_counting_qos,
+    Launch, Scratch, init_gst, is_socket, parse_pipeline, play_to_eos, wait_for_eos, wait_for_eos_counting_qos,
+    wait_until,
 };
 use gst::prelude::*;
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "waited {DEADLINE:?} for {what}");
-        thread::sleep(POLL_INTERVAL);
-    }
-}
 
 fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map_or(0, |metadata| metadata.len())

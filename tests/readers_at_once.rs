@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::thread;
-use std::time::Instant;
-
-use common::{DEADLINE, Launch, POLL_INTERVAL, Scratch, init_gst, is_socket, parse_pipeline, wait_for_eos};
+use common::{Launch, Scratch, init_gst, is_socket, parse_pipeline, wait_for_eos, wait_until};
 use gst::prelude::*;
 
 const FRAMES: u32 = 150;
@@ -21,33 +18,11 @@ fn video() -> String {
     )
 }
 
-/// The lines checksumsink prints, one per buffer: its timestamp and the
-/// SHA-1 of its bytes. gst-launch's own chatter is left out.
-fn checksums(stdout: &str) -> Vec<String> {
-    stdout
-        .lines()
-        .filter(|line| {
-            line.split_once(' ').is_some_and(|(time, sum)| {
-                time.contains(':') && sum.len() == 40 && sum.bytes().all(|b| b.is_ascii_hexdigit())
-            })
-        })
-        .map(str::to_owned)
-        .collect()
-}
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "waited {DEADLINE:?} for {what}");
-        thread::sleep(POLL_INTERVAL);
-    }
-}
-
 /// The checksums of a one-process run of `video()`.
 fn reference(scratch: &Scratch) -> Vec<String> {
     let reference = Launch::spawn(scratch, "reference", &format!("{} ! checksumsink", video())).finish();
     reference.assert_success();
-    let expected = checksums(&reference.stdout);
+    let expected = common::checksums(&reference.stdout);
     assert_eq!(
         expected.len(),
         FRAMES as usize,
@@ -59,7 +34,7 @@ fn reference(scratch: &Scratch) -> Vec<String> {
 
 fn assert_every_frame(reader: common::Finished, expected: &[String]) {
     reader.assert_success();
-    let got = checksums(&reader.stdout);
+    let got = common::checksums(&reader.stdout);
     assert!(
         got == expected,
         "the {} got {} of {FRAMES} frames, or other bytes or timestamps\n{}",

@@ -5,10 +5,8 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::Instant;
 
-use common::{DEADLINE, Launch, POLL_INTERVAL, Scratch, assert_no_criticals_here, init_gst, parse_pipeline};
+use common::{DEADLINE, Launch, Scratch, assert_no_criticals_here, init_gst, parse_pipeline, wait_until};
 use gst::prelude::*;
 
 /// 10 ms of 48 kHz mono per buffer: a tone of 500 Hz crosses zero about 10
@@ -18,14 +16,6 @@ const LOW_HZ: u32 = 500;
 const HIGH_HZ: u32 = 4000;
 /// Buffers the recorder takes from each writer.
 const WANTED: usize = 50;
-
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "waited {DEADLINE:?} for {what}");
-        thread::sleep(POLL_INTERVAL);
-    }
-}
 
 /// A live tone into a sink (at `address`: `socket-path=...` or
 /// `stream=...`) that neither waits for a reader nor loses buffers for one,

@@ -14,44 +14,24 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Launch, Scratch};
+
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    common::wait_until_within(WATCHDOG, what, done);
+}
 use gst::prelude::*;
 
 /// Bounds a hang; nothing here is timed.
 const WATCHDOG: Duration = Duration::from_secs(60);
-
-/// The buffer lines of `checksumsink`'s output: a timestamp and a SHA-1.
-fn checksums(stdout: &str) -> Vec<String> {
-    stdout
-        .lines()
-        .filter(|line| {
-            let mut fields = line.split(' ');
-            let (Some(time), Some(sum), None) = (fields.next(), fields.next(), fields.next()) else {
-                return false;
-            };
-            time.contains(':') && sum.len() == 40 && sum.chars().all(|c| c.is_ascii_hexdigit())
-        })
-        .map(str::to_owned)
-        .collect()
-}
 
 /// What one process makes of `source` (a gst-launch description ending in
 /// caps): the checksums of its buffers.
 fn reference(scratch: &Scratch, source: &str) -> Vec<String> {
     let finished = Launch::spawn(scratch, "reference", &format!("{source} ! checksumsink")).finish();
     finished.assert_success();
-    checksums(&finished.stdout)
-}
-
-/// Polls `done` until it holds; the watchdog fails the test.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WATCHDOG;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
+    common::checksums(&finished.stdout)
 }
 
 fn stat(sink: &gst::Element, name: &str) -> u64 {
@@ -95,7 +75,7 @@ fn pause_and_resume(scratch: &Scratch, writer: &gst::Pipeline, reader: Option<La
     let finished = reader.finish();
     finished.assert_success();
     assert_eq!(
-        checksums(&finished.stdout),
+        common::checksums(&finished.stdout),
         expected,
         "the reader got other frames than one process makes"
     );
@@ -148,10 +128,12 @@ fn writer_paused_while_waiting_for_a_reader_streams_again() {
 fn writer_paused_while_a_reader_queue_is_full_streams_again() {
     let scratch = Scratch::new("pause-queue-full");
     // Small frames travel inline: they fill the reader's record queue.
+    // Written at most one a millisecond, so that the reader is frozen long
+    // before it could have read them all.
     let source = "videotestsrc num-buffers=3000 ! video/x-raw,format=I420,width=32,height=32";
     let expected = reference(&scratch, source);
     let writer = common::parse_pipeline(&format!(
-        "{source} ! shmringsink name=sink when-full=block socket-path={}",
+        "{source} ! identity sleep-time=1000 ! shmringsink name=sink when-full=block socket-path={}",
         scratch.socket().display()
     ));
     let sink = writer.by_name("sink").expect("the sink is named");
@@ -212,14 +194,7 @@ impl AppWriter {
             .and_downcast::<gst_app::AppSrc>()
             .expect("the appsrc");
         let sink = pipeline.by_name("sink").expect("the sink is named");
-        let arrived = Arc::new(AtomicU64::new(0));
-        let counter = arrived.clone();
-        sink.static_pad("sink")
-            .expect("the sink has a pad")
-            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                counter.fetch_add(1, Ordering::SeqCst);
-                gst::PadProbeReturn::Ok
-            });
+        let arrived = common::count_buffers(&sink);
         pipeline.set_state(gst::State::Playing).expect("the writer starts");
         Self {
             pipeline,

@@ -10,7 +10,8 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -558,4 +559,51 @@ pub fn play_to_eos(pipeline: &gst::Pipeline, what: &str) {
         .set_state(gst::State::Playing)
         .unwrap_or_else(|err| panic!("starting the {what}: {err}"));
     wait_for_eos(pipeline, what);
+}
+
+/// Polls `condition` until it holds; past `limit` the test fails, naming
+/// `what`. The limit only bounds a hang: nothing is timed.
+pub fn wait_until_within(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// [`wait_until_within`] the usual [`DEADLINE`].
+pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    wait_until_within(DEADLINE, what, condition);
+}
+
+/// Counts the buffers that reach `element`'s sink pad. The probe runs
+/// before the element gets the buffer, so once the count reaches n, every
+/// buffer before the n-th has been handled.
+pub fn count_buffers(element: &gst::Element) -> Arc<AtomicU64> {
+    let count = Arc::new(AtomicU64::new(0));
+    let counted = count.clone();
+    element
+        .static_pad("sink")
+        .unwrap_or_else(|| panic!("{} has no sink pad", element.name()))
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            gst::PadProbeReturn::Ok
+        });
+    count
+}
+
+/// The buffer lines of `checksumsink`'s output (a timestamp and a SHA-1),
+/// in order.
+pub fn checksums(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter(|line| {
+            let mut fields = line.split(' ');
+            let (Some(time), Some(sum), None) = (fields.next(), fields.next(), fields.next()) else {
+                return false;
+            };
+            time.contains(':') && sum.len() == 40 && sum.chars().all(|c| c.is_ascii_hexdigit())
+        })
+        .map(str::to_owned)
+        .collect()
 }
