@@ -152,6 +152,14 @@ fn print_next_record(reader: &mut ReaderChannel, totals: &mut Totals) -> Result<
                 line += &format!(" lost={}", u64::from_ne_bytes(*lost));
             }
         }
+        // The writer flushed (a seek): the records before this one were of
+        // the old stream, which a player would have skipped as soon as the
+        // flush word (`Consumer::flush_word`) changed.
+        RecordKind::Flush => {
+            if let Some(count) = gstshmring::ring::flush::decode_flush(&bytes) {
+                line += &format!(" flush={count}");
+            }
+        }
         RecordKind::Event | RecordKind::VideoLayout | RecordKind::Metas => {}
     }
     totals.records += 1;

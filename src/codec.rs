@@ -342,7 +342,9 @@ pub fn decode(header: &RecordHeader, payload: &[u8]) -> Result<Decoded, DecodeEr
             Ok(Decoded::Caps(caps))
         }
         RecordKind::Event => decode_event(header.flags, payload),
-        RecordKind::Buffer | RecordKind::VideoLayout | RecordKind::Lost | RecordKind::Metas => Err(bad("buffer")),
+        RecordKind::Buffer | RecordKind::VideoLayout | RecordKind::Lost | RecordKind::Metas | RecordKind::Flush => {
+            Err(bad("buffer"))
+        }
     }
 }
 

@@ -45,7 +45,7 @@ const SIZES: ChannelSizes = ChannelSizes {
 /// Every word of the control page, those the side under test owns included:
 /// a hostile peer maps the page read-write and can store anywhere in it.
 /// The positions come twice, as the checks are mostly about them.
-const CONTROL_FIELDS: [usize; 15] = [
+const CONTROL_FIELDS: [usize; 16] = [
     OFFSET_MAGIC,
     OFFSET_VERSION,
     OFFSET_RECORD_CAPACITY,
@@ -61,6 +61,7 @@ const CONTROL_FIELDS: [usize; 15] = [
     OFFSET_RELEASE_WRITE,
     OFFSET_RELEASE_READ,
     OFFSET_WRITER_RELEASE_SLEEP,
+    OFFSET_FLUSH,
 ];
 
 /// Pieces of caps, tag lists and structures, so that random inputs also
@@ -339,6 +340,14 @@ impl Reader {
                 count(&decoded, &mut outcome.accepted);
             }
             RecordKind::Lost => count(&codec::decode_lost(&bytes), &mut outcome.accepted),
+            RecordKind::Flush => {
+                // As `shmringsrc` does: a Flush record counts only if its
+                // count is the one the flush word names now.
+                let now = ring::FlushState::from_word(self.channel.records.flush_word().load());
+                if ring::flush::decode_flush(&bytes) == Some(now.count) {
+                    outcome.accepted += 1;
+                }
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The shared-memory layout, version 4 (see PROTOCOL.md).
+//! The shared-memory layout, version 5 (see PROTOCOL.md).
 //!
 //! This file and `PROTOCOL.md` describe the same bytes; change both together
 //! and bump [`LAYOUT_VERSION`] when the meaning of any byte changes.
@@ -19,7 +19,7 @@
 //!
 //! control page
 //! 0x000  [u8; 8]  magic, "SHMRING\0"
-//! 0x008  u32      layout version (4)
+//! 0x008  u32      layout version (5)
 //! 0x00c  u32      control page size (4096)
 //! 0x010  u64      record queue capacity in bytes
 //! 0x018  u64      release queue capacity in entries
@@ -32,6 +32,8 @@
 //! 0x280  u64      release write position      (reader only)
 //! 0x300  u64      release read position       (writer only)
 //! 0x380  u64      writer's release sleep seq  (writer only)
+//! 0x400  u32      flush word                  (writer only; a futex, see
+//!                                              `flush.rs`)
 //! ```
 //!
 //! Every field one side writes while the other reads sits on a 128-byte line
@@ -66,7 +68,7 @@
 /// First eight bytes of a channel's control page.
 pub const MAGIC: [u8; 8] = *b"SHMRING\0";
 /// Version of the layout above. The socket handshake carries it too.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Size of the control page; the record queue starts right after it.
 pub const CONTROL_SIZE: usize = 4096;
 /// Records start at multiples of this, and heap blocks too, which keeps
@@ -101,6 +103,7 @@ pub const OFFSET_READER_SLEEP: usize = 0x200;
 pub const OFFSET_RELEASE_WRITE: usize = 0x280;
 pub const OFFSET_RELEASE_READ: usize = 0x300;
 pub const OFFSET_WRITER_RELEASE_SLEEP: usize = 0x380;
+pub const OFFSET_FLUSH: usize = 0x400;
 
 /// A reader's sleep sequence once it has let go of the channel for good.
 /// The writer loads that word anyway, so it learns of a clean exit for free.
@@ -131,6 +134,10 @@ pub enum RecordKind {
     /// The metas of the buffer record that comes next, which carries
     /// `METAS_PRECEDE` (see `metas.rs`).
     Metas = 6,
+    /// The end of a flush: every record before it belongs to the stream
+    /// the flush discarded. The payload is a u32, the flush's count in the
+    /// flush word, and a u32, 1 if the flush reset the running time.
+    Flush = 7,
 }
 
 impl RecordKind {
@@ -142,6 +149,7 @@ impl RecordKind {
             4 => Some(Self::VideoLayout),
             5 => Some(Self::Lost),
             6 => Some(Self::Metas),
+            7 => Some(Self::Flush),
             _ => None,
         }
     }

@@ -17,6 +17,7 @@ use nix::sys::stat::fstat;
 use super::RingError;
 use super::layout::*;
 use super::sync::AtomicU64;
+use std::sync::atomic::AtomicU32;
 
 /// The seals a memfd must carry before it is shared: its size can never
 /// change, so a mapping of it can never fault with SIGBUS, and no other seal
@@ -204,6 +205,12 @@ impl Mapping {
             return None;
         }
         Some((usize::try_from(at).ok()?, usize::try_from(len).ok()?))
+    }
+
+    fn atomic_u32(&self, at: usize) -> &AtomicU32 {
+        assert!(at.is_multiple_of(4) && at + 4 <= self.len);
+        // SAFETY: as for `atomic_u64`, for a 4-byte aligned word.
+        unsafe { &*self.base.as_ptr().add(at).cast::<AtomicU32>() }
     }
 
     #[cfg(not(loom))]
@@ -413,6 +420,43 @@ impl ChannelMemory {
         #[cfg(loom)]
         let word = self.model.control(offset);
         word
+    }
+
+    /// The flush word (see `flush.rs`). It is not modelled under loom: it
+    /// is a futex, outside the wake-up protocol of the queues.
+    pub(crate) fn flush_word(&self) -> &AtomicU32 {
+        self.map.atomic_u32(OFFSET_FLUSH)
+    }
+
+    /// Sleeps while the flush word holds `seen`, until a `futex_wake` on
+    /// the same word by any process that maps this memfd.
+    pub(crate) fn futex_wait(&self, seen: u32) {
+        let word: *const AtomicU32 = self.flush_word();
+        // SAFETY: FUTEX_WAIT only reads the aligned word, which stays mapped
+        // while `self` lives; without FUTEX_PRIVATE_FLAG the kernel keys the
+        // futex on the memfd's page, which both processes map shared. A
+        // null timeout waits until woken; an error (EAGAIN when the word
+        // changed, EINTR) returns, and the caller looks at the word again.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word,
+                libc::FUTEX_WAIT,
+                seen,
+                std::ptr::null::<libc::timespec>(),
+            );
+        }
+    }
+
+    /// Wakes every thread, of any process, sleeping in `futex_wait` on this
+    /// channel's flush word.
+    pub(crate) fn futex_wake(&self) {
+        let word: *const AtomicU32 = self.flush_word();
+        // SAFETY: FUTEX_WAKE touches no memory; it only needs the word's
+        // address, inside this live mapping, to find the waiters.
+        unsafe {
+            libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAKE, i32::MAX);
+        }
     }
 
     /// Release queue slot `index` (below `release_slots`).

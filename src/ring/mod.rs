@@ -57,6 +57,7 @@
 //! assert_eq!(books.allocated_bytes(), 0);
 //! ```
 
+pub mod flush;
 pub mod heap;
 pub mod layout;
 mod memory;
@@ -72,6 +73,7 @@ mod loom_tests;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+pub use flush::{FlushSignal, FlushState, FlushWord};
 pub use heap::{HeapBooks, Holders, MAX_READERS, ReleaseError, WRITER, reader};
 pub use layout::{Payload, RecordHeader, RecordKind};
 pub use memory::{ChannelMemory, ChannelSizes, HeapMemory, check_heap_size, check_record_capacity};

@@ -48,6 +48,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
 use super::RingError;
+use super::flush::{FlushSignal, FlushWord};
 use super::layout::*;
 use super::memory::ChannelMemory;
 use super::notifier::Notifier;
@@ -74,6 +75,8 @@ pub struct Producer {
     data_ready: Notifier,
     /// Ours: written by the reader when we sleep on a full queue.
     space_ready: Notifier,
+    /// The flushes of this channel, told out of band (see `flush.rs`).
+    flush: FlushSignal,
 }
 
 /// Room for one record, handed out by [`Producer::grant`]. Fill the inline
@@ -126,7 +129,7 @@ impl Producer {
     pub(crate) fn new(memory: Arc<ChannelMemory>, data_ready: Notifier, space_ready: Notifier) -> Self {
         let capacity = memory.sizes().record_capacity;
         Self {
-            memory,
+            memory: memory.clone(),
             capacity,
             limit: capacity,
             write: 0,
@@ -135,6 +138,7 @@ impl Producer {
             waker: Waker::default(),
             data_ready,
             space_ready,
+            flush: FlushSignal::new(memory),
         }
     }
 
@@ -166,6 +170,11 @@ impl Producer {
     /// The write position: where the next record will start.
     pub fn position(&self) -> u64 {
         self.write
+    }
+
+    /// The flush word of this channel, which only the writer stores.
+    pub fn flush_signal(&mut self) -> &mut FlushSignal {
+        &mut self.flush
     }
 
     /// A handle that tells, from any thread, how far the reader has read.
@@ -343,6 +352,11 @@ impl Consumer {
     /// (see [`Notifier`]): a peer that does is broken or hostile.
     pub fn peer_tampered(&self) -> bool {
         self.data_ready.tampered() || self.space_ready.tampered()
+    }
+
+    /// The writer's flush word, for a thread that sleeps on it.
+    pub fn flush_word(&self) -> FlushWord {
+        FlushWord::new(self.memory.clone())
     }
 
     /// Readable when the producer has committed after [`Self::prepare_wait`].

@@ -542,7 +542,7 @@ fn the_readers_header_is_a_private_copy() {
 fn unknown_record_kind_is_corrupt() {
     let mut ends = ends();
     send(&mut ends.producer, b"x", &caps());
-    for kind in [0, RecordKind::Metas as u32 + 1, u32::MAX] {
+    for kind in [0, RecordKind::Flush as u32 + 1, u32::MAX] {
         put_u32(&ends.peer, kind_at(0), kind);
         assert_corrupt(ends.consumer.peek());
     }

@@ -818,8 +818,22 @@ impl BaseSinkImpl for ShmRingSink {
     }
 
     fn event(&self, event: gst::Event) -> bool {
-        let crosses = event.is_serialized() && event.type_() != gst::EventType::FlushStop;
-        if crosses && self.write_event(&event).is_err() {
+        match event.view() {
+            gst::EventView::FlushStart(_) => {
+                // The parent unlocks render and waits for it to return, so
+                // that no record of the old stream follows the readers'
+                // news of the flush.
+                let handled = self.parent_event(event);
+                self.lock_state().readers.start_flush(self);
+                return handled;
+            }
+            gst::EventView::FlushStop(stop) => {
+                self.lock_state().readers.stop_flush(self, stop.resets_time());
+                return self.parent_event(event);
+            }
+            _ => {}
+        }
+        if event.is_serialized() && self.write_event(&event).is_err() {
             return false;
         }
         self.parent_event(event)

@@ -48,6 +48,7 @@ use super::imp::ShmRingSink;
 use super::pool::INLINE_MAX;
 
 mod delivery;
+mod flush;
 
 /// How often a sink that has readers looks for new ones: an `accept` per
 /// buffer would be a system call per buffer, which the rings avoid.
@@ -309,6 +310,7 @@ impl Readers {
             lost: 0,
             backlog: VecDeque::new(),
             wakeups_counted: 0,
+            flush_owed: None,
         });
         self.update_linked(sink);
         self.replay_sticky_events(sink, slot)
@@ -321,7 +323,12 @@ impl Readers {
     /// it may still read is ever written again.
     fn unlink(&mut self, sink: &ShmRingSink, slot: u32, why: Unlink) {
         if let Some(index) = self.links.iter().position(|link| link.slot == slot) {
-            let link = self.links.remove(index);
+            let mut link = self.links.remove(index);
+            // Its pipeline must not stay flushing after this writer is gone.
+            let signal = link.records.flush_signal();
+            if signal.is_open() {
+                signal.stop(false);
+            }
             let holds = match why {
                 Unlink::HungUp => Holds::ComeBack,
                 Unlink::Detached => Holds::KeptUntilHangUp,
@@ -406,6 +413,9 @@ struct Link {
     wakeups_counted: u64,
     /// The `timeline_epoch` whose timeline this reader was sent.
     timeline_sent: Option<u32>,
+    /// A flush stopped, whose Flush record (count, reset-time) this reader
+    /// has not been sent yet.
+    flush_owed: Option<(u32, bool)>,
 }
 
 /// Why a linked reader is sent nothing more.

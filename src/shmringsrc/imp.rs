@@ -15,15 +15,16 @@ use crate::address::Address;
 use crate::codec::{self, Decoded, VideoLayout};
 use crate::ipc::{self, Connection, Trigger, Waiter};
 use crate::metas;
-use crate::ring::{Consumer, HeapMemory, Notifier, Payload, ReaderChannel, RecordKind, ReleaseProducer};
+use crate::ring::{self, Consumer, HeapMemory, Notifier, Payload, ReaderChannel, RecordKind, ReleaseProducer};
 use crate::stats::Stats;
 use crate::timeline::Timeline;
 use crate::unlock::Unlock;
 
 use super::OnDisconnect;
+use super::flush::Watcher;
 use super::pacer::Pacer;
 
-static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "shmringsrc",
         gst::DebugColorFlags::empty(),
@@ -194,6 +195,11 @@ struct Link {
     /// This link's wake-ups of the writer already added to the stats,
     /// which count over every link of the run.
     wakeups_counted: u64,
+    /// Sends the writer's flushes downstream (see `flush.rs`).
+    watcher: Watcher,
+    /// The count of the last flush whose Flush record was read: while the
+    /// writer's flush word names another, its records are the old stream's.
+    flush_done: u32,
 }
 
 /// Buffers to copy payloads into, recycled so that a stream of copies does
@@ -459,6 +465,14 @@ impl ShmRingSrc {
             gst::element_imp_error!(self, gst::ResourceError::Failed, ["{err}"]);
             gst::FlowError::Error
         })?;
+        let (watcher, flush_done) = Watcher::spawn(&self.obj(), records.flush_word()).map_err(|err| {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::Failed,
+                ["Could not start the thread that watches the writer's flushes: {err}"]
+            );
+            gst::FlowError::Error
+        })?;
         gst::info!(
             CAT,
             imp = self,
@@ -493,6 +507,8 @@ impl ShmRingSrc {
             live: self.obj().is_live(),
             discont: false,
             wakeups_counted: 0,
+            watcher,
+            flush_done,
         })))
     }
 
@@ -774,6 +790,10 @@ impl ShmRingSrc {
 
     /// Takes the record at the read position, if any, and acts on it.
     fn next_record(&self, link: &mut Link) -> Result<Option<Step>, gst::FlowError> {
+        let begun = link.watcher.begun();
+        if begun != link.flush_done {
+            return self.skip_flushed(link, begun);
+        }
         let record = match link.records.peek() {
             Ok(Some(record)) => record,
             Ok(None) => return Ok(None),
@@ -781,6 +801,16 @@ impl ShmRingSrc {
         };
         let header = *record.header();
         let payload = record.payload();
+        if header.kind == RecordKind::Flush {
+            // Left in the queue. The flush word was loaded before the
+            // record: it may name this flush by now.
+            if link.watcher.begun() != link.flush_done {
+                return Ok(Some(Step::Continue));
+            }
+            return Err(self.decode_error(
+                "The writer sent a Flush record for a flush its flush word never began; the writer is broken",
+            ));
+        }
         if header.kind == RecordKind::Buffer {
             let taken = match payload {
                 Payload::Inline { len } => link
@@ -1293,6 +1323,79 @@ impl PushSrcImpl for ShmRingSrc {
 }
 
 impl ShmRingSrc {
+    /// Takes a record while the writer's flush word names a flush `begun`
+    /// whose Flush record has not been read: the records before that one
+    /// are the old stream's, and are discarded (blocks go back at once).
+    /// Video layouts still apply: the writer sends one only when it
+    /// changes. Nothing is taken before the watcher has sent the flush's
+    /// FLUSH_START and is sending its FLUSH_STOP, nor while GstBaseSrc is
+    /// flushing: the `Flushing` returned stops this thread until the
+    /// FLUSH_STOP starts it again, so that nothing of the new stream is
+    /// pushed into a flushing pad.
+    fn skip_flushed(&self, link: &mut Link, begun: u32) -> Result<Option<Step>, gst::FlowError> {
+        let unlock = self.unlock.notifier()?;
+        if !link.watcher.released(begun) || ipc::readable_now(unlock.as_fd()).unwrap_or(true) {
+            return Err(gst::FlowError::Flushing);
+        }
+        let record = match link.records.peek() {
+            Ok(Some(record)) => record,
+            Ok(None) => return Ok(None),
+            Err(err) => return Err(self.decode_error(err)),
+        };
+        let header = *record.header();
+        let payload = record.payload();
+        let kept = matches!(header.kind, RecordKind::Flush | RecordKind::VideoLayout);
+        if kept && payload.len() > codec::MAX_CONTROL_PAYLOAD as u64 {
+            return Err(self.decode_error(format!(
+                "The writer sent a {:?} record of {} bytes; the writer is broken",
+                header.kind,
+                payload.len()
+            )));
+        }
+        let bytes = match payload {
+            Payload::Inline { .. } => {
+                let bytes = if kept { record.inline_to_vec() } else { Vec::new() };
+                record.release();
+                bytes
+            }
+            Payload::Block { offset, len } => {
+                record.release();
+                let bytes = if kept {
+                    link.heap.block_to_vec(offset, len).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                link.releases.give_back(offset);
+                bytes
+            }
+        };
+        match header.kind {
+            RecordKind::VideoLayout => {
+                link.layout = codec::decode_video_layout(&bytes).map_err(|err| self.decode_error(err))?;
+            }
+            RecordKind::Flush => {
+                let count = ring::flush::decode_flush(&bytes).ok_or_else(|| {
+                    self.decode_error(format!(
+                        "The writer sent a Flush record whose payload ({} bytes) is not a count and a reset-time flag; the writer is broken",
+                        bytes.len()
+                    ))
+                })?;
+                if count == begun {
+                    gst::debug!(CAT, imp = self, "the old stream ends at flush {count}");
+                    link.flush_done = begun;
+                    // FLUSH_STOP took the segment from downstream: the next
+                    // goes again even if it says the same, and the rebase
+                    // starts again on a reset running time.
+                    self.lock_pushed().segment = None;
+                    link.segment_pending = link.segment.is_some();
+                    link.origin = None;
+                }
+            }
+            _ => {}
+        }
+        Ok(Some(Step::Continue))
+    }
+
     /// Reads records until one is a buffer, or the writer is gone and its
     /// ring drained. Sleeps in between, on the ring, the socket and `unlock`.
     fn read(&self, link: &mut Link) -> Result<Read, gst::FlowError> {

@@ -30,7 +30,6 @@
 
 use std::time::Duration;
 
-use gst::prelude::*;
 use gst::subclass::prelude::*;
 
 use crate::codec::{self, VideoLayout};
@@ -53,20 +52,8 @@ impl Readers {
     /// caps, segment, tags) as the sink's pad holds them now, so that it can
     /// start anywhere in the stream.
     pub(super) fn replay_sticky_events(&mut self, sink: &ShmRingSink, slot: u32) -> Result<(), gst::FlowError> {
-        let Some(pad) = sink.obj().static_pad("sink") else {
-            return Ok(());
-        };
-        let mut events = Vec::new();
-        pad.sticky_events_foreach(|event| {
-            if event.type_() != gst::EventType::Eos {
-                events.push(event.clone());
-            }
-            std::ops::ControlFlow::Continue(gst::EventForeachAction::Keep)
-        });
-        for event in events {
-            if let Some((header, payload)) = codec::encode_event(&event) {
-                self.send_copy(sink, slot, &header, &payload, true)?;
-            }
+        for (header, payload) in super::flush::sticky_records(sink) {
+            self.send_copy(sink, slot, &header, &payload, true)?;
         }
         Ok(())
     }
@@ -80,6 +67,7 @@ impl Readers {
         is_eos: bool,
     ) -> Result<(), gst::FlowError> {
         let drop_mode = self.drop_mode(sink);
+        self.send_owed_flushes(sink, drop_mode)?;
         for slot in self.slots() {
             if is_eos {
                 // The end of the stream is not dropped: every reader gets
@@ -115,6 +103,7 @@ impl Readers {
         let drop_mode = self.drop_mode(sink);
         let delta = buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
         let queue_limit = sink.queue_limit(buffer, self.metas.len());
+        self.send_owed_flushes(sink, drop_mode)?;
         loop {
             if !self.admit_readers(sink, unlock, wait)? {
                 gst::trace!(CAT, imp = sink, "no reader; dropping {buffer:?}");
@@ -539,7 +528,7 @@ impl Readers {
     /// order with its others. In `drop` mode it never waits: a record that
     /// does not fit is kept in the reader's backlog, and a reader whose
     /// backlog overflows is let go.
-    fn send_control(
+    pub(super) fn send_control(
         &mut self,
         sink: &ShmRingSink,
         slot: u32,
