@@ -9,8 +9,34 @@ use gst::prelude::*;
 mod common;
 use common::*;
 
-const TARGET: gst::ClockTime = gst::ClockTime::from_seconds(6);
-const STOP: gst::ClockTime = gst::ClockTime::from_seconds(8);
+/// A writer's stream and the seek its application does.
+struct Seek {
+    /// The writer's frame rate.
+    framerate: &'static str,
+    /// The seek comes once the reader's identity has passed the buffer of
+    /// this pts.
+    after: &'static str,
+    target: gst::ClockTime,
+    stop: gst::ClockTime,
+    /// The target, as identity prints it.
+    target_printed: &'static str,
+    /// Frames from the target to the stop.
+    frames: usize,
+    /// The frames last so long that the reader is stopped once its sink
+    /// has the EOS, rather than wait out the last one.
+    lasts: bool,
+}
+
+/// From frame 60 to 6 s, playing to 8 s, at 30 frames per second.
+const AT_FRAME_60: Seek = Seek {
+    framerate: "30/1",
+    after: "0:00:02.000000000",
+    target: gst::ClockTime::from_seconds(6),
+    stop: gst::ClockTime::from_seconds(8),
+    target_printed: "0:00:06.000000000",
+    frames: 60,
+    lasts: false,
+};
 
 /// The pts of an `identity`/`fakesink` last-message line of a buffer.
 fn pts(line: &str) -> Option<&str> {
@@ -19,13 +45,14 @@ fn pts(line: &str) -> Option<&str> {
     Some(&rest[..rest.find(',')?])
 }
 
-/// Runs a writer whose pipeline seeks (flushing) to 6 s once the reader
-/// has shown frame 60, and checks what the reader's pipeline saw.
-fn flushing_seek_crosses(test: &str, writer_sink: &str) {
+/// Runs a writer whose pipeline seeks (flushing) as `seek` says, and
+/// checks what the reader's pipeline saw.
+fn flushing_seek_crosses(test: &str, writer_sink: &str, seek: &Seek) {
     let scratch = Scratch::new(test);
     let socket = scratch.socket();
     let writer = parse_pipeline(&format!(
-        "videotestsrc ! video/x-raw,format=I420,width=64,height=48,framerate=30/1 ! shmringsink socket-path={} {writer_sink}",
+        "videotestsrc ! video/x-raw,format=I420,width=64,height=48,framerate={} ! shmringsink socket-path={} {writer_sink}",
+        seek.framerate,
         socket.display()
     ));
     writer.set_state(gst::State::Playing).expect("the writer starts");
@@ -39,27 +66,40 @@ fn flushing_seek_crosses(test: &str, writer_sink: &str) {
             socket.display()
         ),
     );
-    reader.wait_for_stdout(&["pts: 0:00:02.000000000"]);
+    reader.wait_for_stdout(&[&format!("pts: {}", seek.after)]);
     writer
         .seek(
             1.0,
             gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
             gst::SeekType::Set,
-            TARGET,
+            seek.target,
             gst::SeekType::Set,
-            STOP,
+            seek.stop,
         )
         .expect("the writer seeks");
     wait_for_eos(&writer, "writer");
-    let finished = reader.finish();
-    finished.assert_success();
     assert_no_criticals_here("the writer");
-    let lines: Vec<&str> = finished.stdout.lines().collect();
-    let described = || finished.describe();
+    reader.wait_for_stdout(&["(fakesink0:sink) E (type: eos"]);
+    let (stdout, described) = if seek.lasts {
+        // The sink waits out the last frame before it posts EOS.
+        let stdout = reader.stdout_text();
+        let described = reader.describe();
+        reader.kill();
+        assert!(
+            !described.contains("CRITICAL"),
+            "the reader logged a CRITICAL\n{described}"
+        );
+        (stdout, described)
+    } else {
+        let finished = reader.finish();
+        finished.assert_success();
+        (finished.stdout.clone(), finished.describe())
+    };
+    let lines: Vec<&str> = stdout.lines().collect();
     let flush_stop = lines
         .iter()
         .position(|line| line.contains("identity0: last-message = event") && line.contains("flush-stop"))
-        .unwrap_or_else(|| panic!("the reader saw no FLUSH_STOP\n{}", described()));
+        .unwrap_or_else(|| panic!("the reader saw no FLUSH_STOP\n{}", described));
     assert!(
         lines[flush_stop].contains("reset-time=(boolean)true"),
         "the FLUSH_STOP lost its reset-time: {}",
@@ -70,7 +110,7 @@ fn flushing_seek_crosses(test: &str, writer_sink: &str) {
             .iter()
             .any(|line| line.contains("identity0: last-message = event") && line.contains("flush-start")),
         "no FLUSH_START came before the FLUSH_STOP\n{}",
-        described()
+        described
     );
     let after = &lines[flush_stop..];
     let passed: Vec<&str> = after
@@ -87,7 +127,7 @@ fn flushing_seek_crosses(test: &str, writer_sink: &str) {
         .collect();
     assert_eq!(
         passed.first().copied(),
-        Some("0:00:06.000000000"),
+        Some(seek.target_printed),
         "the first buffer after the flush is not the seek target"
     );
     let segment = after
@@ -100,8 +140,7 @@ fn flushing_seek_crosses(test: &str, writer_sink: &str) {
         segment.is_some() && segment < first_buffer,
         "no segment between the FLUSH_STOP and the first buffer"
     );
-    // 6 s to 8 s at 30 frames per second.
-    assert_eq!(passed.len(), 60, "buffers after the flush: {passed:?}");
+    assert_eq!(passed.len(), seek.frames, "buffers after the flush: {passed:?}");
     assert_eq!(
         rendered, passed,
         "the sync=true sink dropped frames as late after the flush"
@@ -112,7 +151,11 @@ fn flushing_seek_crosses(test: &str, writer_sink: &str) {
 /// the writer blocked on it when the seek comes (`when-full=block`).
 #[test]
 fn a_flushing_seek_reaches_a_reader_behind_a_full_ring() {
-    flushing_seek_crosses("a_flushing_seek_reaches_a_reader_behind_a_full_ring", "when-full=block");
+    flushing_seek_crosses(
+        "a_flushing_seek_reaches_a_reader_behind_a_full_ring",
+        "when-full=block",
+        &AT_FRAME_60,
+    );
 }
 
 /// A writer paced by its clock, in `when-full=drop`.
@@ -121,5 +164,28 @@ fn a_flushing_seek_reaches_a_reader_in_drop_mode() {
     flushing_seek_crosses(
         "a_flushing_seek_reaches_a_reader_in_drop_mode",
         "when-full=drop sync=true",
+        &AT_FRAME_60,
+    );
+}
+
+/// The reader's streaming thread is stuck downstream: its sync=true sink
+/// waits for the clock to reach a frame 1000 s away. The FLUSH_START must
+/// come from elsewhere to free it; were it to wait for the streaming
+/// thread, the reader would sit there for 1000 s, and the watchdog fail
+/// the test long before.
+#[test]
+fn a_flushing_seek_frees_a_reader_stuck_in_a_waiting_sink() {
+    flushing_seek_crosses(
+        "a_flushing_seek_frees_a_reader_stuck_in_a_waiting_sink",
+        "when-full=block",
+        &Seek {
+            framerate: "1/1000",
+            after: "0:16:40.000000000",
+            target: gst::ClockTime::from_seconds(2000),
+            stop: gst::ClockTime::from_seconds(2500),
+            target_printed: "0:33:20.000000000",
+            frames: 1,
+            lasts: true,
+        },
     );
 }
