@@ -264,6 +264,12 @@ impl HostileWriter {
         sent
     }
 
+    fn send_flush(&mut self, payload: &[u8]) {
+        let header = RecordHeader::untimed(RecordKind::Flush, 0);
+        let len = payload.len() as u64;
+        self.send(&header, Payload::Inline { len }, payload);
+    }
+
     fn store(&self, at: u64, bytes: &[u8]) {
         self.channel
             .write_all_at(bytes, at)
@@ -289,7 +295,10 @@ impl HostileWriter {
             "positions" => 0,
             "headers" => 1,
             "metas" => 5,
-            _ => self.rng.below(6),
+            "flushes" => 6,
+            "open-flush" => 7,
+            "silent-flush-word" => 8,
+            _ => self.rng.below(7),
         };
         match choice {
             0 => {
@@ -371,6 +380,43 @@ impl HostileWriter {
                     let index = self.rng.below(1000);
                     self.send_buffer_flagged(index, gstshmring::metas::METAS_PRECEDE);
                 }
+            }
+            6 => match self.rng.below(4) {
+                0 => {
+                    // A flush by the rules: started, stopped, then its
+                    // Flush record.
+                    self.records.flush_signal().start();
+                    let reset_time = self.rng.below(2) == 0;
+                    let count = self.records.flush_signal().stop(reset_time);
+                    self.send_flush(&ring::flush::encode_flush(count, reset_time));
+                }
+                1 => {
+                    // Any flush word, stored without a wake.
+                    let word = self.rng.next() as u32;
+                    self.store(OFFSET_FLUSH as u64, &word.to_ne_bytes());
+                }
+                2 => {
+                    // A Flush record of any count, or of any bytes.
+                    let payload = match self.rng.below(2) {
+                        0 => ring::flush::encode_flush(self.rng.next() as u32 >> 2, false).to_vec(),
+                        _ => (0..self.rng.below(16)).map(|_| self.rng.next() as u8).collect(),
+                    };
+                    self.send_flush(&payload);
+                }
+                _ => {
+                    // A flush started and never stopped.
+                    self.records.flush_signal().start();
+                }
+            },
+            7 => {
+                // Flushes started and never stopped, up to the exit.
+                self.records.flush_signal().start();
+            }
+            8 => {
+                // A flush word stored without a wake, as each round ends
+                // with a wake of the streaming thread only.
+                let word = self.rng.next() as u32;
+                self.store(OFFSET_FLUSH as u64, &word.to_ne_bytes());
             }
             _ => {
                 // Anything anywhere in the control page.
@@ -509,6 +555,29 @@ fn reader_survives_broken_headers() {
 fn reader_refuses_hostile_metas_without_a_critical() {
     let causes = run_hostile_writer("metas", &[11, 12]);
     assert!(causes.iter().all(|cause| cause == READER_CAUSES[1]), "{causes:?}");
+}
+
+/// Flush words of any value, with or without a wake, flushes that never
+/// stop, Flush records no flush announced or that do not decode: the
+/// reader ends with an error (or, when the writer leaves in the middle of
+/// a flush, reports that it went away), and never hangs in the flush.
+#[test]
+fn reader_survives_hostile_flushes() {
+    run_hostile_writer("flushes", &[13, 14, 15]);
+}
+
+/// A writer that leaves in the middle of a flush, or whose flush word
+/// changes without a wake of the watcher: the reader does not stay
+/// flushing, but reads what is left and reports that the writer went away.
+#[test]
+fn reader_sees_a_writer_leave_in_the_middle_of_a_flush() {
+    for mode in ["open-flush", "silent-flush-word"] {
+        let causes = run_hostile_writer(mode, &[16, 17]);
+        assert!(
+            causes.iter().all(|cause| cause == READER_CAUSES[2]),
+            "{mode}: {causes:?}"
+        );
+    }
 }
 
 #[test]

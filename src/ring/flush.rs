@@ -96,10 +96,11 @@ impl FlushWord {
         self.atomic().load(Ordering::Acquire)
     }
 
-    /// Sleeps while the word holds `seen`, or until [`Self::wake`]. May
-    /// return early (a signal, a stray wake): look at the word again.
-    pub fn wait_while(&self, seen: u32) {
-        self.memory.futex_wait(seen);
+    /// Sleeps while the word holds `seen`, until [`Self::wake`] or, if
+    /// given, `timeout`. May return early (a signal, a stray wake): look at
+    /// the word again.
+    pub fn wait_while(&self, seen: u32, timeout: Option<std::time::Duration>) {
+        self.memory.futex_wait(seen, timeout);
     }
 
     /// Wakes every thread in [`Self::wait_while`], in any process.
@@ -191,7 +192,7 @@ mod tests {
         let sleeper = std::thread::spawn(move || {
             for _ in 0..2 {
                 loop {
-                    word.wait_while(seen);
+                    word.wait_while(seen, None);
                     let now = word.load();
                     if now != seen {
                         seen = now;

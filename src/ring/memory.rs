@@ -429,22 +429,25 @@ impl ChannelMemory {
     }
 
     /// Sleeps while the flush word holds `seen`, until a `futex_wake` on
-    /// the same word by any process that maps this memfd.
-    pub(crate) fn futex_wait(&self, seen: u32) {
+    /// the same word by any process that maps this memfd, or `timeout`.
+    pub(crate) fn futex_wait(&self, seen: u32, timeout: Option<std::time::Duration>) {
         let word: *const AtomicU32 = self.flush_word();
+        let timeout = timeout.map(|timeout| libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        });
+        let timeout = timeout
+            .as_ref()
+            .map_or(std::ptr::null(), |timeout| timeout as *const libc::timespec);
         // SAFETY: FUTEX_WAIT only reads the aligned word, which stays mapped
         // while `self` lives; without FUTEX_PRIVATE_FLAG the kernel keys the
-        // futex on the memfd's page, which both processes map shared. A
-        // null timeout waits until woken; an error (EAGAIN when the word
-        // changed, EINTR) returns, and the caller looks at the word again.
+        // futex on the memfd's page, which both processes map shared. The
+        // timeout, if any, is a relative timespec that lives across the
+        // call; null waits until woken. An error (EAGAIN when the word
+        // changed, EINTR, ETIMEDOUT) returns, and the caller looks at the
+        // word again.
         unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                word,
-                libc::FUTEX_WAIT,
-                seen,
-                std::ptr::null::<libc::timespec>(),
-            );
+            libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAIT, seen, timeout);
         }
     }
 

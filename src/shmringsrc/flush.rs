@@ -17,10 +17,20 @@
 //! has not finished, it returns `Flushing` (and GstBaseSrc stops it) until
 //! the watcher has sent that flush's FLUSH_START and releases the count,
 //! just before its FLUSH_STOP restarts the thread; from then on it skips
-//! the old stream's records up to the Flush record of that count.
+//! the old stream's records up to the Flush record of that count. A word
+//! that changed without a wake (a broken writer) is looked at again when
+//! the streaming thread finds it changed and wakes the watcher itself.
+//!
+//! A writer that dies while a flush is open never stops it, and the
+//! streaming thread, stopped by GstBaseSrc, would never see it go. So
+//! while a flush is open the watcher also looks at the writer's socket
+//! every `HANG_UP_CHECK_INTERVAL`, and ends the flush itself (without
+//! reset-time) when the writer is gone: the streaming thread then drains
+//! the ring and reports the writer's exit as always.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
 
 use gst::glib;
 use gst::prelude::*;
@@ -28,6 +38,13 @@ use gst::prelude::*;
 use crate::ring::{FlushState, FlushWord};
 
 use super::imp::CAT;
+
+/// How often the watcher looks for the writer's hang-up while a flush is
+/// open, and only then.
+const HANG_UP_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Whether the writer's socket has hung up.
+pub(super) type WriterGone = Box<dyn Fn() -> bool + Send>;
 
 /// The watcher of one link's flush word; it stops when dropped.
 pub(super) struct Watcher {
@@ -46,7 +63,11 @@ impl Watcher {
     /// Starts watching `word` for `element`. Whatever count the word holds
     /// now is no flush of ours: it is returned, as the flush the streaming
     /// thread has finished.
-    pub(super) fn spawn(element: &super::ShmRingSrc, word: FlushWord) -> std::io::Result<(Self, u32)> {
+    pub(super) fn spawn(
+        element: &super::ShmRingSrc,
+        word: FlushWord,
+        writer_gone: WriterGone,
+    ) -> std::io::Result<(Self, u32)> {
         let seen = word.load();
         let count = FlushState::from_word(seen).count;
         let shared = Arc::new(Shared {
@@ -61,7 +82,7 @@ impl Watcher {
             let element = element.downgrade();
             let word = word.clone();
             let shared = shared.clone();
-            move || watch(&element, &word, &shared, seen)
+            move || watch(&element, &word, &shared, seen, &*writer_gone)
         })?;
         Ok((Self { word, shared }, count))
     }
@@ -77,6 +98,12 @@ impl Watcher {
     pub(super) fn released(&self, count: u32) -> bool {
         self.shared.released.load(Ordering::Acquire) == count
     }
+
+    /// Wakes the watcher to look at the word: the streaming thread saw it
+    /// change, and a broken writer may not have woken the watcher.
+    pub(super) fn nudge(&self) {
+        self.word.wake();
+    }
 }
 
 impl Drop for Watcher {
@@ -86,21 +113,28 @@ impl Drop for Watcher {
     }
 }
 
-fn watch(element: &glib::WeakRef<super::ShmRingSrc>, word: &FlushWord, shared: &Shared, mut seen: u32) {
+fn watch(
+    element: &glib::WeakRef<super::ShmRingSrc>,
+    word: &FlushWord,
+    shared: &Shared,
+    mut seen: u32,
+    writer_gone: &dyn Fn() -> bool,
+) {
     let mut started = FlushState::from_word(seen).count;
     let mut stopped = true;
     let mut seqnum = gst::Seqnum::next();
     loop {
-        word.wait_while(seen);
+        word.wait_while(seen, (!stopped).then_some(HANG_UP_CHECK_INTERVAL));
         if shared.stop.load(Ordering::Acquire) {
             return;
         }
         let now = word.load();
-        if now == seen {
+        let state = FlushState::from_word(now);
+        let gone = now == seen && !stopped && writer_gone();
+        if now == seen && !gone {
             continue;
         }
         seen = now;
-        let state = FlushState::from_word(now);
         let Some(element) = element.upgrade() else {
             return;
         };
@@ -111,17 +145,20 @@ fn watch(element: &glib::WeakRef<super::ShmRingSrc>, word: &FlushWord, shared: &
             gst::debug!(CAT, obj = element, "the writer began flush {}", state.count);
             element.send_event(gst::event::FlushStart::builder().seqnum(seqnum).build());
         }
-        if !state.open && !stopped {
+        if (!state.open || gone) && !stopped {
             stopped = true;
-            gst::debug!(
-                CAT,
-                obj = element,
-                "the writer ended flush {} (reset-time {})",
-                state.count,
-                state.reset_time
-            );
-            shared.released.store(state.count, Ordering::Release);
-            element.send_event(gst::event::FlushStop::builder(state.reset_time).seqnum(seqnum).build());
+            let reset_time = state.reset_time && !gone;
+            if gone {
+                gst::debug!(CAT, obj = element, "the writer went away during flush {started}");
+            } else {
+                gst::debug!(
+                    CAT,
+                    obj = element,
+                    "the writer ended flush {started} (reset-time {reset_time})"
+                );
+            }
+            shared.released.store(started, Ordering::Release);
+            element.send_event(gst::event::FlushStop::builder(reset_time).seqnum(seqnum).build());
         }
     }
 }

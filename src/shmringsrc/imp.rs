@@ -465,7 +465,16 @@ impl ShmRingSrc {
             gst::element_imp_error!(self, gst::ResourceError::Failed, ["{err}"]);
             gst::FlowError::Error
         })?;
-        let (watcher, flush_done) = Watcher::spawn(&self.obj(), records.flush_word()).map_err(|err| {
+        let releases = Arc::new(Releases {
+            producer: Mutex::new(releases),
+            leased: AtomicU64::new(0),
+            connection,
+        });
+        let writer_gone = {
+            let releases = releases.clone();
+            Box::new(move || releases.connection.peer_gone())
+        };
+        let (watcher, flush_done) = Watcher::spawn(&self.obj(), records.flush_word(), writer_gone).map_err(|err| {
             gst::element_imp_error!(
                 self,
                 gst::ResourceError::Failed,
@@ -478,18 +487,14 @@ impl ShmRingSrc {
             imp = self,
             "connected to {} (writer {}); record queue of {} bytes, heap of {} bytes",
             path.display(),
-            connection.peer_description(),
+            releases.connection.peer_description(),
             records.capacity(),
             heap.size()
         );
         Ok(Connect::Linked(Box::new(Link {
             path,
             records,
-            releases: Arc::new(Releases {
-                producer: Mutex::new(releases),
-                leased: AtomicU64::new(0),
-                connection,
-            }),
+            releases,
             heap,
             writer_gone: false,
             lease: false,
@@ -808,7 +813,7 @@ impl ShmRingSrc {
                 return Ok(Some(Step::Continue));
             }
             return Err(self.decode_error(
-                "The writer sent a Flush record for a flush its flush word never began; the writer is broken",
+                "the writer sent an unreadable flush record (for a flush its flush word never began); the writer is broken",
             ));
         }
         if header.kind == RecordKind::Buffer {
@@ -1334,7 +1339,11 @@ impl ShmRingSrc {
     /// pushed into a flushing pad.
     fn skip_flushed(&self, link: &mut Link, begun: u32) -> Result<Option<Step>, gst::FlowError> {
         let unlock = self.unlock.notifier()?;
-        if !link.watcher.released(begun) || ipc::readable_now(unlock.as_fd()).unwrap_or(true) {
+        if !link.watcher.released(begun) {
+            link.watcher.nudge();
+            return Err(gst::FlowError::Flushing);
+        }
+        if ipc::readable_now(unlock.as_fd()).unwrap_or(true) {
             return Err(gst::FlowError::Flushing);
         }
         let record = match link.records.peek() {
@@ -1347,7 +1356,7 @@ impl ShmRingSrc {
         let kept = matches!(header.kind, RecordKind::Flush | RecordKind::VideoLayout);
         if kept && payload.len() > codec::MAX_CONTROL_PAYLOAD as u64 {
             return Err(self.decode_error(format!(
-                "The writer sent a {:?} record of {} bytes; the writer is broken",
+                "the writer sent an unreadable {:?} record ({} bytes); the writer is broken",
                 header.kind,
                 payload.len()
             )));
@@ -1376,7 +1385,7 @@ impl ShmRingSrc {
             RecordKind::Flush => {
                 let count = ring::flush::decode_flush(&bytes).ok_or_else(|| {
                     self.decode_error(format!(
-                        "The writer sent a Flush record whose payload ({} bytes) is not a count and a reset-time flag; the writer is broken",
+                        "the writer sent an unreadable flush record (a payload of {} bytes, not a count and a reset-time flag); the writer is broken",
                         bytes.len()
                     ))
                 })?;
