@@ -4,6 +4,8 @@
 //! target as the first buffer; a `sync=true` sink after the reader drops
 //! no frame as late afterwards.
 
+use std::sync::atomic::Ordering;
+
 use gst::prelude::*;
 
 mod common;
@@ -187,5 +189,46 @@ fn a_flushing_seek_frees_a_reader_stuck_in_a_waiting_sink() {
             frames: 1,
             lasts: true,
         },
+    );
+}
+
+/// A flush of the reader's own pipeline (an application flushing the
+/// source) still works beside the writer's: the stream goes on after it,
+/// to the writer's EOS.
+#[test]
+fn the_reader_can_still_be_flushed_from_its_own_side() {
+    let scratch = Scratch::new("the_reader_can_still_be_flushed_from_its_own_side");
+    let socket = scratch.socket();
+    let writer = start_writer(
+        &scratch,
+        &format!(
+            "videotestsrc num-buffers=120 ! video/x-raw,format=I420,width=64,height=48,framerate=30/1 ! shmringsink socket-path={}",
+            socket.display()
+        ),
+    );
+    let reader = parse_pipeline(&format!(
+        "shmringsrc name=src socket-path={} ! fakesink name=sink sync=true",
+        socket.display()
+    ));
+    let source = reader.by_name("src").expect("the source");
+    let buffers = count_buffers(&reader.by_name("sink").expect("the sink"));
+    reader.set_state(gst::State::Playing).expect("the reader starts");
+    wait_until("30 buffers before the flush", || buffers.load(Ordering::SeqCst) >= 30);
+    assert!(
+        source.send_event(gst::event::FlushStart::new()),
+        "the source takes FLUSH_START"
+    );
+    assert!(
+        source.send_event(gst::event::FlushStop::new(true)),
+        "the source takes FLUSH_STOP"
+    );
+    let before_end = buffers.load(Ordering::SeqCst);
+    wait_for_eos(&reader, "reader");
+    assert_no_criticals_here("the reader");
+    writer.finish().assert_success();
+    let total = buffers.load(Ordering::SeqCst);
+    assert!(
+        total > before_end && total <= 120,
+        "{total} buffers in all, {before_end} by the flush"
     );
 }
