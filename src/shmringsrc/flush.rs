@@ -29,7 +29,8 @@
 //! the ring and reports the writer's exit as always.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use gst::glib;
@@ -46,14 +47,24 @@ const HANG_UP_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Whether the writer's socket has hung up.
 pub(super) type WriterGone = Box<dyn Fn() -> bool + Send>;
 
+/// The watcher's `phase`: asleep on the word (or about to be), at work on
+/// a change (sending an event), or told to stop while asleep.
+const ASLEEP: u8 = 0;
+const AT_WORK: u8 = 1;
+const STOPPING: u8 = 2;
+
 /// The watcher of one link's flush word; it stops when dropped.
 pub(super) struct Watcher {
     word: FlushWord,
     shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
 }
 
 struct Shared {
     stop: AtomicBool,
+    /// `ASLEEP`, `AT_WORK` or `STOPPING`: whether dropping the watcher may
+    /// wait for its thread to end (see `Drop`).
+    phase: AtomicU8,
     /// The count of the last flush whose FLUSH_STOP the watcher sends:
     /// the streaming thread may read its new stream.
     released: AtomicU32,
@@ -72,19 +83,21 @@ impl Watcher {
         let count = FlushState::from_word(seen).count;
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            phase: AtomicU8::new(ASLEEP),
             released: AtomicU32::new(count),
         });
-        // Not joined: the watcher may be inside `send_event`, waiting for
-        // the streaming thread, which may be the one dropping the link. It
-        // sees `stop` when it next wakes, and keeps only the channel's
-        // mapping until then.
-        std::thread::Builder::new().name("shmringsrc-flush".into()).spawn({
+        let thread = std::thread::Builder::new().name("shmringsrc-flush".into()).spawn({
             let element = element.downgrade();
             let word = word.clone();
             let shared = shared.clone();
             move || watch(&element, &word, &shared, seen, &*writer_gone)
         })?;
-        Ok((Self { word, shared }, count))
+        let watcher = Self {
+            word,
+            shared,
+            thread: Some(thread),
+        };
+        Ok((watcher, count))
     }
 
     /// The count of the newest flush the writer began, as its word says.
@@ -107,9 +120,36 @@ impl Watcher {
 }
 
 impl Drop for Watcher {
+    /// Stops the thread. One asleep on the word is woken until it has
+    /// ended, and joined, so that the channel it maps is gone when the link
+    /// is. One at work is not waited for: it may be inside `send_event`,
+    /// waiting for the streaming thread, which may be the one dropping the
+    /// link; it sees `stop` before it sleeps again, and keeps the channel
+    /// mapped until then.
+    ///
+    /// A wake that comes before the thread is in `FUTEX_WAIT` finds no
+    /// one, and the word does not change, so the wake is repeated until the
+    /// thread has ended. It cannot sleep past `stop` for good either: it
+    /// publishes `ASLEEP` before it looks at `stop` (both SeqCst), so
+    /// either it sees `stop`, or this sees it asleep and wakes it.
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        self.word.wake();
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let asleep = self
+            .shared
+            .phase
+            .compare_exchange(ASLEEP, STOPPING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        if !asleep {
+            return;
+        }
+        while !thread.is_finished() {
+            self.word.wake();
+            std::thread::yield_now();
+        }
+        let _ = thread.join();
     }
 }
 
@@ -124,8 +164,17 @@ fn watch(
     let mut stopped = true;
     let mut seqnum = gst::Seqnum::next();
     loop {
+        shared.phase.store(ASLEEP, Ordering::SeqCst);
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
         word.wait_while(seen, (!stopped).then_some(HANG_UP_CHECK_INTERVAL));
-        if shared.stop.load(Ordering::Acquire) {
+        // Dropping the watcher claimed it while asleep: it ends now.
+        if shared
+            .phase
+            .compare_exchange(ASLEEP, AT_WORK, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
             return;
         }
         let now = word.load();
