@@ -48,7 +48,7 @@ impl DeviceImpl for ShmRingDevice {
 
 impl super::ShmRingDevice {
     /// The device for the stream `name`, whose socket is at `path`, with
-    /// the caps its writer told of, if it did.
+    /// the caps its writer told of, if it did, and ANY caps otherwise.
     pub(super) fn new(name: &str, path: &Path, caps: Option<&gst::Caps>) -> Self {
         let media = caps
             .and_then(|caps| caps.structure(0))
@@ -65,6 +65,9 @@ impl super::ShmRingDevice {
         if let Ok(uri) = Address::Stream(name.to_owned()).to_uri() {
             properties = properties.field("shmring.uri", uri);
         }
+        // GstDeviceMonitor intersects every device's caps with its filter's
+        // and has no case for a device without caps: unknown caps are ANY.
+        let caps = caps.cloned().unwrap_or_else(gst::Caps::new_any);
         let device: Self = glib::Object::builder()
             .property("display-name", name)
             .property("device-class", class)

@@ -7,7 +7,8 @@
 //!   and the probe is never one of its readers.
 //! - Its class follows its caps: `Video/Source` for video and images,
 //!   `Audio/Source` for audio, `Source/Generic` for anything else and for a
-//!   writer that has no caps yet or did not answer in time.
+//!   writer that has no caps yet or did not answer in time (its caps are
+//!   then ANY: unknown).
 //! - Once started, the provider follows the directory through inotify, and
 //!   nothing else: a socket renamed into place is asked, one whose times
 //!   change (its writer's caps changed) is asked again, and one removed is

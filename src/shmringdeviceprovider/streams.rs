@@ -74,7 +74,7 @@ impl Streams {
                 }
                 Finding::Writer { caps, why_none, exit } => {
                     if let Some(why) = why_none {
-                        gst::info!(CAT, obj = provider, "stream {name} is listed without caps: {why}");
+                        gst::info!(CAT, obj = provider, "stream {name} is listed with caps ANY: {why}");
                     }
                     if let Some(listed) = self.listed.get_mut(&name)
                         && listed.caps == caps
@@ -172,7 +172,10 @@ fn device(name: &str, path: &Path, caps: Option<&str>) -> super::ShmRingDevice {
     let caps = caps.and_then(|text| match codec::decode_caps(text.as_bytes()) {
         Ok(caps) => Some(caps),
         Err(err) => {
-            gst::info!(CAT, "stream {name} is listed without caps: its writer's caps: {err}");
+            gst::info!(
+                CAT,
+                "stream {name} is listed with caps ANY, its writer's caps do not parse: {err}"
+            );
             None
         }
     });
