@@ -15,7 +15,8 @@
 //!                  when status is 0 and no fds otherwise
 //!   0  [u8; 8]  "SHMRRING"
 //!   8  u32      protocol version
-//!   12 u32      status: 0 accepted, 1 version mismatch, 2 busy
+//!   12 u32      status: 0 accepted, 1 version mismatch, 2 busy (3 answers
+//!               a probe, see probe.rs)
 //!   16 u64      record queue capacity in bytes
 //!   24 u64      release queue capacity in entries
 //!   32 u64      heap size in bytes
