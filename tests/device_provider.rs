@@ -14,6 +14,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::str::FromStr;
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Instant;
 
@@ -221,6 +222,33 @@ fn a_device_comes_and_goes_with_its_writer() {
     );
     drop(monitor);
     assert_no_criticals_here("the monitor");
+}
+
+/// A writer whose caps change is listed again with its new caps: it
+/// touches its socket file, and nothing else would make the provider ask.
+#[test]
+fn a_device_follows_its_writers_caps() {
+    setup();
+    let monitor = monitor("Video/Source");
+    let pipeline = parse_pipeline(
+        "videotestsrc is-live=true ! capsfilter name=filter caps=video/x-raw,format=I420,width=64,height=48,framerate=30/1 ! shmringsink stream=changes wait-for-connection=false",
+    );
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let (added, device) = next_change(&monitor, "changes");
+    assert!(added);
+    assert_eq!(caps_field(&device, "width").as_deref(), Some("64"));
+
+    let smaller = gst::Caps::from_str("video/x-raw,format=I420,width=32,height=24,framerate=30/1").unwrap();
+    pipeline.by_name("filter").unwrap().set_property("caps", smaller);
+    let (added, old) = next_change(&monitor, "changes");
+    assert!(!added, "the device with the old caps stays");
+    assert_eq!(caps_field(&old, "width").as_deref(), Some("64"));
+    let (added, new) = next_change(&monitor, "changes");
+    assert!(added);
+    assert_eq!(caps_field(&new, "width").as_deref(), Some("32"));
+    pipeline.set_state(gst::State::Null).unwrap();
+    drop(monitor);
+    assert_no_criticals_here("the writer and the monitor");
 }
 
 /// The device's element is a shmringsrc that reads the stream, every byte.
