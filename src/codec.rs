@@ -331,16 +331,20 @@ pub(crate) fn structure_text<'a>(bytes: &'a [u8], what: &'static str) -> Result<
     Ok(text)
 }
 
+/// Caps a peer sent as text, if they parse without a CRITICAL and are fixed,
+/// as a stream's caps are.
+pub fn decode_caps(payload: &[u8]) -> Result<gst::Caps, DecodeError> {
+    let caps = gst::Caps::from_str(structure_text(payload, "caps")?).map_err(|_| bad("caps"))?;
+    if !caps.is_fixed() {
+        return Err(bad("caps"));
+    }
+    Ok(caps)
+}
+
 /// Decodes a caps or event record.
 pub fn decode(header: &RecordHeader, payload: &[u8]) -> Result<Decoded, DecodeError> {
     match header.kind {
-        RecordKind::Caps => {
-            let caps = gst::Caps::from_str(structure_text(payload, "caps")?).map_err(|_| bad("caps"))?;
-            if !caps.is_fixed() {
-                return Err(bad("caps"));
-            }
-            Ok(Decoded::Caps(caps))
-        }
+        RecordKind::Caps => decode_caps(payload).map(Decoded::Caps),
         RecordKind::Event => decode_event(header.flags, payload),
         RecordKind::Buffer | RecordKind::VideoLayout | RecordKind::Lost | RecordKind::Metas | RecordKind::Flush => {
             Err(bad("buffer"))

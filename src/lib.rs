@@ -6,7 +6,8 @@
 //! - [`codec`]: how caps, events and buffer metadata become records;
 //! - [`metas`]: the metas that cross with a buffer;
 //! - [`address`]: socket paths, named streams and `shmring://` URIs;
-//! - `shmringsink` and `shmringsrc`: the elements.
+//! - `shmringsink` and `shmringsrc`: the elements;
+//! - `shmringdeviceprovider`: the running named streams, as devices.
 
 use gst::glib;
 
@@ -17,6 +18,7 @@ pub mod fuzzing;
 pub mod ipc;
 pub mod metas;
 pub mod ring;
+mod shmringdeviceprovider;
 mod shmringsink;
 mod shmringsrc;
 mod stats;
@@ -27,6 +29,7 @@ mod uri;
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     shmringsink::register(plugin)?;
     shmringsrc::register(plugin)?;
+    shmringdeviceprovider::register(plugin)?;
     Ok(())
 }
 

@@ -611,7 +611,9 @@ struct HostileReader {
 impl HostileReader {
     fn connect(socket: &Path, seed: u64) -> Self {
         let connection = Connection::connect(socket).expect("connecting to the writer");
-        connection.send_client_hello().expect("sending the hello");
+        connection
+            .send_client_hello(ipc::HelloPurpose::Reader)
+            .expect("sending the hello");
         let (hello, fds) = loop {
             if let Some(reply) = connection.recv_server_hello().expect("the writer's hello") {
                 break reply;

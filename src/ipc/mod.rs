@@ -7,7 +7,7 @@
 //! reader → writer  ClientHello, 16 bytes
 //!   0  [u8; 8]  "SHMRHELO"
 //!   8  u32      protocol version
-//!   12 u32      reserved, 0
+//!   12 u32      purpose: 0 a reader, 1 a caps probe (answered as in probe.rs)
 //!
 //! writer → reader  ServerHello, 48 bytes, with SCM_RIGHTS
 //!                  [channel memfd, heap memfd, data-ready eventfd,
@@ -15,7 +15,8 @@
 //!                  when status is 0 and no fds otherwise
 //!   0  [u8; 8]  "SHMRRING"
 //!   8  u32      protocol version
-//!   12 u32      status: 0 accepted, 1 version mismatch, 2 busy
+//!   12 u32      status: 0 accepted, 1 version mismatch, 2 busy (3 answers
+//!               a probe, see probe.rs)
 //!   16 u64      record queue capacity in bytes
 //!   24 u64      release queue capacity in entries
 //!   32 u64      heap size in bytes
@@ -27,10 +28,13 @@
 //! The magic and version words come first in every version, so two builds
 //! that disagree can always tell the user so. After the handshake nothing
 //! more is sent: the socket stays open only so that each side sees the
-//! other's exit as a hang-up in its poll set.
+//! other's exit as a hang-up in its poll set. A caps probe is not a reader:
+//! its one answer ends the connection (see [`probe`]).
 
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -43,6 +47,8 @@ use nix::sys::socket::{
 };
 
 use crate::ring::{ChannelFds, ChannelSizes, HeapMemory, ReaderChannel, ReceivedFds, RingError, WriterChannel};
+
+pub mod probe;
 
 /// Version of the handshake and of the ring layout it hands over.
 pub const PROTOCOL_VERSION: u32 = crate::ring::layout::LAYOUT_VERSION;
@@ -119,6 +125,15 @@ impl ServerHello {
             reader_slot: 0,
         }
     }
+}
+
+/// Why a peer connected, from its hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloPurpose {
+    /// To read the stream: it gets a channel and a slot.
+    Reader,
+    /// To ask what the stream carries: it gets the caps and nothing else.
+    Probe,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,9 +259,7 @@ impl Listener {
         // Bind under a private name, set the mode, then rename into place,
         // so that the socket is never reachable with the wrong permissions.
         let file_name = path.file_name().ok_or_else(|| IpcError::NoDirectory(path.to_owned()))?;
-        let mut staging_name = file_name.to_owned();
-        staging_name.push(format!(".{}.tmp", std::process::id()));
-        let staging = directory.join(staging_name);
+        let staging = directory.join(staging_name(file_name));
         let _ = std::fs::remove_file(&staging);
         let fd = seqpacket_socket()?;
         let addr = UnixAddr::new(&staging).map_err(io_err("building the socket address"))?;
@@ -293,6 +306,42 @@ impl Listener {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Tells whoever watches the socket's directory that what the stream
+    /// carries changed, so that a device provider asks again: the file's
+    /// times are set to now, which inotify reports as IN_ATTRIB.
+    pub fn announce_change(&self) -> Result<(), IpcError> {
+        use nix::sys::stat::{UtimensatFlags, utimensat};
+        use nix::sys::time::TimeSpec;
+        utimensat(
+            nix::fcntl::AT_FDCWD,
+            &self.path,
+            &TimeSpec::UTIME_NOW,
+            &TimeSpec::UTIME_NOW,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(io_err("touching the socket file"))
+    }
+}
+
+/// The name a socket is bound under before it is renamed to `file_name`.
+fn staging_name(file_name: &OsStr) -> OsString {
+    let mut name = file_name.to_owned();
+    name.push(format!(".{}.tmp", std::process::id()));
+    name
+}
+
+/// Whether `name` is a socket file on its way in, bound under its private
+/// name (see [`Listener::bind`]): something watching the directory waits
+/// for the rename instead.
+pub fn is_staging_name(name: &OsStr) -> bool {
+    let Some(rest) = name.as_bytes().strip_suffix(b".tmp") else {
+        return false;
+    };
+    match rest.iter().rposition(|&byte| byte == b'.') {
+        Some(dot) => dot > 0 && dot + 1 < rest.len() && rest[dot + 1..].iter().all(u8::is_ascii_digit),
+        None => false,
     }
 }
 
@@ -367,16 +416,22 @@ impl Connection {
         }
     }
 
-    pub fn send_client_hello(&self) -> Result<(), IpcError> {
+    pub fn send_client_hello(&self, purpose: HelloPurpose) -> Result<(), IpcError> {
         let mut message = [0u8; CLIENT_HELLO_LEN];
         message[0..8].copy_from_slice(&CLIENT_MAGIC);
         message[8..12].copy_from_slice(&PROTOCOL_VERSION.to_ne_bytes());
+        let purpose: u32 = match purpose {
+            HelloPurpose::Reader => 0,
+            HelloPurpose::Probe => 1,
+        };
+        message[12..16].copy_from_slice(&purpose.to_ne_bytes());
         self.send(&message, &[])
     }
 
-    /// The reader's hello, once it has arrived: `Ok(None)` means not yet.
-    /// Returns the reader's protocol version.
-    pub fn recv_client_hello(&self) -> Result<Option<u32>, IpcError> {
+    /// The peer's hello, once it has arrived: `Ok(None)` means not yet.
+    /// Returns the peer's protocol version and why it connected. The purpose
+    /// of a peer of another version is not read: it is refused either way.
+    pub fn recv_client_hello(&self) -> Result<Option<(u32, HelloPurpose)>, IpcError> {
         let mut message = [0u8; CLIENT_HELLO_LEN];
         let len = match recv(self.fd.as_raw_fd(), &mut message, MsgFlags::MSG_DONTWAIT) {
             Ok(0) => return Err(IpcError::PeerGone),
@@ -388,12 +443,20 @@ impl Connection {
         if len < 12 || message[0..8] != CLIENT_MAGIC {
             return Err(IpcError::NotShmring);
         }
-        Ok(Some(u32::from_ne_bytes([
-            message[8],
-            message[9],
-            message[10],
-            message[11],
-        ])))
+        let u32_at = |at: usize| u32::from_ne_bytes([message[at], message[at + 1], message[at + 2], message[at + 3]]);
+        let version = u32_at(8);
+        if version != PROTOCOL_VERSION {
+            return Ok(Some((version, HelloPurpose::Reader)));
+        }
+        if len != CLIENT_HELLO_LEN {
+            return Err(IpcError::Malformed("the reader's hello has the wrong size"));
+        }
+        let purpose = match u32_at(12) {
+            0 => HelloPurpose::Reader,
+            1 => HelloPurpose::Probe,
+            _ => return Err(IpcError::Malformed("unknown hello purpose")),
+        };
+        Ok(Some((version, purpose)))
     }
 
     pub fn send_server_hello(&self, hello: &ServerHello, fds: Option<ChannelFds<'_>>) -> Result<(), IpcError> {
@@ -642,7 +705,7 @@ pub fn connect_reader(
                 .name("shmring-unwatch".into())
                 .spawn(move || drop(watch));
         }
-        connection.send_client_hello()?;
+        connection.send_client_hello(HelloPurpose::Reader)?;
         let (hello, fds) = loop {
             match connection.recv_server_hello() {
                 Ok(Some(reply)) => break reply,
@@ -697,7 +760,7 @@ pub fn serve_reader(
     interrupt: BorrowedFd<'_>,
 ) -> Result<Option<WriterChannel>, IpcError> {
     loop {
-        if let Some(version) = connection.recv_client_hello()? {
+        if let Some((version, _)) = connection.recv_client_hello()? {
             return answer_hello(connection, version, sizes, heap, 0).map(Some);
         }
         if wait_readable([connection.as_fd(), interrupt])?[1] {

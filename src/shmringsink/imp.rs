@@ -784,7 +784,10 @@ impl BaseSinkImpl for ShmRingSink {
     }
 
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
-        self.check_caps_fit(caps)
+        self.check_caps_fit(caps)?;
+        let text = caps.to_string();
+        self.lock_state().readers.announce_caps(self, text);
+        Ok(())
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {

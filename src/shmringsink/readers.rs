@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use gst::subclass::prelude::*;
 
 use crate::codec::VideoLayout;
-use crate::ipc::{self, Connection, IpcError, Listener, Trigger, Waiter};
+use crate::ipc::{self, Connection, HelloPurpose, IpcError, Listener, Trigger, Waiter};
 use crate::ring::layout::MAX_RELEASE_SLOTS;
 use crate::ring::{self, ChannelSizes, Notifier, Producer, RecordHeader, RingError};
 
@@ -85,6 +85,8 @@ pub(super) struct Readers {
     readers_gathered: bool,
     /// The Metas record of the buffer being rendered; empty if it has none.
     metas: Vec<u8>,
+    /// The caps as text, for probes: what the stream carries now.
+    caps: Option<String>,
 }
 
 impl Readers {
@@ -218,7 +220,11 @@ impl Readers {
         while index < self.pending.len() {
             match self.pending[index].recv_client_hello() {
                 Ok(None) => index += 1,
-                Ok(Some(version)) => {
+                Ok(Some((_, HelloPurpose::Probe))) => {
+                    let connection = self.pending.remove(index);
+                    self.answer_probe(sink, &connection);
+                }
+                Ok(Some((version, HelloPurpose::Reader))) => {
                     let connection = self.pending.remove(index);
                     self.link_reader(sink, connection, version, unlock)?;
                 }
@@ -229,6 +235,32 @@ impl Readers {
             }
         }
         Ok(())
+    }
+
+    /// Tells a device provider what this stream carries. A probe is not a
+    /// reader: it is answered whatever `max-readers` says, gets no slot, and
+    /// its connection closes when it is dropped after this.
+    fn answer_probe(&self, sink: &ShmRingSink, connection: &Connection) {
+        match ipc::probe::answer(connection, self.caps.as_deref()) {
+            Ok(()) => gst::debug!(
+                CAT,
+                imp = sink,
+                "answered a caps probe ({})",
+                connection.peer_description()
+            ),
+            Err(err) => gst::debug!(CAT, imp = sink, "could not answer a caps probe: {err}"),
+        }
+    }
+
+    /// Keeps the caps a probe is told of, and lets a device provider
+    /// watching the directory know that they changed.
+    pub(super) fn announce_caps(&mut self, sink: &ShmRingSink, caps: String) {
+        self.caps = Some(caps);
+        if let Some(listener) = &self.listener
+            && let Err(err) = listener.announce_change()
+        {
+            gst::debug!(CAT, imp = sink, "could not announce the new caps: {err}");
+        }
     }
 
     /// Hands a reader that said hello a new channel onto the heap and links
