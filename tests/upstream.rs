@@ -2,17 +2,26 @@
 //! pipeline: the writer runs here, with a probe on its sink's pad, and the
 //! reader in another process (this test binary again, or gst-launch-1.0).
 
+use std::os::fd::AsFd;
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
+use gstshmring::ipc::messages::Message;
+use gstshmring::ipc::{self, Connection, HelloStatus, Listener};
+use gstshmring::ring::{ChannelSizes, HeapMemory, Notifier};
 
 mod common;
 use common::*;
 
 const READER_SOCKET: &str = "SHMRING_UPSTREAM_READER_SOCKET";
+const WRITER_SOCKET: &str = "SHMRING_UPSTREAM_WRITER_SOCKET";
+/// Far above what any step here needs: it only turns a hang into a
+/// failure.
+const WATCHDOG: Duration = Duration::from_secs(30);
 const SECOND: u64 = 1_000_000_000;
 
 /// Upstream events seen on the shmringsink's sink pad, by kind.
@@ -271,4 +280,150 @@ fn a_late_viewer_of_live_vp8_gets_a_keyframe_at_once() {
     // may lose buffers, and asks again after them.
     assert!(seen.key_unit.load(Ordering::SeqCst) >= 1);
     assert_no_criticals_here("the writer");
+}
+
+/// Starts this test binary again as the other process of `test`, with
+/// `var` set to `socket`.
+fn spawn_self(scratch: &Scratch, test: &str, name: &str, var: &str, socket: &Path) -> Launch {
+    let mut command = Command::new(std::env::current_exe().expect("this test binary"));
+    command
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(var, socket);
+    Launch::spawn_command(scratch, name, command)
+}
+
+/// A reader that breaks the protocol (a message of an unknown kind) is no
+/// longer listened to, with a warning naming the cause, and the stream
+/// goes on: the event it sent before reached the writer, the one after did
+/// not, and a reader that comes next gets buffers.
+#[test]
+fn a_reader_breaking_the_upstream_protocol_is_ignored_and_the_stream_goes_on() {
+    const TEST: &str = "a_reader_breaking_the_upstream_protocol_is_ignored_and_the_stream_goes_on";
+    if let Ok(socket) = std::env::var(READER_SOCKET) {
+        let connection = Connection::connect(Path::new(&socket)).expect("connecting to the writer");
+        connection.send_client_hello().expect("sending the hello");
+        let (hello, _fds) = loop {
+            if let Some(reply) = connection.recv_server_hello().expect("the writer's hello") {
+                break reply;
+            }
+            ipc::wait_readable([connection.as_fd()]).expect("waiting for the writer's hello");
+        };
+        assert_eq!(hello.status, HelloStatus::Accepted);
+        let click = "application/x-gst-navigation, event=(string)mouse-button-press, button=(int)1, pointer_x=(double)1, pointer_y=(double)1";
+        let navigation = Message::Navigation(click.into()).encode().expect("fits");
+        let mut unknown = 99u32.to_ne_bytes().to_vec();
+        unknown.extend_from_slice(&[0; 12]);
+        for message in [&navigation, &unknown, &navigation] {
+            assert!(connection.send_message(message).expect("the writer is there"));
+        }
+        println!("sent");
+        // Stays linked, reading nothing, until the test ends it.
+        std::thread::sleep(WATCHDOG);
+        return;
+    }
+    // The test's name would make the socket's path too long.
+    let scratch = Scratch::new("upstream-protocol-broken");
+    let socket = scratch.socket();
+    let writer = parse_pipeline(&format!(
+        "videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=100/1 ! shmringsink name=sink socket-path={}",
+        socket.display()
+    ));
+    let seen = count_upstream_events(&writer);
+    let bus = writer.bus().expect("a bus");
+    writer.set_state(gst::State::Playing).expect("the writer plays");
+    let mut hostile = spawn_self(&scratch, TEST, "hostile reader", READER_SOCKET, &socket);
+    hostile.wait_for_stdout(&["sent"]);
+    let warning = loop {
+        let message = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_seconds(WATCHDOG.as_secs()),
+                &[gst::MessageType::Warning, gst::MessageType::Error],
+            )
+            .expect("a warning about the hostile reader within the watchdog");
+        match message.view() {
+            gst::MessageView::Warning(warning) => {
+                break format!("{} {}", warning.error(), warning.debug().unwrap_or_default());
+            }
+            gst::MessageView::Error(error) => panic!("the writer failed: {}", error.error()),
+            _ => {}
+        }
+    };
+    assert!(warning.contains("unknown control message kind 99"), "{warning}");
+    assert_eq!(seen.navigation.load(Ordering::SeqCst), 1);
+    let next = Launch::spawn(
+        &scratch,
+        "next reader",
+        &format!("shmringsrc socket-path={} num-buffers=20 ! fakesink", socket.display()),
+    )
+    .finish();
+    hostile.kill();
+    writer.set_state(gst::State::Null).expect("the writer stops");
+    next.assert_success();
+    assert_eq!(seen.navigation.load(Ordering::SeqCst), 1);
+    assert_no_criticals_here("the writer");
+}
+
+/// A writer that never answers: the reader's duration query and seek fail
+/// after their timeouts instead of hanging its application.
+#[test]
+fn a_query_the_writer_never_answers_fails_instead_of_hanging() {
+    const TEST: &str = "a_query_the_writer_never_answers_fails_instead_of_hanging";
+    if let Ok(socket) = std::env::var(WRITER_SOCKET) {
+        let listener = Listener::bind(Path::new(&socket), 0o600).expect("binding the silent writer's socket");
+        let connection = loop {
+            if let Some(connection) = listener.accept().expect("accepting a reader") {
+                break connection;
+            }
+            ipc::wait_readable([listener.as_fd()]).expect("waiting for a reader");
+        };
+        let sizes = ChannelSizes {
+            record_capacity: 64 << 10,
+            release_slots: 256,
+            heap_size: 1 << 20,
+        };
+        let heap = HeapMemory::create(sizes.heap_size).expect("creating the heap");
+        let interrupt = Notifier::new().expect("an eventfd");
+        let _channel = ipc::serve_reader(&connection, sizes, &heap, interrupt.as_fd())
+            .expect("the handshake")
+            .expect("not interrupted");
+        println!("served");
+        // Reads nothing and answers nothing until the test ends it.
+        std::thread::sleep(WATCHDOG);
+        return;
+    }
+    let scratch = Scratch::new(TEST);
+    let socket = scratch.socket();
+    let mut writer = spawn_self(&scratch, TEST, "silent writer", WRITER_SOCKET, &socket);
+    let reader = parse_pipeline(&format!(
+        "shmringsrc name=src socket-path={} ! fakesink",
+        socket.display()
+    ));
+    reader.set_state(gst::State::Playing).expect("the reader starts");
+    writer.wait_for_stdout(&["served"]);
+    let src = reader.by_name("src").expect("the source");
+    // The source links as soon as the hello arrives; until then a query
+    // stays here and is answered at once.
+    let (done, outcome) = std::sync::mpsc::channel();
+    let asking = std::thread::spawn(move || {
+        let duration = src.query_duration::<gst::ClockTime>();
+        let seek = gst::event::Seek::new(
+            1.0,
+            gst::SeekFlags::FLUSH,
+            gst::SeekType::Set,
+            gst::ClockTime::from_seconds(6),
+            gst::SeekType::None,
+            gst::ClockTime::NONE,
+        );
+        let sought = src.static_pad("src").expect("a src pad").send_event(seek);
+        let _ = done.send((duration, sought));
+    });
+    let (duration, sought) = outcome
+        .recv_timeout(WATCHDOG)
+        .expect("the query and the seek return within the watchdog");
+    asking.join().expect("the asking thread");
+    writer.kill();
+    reader.set_state(gst::State::Null).expect("the reader stops");
+    assert_eq!(duration, None);
+    assert!(!sought);
+    assert_no_criticals_here("the reader");
 }
