@@ -26,10 +26,15 @@
 //! ```
 //!
 //! The magic and version words come first in every version, so two builds
-//! that disagree can always tell the user so. After the handshake nothing
-//! more is sent: the socket stays open only so that each side sees the
-//! other's exit as a hang-up in its poll set. A caps probe is not a reader:
-//! its one answer ends the connection (see [`probe`]).
+//! that disagree can always tell the user so. After the handshake the
+//! socket carries the messages of [`messages`] (upstream events and
+//! queries, and their answers), and each side sees the other's exit as a
+//! hang-up in its poll set. Only the thread that reads messages reads the
+//! socket: the others watch it for the hang-up alone (`Trigger::HangUp`,
+//! `Interest::HangUp`, `peer_gone` peeks), so no message is ever eaten by
+//! a liveness check.
+//! A caps probe is not a reader: its one answer ends the connection (see
+//! [`probe`]).
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -45,6 +50,8 @@ use nix::sys::socket::{
     AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, Shutdown, SockFlag, SockType, UnixAddr,
     UnixCredentials, accept4, bind, connect, getsockopt, listen, recv, recvmsg, sendmsg, shutdown, socket, sockopt,
 };
+
+pub mod messages;
 
 use crate::ring::{ChannelFds, ChannelSizes, HeapMemory, ReaderChannel, ReceivedFds, RingError, WriterChannel};
 
@@ -164,6 +171,9 @@ pub enum Trigger {
     /// Reports each new write to an eventfd once, without the counter having
     /// to be drained: a ring's wake-up fd, which saves a read per wake-up.
     Edge,
+    /// Reports a socket once the peer has shut it or closed it, and not for
+    /// messages waiting on it, which another thread reads.
+    HangUp,
 }
 
 /// An epoll set built once per connection, so that each sleep costs one
@@ -177,10 +187,11 @@ impl<const N: usize> Waiter<N> {
         use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(io_err("epoll_create"))?;
         for (index, (fd, trigger)) in fds.into_iter().enumerate() {
-            let mut flags = EpollFlags::EPOLLIN;
-            if let Trigger::Edge = trigger {
-                flags |= EpollFlags::EPOLLET;
-            }
+            let flags = match trigger {
+                Trigger::Level => EpollFlags::EPOLLIN,
+                Trigger::Edge => EpollFlags::EPOLLIN | EpollFlags::EPOLLET,
+                Trigger::HangUp => EpollFlags::EPOLLRDHUP,
+            };
             epoll
                 .add(fd, EpollEvent::new(flags, index as u64))
                 .map_err(io_err("epoll_ctl"))?;
@@ -579,15 +590,11 @@ impl Connection {
         }
     }
 
-    /// After a poll says this socket is readable: whether the peer is gone.
-    /// Nothing is expected after the handshake, so any data is drained.
+    /// Whether the peer is gone: it closed the socket or shut its side.
+    /// Asked of the kernel with a poll, not a read, so that messages
+    /// waiting on the socket are left to the thread that reads them.
     pub fn peer_gone(&self) -> bool {
-        let mut scratch = [0u8; 64];
-        match recv(self.fd.as_raw_fd(), &mut scratch, MsgFlags::MSG_DONTWAIT) {
-            Ok(0) => true,
-            Ok(_) | Err(Errno::EAGAIN | Errno::EINTR) => false,
-            Err(_) => true,
-        }
+        hung_up(self.fd.as_fd())
     }
 
     /// Ends this side's half of the connection, as a writer that lets a
@@ -597,6 +604,77 @@ impl Connection {
         // Fails only on a socket that is already disconnected, which is
         // the aim.
         let _ = shutdown(self.fd.as_raw_fd(), Shutdown::Write);
+    }
+
+    /// Another handle on the same connection, for a thread that reads its
+    /// messages while this one watches it.
+    pub fn try_clone(&self) -> Result<Self, IpcError> {
+        let fd = self.fd.try_clone().map_err(|source| IpcError::Io {
+            context: "duplicating the control socket",
+            source,
+        })?;
+        Ok(Self { fd })
+    }
+
+    /// Sends one message after the handshake without waiting: `Ok(false)`
+    /// if the socket's buffer is full, because the peer does not read, and
+    /// the message was not sent.
+    pub fn send_message(&self, message: &[u8]) -> Result<bool, IpcError> {
+        loop {
+            match nix::sys::socket::send(
+                self.fd.as_raw_fd(),
+                message,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(_) => return Ok(true),
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(false),
+                Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(IpcError::PeerGone),
+                Err(errno) => return Err(io_err("sending a control message")(errno)),
+            }
+        }
+    }
+
+    /// Takes the next message waiting on the socket into `buffer`, without
+    /// waiting: `Ok(None)` if there is none. A message longer than the
+    /// buffer is cut short, which the returned [`Received`] says; fds sent
+    /// with it are returned, to be closed by whoever does not want them.
+    pub fn recv_message(&self, buffer: &mut [u8]) -> Result<Option<Received>, IpcError> {
+        let mut control = nix::cmsg_space!([RawFd; 8]);
+        let mut iov = [io::IoSliceMut::new(buffer)];
+        loop {
+            match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut control),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(received) => {
+                    let mut fds = Vec::new();
+                    for cmsg in received.cmsgs().map_err(io_err("reading control messages"))? {
+                        if let ControlMessageOwned::ScmRights(raw_fds) = cmsg {
+                            // SAFETY: the kernel just installed these fds in
+                            // our table for us alone; wrapping each in an
+                            // OwnedFd at once means every one is closed,
+                            // even the ones nobody wants.
+                            fds.extend(raw_fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                        }
+                    }
+                    if received.bytes == 0 {
+                        return Err(IpcError::PeerGone);
+                    }
+                    return Ok(Some(Received {
+                        len: received.bytes,
+                        truncated: received.flags.intersects(MsgFlags::MSG_CTRUNC | MsgFlags::MSG_TRUNC),
+                        fds,
+                    }));
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(Errno::ECONNRESET) => return Err(IpcError::PeerGone),
+                Err(errno) => return Err(io_err("receiving a control message")(errno)),
+            }
+        }
     }
 
     fn send(&self, message: &[u8], fds: &[RawFd]) -> Result<(), IpcError> {
@@ -612,6 +690,16 @@ impl Connection {
             }
         }
     }
+}
+
+/// One message taken off the socket by [`Connection::recv_message`].
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes of it in the caller's buffer.
+    pub len: usize,
+    /// It was longer than the buffer, or its fds did not all fit.
+    pub truncated: bool,
+    pub fds: Vec<OwnedFd>,
 }
 
 impl AsFd for Connection {
@@ -810,18 +898,58 @@ pub fn readable_now(fd: BorrowedFd<'_>) -> Result<bool, IpcError> {
 /// Like [`wait_readable_any`], giving up after `timeout`: then no fd is
 /// marked ready.
 pub fn wait_readable_for(fds: &[BorrowedFd<'_>], timeout: PollTimeout) -> Result<Vec<bool>, IpcError> {
-    let mut poll_fds: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
+    let fds: Vec<_> = fds.iter().map(|fd| (*fd, Interest::Readable)).collect();
+    wait_for(&fds, timeout)
+}
+
+/// Whether the peer of the socket `fd` closed it or shut its side, asked
+/// without reading (see [`Interest::HangUp`]).
+pub fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    wait_for(&[(fd, Interest::HangUp)], PollTimeout::ZERO).map_or(true, |ready| ready[0])
+}
+
+/// What [`wait_for`] waits for on one fd.
+#[derive(Debug, Clone, Copy)]
+pub enum Interest {
+    Readable,
+    /// The peer shut or closed a socket; messages waiting on it do not
+    /// count (see [`Trigger::HangUp`]).
+    HangUp,
+}
+
+/// Sleeps until one of `fds` shows what it is watched for, or `timeout`
+/// passes. Returns which did.
+pub fn wait_for(fds: &[(BorrowedFd<'_>, Interest)], timeout: PollTimeout) -> Result<Vec<bool>, IpcError> {
+    use nix::libc;
+    // nix's PollFlags has no POLLRDHUP, and its `revents` gives up on a
+    // bit it does not know, so this poll is made directly.
+    let mut poll_fds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|(fd, interest)| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: match interest {
+                Interest::Readable => libc::POLLIN,
+                Interest::HangUp => libc::POLLRDHUP,
+            },
+            revents: 0,
+        })
+        .collect();
+    let timeout = i32::from(timeout);
     loop {
-        match poll(&mut poll_fds, timeout) {
-            Ok(_) => break,
-            Err(Errno::EINTR) => continue,
-            Err(errno) => return Err(io_err("poll")(errno)),
+        // SAFETY: `poll_fds` is a live, exclusively borrowed array of
+        // `poll_fds.len()` pollfd structs, which poll only reads and writes
+        // within; every fd in it is borrowed from `fds`, so it stays open
+        // for the call.
+        let ready = unsafe { libc::poll(poll_fds.as_mut_ptr(), poll_fds.len() as libc::nfds_t, timeout) };
+        if ready >= 0 {
+            break;
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            errno => return Err(io_err("poll")(errno)),
         }
     }
-    Ok(poll_fds
-        .iter()
-        .map(|fd| fd.revents().is_some_and(|events| !events.is_empty()))
-        .collect())
+    Ok(poll_fds.iter().map(|fd| fd.revents != 0).collect())
 }
 
 /// Tells a reader that connected while the writer already serves

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use crate::ipc;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use crate::ipc::{self, Interest};
+use nix::poll::PollTimeout;
 
 use crate::ring::{self, HeapBooks, HeapMemory, Holders, Notifier, ReadProgress, ReleaseConsumer, RingError, WRITER};
 
@@ -39,11 +39,10 @@ struct ReaderReleases {
 }
 
 impl ReaderReleases {
-    /// Whether the reader's socket hung up (or, after the handshake, sent
-    /// anything at all, which only a broken reader does).
+    /// Whether the reader's socket hung up. Messages it sends upstream do
+    /// not count: they are the control thread's to read.
     fn hung_up(&self) -> bool {
-        let mut fds = [PollFd::new(self.connection.as_fd(), PollFlags::POLLIN)];
-        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
+        ipc::hung_up(self.connection.as_fd())
     }
 }
 
@@ -428,10 +427,11 @@ impl SinkHeap {
                 }
                 self.waiters.fetch_add(1, Ordering::SeqCst);
             }
-            let mut watched: Vec<_> = release_fds.iter().chain(&socket_fds).map(|fd| fd.as_fd()).collect();
-            watched.push(self.freed.as_fd());
-            watched.push(interrupt.as_fd());
-            let woken = ipc::wait_readable_for(&watched, PollTimeout::from(BLOCK_RECHECK_MS));
+            let mut watched: Vec<_> = release_fds.iter().map(|fd| (fd.as_fd(), Interest::Readable)).collect();
+            watched.extend(socket_fds.iter().map(|fd| (fd.as_fd(), Interest::HangUp)));
+            watched.push((self.freed.as_fd(), Interest::Readable));
+            watched.push((interrupt.as_fd(), Interest::Readable));
+            let woken = ipc::wait_for(&watched, PollTimeout::from(BLOCK_RECHECK_MS));
             self.waiters.fetch_sub(1, Ordering::SeqCst);
             let mut books = self.lock();
             Self::finish_waits(&mut books, &sleeping);

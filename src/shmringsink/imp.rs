@@ -23,6 +23,7 @@ use super::CAT;
 use super::heap::{Allocation, BlockMemory, Patience, SinkHeap};
 use super::pool::{HeapAllocator, HeapBufferPool, INLINE_MAX};
 use super::readers::Readers;
+use super::upstream::{Upstream, UpstreamEvents};
 
 const DEFAULT_RING_SIZE: u64 = 0;
 const DEFAULT_WAIT_FOR_CONNECTION: bool = true;
@@ -81,6 +82,7 @@ struct Settings {
     max_readers: u32,
     wait_for_readers: u32,
     when_full: WhenFull,
+    upstream_events: UpstreamEvents,
 }
 
 impl Default for Settings {
@@ -94,6 +96,7 @@ impl Default for Settings {
             max_readers: DEFAULT_MAX_READERS,
             wait_for_readers: DEFAULT_WAIT_FOR_READERS,
             when_full: WhenFull::default(),
+            upstream_events: UpstreamEvents::default(),
         }
     }
 }
@@ -145,6 +148,8 @@ pub struct ShmRingSink {
     unlock: Unlock,
     stats: Stats,
     metas: metas::Outgoing,
+    /// The thread that serves what readers send upstream.
+    upstream: Upstream,
 }
 
 /// The video info of raw video caps. Other caps are not parsed, since the
@@ -400,6 +405,20 @@ impl ShmRingSink {
             .wait_for_readers
     }
 
+    /// Which events from readers reach this pipeline, read by the upstream
+    /// thread per message.
+    pub(super) fn upstream_events(&self) -> UpstreamEvents {
+        self.settings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .upstream_events
+    }
+
+    /// The upstream thread, which readers are handed to and leave.
+    pub(super) fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
     pub(super) fn max_readers(&self) -> u32 {
         self.settings
             .lock()
@@ -600,6 +619,11 @@ impl ObjectImpl for ShmRingSink {
                     .blurb("What a reader that falls behind does to the writer. block: nothing is lost, the slowest reader paces the writer and so every reader. drop: the writer never waits for a reader; one whose queue or share of the heap is full loses buffers (counted in stats buffers-lost on both sides), gets a DISCONT and resumes at a keyframe. auto (default): drop if upstream is live, since a live source cannot wait anyway and a slow reader should not starve the others; block otherwise, so that files are never silently cut")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("upstream-events", UpstreamEvents::default())
+                    .nick("Upstream events")
+                    .blurb("Which upstream events from readers are pushed into this pipeline from the sink pad. none: no event. safe (default): navigation, force-key-unit, reconfigure and custom upstream events, so that no reader changes what the others get. all: also seeks and QoS, for a writer with one reader. Position, duration and seeking queries are always answered; a seeking query answers not seekable unless all")
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("readers")
                     .nick("Readers")
                     .blurb("Readers linked now. New readers are taken in as buffers pass")
@@ -629,6 +653,7 @@ impl ObjectImpl for ShmRingSink {
             "max-readers" => settings.max_readers = value.get().unwrap_or(DEFAULT_MAX_READERS),
             "wait-for-readers" => settings.wait_for_readers = value.get().unwrap_or(DEFAULT_WAIT_FOR_READERS),
             "when-full" => settings.when_full = value.get().unwrap_or_default(),
+            "upstream-events" => settings.upstream_events = value.get().unwrap_or_default(),
             "ring-time" => self
                 .ring_time_us
                 .store(value.get().unwrap_or(DEFAULT_RING_TIME_US), Ordering::Relaxed),
@@ -647,6 +672,7 @@ impl ObjectImpl for ShmRingSink {
             "max-readers" => settings.max_readers.to_value(),
             "wait-for-readers" => settings.wait_for_readers.to_value(),
             "when-full" => settings.when_full.to_value(),
+            "upstream-events" => settings.upstream_events.to_value(),
             "ring-time" => self.ring_time_us.load(Ordering::Relaxed).to_value(),
             "readers" => self.linked.load(Ordering::SeqCst).to_value(),
             "stats" => {
@@ -760,11 +786,13 @@ impl BaseSinkImpl for ShmRingSink {
             .map_err(|err| gst::error_msg!(gst::ResourceError::OpenWrite, ["{err}"]))?;
         gst::info!(CAT, imp = self, "listening on {}", path.display());
         self.unlock.start()?;
+        self.upstream.start(&self.obj())?;
         self.lock_state().readers.listen(listener);
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.upstream.stop();
         let mut state = self.lock_state();
         state.readers.unlink_all(self);
         *state = State::default();

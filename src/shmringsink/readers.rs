@@ -315,13 +315,16 @@ impl Readers {
         };
         let fds = [
             (records.space_fd(), Trigger::Edge),
-            (connection.as_fd(), Trigger::Level),
+            (connection.as_fd(), Trigger::HangUp),
             (unlock.as_fd(), Trigger::Level),
             (listener.as_fd(), Trigger::Level),
         ];
         let waiter = Waiter::new(fds).map_err(|err| post_ipc_error(sink, &err))?;
         heap.add_reader(slot, releases, records.progress(), connection.as_fd())
             .map_err(|err| post_ring_error(sink, &err, 0))?;
+        if let Err(err) = sink.upstream().add(slot, &connection) {
+            gst::warning!(CAT, imp = sink, "reader {slot} can send nothing upstream: {err}");
+        }
         gst::info!(
             CAT,
             imp = sink,
@@ -338,6 +341,7 @@ impl Readers {
             waiter,
             layout: None,
             needs_keyframe: true,
+            key_unit_asked: false,
             timeline_sent: None,
             lost: 0,
             backlog: VecDeque::new(),
@@ -372,6 +376,7 @@ impl Readers {
                 }
             };
             link.heap.let_go(slot, holds);
+            sink.upstream().remove(slot);
         }
         self.update_linked(sink);
     }
@@ -435,6 +440,9 @@ struct Link {
     /// joined, or it lost buffers. Raw media has no delta units, so it
     /// starts at once.
     needs_keyframe: bool,
+    /// Upstream was asked for a keyframe since `needs_keyframe` was last
+    /// set: one request per join or loss.
+    key_unit_asked: bool,
     /// Buffers dropped for this reader (`drop` mode) that it has not yet
     /// been told of; the next buffer it gets follows a Lost record.
     lost: u64,

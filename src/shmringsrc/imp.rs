@@ -5,6 +5,7 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Instant;
 
 use gst::glib;
+use gst::glib::translate::IntoGlib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::prelude::*;
@@ -13,6 +14,7 @@ use gst_base::subclass::prelude::*;
 
 use crate::address::Address;
 use crate::codec::{self, Decoded, VideoLayout};
+use crate::ipc::messages::Message;
 use crate::ipc::{self, Connection, Trigger, Waiter};
 use crate::metas;
 use crate::ring::{self, Consumer, HeapMemory, Notifier, Payload, ReaderChannel, RecordKind, ReleaseProducer};
@@ -23,6 +25,7 @@ use crate::unlock::Unlock;
 use super::OnDisconnect;
 use super::flush::Watcher;
 use super::pacer::Pacer;
+use super::upstream::{self, Outgoing, QUERY_TIMEOUT, SEEK_TIMEOUT, WriterControl};
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -303,6 +306,10 @@ pub struct ShmRingSrc {
     /// latency query. Apart from `state`, which `create` holds while it
     /// waits.
     writer_latency: Mutex<Option<gst::ClockTime>>,
+    /// The upstream channel to the writer of the current link, for the
+    /// threads that send events and ask queries. Apart from `state`, which
+    /// `create` holds while it waits.
+    writer_control: Mutex<Option<Arc<WriterControl>>>,
 }
 
 /// The writer's stream-start, and the segment pushed for it (the writer's
@@ -456,7 +463,7 @@ impl ShmRingSrc {
         })?;
         let fds = [
             (records.data_fd(), Trigger::Edge),
-            (connection.as_fd(), Trigger::Level),
+            (connection.as_fd(), Trigger::HangUp),
             (unlock.as_fd(), Trigger::Level),
             (pacer.fd(), Trigger::Edge),
             (repoint.as_fd(), Trigger::Level),
@@ -465,6 +472,13 @@ impl ShmRingSrc {
             gst::element_imp_error!(self, gst::ResourceError::Failed, ["{err}"]);
             gst::FlowError::Error
         })?;
+        match WriterControl::new(&connection) {
+            Ok(control) => self.set_writer_control(Some(Arc::new(control))),
+            Err(err) => {
+                gst::warning!(CAT, imp = self, "nothing can go upstream to this writer: {err}");
+                self.set_writer_control(None);
+            }
+        }
         let releases = Arc::new(Releases {
             producer: Mutex::new(releases),
             leased: AtomicU64::new(0),
@@ -1168,6 +1182,7 @@ impl BaseSrcImpl for ShmRingSrc {
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        self.set_writer_control(None);
         *self.lock_state() = State::default();
         *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
         *self.lock_pushed() = Pushed::default();
@@ -1182,7 +1197,37 @@ impl BaseSrcImpl for ShmRingSrc {
         Ok(())
     }
 
+    fn event(&self, event: &gst::Event) -> bool {
+        match upstream::outgoing(event) {
+            Some(Outgoing::Event(message)) => {
+                let sent = self.send_upstream(&message);
+                if let gst::EventView::Reconfigure(_) = event.view() {
+                    return BaseSrcImplExt::parent_event(self, event);
+                }
+                sent
+            }
+            Some(Outgoing::Seek(seek)) => {
+                let make = |id| Message::Seek(ipc::messages::Seek { id, ..seek });
+                self.ask_writer(make, SEEK_TIMEOUT).is_some_and(|answer| answer.handled)
+            }
+            None => BaseSrcImplExt::parent_event(self, event),
+        }
+    }
+
     fn query(&self, query: &mut gst::QueryRef) -> bool {
+        if let Some((kind, format)) = upstream::question(query) {
+            let make = |id| Message::Query {
+                id,
+                query: kind,
+                format: format.into_glib() as u32,
+            };
+            if let Some(answer) = self.ask_writer(make, QUERY_TIMEOUT)
+                && upstream::fill(query, &answer, format)
+            {
+                return true;
+            }
+            return BaseSrcImplExt::parent_query(self, query);
+        }
         if let gst::QueryViewMut::Latency(latency) = query.view_mut()
             && self.obj().is_live()
         {
@@ -1258,6 +1303,7 @@ impl PushSrcImpl for ShmRingSrc {
                 // pushed is whole.
                 gst::info!(CAT, imp = self, "leaving the writer for the new socket-path or stream");
                 state.link = None;
+                self.set_writer_control(None);
                 state.discont = true;
             }
             if state.link.is_none() {
@@ -1320,6 +1366,7 @@ impl PushSrcImpl for ShmRingSrc {
                     // Leases downstream keep the old heap mapped, and the old
                     // socket open, until they are dropped.
                     state.link = None;
+                    self.set_writer_control(None);
                     state.discont = true;
                 }
             }
@@ -1405,6 +1452,59 @@ impl ShmRingSrc {
         Ok(Some(Step::Continue))
     }
 
+    fn writer_control(&self) -> Option<Arc<WriterControl>> {
+        self.writer_control
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set_writer_control(&self, control: Option<Arc<WriterControl>>) {
+        *self
+            .writer_control
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = control;
+    }
+
+    /// Sends an upstream event to the writer. Returns whether it went.
+    fn send_upstream(&self, message: &Message) -> bool {
+        let Some(control) = self.writer_control() else {
+            gst::debug!(CAT, imp = self, "no writer; {message:?} stays here");
+            return false;
+        };
+        match control.send(message) {
+            Ok(true) => true,
+            Ok(false) => {
+                gst::debug!(CAT, imp = self, "the writer does not read; {message:?} dropped");
+                false
+            }
+            Err(err) => {
+                gst::debug!(CAT, imp = self, "{message:?} not sent: {err}");
+                false
+            }
+        }
+    }
+
+    /// Asks the writer's pipeline, waiting up to `timeout` for its answer.
+    fn ask_writer(
+        &self,
+        make: impl FnOnce(u32) -> Message,
+        timeout: std::time::Duration,
+    ) -> Option<ipc::messages::Answer> {
+        let control = self.writer_control()?;
+        match control.ask(make, timeout) {
+            Ok(answer) => Some(answer),
+            Err(err @ upstream::AskError::Protocol(_)) => {
+                gst::element_imp_error!(self, gst::ResourceError::Read, ["{err}"]);
+                None
+            }
+            Err(err) => {
+                gst::debug!(CAT, imp = self, "no answer from the writer: {err}");
+                None
+            }
+        }
+    }
+
     /// Reads records until one is a buffer, or the writer is gone and its
     /// ring drained. Sleeps in between, on the ring, the socket and `unlock`.
     fn read(&self, link: &mut Link) -> Result<Read, gst::FlowError> {
@@ -1482,7 +1582,7 @@ impl ShmRingSrc {
             }
             // The writer's records may still be in the ring; drain them
             // before reporting that it is gone.
-            if ready[1] && link.releases.connection.peer_gone() {
+            if ready[1] {
                 link.writer_gone = true;
             }
         }

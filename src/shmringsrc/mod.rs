@@ -6,6 +6,7 @@ use gst::prelude::*;
 mod flush;
 mod imp;
 mod pacer;
+mod upstream;
 
 glib::wrapper! {
     pub struct ShmRingSrc(ObjectSubclass<imp::ShmRingSrc>) @extends gst_base::PushSrc, gst_base::BaseSrc, gst::Element, gst::Object, @implements gst::URIHandler;

@@ -19,7 +19,9 @@
 //!    record.
 //! 3. `needs_keyframe` is set when a reader joins and whenever it loses a
 //!    buffer, and cleared when a buffer is written to it: while it is set,
-//!    the reader gets no delta unit. Lost buffers are counted, and
+//!    the reader gets no delta unit, and the first delta unit it skips
+//!    asks upstream for a keyframe (once until it gets one). Lost buffers
+//!    are counted, and
 //!    announced by a Lost record before the reader's next buffer, which
 //!    then carries DISCONT.
 //! 4. In `block` mode every write waits for room in a reader's queue; in
@@ -124,6 +126,11 @@ impl Readers {
                 if link.needs_keyframe && delta {
                     // A reader that just joined never had the frames this
                     // one depends on; one that lost buffers lost them too.
+                    // A live encoder upstream makes a keyframe at once when
+                    // asked, rather than at the end of its GOP.
+                    if !std::mem::replace(&mut link.key_unit_asked, true) {
+                        sink.upstream().request_key_unit();
+                    }
                     if link.lost > 0 {
                         self.lose(sink, slot);
                     }
@@ -347,6 +354,7 @@ impl Readers {
             WriteOutcome::Written => {
                 if let Some(link) = self.link(slot) {
                     link.needs_keyframe = false;
+                    link.key_unit_asked = false;
                 }
                 Ok(true)
             }
@@ -647,7 +655,7 @@ impl Readers {
             // Paused: back to the caller's loop, which tries again.
             return sink.resume_after_unlock();
         }
-        if ready[1] && link.connection.peer_gone() {
+        if ready[1] {
             gst::element_imp_warning!(sink, gst::ResourceError::Write, ["Reader {slot} disconnected"]);
             self.unlink(sink, slot, Unlink::HungUp);
             return Ok(());
