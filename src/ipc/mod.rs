@@ -25,9 +25,11 @@
 //! ```
 //!
 //! The magic and version words come first in every version, so two builds
-//! that disagree can always tell the user so. After the handshake nothing
-//! more is sent: the socket stays open only so that each side sees the
-//! other's exit as a hang-up in its poll set.
+//! that disagree can always tell the user so. After the handshake the
+//! socket carries the messages of `messages.rs`, and stays open so that
+//! each side sees the other's exit as a hang-up in its poll set.
+
+pub mod messages;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -527,6 +529,63 @@ impl Connection {
         }
     }
 
+    /// Sends one message after the handshake, with `fds` attached, without
+    /// waiting: `Ok(false)` if the socket's buffer is full.
+    pub fn send_message(&self, message: &[u8], fds: &[BorrowedFd<'_>]) -> Result<bool, IpcError> {
+        let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        match self.send(message, &raw) {
+            Ok(()) => Ok(true),
+            Err(IpcError::Io { source, .. }) if source.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The next message after the handshake, without waiting.
+    pub fn recv_message(&self) -> Result<Received, IpcError> {
+        let mut message = vec![0u8; messages::MAX_MESSAGE_LEN];
+        let mut control = nix::cmsg_space!([RawFd; messages::MAX_MESSAGE_FDS]);
+        let mut iov = [io::IoSliceMut::new(&mut message)];
+        let (len, fds, truncated) = loop {
+            match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut control),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(received) => {
+                    let mut fds = Vec::new();
+                    for cmsg in received.cmsgs().map_err(io_err("reading control messages"))? {
+                        if let ControlMessageOwned::ScmRights(raw_fds) = cmsg {
+                            // SAFETY: the kernel just installed these fds in
+                            // our table for us alone; each is owned at once,
+                            // so even a refused message closes them.
+                            fds.extend(raw_fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                        }
+                    }
+                    let truncated = received.flags.intersects(MsgFlags::MSG_CTRUNC | MsgFlags::MSG_TRUNC);
+                    break (received.bytes, fds, truncated);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(Received::Nothing),
+                Err(Errno::ECONNRESET) => return Ok(Received::Gone),
+                Err(errno) => return Err(io_err("receiving a control message")(errno)),
+            }
+        };
+        if len == 0 {
+            return Ok(Received::Gone);
+        }
+        if truncated {
+            return Err(IpcError::Malformed(
+                "the peer sent a control message longer than 4096 bytes or with more than 4 fds",
+            ));
+        }
+        messages::Message::parse(&message[..len], fds)
+            .map(Received::Message)
+            .ok_or(IpcError::Malformed(
+                "the peer sent a control message without its 8-byte header of kind and reserved 0",
+            ))
+    }
+
     /// Ends this side's half of the connection, as a writer that lets a
     /// reader go: the peer sees a hang-up once it has read what it had,
     /// while this side still sees the peer's own hang-up when it closes.
@@ -555,6 +614,16 @@ impl AsFd for Connection {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// What [`Connection::recv_message`] found.
+#[derive(Debug)]
+pub enum Received {
+    Message(messages::Message),
+    /// Nothing waiting.
+    Nothing,
+    /// The peer closed its end, and everything it sent has been read.
+    Gone,
 }
 
 /// Watches the directory of a socket path, so a reader can sleep until a

@@ -1,4 +1,4 @@
-//! The shared-memory layout, version 4 (see PROTOCOL.md).
+//! The shared-memory layout, version 5 (see PROTOCOL.md).
 //!
 //! This file and `PROTOCOL.md` describe the same bytes; change both together
 //! and bump [`LAYOUT_VERSION`] when the meaning of any byte changes.
@@ -19,7 +19,7 @@
 //!
 //! control page
 //! 0x000  [u8; 8]  magic, "SHMRING\0"
-//! 0x008  u32      layout version (4)
+//! 0x008  u32      layout version (5)
 //! 0x00c  u32      control page size (4096)
 //! 0x010  u64      record queue capacity in bytes
 //! 0x018  u64      release queue capacity in entries
@@ -61,12 +61,14 @@
 //! 64  inline payload, then padding up to the next multiple of 64
 //! ```
 //!
-//! A release entry is the heap offset of a block the reader no longer uses.
+//! A release entry is the heap offset of a block the reader no longer uses,
+//! or, with [`FD_RELEASE_TAG`] set, the hold number of an fd buffer record
+//! (kind 9) whose memory the reader no longer uses.
 
 /// First eight bytes of a channel's control page.
 pub const MAGIC: [u8; 8] = *b"SHMRING\0";
 /// Version of the layout above. The socket handshake carries it too.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 /// Size of the control page; the record queue starts right after it.
 pub const CONTROL_SIZE: usize = 4096;
 /// Records start at multiples of this, and heap blocks too, which keeps
@@ -102,6 +104,20 @@ pub const OFFSET_RELEASE_WRITE: usize = 0x280;
 pub const OFFSET_RELEASE_READ: usize = 0x300;
 pub const OFFSET_WRITER_RELEASE_SLEEP: usize = 0x380;
 
+/// Set in a release entry that gives back an fd buffer's hold rather than
+/// a heap block: heap offsets stay below 2^32, so the bit is free.
+pub const FD_RELEASE_TAG: u64 = 1 << 63;
+
+/// Fds a reader keeps announced at once: the writer never has more
+/// announced that the reader has not yet been told to forget (it copies
+/// instead), and a reader sent more fails.
+pub const MAX_ANNOUNCED_FDS: usize = 64;
+
+/// Fd buffers a reader lets its downstream keep at once; past that it
+/// copies the bytes out and gives the hold back at once. The release queue
+/// has this many entries beyond the heap's blocks.
+pub const MAX_FD_HOLDS: u64 = 64;
+
 /// A reader's sleep sequence once it has let go of the channel for good.
 /// The writer loads that word anyway, so it learns of a clean exit for free.
 pub const READER_DETACHED: u64 = u64::MAX;
@@ -131,6 +147,13 @@ pub enum RecordKind {
     /// The metas of the buffer record that comes next, which carries
     /// `METAS_PRECEDE` (see `metas.rs`).
     Metas = 6,
+    /// A buffer whose bytes stay in an fd the writer announced on the
+    /// control socket: the 32-byte inline payload names the fd, the range
+    /// and the hold (see `codec::FdBufferRef`); the header is a buffer's.
+    FdBuffer = 9,
+    /// The fd announced under the u64 id of the payload is not named again:
+    /// the reader closes its copy.
+    FdForget = 10,
 }
 
 impl RecordKind {
@@ -142,6 +165,8 @@ impl RecordKind {
             4 => Some(Self::VideoLayout),
             5 => Some(Self::Lost),
             6 => Some(Self::Metas),
+            9 => Some(Self::FdBuffer),
+            10 => Some(Self::FdForget),
             _ => None,
         }
     }

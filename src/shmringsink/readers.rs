@@ -39,7 +39,7 @@ use gst::subclass::prelude::*;
 
 use crate::codec::VideoLayout;
 use crate::ipc::{self, Connection, IpcError, Listener, Trigger, Waiter};
-use crate::ring::layout::MAX_RELEASE_SLOTS;
+use crate::ring::layout::{MAX_FD_HOLDS, MAX_RELEASE_SLOTS};
 use crate::ring::{self, ChannelSizes, Notifier, Producer, RecordHeader, RingError};
 
 use super::CAT;
@@ -48,6 +48,7 @@ use super::imp::ShmRingSink;
 use super::pool::INLINE_MAX;
 
 mod delivery;
+mod fds;
 
 /// How often a sink that has readers looks for new ones: an `accept` per
 /// buffer would be a system call per buffer, which the rings avoid.
@@ -84,6 +85,8 @@ pub(super) struct Readers {
     readers_gathered: bool,
     /// The Metas record of the buffer being rendered; empty if it has none.
     metas: Vec<u8>,
+    /// Fd-backed memories sent by their fd that have since been freed.
+    fd_deaths: fds::Deaths,
 }
 
 impl Readers {
@@ -258,7 +261,8 @@ impl Readers {
         };
         let sizes = ChannelSizes {
             record_capacity: sink.record_queue_size(),
-            release_slots: (heap.size() / INLINE_MAX as u64 + 1).clamp(64, MAX_RELEASE_SLOTS),
+            release_slots: (heap.size() / INLINE_MAX as u64 + 1).clamp(64, MAX_RELEASE_SLOTS - MAX_FD_HOLDS)
+                + MAX_FD_HOLDS,
             heap_size: heap.size(),
         };
         let channel = match ipc::answer_hello(&connection, version, sizes, heap.memory(), slot) {
@@ -309,6 +313,7 @@ impl Readers {
             lost: 0,
             backlog: VecDeque::new(),
             wakeups_counted: 0,
+            fds: fds::FdCache::default(),
         });
         self.update_linked(sink);
         self.replay_sticky_events(sink, slot)
@@ -404,6 +409,8 @@ struct Link {
     backlog: VecDeque<(RecordHeader, Vec<u8>)>,
     /// Its wake-ups already counted in the stats.
     wakeups_counted: u64,
+    /// The fds it was announced, for buffers that cross by their fd.
+    fds: fds::FdCache,
     /// The `timeline_epoch` whose timeline this reader was sent.
     timeline_sent: Option<u32>,
 }
