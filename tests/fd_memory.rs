@@ -42,6 +42,9 @@ const WIDTH: usize = 320;
 const HEIGHT: usize = 240;
 const FRAME: usize = WIDTH * HEIGHT;
 const FRAMES: u64 = 60;
+/// Frames of the test that sends each in a new memfd: more than the fds a
+/// reader keeps (`MAX_ANNOUNCED_FDS`, 64).
+const FRESH_FRAMES: u64 = 100;
 /// The writer's pool: memfds recycled as a camera's buffers are.
 const POOL: usize = 4;
 /// How long a process of these tests may take for its part: far above what
@@ -119,19 +122,10 @@ fn fd_writer_helper() {
         })
         .collect();
     pipeline.set_state(gst::State::Playing).expect("the writer plays");
-    for index in 0..FRAMES {
-        let slot = index as usize % POOL;
-        // A pool hands a buffer out again only once nobody else holds it.
-        common::wait_until_within(WATCHDOG, "the sink to give a pool buffer back", || {
-            pool[slot].is_writable()
-        });
-        memfds[slot]
-            .write_all_at(&frame_bytes(index), 0)
-            .expect("filling a frame");
-        let buffer = pool[slot].get_mut().expect("a buffer nobody else holds");
-        buffer.set_pts(gst::ClockTime::from_mseconds(index * 33));
-        buffer.set_duration(gst::ClockTime::from_mseconds(33));
-        appsrc.push_buffer(pool[slot].clone()).expect("pushing a frame");
+    if kind == "fd-fresh" {
+        push_fresh_memfds(&appsrc, &fd_allocator);
+    } else {
+        push_from_pool(&appsrc, &memfds, &mut pool);
     }
     appsrc.end_of_stream().expect("ending the stream");
     let bus = pipeline.bus().expect("a bus");
@@ -152,12 +146,72 @@ fn fd_writer_helper() {
     pipeline.set_state(gst::State::Null).expect("the writer stops");
 }
 
+/// Pushes `FRAMES` frames from `pool`, writing a memfd again only once the
+/// sink has given its buffer back, as a camera's pool does.
+fn push_from_pool(appsrc: &gst_app::AppSrc, memfds: &[File], pool: &mut [gst::Buffer]) {
+    for index in 0..FRAMES {
+        let slot = index as usize % POOL;
+        // A pool hands a buffer out again only once nobody else holds it or
+        // its memory: a buffer made writable on the way (basesrc marks the
+        // first one DISCONT) is a copy that shares the memory.
+        common::wait_until_within(WATCHDOG, "the sink to give a pool buffer back", || {
+            pool[slot].is_writable() && pool[slot].is_all_memory_writable()
+        });
+        memfds[slot]
+            .write_all_at(&frame_bytes(index), 0)
+            .expect("filling a frame");
+        let buffer = pool[slot].get_mut().expect("a buffer nobody else holds");
+        buffer.set_pts(gst::ClockTime::from_mseconds(index * 33));
+        buffer.set_duration(gst::ClockTime::from_mseconds(33));
+        appsrc.push_buffer(pool[slot].clone()).expect("pushing a frame");
+    }
+}
+
+/// Pushes `FRESH_FRAMES` frames, each in a memfd of its own that its memory
+/// owns, and lets go of each once the sink has: more fds than a reader
+/// keeps, so they cross by their fd only if the freed ones are forgotten.
+/// At most `POOL` are out at once (a sink keeps its last buffer), so that a
+/// frame's fd is forgotten long before a hundred are sent.
+fn push_fresh_memfds(appsrc: &gst_app::AppSrc, allocator: &gst_allocators::FdAllocator) {
+    let mut out = std::collections::VecDeque::new();
+    for index in 0..FRESH_FRAMES {
+        if out.len() == POOL {
+            let oldest: gst::Buffer = out.pop_front().unwrap();
+            common::wait_until_within(WATCHDOG, "the sink to let go of a frame", || {
+                oldest.is_writable() && oldest.is_all_memory_writable()
+            });
+        }
+        let memfd = memfd(FRAME as u64);
+        memfd.write_all_at(&frame_bytes(index), 0).expect("filling a frame");
+        // SAFETY: the memory takes the memfd, which holds FRAME bytes, and
+        // closes it when it is freed.
+        let memory = unsafe {
+            allocator.alloc_fd(
+                std::os::fd::IntoRawFd::into_raw_fd(memfd),
+                FRAME,
+                gst_allocators::FdMemoryFlags::NONE,
+            )
+        }
+        .expect("wrapping a memfd");
+        let mut buffer = gst::Buffer::new();
+        {
+            let buffer = buffer.get_mut().unwrap();
+            buffer.append_memory(memory);
+            buffer.set_pts(gst::ClockTime::from_mseconds(index * 33));
+            buffer.set_duration(gst::ClockTime::from_mseconds(33));
+        }
+        appsrc.push_buffer(buffer.clone()).expect("pushing a frame");
+        out.push_back(buffer);
+    }
+}
+
 /// Reads `FRAMES` frames from a writer process of `kind` and checks each:
 /// they crossed by their fd unless the kind is `dmabuf-split`, and then
 /// they are copies, under caps without the DMABuf feature.
 fn frames_cross(kind: &str) {
     let by_fd = kind != "dmabuf-split";
     let dmabuf = kind == "dmabuf";
+    let frames = if kind == "fd-fresh" { FRESH_FRAMES } else { FRAMES };
     let scratch = Scratch::new(&format!("fd-memory-{kind}"));
     let socket = scratch.socket();
     let stdout_path = scratch.path("writer.stdout");
@@ -173,6 +227,9 @@ fn frames_cross(kind: &str) {
         .env(KIND_VAR, kind)
         .env(SOCKET_VAR, &socket)
         .env("G_DEBUG", "fatal-criticals")
+        // For the lines that count the fds announced.
+        .env("GST_DEBUG", "shmringsink:5")
+        .env("GST_DEBUG_NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(File::create(&stdout_path).unwrap())
         .stderr(File::create(&stderr_path).unwrap())
@@ -187,7 +244,7 @@ fn frames_cross(kind: &str) {
         .and_downcast::<gst_app::AppSink>()
         .expect("an appsink");
     pipeline.set_state(gst::State::Playing).expect("the reader plays");
-    for index in 0..FRAMES {
+    for index in 0..frames {
         let sample = appsink
             .try_pull_sample(gst::ClockTime::from_seconds(WATCHDOG.as_secs()))
             .unwrap_or_else(|| panic!("frame {index} did not arrive"));
@@ -210,7 +267,11 @@ fn frames_cross(kind: &str) {
             .is_some_and(|features| features.contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF));
         assert_eq!(announces_dmabuf, dmabuf, "frame {index} under {caps}");
         let map = buffer.map_readable().expect("mapping a frame");
-        assert!(map.as_slice() == frame_bytes(index), "frame {index} is not intact");
+        assert!(
+            map.as_slice() == frame_bytes(index),
+            "frame {index} is not intact: it holds frame {:?}",
+            (0..frames).find(|&other| map.as_slice() == frame_bytes(other))
+        );
         assert_eq!(buffer.pts(), Some(gst::ClockTime::from_mseconds(index * 33)));
     }
     assert!(
@@ -218,15 +279,15 @@ fn frames_cross(kind: &str) {
             .try_pull_sample(gst::ClockTime::from_seconds(WATCHDOG.as_secs()))
             .is_none()
             && appsink.is_eos(),
-        "the stream did not end after {FRAMES} frames"
+        "the stream did not end after {frames} frames"
     );
     let src = pipeline.by_name("src").expect("the source");
     let stats = src.property::<gst::Structure>("stats");
-    assert_eq!(stats.get::<u64>("buffers").unwrap(), FRAMES, "{stats}");
+    assert_eq!(stats.get::<u64>("buffers").unwrap(), frames, "{stats}");
     // The reader copies nothing either way: a copy the writer made is a
     // heap block, which it leases.
     assert_eq!(stats.get::<u64>("bytes-copied").unwrap(), 0, "{stats}");
-    let copied = if by_fd { 0 } else { FRAMES * FRAME as u64 };
+    let copied = if by_fd { 0 } else { frames * FRAME as u64 };
     pipeline.set_state(gst::State::Null).expect("the reader stops");
     let deadline = Instant::now() + WATCHDOG;
     let status = loop {
@@ -245,9 +306,17 @@ fn frames_cross(kind: &str) {
     assert!(status.success(), "{output}");
     assert!(!stderr.contains("CRITICAL"), "{output}");
     assert!(
-        stdout.contains(&format!("writer buffers={FRAMES} bytes-copied={copied}")),
+        stdout.contains(&format!("writer buffers={frames} bytes-copied={copied}")),
         "{output}"
     );
+    // A warm pool costs no message: one announcement per buffer of it.
+    let announced = stderr.lines().filter(|line| line.contains("announced fd ")).count();
+    let expected = match kind {
+        "fd-fresh" => FRESH_FRAMES as usize,
+        "dmabuf-split" => 0,
+        _ => POOL,
+    };
+    assert_eq!(announced, expected, "fds announced\n{output}");
 }
 
 #[test]
@@ -258,6 +327,11 @@ fn fd_memory_crosses_by_its_fd() {
 #[test]
 fn dmabuf_memory_crosses_by_its_fd() {
     frames_cross("dmabuf");
+}
+
+#[test]
+fn fds_of_freed_memories_are_forgotten() {
+    frames_cross("fd-fresh");
 }
 
 #[test]
@@ -285,7 +359,10 @@ fn reader_error_for(name: &str, fd: std::os::fd::BorrowedFd<'_>, size: u64) -> S
     let reader = Launch::spawn(
         &scratch,
         "reader",
-        &format!("shmringsrc socket-path={} ! fakesink", socket.display()),
+        // Live, so that an error before the first buffer ends gst-launch
+        // rather than leaving fakesink waiting to preroll on the EOS after
+        // it.
+        &format!("shmringsrc socket-path={} is-live=true ! fakesink", socket.display()),
     );
     let connection = loop {
         if let Some(connection) = listener.accept().expect("accepting the reader") {
