@@ -49,14 +49,25 @@ pub(super) struct FdCache {
     ids: HashMap<(u64, u64), u64>,
     next_id: u64,
     next_hold: u64,
-    /// Where the forget records not yet read end.
+    /// Where the forget records not yet read end, in order; `u64::MAX` for
+    /// one still in the reader's backlog (`drop` mode), not yet written.
     unread_forgets: VecDeque<u64>,
 }
 
 impl FdCache {
     /// Ids the reader may hold now: announced and not forgotten, or
-    /// forgotten in a record it has not read.
-    fn held_by_reader(&mut self, read_position: u64) -> usize {
+    /// forgotten in a record it has not read. `written` is the record
+    /// queue's write position; with `backlog_empty`, every forget that
+    /// waited in the backlog has been written before it.
+    fn held_by_reader(&mut self, read_position: u64, written: u64, backlog_empty: bool) -> usize {
+        if backlog_empty {
+            for end in self.unread_forgets.iter_mut().rev() {
+                if *end != u64::MAX {
+                    break;
+                }
+                *end = written;
+            }
+        }
         while self.unread_forgets.front().is_some_and(|&end| end <= read_position) {
             self.unread_forgets.pop_front();
         }
@@ -233,7 +244,11 @@ impl Readers {
         let id = match link.fds.ids.get(&shared.identity) {
             Some(&id) => id,
             None => {
-                if link.fds.held_by_reader(link.records.progress().read_position()) >= MAX_ANNOUNCED_FDS {
+                let read = link.records.progress().read_position();
+                let held = link
+                    .fds
+                    .held_by_reader(read, link.records.position(), link.backlog.is_empty());
+                if held >= MAX_ANNOUNCED_FDS {
                     gst::debug!(CAT, imp = sink, "reader {slot} holds {MAX_ANNOUNCED_FDS} fds; copying");
                     return None;
                 }
@@ -282,11 +297,39 @@ impl Readers {
                 let header = RecordHeader::untimed(RecordKind::FdForget, 0);
                 self.send_control(sink, slot, &header, &id.to_ne_bytes(), drop_mode)?;
                 if let Some(link) = self.link(slot) {
-                    let end = link.records.position();
+                    let end = if link.backlog.is_empty() {
+                        link.records.position()
+                    } else {
+                        u64::MAX
+                    };
                     link.fds.unread_forgets.push_back(end);
                 }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FdCache;
+
+    #[test]
+    fn a_forget_counts_until_the_reader_has_read_past_it() {
+        let mut cache = FdCache::default();
+        cache.ids.insert((1, 1), 0);
+        cache.unread_forgets.push_back(128);
+        assert_eq!(cache.held_by_reader(64, 192, true), 2);
+        assert_eq!(cache.held_by_reader(128, 192, true), 1);
+    }
+
+    #[test]
+    fn a_forget_in_the_backlog_counts_until_written_and_read() {
+        let mut cache = FdCache::default();
+        cache.unread_forgets.push_back(u64::MAX);
+        assert_eq!(cache.held_by_reader(1 << 20, 1 << 20, false), 1);
+        // Written by now, somewhere before 4096.
+        assert_eq!(cache.held_by_reader(1024, 4096, true), 1);
+        assert_eq!(cache.held_by_reader(4096, 8192, true), 0);
     }
 }
