@@ -1,7 +1,7 @@
 //! The control socket: the versioned handshake that hands a reader the ring,
 //! and the liveness signal afterwards. No GStreamer in here either.
 //!
-//! Wire format, version 4 (native-endian, one SOCK_SEQPACKET message each):
+//! Wire format, version 5 (native-endian, one SOCK_SEQPACKET message each):
 //!
 //! ```text
 //! reader → writer  ClientHello, 16 bytes
