@@ -160,7 +160,18 @@ fn print_next_record(reader: &mut ReaderChannel, totals: &mut Totals) -> Result<
                 line += &format!(" flush={count}");
             }
         }
-        RecordKind::Event | RecordKind::VideoLayout | RecordKind::Metas => {}
+        // A buffer left in an fd the writer announced on the socket, which
+        // this example does not read: its hold goes straight back, so that
+        // the writer's upstream gets its buffer again.
+        RecordKind::FdBuffer => {
+            if let Ok(fd_ref) = gstshmring::codec::FdBufferRef::decode(&bytes) {
+                line += &format!(" fd={} offset={} size={}", fd_ref.fd_id, fd_ref.offset, fd_ref.size);
+                reader
+                    .releases
+                    .push(gstshmring::ring::layout::FD_RELEASE_TAG | fd_ref.hold)?;
+            }
+        }
+        RecordKind::Event | RecordKind::VideoLayout | RecordKind::Metas | RecordKind::FdForget => {}
     }
     totals.records += 1;
     println!("{line}");

@@ -100,6 +100,59 @@ pub fn encode_lost(count: u64) -> [u8; 8] {
     count.to_ne_bytes()
 }
 
+/// Where an fd buffer record's bytes are: `size` bytes at `offset` in the
+/// fd announced as `fd_id`, held by the writer under `hold` until the
+/// reader gives that number back through its release queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdBufferRef {
+    pub fd_id: u64,
+    pub offset: u64,
+    pub size: u64,
+    pub hold: u64,
+}
+
+/// Bytes of an fd buffer record's payload.
+pub const FD_BUFFER_REF_SIZE: usize = 32;
+
+impl FdBufferRef {
+    pub fn encode(&self) -> [u8; FD_BUFFER_REF_SIZE] {
+        let mut bytes = [0u8; FD_BUFFER_REF_SIZE];
+        for (chunk, word) in bytes
+            .chunks_exact_mut(8)
+            .zip([self.fd_id, self.offset, self.size, self.hold])
+        {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        bytes
+    }
+
+    /// Parses a private copy of the payload. The range is checked against
+    /// the fd when it is used, and the hold must fit beside the release
+    /// entries' tag bit.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let (fd_id, rest) = split_u64(payload).ok_or_else(|| bad("fd buffer"))?;
+        let (offset, rest) = split_u64(rest).ok_or_else(|| bad("fd buffer"))?;
+        let (size, rest) = split_u64(rest).ok_or_else(|| bad("fd buffer"))?;
+        let (hold, rest) = split_u64(rest).ok_or_else(|| bad("fd buffer"))?;
+        if !rest.is_empty() || hold & crate::ring::layout::FD_RELEASE_TAG != 0 {
+            return Err(bad("fd buffer"));
+        }
+        Ok(Self {
+            fd_id,
+            offset,
+            size,
+            hold,
+        })
+    }
+}
+
+/// Parses an fd forget record's payload: the id of the fd.
+pub fn decode_fd_forget(payload: &[u8]) -> Result<u64, DecodeError> {
+    <[u8; 8]>::try_from(payload)
+        .map(u64::from_ne_bytes)
+        .map_err(|_| bad("fd forget"))
+}
+
 /// Parses a lost record's payload (a private copy of it).
 pub fn decode_lost(payload: &[u8]) -> Result<u64, DecodeError> {
     <[u8; 8]>::try_from(payload)
@@ -346,9 +399,13 @@ pub fn decode(header: &RecordHeader, payload: &[u8]) -> Result<Decoded, DecodeEr
     match header.kind {
         RecordKind::Caps => decode_caps(payload).map(Decoded::Caps),
         RecordKind::Event => decode_event(header.flags, payload),
-        RecordKind::Buffer | RecordKind::VideoLayout | RecordKind::Lost | RecordKind::Metas | RecordKind::Flush => {
-            Err(bad("buffer"))
-        }
+        RecordKind::Buffer
+        | RecordKind::VideoLayout
+        | RecordKind::Lost
+        | RecordKind::Metas
+        | RecordKind::FdBuffer
+        | RecordKind::FdForget
+        | RecordKind::Flush => Err(bad("buffer")),
     }
 }
 

@@ -326,6 +326,8 @@ impl Reader {
                 count(&self.metas.apply(&header, buffer.make_mut()), &mut outcome.accepted);
             }
             RecordKind::Metas => self.metas.hold(bytes),
+            // Fds come through the socket, which this harness does not feed.
+            RecordKind::FdBuffer | RecordKind::FdForget => {}
             RecordKind::VideoLayout => {
                 if let Ok(layout) = codec::decode_video_layout(&bytes) {
                     self.layout = layout;

@@ -21,6 +21,7 @@
 //! | 5 | reader → writer | custom upstream event (GstForceKeyUnit among them): its structure as text |
 //! | 6 | reader → writer | query: u32 id, u32 query (1 position, 2 duration, 3 seeking), u32 format, u32 reserved |
 //! | 7 | writer → reader | answer: u32 id, u32 handled (0 or 1), u32 format, u32 seekable (0 or 1), i64 value, i64 seek start, i64 seek end |
+//! | 16 | writer → reader | fd announcement, with one fd in `SCM_RIGHTS`: u64 fd id (what fd buffer records name it by; never announced twice on one connection), u32 memory kind (1 GstFdMemory, 2 DMABuf), u32 reserved |
 //!
 //! Kinds 1 to 15 are the upstream channel's; 16 to 31 belong to fd
 //! announcements. Anything else, a body of the wrong length, a reserved
@@ -88,6 +89,35 @@ pub enum Message {
     CustomUpstream(String),
     Query { id: u32, query: QueryKind, format: u32 },
     Answer(Answer),
+    /// The fd that came with this message is to be named `id` in fd
+    /// buffer records.
+    FdAnnounce(FdAnnouncement),
+}
+
+impl FdAnnouncement {
+    /// The datagram announcing the fd sent with it.
+    pub fn encode(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + FD_ANNOUNCE_LEN);
+        out.extend_from_slice(&FD_ANNOUNCE.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out.extend_from_slice(&self.id.to_ne_bytes());
+        out.extend_from_slice(&(self.kind as u32).to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out
+    }
+}
+
+/// What kind of GstMemory an announced fd is to become in the reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdMemoryKind {
+    Fd = 1,
+    DmaBuf = 2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdAnnouncement {
+    pub id: u64,
+    pub kind: FdMemoryKind,
 }
 
 /// Why a datagram is not a message; each one ends the peer's upstream
@@ -110,6 +140,8 @@ pub enum MessageError {
     BadText(u32),
     #[error("control message kind {0} names an unknown query")]
     UnknownQuery(u32),
+    #[error("control message kind {0} names an unknown kind of memory")]
+    UnknownMemory(u32),
 }
 
 const NAVIGATION: u32 = 1;
@@ -119,11 +151,14 @@ const RECONFIGURE: u32 = 4;
 const CUSTOM_UPSTREAM: u32 = 5;
 const QUERY: u32 = 6;
 const ANSWER: u32 = 7;
+/// Kind of an fd announcement, the one message that carries an fd.
+pub const FD_ANNOUNCE: u32 = 16;
 
 const QOS_LEN: usize = 32;
 const SEEK_LEN: usize = 48;
 const QUERY_LEN: usize = 16;
 const ANSWER_LEN: usize = 40;
+const FD_ANNOUNCE_LEN: usize = 16;
 
 impl QueryKind {
     fn code(self) -> u32 {
@@ -145,6 +180,7 @@ impl Message {
             Self::CustomUpstream(_) => CUSTOM_UPSTREAM,
             Self::Query { .. } => QUERY,
             Self::Answer(_) => ANSWER,
+            Self::FdAnnounce(_) => FD_ANNOUNCE,
         }
     }
 
@@ -189,6 +225,7 @@ impl Message {
                 out.extend_from_slice(&answer.start.to_ne_bytes());
                 out.extend_from_slice(&answer.end.to_ne_bytes());
             }
+            Self::FdAnnounce(announcement) => return Some(announcement.encode()),
         }
         (out.len() <= MAX_MESSAGE_LEN).then_some(out)
     }
@@ -299,6 +336,17 @@ impl Message {
                     end: fields.u64() as i64,
                 })
             }
+            FD_ANNOUNCE => {
+                let mut fields = fixed(FD_ANNOUNCE_LEN)?;
+                let id = fields.u64();
+                let memory = match fields.u32() {
+                    1 => FdMemoryKind::Fd,
+                    2 => FdMemoryKind::DmaBuf,
+                    _ => return Err(MessageError::UnknownMemory(kind)),
+                };
+                fields.reserved()?;
+                Self::FdAnnounce(FdAnnouncement { id, kind: memory })
+            }
             _ => return Err(MessageError::UnknownKind(kind)),
         })
     }
@@ -378,6 +426,10 @@ mod tests {
                 start: 0,
                 end: 10_000_000_000,
             }),
+            Message::FdAnnounce(FdAnnouncement {
+                id: 7,
+                kind: FdMemoryKind::DmaBuf,
+            }),
         ]
     }
 
@@ -418,7 +470,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_reserved_words_flags_and_text_are_refused() {
-        for kind in [0u32, 8, 15, 16, 31, u32::MAX] {
+        for kind in [0u32, 8, 15, 17, 31, u32::MAX] {
             let mut datagram = kind.to_ne_bytes().to_vec();
             datagram.extend_from_slice(&[0; 4]);
             assert_eq!(Message::decode(&datagram), Err(MessageError::UnknownKind(kind)));
@@ -438,6 +490,13 @@ mod tests {
         .expect("fits");
         query[HEADER_LEN + 4] = 9;
         assert_eq!(Message::decode(&query), Err(MessageError::UnknownQuery(QUERY)));
+        let mut announcement = FdAnnouncement {
+            id: 1,
+            kind: FdMemoryKind::Fd,
+        }
+        .encode();
+        announcement[HEADER_LEN + 8] = 3;
+        assert_eq!(Message::decode(&announcement), Err(MessageError::UnknownMemory(FD_ANNOUNCE)));
         for bad in [&b"nav\0igation"[..], &[0xff, 0xfe][..]] {
             let mut datagram = NAVIGATION.to_ne_bytes().to_vec();
             datagram.extend_from_slice(&[0; 4]);

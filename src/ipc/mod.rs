@@ -597,6 +597,17 @@ impl Connection {
         hung_up(self.fd.as_fd())
     }
 
+    /// Sends one message after the handshake, with `fds` attached, without
+    /// waiting: `Ok(false)` if the socket's buffer is full.
+    pub fn send_message_with_fds(&self, message: &[u8], fds: &[BorrowedFd<'_>]) -> Result<bool, IpcError> {
+        let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        match self.send(message, &raw) {
+            Ok(()) => Ok(true),
+            Err(IpcError::Io { source, .. }) if source.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Ends this side's half of the connection, as a writer that lets a
     /// reader go: the peer sees a hang-up once it has read what it had,
     /// while this side still sees the peer's own hang-up when it closes.

@@ -63,7 +63,9 @@
 //! 64  inline payload, then padding up to the next multiple of 64
 //! ```
 //!
-//! A release entry is the heap offset of a block the reader no longer uses.
+//! A release entry is the heap offset of a block the reader no longer uses,
+//! or, with [`FD_RELEASE_TAG`] set, the hold number of an fd buffer record
+//! (kind 9) whose memory the reader no longer uses.
 
 /// First eight bytes of a channel's control page.
 pub const MAGIC: [u8; 8] = *b"SHMRING\0";
@@ -105,6 +107,20 @@ pub const OFFSET_RELEASE_READ: usize = 0x300;
 pub const OFFSET_WRITER_RELEASE_SLEEP: usize = 0x380;
 pub const OFFSET_FLUSH: usize = 0x400;
 
+/// Set in a release entry that gives back an fd buffer's hold rather than
+/// a heap block: heap offsets stay below 2^32, so the bit is free.
+pub const FD_RELEASE_TAG: u64 = 1 << 63;
+
+/// Fds a reader keeps announced at once: the writer never has more
+/// announced that the reader has not yet been told to forget (it copies
+/// instead), and a reader sent more fails.
+pub const MAX_ANNOUNCED_FDS: usize = 64;
+
+/// Fd buffers a reader lets its downstream keep at once; past that it
+/// copies the bytes out and gives the hold back at once. The release queue
+/// has this many entries beyond the heap's blocks.
+pub const MAX_FD_HOLDS: u64 = 64;
+
 /// A reader's sleep sequence once it has let go of the channel for good.
 /// The writer loads that word anyway, so it learns of a clean exit for free.
 pub const READER_DETACHED: u64 = u64::MAX;
@@ -138,6 +154,13 @@ pub enum RecordKind {
     /// the flush discarded. The payload is a u32, the flush's count in the
     /// flush word, and a u32, 1 if the flush reset the running time.
     Flush = 7,
+    /// A buffer whose bytes stay in an fd the writer announced on the
+    /// control socket: the 32-byte inline payload names the fd, the range
+    /// and the hold (see `codec::FdBufferRef`); the header is a buffer's.
+    FdBuffer = 9,
+    /// The fd announced under the u64 id of the payload is not named again:
+    /// the reader closes its copy.
+    FdForget = 10,
 }
 
 impl RecordKind {
@@ -150,6 +173,8 @@ impl RecordKind {
             5 => Some(Self::Lost),
             6 => Some(Self::Metas),
             7 => Some(Self::Flush),
+            9 => Some(Self::FdBuffer),
+            10 => Some(Self::FdForget),
             _ => None,
         }
     }

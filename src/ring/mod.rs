@@ -64,6 +64,7 @@ mod memory;
 mod notifier;
 pub mod records;
 pub mod releases;
+pub mod shared_fd;
 mod sync;
 pub mod wake;
 

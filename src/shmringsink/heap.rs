@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::ipc::{self, Interest};
 use nix::poll::PollTimeout;
 
+use crate::ring::layout::FD_RELEASE_TAG;
 use crate::ring::{self, HeapBooks, HeapMemory, Holders, Notifier, ReadProgress, ReleaseConsumer, RingError, WRITER};
 
 /// A reader's release queue, the holder bit it answers for, and the blocks
@@ -36,6 +37,13 @@ struct ReaderReleases {
     /// The reader broke its release queue: nothing more is taken from it,
     /// and what it holds comes back only when its socket hangs up.
     releases_ignored: bool,
+    /// The buffers whose fd the reader was sent (record kind 9), by hold
+    /// number, until it gives the number back: kept alive, so that a pool
+    /// upstream does not fill them again while the reader reads them.
+    /// Such a buffer never wraps this heap, so dropping it under the books'
+    /// lock never takes that lock again; it may return to upstream's pool,
+    /// which takes only the pool's own lock.
+    fd_holds: HashMap<u64, gst::Buffer>,
 }
 
 impl ReaderReleases {
@@ -68,6 +76,8 @@ struct Books {
     /// allocator's memory, discards its buffer instead of filling the block
     /// again while a reader reads it.
     in_place: HashMap<u64, PinnedMemory>,
+    /// A thread takes releases while readers hold fd buffers.
+    fd_watcher: bool,
 }
 
 impl Books {
@@ -159,6 +169,7 @@ impl SinkHeap {
                 books: HeapBooks::new(size),
                 readers: Vec::new(),
                 in_place: HashMap::new(),
+                fd_watcher: false,
             }),
             freed: Notifier::new()?,
             waiters: AtomicUsize::new(0),
@@ -212,6 +223,7 @@ impl SinkHeap {
             connection,
             departing: false,
             releases_ignored: false,
+            fd_holds: HashMap::new(),
         });
         Ok(())
     }
@@ -254,6 +266,8 @@ impl SinkHeap {
         let unpinned = books.unpin();
         drop(books);
         drop(unpinned);
+        // The fd release thread, if any, sees that no hold is left.
+        self.freed.notify();
     }
 
     /// Notes that a record naming a block, ending at queue position
@@ -262,6 +276,123 @@ impl SinkHeap {
         if let Some(reader) = self.lock().readers.iter_mut().find(|reader| reader.slot == slot) {
             reader.unread.push_back(record_end);
         }
+    }
+
+    /// Keeps `buffer` alive until the reader in `slot` gives back `hold`.
+    /// Returns false if that reader is not in the books.
+    pub(super) fn hold_fd_buffer(self: &Arc<Self>, slot: u32, hold: u64, buffer: gst::Buffer) -> bool {
+        let mut books = self.lock();
+        let Some(reader) = books.readers.iter_mut().find(|reader| reader.slot == slot) else {
+            drop(books);
+            return false;
+        };
+        reader.fd_holds.insert(hold, buffer);
+        if !books.fd_watcher {
+            let heap = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("shmring-fd-releases".into())
+                .spawn(move || heap.take_fd_releases());
+            books.fd_watcher = spawned.is_ok();
+        }
+        true
+    }
+
+    /// Whether any reader holds an fd buffer.
+    fn fd_buffers_held(books: &Books) -> bool {
+        books.readers.iter().any(|reader| !reader.fd_holds.is_empty())
+    }
+
+    /// The thread that takes the readers' releases as they come while any
+    /// reader holds an fd buffer. Rendering takes releases only when it
+    /// needs a block, but an fd buffer goes back to upstream's pool only
+    /// once its hold is taken back, and upstream may be waiting for it
+    /// before it sends another buffer. Sleeps on the release eventfds (it
+    /// has the turn to), the readers' sockets (a hang-up gives everything
+    /// back) and `freed` (`close`, or a render that needs the turn).
+    fn take_fd_releases(&self) {
+        let _turn = self.wait_turn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        loop {
+            let mut release_fds: Vec<OwnedFd> = Vec::new();
+            let mut socket_fds: Vec<OwnedFd> = Vec::new();
+            let mut watched_slots = Vec::new();
+            let mut sleeping = Vec::new();
+            {
+                let mut books = self.lock();
+                let leftovers = self.collect(&mut books);
+                if !Self::fd_buffers_held(&books) {
+                    // Under the lock: a hold added from now on starts a new
+                    // thread.
+                    books.fd_watcher = false;
+                    drop(books);
+                    drop(leftovers);
+                    return;
+                }
+                let mut ready = false;
+                for reader in books.readers.iter_mut().filter(|reader| !reader.releases_ignored) {
+                    match reader.releases.prepare_wait() {
+                        Ok(true) => sleeping.push(reader.slot),
+                        Ok(false) | Err(_) => ready = true,
+                    }
+                }
+                if ready {
+                    Self::finish_waits(&mut books, &sleeping);
+                    drop(books);
+                    drop(leftovers);
+                    continue;
+                }
+                for reader in &books.readers {
+                    let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned();
+                    let (Ok(release), Ok(socket)) = (dup(reader.releases.as_fd()), dup(reader.connection.as_fd()))
+                    else {
+                        continue;
+                    };
+                    if !reader.releases_ignored {
+                        release_fds.push(release);
+                    }
+                    socket_fds.push(socket);
+                    watched_slots.push(reader.slot);
+                }
+                self.waiters.fetch_add(1, Ordering::SeqCst);
+                drop(books);
+                drop(leftovers);
+            }
+            let mut watched: Vec<_> = release_fds.iter().chain(&socket_fds).map(|fd| fd.as_fd()).collect();
+            watched.push(self.freed.as_fd());
+            let woken = ipc::wait_readable_for(&watched, PollTimeout::NONE);
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            let mut books = self.lock();
+            Self::finish_waits(&mut books, &sleeping);
+            self.freed.drain();
+            let woken = woken.unwrap_or_default();
+            for (index, &slot) in watched_slots.iter().enumerate() {
+                if woken.get(release_fds.len() + index) == Some(&true) && Self::socket_hung_up(&books, slot) {
+                    let Books { books, readers, .. } = &mut *books;
+                    Self::forget(readers, books, slot);
+                }
+            }
+        }
+    }
+
+    /// Whether the socket of the reader in `slot` hung up (or sent
+    /// something, which only a broken reader does).
+    fn socket_hung_up(books: &Books, slot: u32) -> bool {
+        books
+            .readers
+            .iter()
+            .find(|reader| reader.slot == slot)
+            .is_some_and(ReaderReleases::hung_up)
+    }
+
+    /// Drops the hold of an fd buffer record that was never sent.
+    pub(super) fn drop_fd_hold(&self, slot: u32, hold: u64) {
+        let mut books = self.lock();
+        let released = books
+            .readers
+            .iter_mut()
+            .find(|reader| reader.slot == slot)
+            .and_then(|reader| reader.fd_holds.remove(&hold));
+        drop(books);
+        drop(released);
     }
 
     /// Whether the reader in `slot` broke its release queue, and is to be
@@ -279,8 +410,13 @@ impl SinkHeap {
         for reader in readers.iter_mut().filter(|reader| !reader.releases_ignored) {
             let holder = ring::reader(reader.slot);
             let mut bad = None;
-            let taken = reader.releases.take_all(|offset| {
-                if let Err(err) = books.release(offset, holder) {
+            let fd_holds = &mut reader.fd_holds;
+            let taken = reader.releases.take_all(|entry| {
+                if entry & FD_RELEASE_TAG != 0 {
+                    if fd_holds.remove(&(entry & !FD_RELEASE_TAG)).is_none() {
+                        bad.get_or_insert("gave back an fd buffer it was never sent".to_owned());
+                    }
+                } else if let Err(err) = books.release(entry, holder) {
                     bad.get_or_insert(err.to_string());
                 }
             });

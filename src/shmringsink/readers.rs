@@ -39,7 +39,7 @@ use gst::subclass::prelude::*;
 
 use crate::codec::VideoLayout;
 use crate::ipc::{self, Connection, HelloPurpose, IpcError, Listener, Trigger, Waiter};
-use crate::ring::layout::MAX_RELEASE_SLOTS;
+use crate::ring::layout::{MAX_FD_HOLDS, MAX_RELEASE_SLOTS};
 use crate::ring::{self, ChannelSizes, Notifier, Producer, RecordHeader, RingError};
 
 use super::CAT;
@@ -48,6 +48,7 @@ use super::imp::ShmRingSink;
 use super::pool::INLINE_MAX;
 
 mod delivery;
+mod fds;
 mod flush;
 
 /// How often a sink that has readers looks for new ones: an `accept` per
@@ -87,6 +88,8 @@ pub(super) struct Readers {
     metas: Vec<u8>,
     /// The caps as text, for probes: what the stream carries now.
     caps: Option<String>,
+    /// Fd-backed memories sent by their fd that have since been freed.
+    fd_deaths: fds::Deaths,
 }
 
 impl Readers {
@@ -291,7 +294,8 @@ impl Readers {
         };
         let sizes = ChannelSizes {
             record_capacity: sink.record_queue_size(),
-            release_slots: (heap.size() / INLINE_MAX as u64 + 1).clamp(64, MAX_RELEASE_SLOTS),
+            release_slots: (heap.size() / INLINE_MAX as u64 + 1).clamp(64, MAX_RELEASE_SLOTS - MAX_FD_HOLDS)
+                + MAX_FD_HOLDS,
             heap_size: heap.size(),
         };
         let channel = match ipc::answer_hello(&connection, version, sizes, heap.memory(), slot) {
@@ -347,6 +351,7 @@ impl Readers {
             backlog: VecDeque::new(),
             wakeups_counted: 0,
             flush_owed: None,
+            fds: fds::FdCache::default(),
         });
         self.update_linked(sink);
         self.replay_sticky_events(sink, slot)
@@ -451,6 +456,8 @@ struct Link {
     backlog: VecDeque<(RecordHeader, Vec<u8>)>,
     /// Its wake-ups already counted in the stats.
     wakeups_counted: u64,
+    /// The fds it was announced, for buffers that cross by their fd.
+    fds: fds::FdCache,
     /// The `timeline_epoch` whose timeline this reader was sent.
     timeline_sent: Option<u32>,
     /// A flush stopped, whose Flush record (count, reset-time) this reader

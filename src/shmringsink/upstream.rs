@@ -319,8 +319,8 @@ impl Served {
                 Message::Reconfigure => on_reconfigure(sink, reader, policy),
                 Message::CustomUpstream(text) => on_custom_upstream(sink, reader, policy, &text),
                 Message::Query { id, query, format } => on_query(sink, reader, policy, id, query, format),
-                Message::Answer(_) => {
-                    self.stop_listening(sink, index, "it sent an answer, which only a writer sends");
+                Message::Answer(_) | Message::FdAnnounce(_) => {
+                    self.stop_listening(sink, index, "it sent a message only a writer sends");
                     return;
                 }
             }

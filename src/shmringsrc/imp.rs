@@ -13,9 +13,9 @@ use gst_base::subclass::base_src::CreateSuccess;
 use gst_base::subclass::prelude::*;
 
 use crate::address::Address;
-use crate::codec::{self, Decoded, VideoLayout};
+use crate::codec::{self, Decoded, FdBufferRef, VideoLayout};
 use crate::ipc::messages::Message;
-use crate::ipc::{self, Connection, Trigger, Waiter};
+use crate::ipc::{self, Connection, IpcError, Trigger, Waiter};
 use crate::metas;
 use crate::ring::{self, Consumer, HeapMemory, Notifier, Payload, ReaderChannel, RecordKind, ReleaseProducer};
 use crate::stats::Stats;
@@ -24,6 +24,7 @@ use crate::unlock::Unlock;
 
 use super::OnDisconnect;
 use super::flush::Watcher;
+use super::fds::{self, FdTable};
 use super::pacer::Pacer;
 use super::upstream::{self, Outgoing, QUERY_TIMEOUT, SEEK_TIMEOUT, WriterControl};
 
@@ -40,6 +41,9 @@ const DEFAULT_IS_LIVE: bool = false;
 /// microseconds, about the gap between small buffers of a busy writer.
 const SPINS_BEFORE_SLEEP: u32 = 256;
 const DEFAULT_ALWAYS_COPY: bool = false;
+/// Longest wait for an fd that a record names before it arrives: an honest
+/// writer sends it first, so this only bounds a broken one.
+const FD_ANNOUNCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// A writer that ends cleanly sends EOS, so a closed socket without one is
 /// a failure, reported as one, as shmsrc does; `eos` and `wait` are asked for.
 const DEFAULT_ON_DISCONNECT: OnDisconnect = OnDisconnect::Error;
@@ -67,7 +71,7 @@ impl Default for Settings {
 
 /// The reader's release queue, shared with every lease: a buffer may be
 /// freed on any thread.
-struct Releases {
+pub(super) struct Releases {
     producer: Mutex<ReleaseProducer>,
     /// Heap bytes that leases hold now.
     leased: AtomicU64,
@@ -78,7 +82,7 @@ struct Releases {
 }
 
 impl Releases {
-    fn give_back(&self, offset: u64) {
+    pub(super) fn give_back(&self, offset: u64) {
         let mut producer = self.producer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Err(err) = producer.push(offset) {
             gst::warning!(CAT, "could not give block {offset} back to the writer: {err}");
@@ -203,6 +207,12 @@ struct Link {
     /// The count of the last flush whose Flush record was read: while the
     /// writer's flush word names another, its records are the old stream's.
     flush_done: u32,
+    /// The fds the writer announced, for fd buffer records.
+    fds: FdTable,
+    /// The writer's caps when they announce DMABuf memory, and whether the
+    /// caps set downstream do: they do only while the buffers are DMABuf
+    /// memory, so they are settled at each buffer.
+    dmabuf_caps: Option<(gst::Caps, Option<bool>)>,
 }
 
 /// Buffers to copy payloads into, recycled so that a stream of copies does
@@ -472,13 +482,15 @@ impl ShmRingSrc {
             gst::element_imp_error!(self, gst::ResourceError::Failed, ["{err}"]);
             gst::FlowError::Error
         })?;
-        match WriterControl::new(&connection) {
-            Ok(control) => self.set_writer_control(Some(Arc::new(control))),
-            Err(err) => {
-                gst::warning!(CAT, imp = self, "nothing can go upstream to this writer: {err}");
-                self.set_writer_control(None);
-            }
-        }
+        let control = WriterControl::new(&connection).map_err(|err| {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::Failed,
+                ["Could not open the channel to the writer ({err}); the process may be out of file descriptors"]
+            );
+            gst::FlowError::Error
+        })?;
+        self.set_writer_control(Some(Arc::new(control)));
         let releases = Arc::new(Releases {
             producer: Mutex::new(releases),
             leased: AtomicU64::new(0),
@@ -528,6 +540,8 @@ impl ShmRingSrc {
             wakeups_counted: 0,
             watcher,
             flush_done,
+            fds: FdTable::default(),
+            dmabuf_caps: None,
         })))
     }
 
@@ -654,6 +668,103 @@ impl ShmRingSrc {
     fn decode_error(&self, err: impl std::fmt::Display) -> gst::FlowError {
         gst::element_imp_error!(self, gst::StreamError::Decode, ["{err}"]);
         gst::FlowError::Error
+    }
+
+    /// An error for an fd the writer announced or named, which it should
+    /// not have.
+    fn fd_error(&self, reason: String) -> gst::FlowError {
+        gst::element_imp_error!(
+            self,
+            gst::StreamError::Decode,
+            ["The writer sent fd-backed memory this reader cannot use: {reason}. The writer is broken or hostile"]
+        );
+        gst::FlowError::Error
+    }
+
+    /// Sets `caps` on the source pad, and answers caps queries with them.
+    fn announce_caps(&self, caps: &gst::Caps) -> Result<(), gst::FlowError> {
+        *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(caps.clone());
+        if self.obj().set_caps(caps).is_err() {
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Negotiation,
+                ["Downstream refused the writer's caps {caps}"]
+            );
+            return Err(gst::FlowError::NotNegotiated);
+        }
+        Ok(())
+    }
+
+    /// Under caps that announce DMABuf memory, announces them as they are
+    /// only while the buffers are DMABuf memory: a buffer the writer had to
+    /// copy (or that this reader copied) is system memory, which a DMABuf
+    /// importer downstream would fail on, so the feature goes for it.
+    fn settle_dmabuf_caps(&self, link: &mut Link, buffer: &gst::Buffer) -> Result<(), gst::FlowError> {
+        let Some((caps, announced)) = &mut link.dmabuf_caps else {
+            return Ok(());
+        };
+        let dmabuf = buffer.n_memory() == 1 && buffer.peek_memory(0).is_memory_type::<gst_allocators::DmaBufMemory>();
+        if *announced == Some(dmabuf) {
+            return Ok(());
+        }
+        *announced = Some(dmabuf);
+        let caps = if dmabuf {
+            caps.clone()
+        } else {
+            fds::without_dmabuf(caps)
+        };
+        gst::debug!(CAT, imp = self, "announcing {caps} for the buffers that follow");
+        self.announce_caps(&caps)
+    }
+
+    /// Takes every message waiting on the control socket, and the fd
+    /// announcements among them. Returns whether the writer hung up.
+    fn receive_messages(&self, link: &mut Link) -> Result<bool, gst::FlowError> {
+        let Some(control) = self.writer_control() else {
+            return Ok(true);
+        };
+        let gone = match control.receive() {
+            Ok(()) => false,
+            Err(upstream::AskError::Closed(IpcError::PeerGone)) => true,
+            Err(err) => {
+                gst::element_imp_error!(self, gst::ResourceError::Read, ["The writer's control socket: {err}"]);
+                return Err(gst::FlowError::Error);
+            }
+        };
+        for (announcement, fds) in control.take_announcements() {
+            link.fds.announce(announcement, fds).map_err(|reason| self.fd_error(reason))?;
+        }
+        Ok(gone)
+    }
+
+    /// Receives until the fd `id` is announced. The writer announces an fd
+    /// before it publishes the first record naming it, so it is on the
+    /// socket already; the wait only bounds a broken writer.
+    fn await_fd(&self, link: &mut Link, id: u64) -> Result<(), gst::FlowError> {
+        let deadline = Instant::now() + FD_ANNOUNCE_WAIT;
+        loop {
+            let gone = self.receive_messages(link)?;
+            if link.fds.knows(id) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if gone || left.is_zero() {
+                return Err(self.fd_error(format!("it named fd {id} without announcing it")));
+            }
+            let unlock = self.unlock.notifier()?;
+            let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX).max(1);
+            let ready = ipc::wait_readable_for(
+                &[link.releases.connection.as_fd(), unlock.as_fd()],
+                nix::poll::PollTimeout::from(millis),
+            )
+            .map_err(|err| {
+                gst::element_imp_error!(self, gst::ResourceError::Read, ["{err}"]);
+                gst::FlowError::Error
+            })?;
+            if ready[1] {
+                return Err(gst::FlowError::Flushing);
+            }
+        }
     }
 
     /// Pushes one of the writer's events downstream, past the probe that
@@ -807,6 +918,40 @@ impl ShmRingSrc {
         Some(Ok(unpadded))
     }
 
+    /// The buffer of a buffer or fd buffer record, with the record's
+    /// metadata, layout, metas and timing applied.
+    fn finish_buffer(
+        &self,
+        link: &mut Link,
+        header: &crate::ring::RecordHeader,
+        mut buffer: gst::Buffer,
+        copied: bool,
+    ) -> Result<Option<Step>, gst::FlowError> {
+        self.settle_dmabuf_caps(link, &buffer)?;
+        codec::apply_buffer_header(header, &link.layout, buffer.make_mut()).map_err(|err| self.decode_error(err))?;
+        let (mut buffer, copied) = match self.unpadded(link, &buffer) {
+            Some(unpadded) => {
+                let mut unpadded = unpadded?;
+                codec::apply_buffer_header(header, &None, unpadded.make_mut()).map_err(|err| self.decode_error(err))?;
+                (unpadded, true)
+            }
+            None => (buffer, copied),
+        };
+        link.metas
+            .apply(header, buffer.make_mut())
+            .map_err(|err| self.decode_error(err))?;
+        self.stats.buffer(buffer.size(), copied);
+        if link.live {
+            self.onto_our_timeline(link, buffer.make_mut());
+        } else {
+            self.rebase(link, buffer.make_mut());
+        }
+        if std::mem::take(&mut link.discont) {
+            buffer.make_mut().set_flags(gst::BufferFlags::DISCONT);
+        }
+        Ok(Some(Step::Buffer(buffer)))
+    }
+
     /// Takes the record at the read position, if any, and acts on it.
     fn next_record(&self, link: &mut Link) -> Result<Option<Step>, gst::FlowError> {
         let begun = link.watcher.begun();
@@ -844,35 +989,32 @@ impl ShmRingSrc {
                 }
             };
             record.release();
-            let Some((mut buffer, copied)) = taken else {
+            let Some((buffer, copied)) = taken else {
                 return Err(self.decode_error(
                     "The writer sent a buffer record whose payload lies outside the shared memory; the writer is broken",
                 ));
             };
-            codec::apply_buffer_header(&header, &link.layout, buffer.make_mut())
-                .map_err(|err| self.decode_error(err))?;
-            let (mut buffer, copied) = match self.unpadded(link, &buffer) {
-                Some(unpadded) => {
-                    let mut unpadded = unpadded?;
-                    codec::apply_buffer_header(&header, &None, unpadded.make_mut())
-                        .map_err(|err| self.decode_error(err))?;
-                    (unpadded, true)
-                }
-                None => (buffer, copied),
+            return self.finish_buffer(link, &header, buffer, copied);
+        }
+        if header.kind == RecordKind::FdBuffer {
+            let bytes = match payload {
+                Payload::Inline { .. } => record.inline_to_vec(),
+                Payload::Block { .. } => Vec::new(),
             };
-            link.metas
-                .apply(&header, buffer.make_mut())
-                .map_err(|err| self.decode_error(err))?;
-            self.stats.buffer(buffer.size(), copied);
-            if link.live {
-                self.onto_our_timeline(link, buffer.make_mut());
-            } else {
-                self.rebase(link, buffer.make_mut());
+            record.release();
+            if let Payload::Block { offset, .. } = payload {
+                link.releases.give_back(offset);
             }
-            if std::mem::take(&mut link.discont) {
-                buffer.make_mut().set_flags(gst::BufferFlags::DISCONT);
-            }
-            return Ok(Some(Step::Buffer(buffer)));
+            let fd_ref = FdBufferRef::decode(&bytes).map_err(|err| self.decode_error(err))?;
+            self.await_fd(link, fd_ref.fd_id)?;
+            let (memory, keep) = link
+                .fds
+                .memory(&fd_ref, &link.releases)
+                .map_err(|reason| self.fd_error(reason))?;
+            let Some((buffer, copied)) = fds::buffer_of(memory, keep && link.lease) else {
+                return Err(self.fd_error("could not make a buffer of an fd's memory".into()));
+            };
+            return self.finish_buffer(link, &header, buffer, copied);
         }
         // Parse a private copy: the writer could change shared bytes between
         // the UTF-8 check and the parse.
@@ -905,6 +1047,16 @@ impl ShmRingSrc {
             link.metas.hold(bytes);
             return Ok(Some(Step::Continue));
         }
+        if header.kind == RecordKind::FdForget {
+            let id = codec::decode_fd_forget(&bytes).map_err(|err| self.decode_error(err))?;
+            // An fd whose buffer records were all lost may still wait on
+            // the socket: it was sent before this record.
+            if !link.fds.knows(id) {
+                self.receive_messages(link)?;
+            }
+            link.fds.forget(id);
+            return Ok(Some(Step::Continue));
+        }
         if header.kind == RecordKind::Lost {
             let lost = codec::decode_lost(&bytes).map_err(|err| self.decode_error(err))?;
             link.discont = true;
@@ -912,7 +1064,6 @@ impl ShmRingSrc {
             return Ok(Some(Step::Continue));
         }
         let decoded = codec::decode(&header, &bytes).map_err(|err| self.decode_error(err))?;
-        let obj = self.obj();
         match decoded {
             Decoded::Caps(caps) => {
                 gst::debug!(CAT, imp = self, "caps from the writer: {caps}");
@@ -933,14 +1084,12 @@ impl ShmRingSrc {
                     .map(|info| (caps.clone(), info));
                 link.video_meta = None;
                 link.metas.set_caps(&caps);
-                *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(caps.clone());
-                if obj.set_caps(&caps).is_err() {
-                    gst::element_imp_error!(
-                        self,
-                        gst::CoreError::Negotiation,
-                        ["Downstream refused the writer's caps {caps}"]
-                    );
-                    return Err(gst::FlowError::NotNegotiated);
+                if fds::announces_dmabuf(&caps) {
+                    // Settled at the next buffer, by its memory.
+                    link.dmabuf_caps = Some((caps, None));
+                } else {
+                    link.dmabuf_caps = None;
+                    self.announce_caps(&caps)?;
                 }
             }
             Decoded::Segment(segment) => {

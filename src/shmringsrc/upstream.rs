@@ -5,9 +5,11 @@
 //!
 //! Invariants:
 //!
-//! 1. The caller's thread does all of it; the streaming thread watches the
-//!    socket only for the writer's hang-up (`Trigger::HangUp`), so an
-//!    answer is read only by the thread that waits for it.
+//! 1. Whichever thread reads the socket files what it read in the inbox:
+//!    the thread that asked a question takes its answer from there, the
+//!    streaming thread the fd announcements (`take_announcements`), which
+//!    it needs before an fd buffer record. Its poll watches the socket only
+//!    for the writer's hang-up (`Trigger::HangUp`).
 //! 2. Nothing waits on a writer that does not read or answer: events are
 //!    sent without waiting and dropped (with a debug line) when the
 //!    socket's buffer is full, and a question gives up after its timeout.
@@ -16,10 +18,14 @@
 //!    and skipped by the next one.
 //! 4. What the writer sends is checked like everything else from it: one
 //!    datagram of at most `MAX_MESSAGE_LEN` bytes, decoded by
-//!    `ipc::messages`; anything but an answer is a protocol error, posted
-//!    as an error on the bus, after which nothing more is sent.
+//!    `ipc::messages`; anything but an answer or an fd announcement is a
+//!    protocol error, posted as an error on the bus, after which nothing
+//!    more is sent. The inbox is bounded: answers nobody waits for are
+//!    dropped, and more unread fd announcements than a reader may hold is
+//!    a protocol error.
 
-use std::os::fd::AsFd;
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -27,13 +33,17 @@ use std::time::{Duration, Instant};
 use gst::glib::translate::IntoGlib;
 use nix::poll::PollTimeout;
 
-use crate::ipc::messages::{Answer, MAX_MESSAGE_LEN, Message, MessageError, Qos, QueryKind, Seek};
+use crate::ipc::messages::{Answer, FdAnnouncement, MAX_MESSAGE_LEN, Message, MessageError, Qos, QueryKind, Seek};
+use crate::ring::layout::MAX_ANNOUNCED_FDS;
 use crate::ipc::{self, Connection, Interest, IpcError};
 
 /// How long a position, duration or seeking query waits for the writer.
 pub(super) const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a seek waits: the writer's pipeline flushes and prerolls first.
 pub(super) const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a question looks in the inbox while it waits: the streaming
+/// thread may have taken its answer off the socket.
+const INBOX_LOOK: u16 = 10;
 
 /// Why a question got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +59,11 @@ pub(super) enum AskError {
 /// The upstream channel to the writer of one link.
 pub(super) struct WriterControl {
     connection: Connection,
-    /// The next question's id, and the buffer answers are read into.
-    asking: Mutex<(u32, Vec<u8>)>,
+    /// The next question's id; held while a question waits.
+    asking: Mutex<u32>,
+    /// The buffer messages are read into; held while the socket is read.
+    receiving: Mutex<Vec<u8>>,
+    inbox: Mutex<Inbox>,
     /// The writer broke the protocol: nothing more is sent to it.
     broken: AtomicBool,
 }
@@ -62,7 +75,9 @@ impl WriterControl {
             connection: connection.try_clone()?,
             // One byte more than a message may have, so that a longer one
             // shows as truncated.
-            asking: Mutex::new((1, vec![0; MAX_MESSAGE_LEN + 1])),
+            asking: Mutex::new(1),
+            receiving: Mutex::new(vec![0; MAX_MESSAGE_LEN + 1]),
+            inbox: Mutex::new(Inbox::default()),
             broken: AtomicBool::new(false),
         })
     }
@@ -82,9 +97,8 @@ impl WriterControl {
     /// writer's answer.
     pub(super) fn ask(&self, make: impl FnOnce(u32) -> Message, timeout: Duration) -> Result<Answer, AskError> {
         let mut asking = self.asking.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (next_id, buffer) = &mut *asking;
-        let id = *next_id;
-        *next_id = next_id.wrapping_add(1);
+        let id = *asking;
+        *asking = asking.wrapping_add(1);
         if !self.send(&make(id)).map_err(AskError::Closed)? {
             return Err(AskError::Closed(IpcError::Malformed(
                 "the socket is full or the writer broke the protocol",
@@ -92,45 +106,92 @@ impl WriterControl {
         }
         let deadline = Instant::now() + timeout;
         loop {
-            match self.receive(buffer) {
-                Ok(Some(answer)) if answer.id == id => return Ok(answer),
-                // The answer to a question that gave up before it came.
-                Ok(Some(_)) => continue,
-                Ok(None) => {}
-                Err(err @ AskError::Protocol(_)) => {
-                    self.broken.store(true, Ordering::Relaxed);
-                    return Err(err);
-                }
-                Err(err) => return Err(err),
+            self.receive()?;
+            if let Some(answer) = self.lock_inbox().take_answer(id) {
+                return Ok(answer);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(AskError::Timeout(timeout));
             }
             // Rounded up, so that the last poll does not end just short.
-            let wait = PollTimeout::from(left.as_millis().min(60_000) as u16 + 1);
+            let wait = PollTimeout::from(left.as_millis().min(u128::from(INBOX_LOOK)) as u16 + 1);
             ipc::wait_for(&[(self.connection.as_fd(), Interest::Readable)], wait).map_err(AskError::Closed)?;
         }
     }
 
-    /// Takes one message off the socket, if one waits, and dispatches it on
-    /// its kind: `Ok(Some)` for an answer.
-    fn receive(&self, buffer: &mut [u8]) -> Result<Option<Answer>, AskError> {
-        let Some(received) = self.connection.recv_message(buffer).map_err(AskError::Closed)? else {
-            return Ok(None);
-        };
-        if received.truncated || !received.fds.is_empty() {
-            return Err(AskError::Protocol(format!(
-                "a message was longer than {MAX_MESSAGE_LEN} bytes or carried fds"
-            )));
+    /// The fd announcements read so far, in the order they came.
+    pub(super) fn take_announcements(&self) -> Vec<(FdAnnouncement, Vec<OwnedFd>)> {
+        self.lock_inbox().announcements.drain(..).collect()
+    }
+
+    /// Takes every message waiting on the socket into the inbox. A
+    /// protocol error ends the channel: nothing more is sent.
+    pub(super) fn receive(&self) -> Result<(), AskError> {
+        let result = self.receive_all();
+        if matches!(result, Err(AskError::Protocol(_))) {
+            self.broken.store(true, Ordering::Relaxed);
         }
-        let protocol = |err: MessageError| AskError::Protocol(err.to_string());
-        match Message::decode(&buffer[..received.len]).map_err(protocol)? {
-            Message::Answer(answer) => Ok(Some(answer)),
-            other => Err(AskError::Protocol(format!(
-                "it sent {other:?}, which only a reader sends"
-            ))),
+        result
+    }
+
+    fn receive_all(&self) -> Result<(), AskError> {
+        let mut buffer = self.receiving.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while let Some(received) = self.connection.recv_message(&mut buffer).map_err(AskError::Closed)? {
+            if received.truncated {
+                return Err(AskError::Protocol(format!(
+                    "a message was longer than {MAX_MESSAGE_LEN} bytes or carried too many fds"
+                )));
+            }
+            let protocol = |err: MessageError| AskError::Protocol(err.to_string());
+            let message = Message::decode(&buffer[..received.len]).map_err(protocol)?;
+            let mut inbox = self.lock_inbox();
+            match message {
+                Message::FdAnnounce(announcement) => {
+                    if inbox.announcements.len() >= MAX_ANNOUNCED_FDS {
+                        return Err(AskError::Protocol(format!(
+                            "it sent more than {MAX_ANNOUNCED_FDS} fd announcements that were not read yet"
+                        )));
+                    }
+                    inbox.announcements.push_back((announcement, received.fds));
+                }
+                _ if !received.fds.is_empty() => {
+                    return Err(AskError::Protocol(
+                        "a message other than an fd announcement carried fds".into(),
+                    ));
+                }
+                Message::Answer(answer) => {
+                    // One question waits at a time: an older answer is one
+                    // whose question gave up.
+                    inbox.answers.clear();
+                    inbox.answers.push_back(answer);
+                }
+                other => {
+                    return Err(AskError::Protocol(format!(
+                        "it sent {other:?}, which only a reader sends"
+                    )));
+                }
+            }
         }
+        Ok(())
+    }
+
+    fn lock_inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What was read from the socket and not yet taken.
+#[derive(Default)]
+struct Inbox {
+    answers: VecDeque<Answer>,
+    announcements: VecDeque<(FdAnnouncement, Vec<OwnedFd>)>,
+}
+
+impl Inbox {
+    fn take_answer(&mut self, id: u32) -> Option<Answer> {
+        let position = self.answers.iter().position(|answer| answer.id == id)?;
+        self.answers.remove(position)
     }
 }
 

@@ -171,7 +171,9 @@ impl Readers {
                     recipients.push(slot);
                 }
             }
-            let (delivered, copied) = self.deliver(sink, unlock, buffer, header, recipients, drop_mode)?;
+            let (by_fd, recipients) = self.deliver_fds(sink, buffer, header, recipients, drop_mode)?;
+            let (copied_to, copied) = self.deliver(sink, unlock, buffer, header, recipients, drop_mode)?;
+            let delivered = by_fd + copied_to;
             if delivered > 0 {
                 sink.stats().buffer(buffer.size(), copied);
                 return Ok(gst::FlowSuccess::Ok);
@@ -313,7 +315,7 @@ impl Readers {
     /// a Lost record if it lost buffers (then the buffer carries DISCONT)
     /// and its Metas record if it has metas. Returns whether the buffer
     /// went; in `drop` mode one that does not fit is lost.
-    fn deliver_one(
+    pub(super) fn deliver_one(
         &mut self,
         sink: &ShmRingSink,
         slot: u32,
@@ -369,7 +371,7 @@ impl Readers {
     /// Writes one record into the queue of the reader in `slot`. With
     /// `wait`, sleeps while the queue is full; without, reports `Full`. If
     /// the reader goes away, the record is dropped with it.
-    fn write_record(
+    pub(super) fn write_record(
         &mut self,
         sink: &ShmRingSink,
         slot: u32,
@@ -703,7 +705,7 @@ enum BlockFor {
 
 /// What became of a record meant for one reader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WriteOutcome {
+pub(super) enum WriteOutcome {
     Written,
     /// The reader is gone (or there is none): the record is dropped.
     NoReader,
@@ -715,7 +717,7 @@ enum WriteOutcome {
 /// hostile reader can write, so the payload is copied into it from private
 /// bytes rather than written through a slice of it.
 #[derive(Clone, Copy)]
-enum Inline<'a> {
+pub(super) enum Inline<'a> {
     Bytes(&'a [u8]),
     /// A buffer's memories, each mapped in turn: no merged copy first.
     Buffer(&'a gst::Buffer),
