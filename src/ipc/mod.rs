@@ -90,6 +90,8 @@ pub enum IpcError {
     PermissionDenied { path: PathBuf, owner: String },
     #[error("the peer closed the control socket")]
     PeerGone,
+    #[error("the peer was a caps probe, not a reader, and got its answer; accept the next connection")]
+    Probed,
     #[error("malformed handshake: {0}")]
     Malformed(&'static str),
     #[error("{0}")]
@@ -851,7 +853,9 @@ pub fn connect_reader(
 
 /// The writer's side of the handshake on a freshly accepted connection:
 /// waits for the reader's hello, then answers it (see [`answer_hello`]).
-/// Returns `Ok(None)` as soon as `interrupt` becomes readable.
+/// Returns `Ok(None)` as soon as `interrupt` becomes readable. A caps probe
+/// is answered without caps, which this layer does not know, and fails with
+/// [`IpcError::Probed`]: the caller accepts the next connection.
 pub fn serve_reader(
     connection: &Connection,
     sizes: ChannelSizes,
@@ -859,8 +863,15 @@ pub fn serve_reader(
     interrupt: BorrowedFd<'_>,
 ) -> Result<Option<WriterChannel>, IpcError> {
     loop {
-        if let Some((version, _)) = connection.recv_client_hello()? {
-            return answer_hello(connection, version, sizes, heap, 0).map(Some);
+        match connection.recv_client_hello()? {
+            Some((_, HelloPurpose::Probe)) => {
+                probe::answer(connection, None)?;
+                return Err(IpcError::Probed);
+            }
+            Some((version, HelloPurpose::Reader)) => {
+                return answer_hello(connection, version, sizes, heap, 0).map(Some);
+            }
+            None => {}
         }
         if wait_readable([connection.as_fd(), interrupt])?[1] {
             return Ok(None);

@@ -290,6 +290,40 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A writer built on `serve_reader` alone answers a probe without caps
+    /// and hands out no ring for it.
+    #[test]
+    fn serve_reader_answers_a_probe_and_serves_no_ring() {
+        use crate::ring::{ChannelSizes, HeapMemory, Notifier};
+        let dir = scratch("serve");
+        let path = dir.join("ring");
+        let listener = Listener::bind(&path, 0o600).unwrap();
+        let served = std::thread::spawn(move || {
+            let connection = loop {
+                super::super::wait_readable([listener.as_fd()]).unwrap();
+                if let Some(connection) = listener.accept().unwrap() {
+                    break connection;
+                }
+            };
+            let sizes = ChannelSizes {
+                record_capacity: 4096,
+                release_slots: 64,
+                heap_size: 4096,
+            };
+            let heap = HeapMemory::create(sizes.heap_size).unwrap();
+            let interrupt = Notifier::new().unwrap();
+            super::super::serve_reader(&connection, sizes, &heap, interrupt.as_fd()).map(|channel| channel.is_some())
+        });
+        let findings = probe_writers(&[&path], Duration::from_secs(60));
+        assert!(matches!(served.join().unwrap(), Err(IpcError::Probed)));
+        let [Finding::Writer { caps, why_none, .. }] = &findings[..] else {
+            panic!("{findings:?}");
+        };
+        assert_eq!(*caps, None);
+        assert_eq!(why_none.as_deref(), Some("it has no caps yet"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn staging_names_are_told_from_stream_names() {
         use std::ffi::OsStr;
