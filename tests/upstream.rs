@@ -301,7 +301,9 @@ fn a_reader_breaking_the_upstream_protocol_is_ignored_and_the_stream_goes_on() {
     const TEST: &str = "a_reader_breaking_the_upstream_protocol_is_ignored_and_the_stream_goes_on";
     if let Ok(socket) = std::env::var(READER_SOCKET) {
         let connection = Connection::connect(Path::new(&socket)).expect("connecting to the writer");
-        connection.send_client_hello(ipc::HelloPurpose::Reader).expect("sending the hello");
+        connection
+            .send_client_hello(ipc::HelloPurpose::Reader)
+            .expect("sending the hello");
         let (hello, _fds) = loop {
             if let Some(reply) = connection.recv_server_hello().expect("the writer's hello") {
                 break reply;

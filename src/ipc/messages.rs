@@ -87,7 +87,11 @@ pub enum Message {
     Seek(Seek),
     Reconfigure,
     CustomUpstream(String),
-    Query { id: u32, query: QueryKind, format: u32 },
+    Query {
+        id: u32,
+        query: QueryKind,
+        format: u32,
+    },
     Answer(Answer),
     /// The fd that came with this message is to be named `id` in fd
     /// buffer records.
@@ -496,7 +500,10 @@ mod tests {
         }
         .encode();
         announcement[HEADER_LEN + 8] = 3;
-        assert_eq!(Message::decode(&announcement), Err(MessageError::UnknownMemory(FD_ANNOUNCE)));
+        assert_eq!(
+            Message::decode(&announcement),
+            Err(MessageError::UnknownMemory(FD_ANNOUNCE))
+        );
         for bad in [&b"nav\0igation"[..], &[0xff, 0xfe][..]] {
             let mut datagram = NAVIGATION.to_ne_bytes().to_vec();
             datagram.extend_from_slice(&[0; 4]);

@@ -23,8 +23,8 @@ use crate::timeline::Timeline;
 use crate::unlock::Unlock;
 
 use super::OnDisconnect;
-use super::flush::Watcher;
 use super::fds::{self, FdTable};
+use super::flush::Watcher;
 use super::pacer::Pacer;
 use super::upstream::{self, Outgoing, QUERY_TIMEOUT, SEEK_TIMEOUT, WriterControl};
 
@@ -732,7 +732,9 @@ impl ShmRingSrc {
             }
         };
         for (announcement, fds) in control.take_announcements() {
-            link.fds.announce(announcement, fds).map_err(|reason| self.fd_error(reason))?;
+            link.fds
+                .announce(announcement, fds)
+                .map_err(|reason| self.fd_error(reason))?;
         }
         Ok(gone)
     }

@@ -34,8 +34,8 @@ use gst::glib::translate::IntoGlib;
 use nix::poll::PollTimeout;
 
 use crate::ipc::messages::{Answer, FdAnnouncement, MAX_MESSAGE_LEN, Message, MessageError, Qos, QueryKind, Seek};
-use crate::ring::layout::MAX_ANNOUNCED_FDS;
 use crate::ipc::{self, Connection, Interest, IpcError};
+use crate::ring::layout::MAX_ANNOUNCED_FDS;
 
 /// How long a position, duration or seeking query waits for the writer.
 pub(super) const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
