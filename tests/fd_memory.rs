@@ -348,10 +348,10 @@ const SIZES: ChannelSizes = ChannelSizes {
     heap_size: 1 << 20,
 };
 
-/// Serves one `gst-launch-1.0 shmringsrc`, announces `fd` as fd 0 and
-/// sends a frame naming `size` bytes of it. Returns the reader's stderr
+/// Serves one `gst-launch-1.0 shmringsrc`, announces `fd` as fd 0 of
+/// memory `kind` and sends a frame naming `size` bytes of it. Returns the reader's stderr
 /// once it has failed.
-fn reader_error_for(name: &str, fd: std::os::fd::BorrowedFd<'_>, size: u64) -> String {
+fn reader_error_for(name: &str, fd: std::os::fd::BorrowedFd<'_>, kind: FdMemoryKind, size: u64) -> String {
     let scratch = Scratch::new(&format!("fd-memory-hostile-{name}"));
     let socket = scratch.socket();
     common::init_gst();
@@ -392,10 +392,7 @@ fn reader_error_for(name: &str, fd: std::os::fd::BorrowedFd<'_>, size: u64) -> S
         let (header, payload) = codec::encode_event(&event).expect("an encoding");
         send(&header, &payload);
     }
-    let announcement = FdAnnouncement {
-        id: 0,
-        kind: FdMemoryKind::Fd,
-    };
+    let announcement = FdAnnouncement { id: 0, kind };
     assert!(
         connection
             .send_message_with_fds(&announcement.encode(), &[fd])
@@ -431,7 +428,7 @@ fn reader_error_for(name: &str, fd: std::os::fd::BorrowedFd<'_>, size: u64) -> S
 #[test]
 fn a_writer_announcing_a_pipe_gets_a_clear_reader_error() {
     let (read, _write) = nix::unistd::pipe().expect("a pipe");
-    let stderr = reader_error_for("pipe", read.as_fd(), 4096);
+    let stderr = reader_error_for("pipe", read.as_fd(), FdMemoryKind::Fd, 4096);
     assert!(
         stderr.contains("the writer announced a pipe as buffer memory"),
         "{stderr}"
@@ -448,9 +445,27 @@ fn a_writer_naming_more_than_its_memfd_holds_gets_a_clear_reader_error() {
     memfd
         .add_seals(&[memfd::FileSeal::SealShrink])
         .expect("sealing the memfd");
-    let stderr = reader_error_for("short", memfd.as_file().as_fd(), 8192);
+    let stderr = reader_error_for("short", memfd.as_file().as_fd(), FdMemoryKind::Fd, 8192);
     assert!(
         stderr.contains("the writer named bytes 0..+8192 of fd 0, which holds 4096 bytes"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_empty_memfd_announced_as_dmabuf_gets_a_clear_reader_error() {
+    // Only a real dma-buf may have a size fstat does not tell: an empty
+    // memfd called DMABuf would fault (SIGBUS) at the first read.
+    let memfd = memfd::MemfdOptions::default()
+        .allow_sealing(true)
+        .create("empty")
+        .expect("a memfd");
+    memfd
+        .add_seals(&[memfd::FileSeal::SealShrink])
+        .expect("sealing the memfd");
+    let stderr = reader_error_for("empty", memfd.as_file().as_fd(), FdMemoryKind::DmaBuf, 4096);
+    assert!(
+        stderr.contains("the writer named bytes 0..+4096 of fd 0, which holds 0 bytes"),
         "{stderr}"
     );
 }

@@ -96,12 +96,12 @@ pub fn offer(fd: BorrowedFd<'_>, offset: u64, size: u64) -> Option<FdFacts> {
     (matches!(facts.nature, FdNature::SealedMemfd | FdNature::DmaBuf) && fits).then_some(facts)
 }
 
-/// The reader's side: the size of an fd the writer announced, once it is
-/// known to be one that cannot shrink under a mapping.
-pub fn accept(fd: BorrowedFd<'_>) -> Result<u64, RingError> {
+/// The reader's side: what an fd the writer announced is, once it is known
+/// to be one that cannot shrink under a mapping.
+pub fn accept(fd: BorrowedFd<'_>) -> Result<FdFacts, RingError> {
     let facts = inspect(fd)?;
     match facts.nature {
-        FdNature::SealedMemfd | FdNature::DmaBuf => Ok(facts.size),
+        FdNature::SealedMemfd | FdNature::DmaBuf => Ok(facts),
         FdNature::UnsealedMemfd => Err(RingError::Invalid(
             "the writer announced a memfd without F_SEAL_SHRINK, which it could shrink under this reader's mapping"
                 .into(),
@@ -137,7 +137,7 @@ mod tests {
         assert!(accept(memfd.as_file().as_fd()).is_err());
         let facts = offer(memfd.as_file().as_fd(), 4096, 4096).unwrap();
         assert_eq!(facts.nature, FdNature::SealedMemfd);
-        assert_eq!(accept(memfd.as_file().as_fd()).unwrap(), 8192);
+        assert_eq!(accept(memfd.as_file().as_fd()).unwrap().size, 8192);
     }
 
     #[test]

@@ -30,6 +30,10 @@ struct Announced {
     fd: OwnedFd,
     kind: FdMemoryKind,
     size: u64,
+    /// A dma-buf whose size `fstat` does not tell (older kernels): its
+    /// exporter refuses a mapping larger than the buffer, which fails
+    /// cleanly, so any range is tried.
+    size_unknown: bool,
 }
 
 /// The fds announced to this reader and not yet forgotten, by id.
@@ -59,13 +63,14 @@ impl FdTable {
                 "the writer announced more than {MAX_ANNOUNCED_FDS} fds without forgetting any"
             ));
         }
-        let size = shared_fd::accept(fd.as_fd()).map_err(|err| err.to_string())?;
+        let facts = shared_fd::accept(fd.as_fd()).map_err(|err| err.to_string())?;
         self.fds.insert(
             announcement.id,
             Announced {
                 fd,
                 kind: announcement.kind,
-                size,
+                size: facts.size,
+                size_unknown: facts.nature == shared_fd::FdNature::DmaBuf && facts.size == 0,
             },
         );
         Ok(())
@@ -85,8 +90,7 @@ impl FdTable {
             .get(&fd_ref.fd_id)
             .ok_or_else(|| format!("the writer named fd {} without announcing it", fd_ref.fd_id))?;
         let end = fd_ref.offset.checked_add(fd_ref.size).filter(|_| fd_ref.size > 0);
-        let fits = end
-            .is_some_and(|end| announced.size == 0 && announced.kind == FdMemoryKind::DmaBuf || end <= announced.size);
+        let fits = end.is_some_and(|end| announced.size_unknown || end <= announced.size);
         let (Some(end), true) = (end, fits) else {
             return Err(format!(
                 "the writer named bytes {}..+{} of fd {}, which holds {} bytes",
