@@ -32,6 +32,7 @@ mod heap;
 mod imp;
 mod pool;
 mod readers;
+mod watch;
 
 /// The element's debug category, here so that every part of the element
 /// takes it from above rather than from one another.
