@@ -36,9 +36,10 @@ const DEFAULT_IS_LIVE: bool = false;
 /// microseconds, about the gap between small buffers of a busy writer.
 const SPINS_BEFORE_SLEEP: u32 = 256;
 const DEFAULT_ALWAYS_COPY: bool = false;
-/// Measured in bench/RESULTS.md ("Waiting cheaply"): a reader that sleeps
-/// as soon as its queue is empty costs the least CPU at every rate
-/// measured, and a busy writer's wake-ups drain many records each.
+/// Busy waiting is opt-in. Measured in bench/RESULTS.md ("Small buffers"):
+/// at live rates (750 buffers/s) the spin finds nothing and costs the
+/// reader about 9 µs a buffer; it pays only for a writer flat out (100,000+
+/// buffers/s), whose wake-ups of a reader that sleeps cost more than it.
 const DEFAULT_BUSY_WAIT: bool = false;
 /// The most buffers pushed as one list. Only records already in the queue
 /// join a list, so this bounds how long downstream waits for the first of
@@ -198,6 +199,11 @@ struct Link {
     origin: Option<(gst::ClockTime, gst::ClockTime)>,
     /// `busy-wait`, read once per link.
     busy_wait: bool,
+    /// Whether buffers waiting together go downstream as one list: for raw
+    /// audio only, a stream of samples whose buffer boundaries mean
+    /// nothing. Elsewhere a list can change what a sink does (multifilesink
+    /// writes a whole list into one file).
+    batch: bool,
     /// Whether this source is live (`is-live`, which cannot change while it
     /// runs), read once rather than under the object lock per buffer.
     live: bool,
@@ -507,6 +513,7 @@ impl ShmRingSrc {
             origin: None,
             live: self.obj().is_live(),
             busy_wait: self.settings().busy_wait,
+            batch: false,
             discont: false,
             wakeups_counted: 0,
             failed: None,
@@ -900,6 +907,7 @@ impl ShmRingSrc {
                     .flatten()
                     .map(|info| (caps.clone(), info));
                 link.video_meta = None;
+                link.batch = caps.structure(0).is_some_and(|s| s.name() == "audio/x-raw");
                 link.metas.set_caps(&caps);
                 *self.caps.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(caps.clone());
                 if obj.set_caps(&caps).is_err() {
@@ -1328,7 +1336,7 @@ impl ShmRingSrc {
     /// downstream in order after the list (a caps or event record, or the
     /// metas or layout of a later buffer).
     fn batch(&self, link: &mut Link, first: gst::Buffer) -> Result<CreateSuccess, gst::FlowError> {
-        if !next_is_buffer(link) || self.obj().num_buffers() != -1 {
+        if !link.batch || !next_is_buffer(link) || self.obj().num_buffers() != -1 {
             // `num-buffers` counts what create returns: lists would
             // stretch it.
             return Ok(CreateSuccess::NewBuffer(first));
