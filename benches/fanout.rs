@@ -921,9 +921,14 @@ mod child {
         if let Some(measure) = &measure {
             let name = config.measure.as_deref().ok_or("a measuring child needs --measure")?;
             let measure = Arc::clone(measure);
-            pad(&pipeline, name)?.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            // shmringsrc pushes the buffers it finds waiting together as
+            // a list.
+            let types = gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST;
+            pad(&pipeline, name)?.add_probe(types, move |_, info| {
                 if let Some(buffer) = info.buffer() {
                     measure.on_buffer(buffer);
+                } else if let Some(list) = info.buffer_list() {
+                    list.iter().for_each(|buffer| measure.on_buffer(buffer));
                 }
                 gst::PadProbeReturn::Ok
             });

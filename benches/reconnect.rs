@@ -80,17 +80,26 @@ fn run(rounds: usize) -> Result<(), String> {
     let src = pipeline.by_name("src").ok_or("no src in the reader")?;
     let pad = src.static_pad("src").ok_or("no src pad")?;
     let seen = sightings.clone();
-    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-        if let Some(buffer) = info.buffer()
-            && buffer.flags().contains(gst::BufferFlags::DISCONT)
-        {
-            seen.lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .discont_buffers
-                .push(Instant::now());
-        }
-        gst::PadProbeReturn::Ok
-    });
+    // shmringsrc pushes the buffers it finds waiting together as a list;
+    // a DISCONT buffer is always its list's first.
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+        move |_, info| {
+            let first = info
+                .buffer()
+                .map(|buffer| buffer.as_ref())
+                .or_else(|| info.buffer_list().and_then(|list| list.get(0)));
+            if let Some(buffer) = first
+                && buffer.flags().contains(gst::BufferFlags::DISCONT)
+            {
+                seen.lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .discont_buffers
+                    .push(Instant::now());
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|err| format!("starting the reader: {err}"))?;

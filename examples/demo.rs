@@ -141,14 +141,21 @@ fn run(options: &Options, socket: &Path) -> Result<(), Box<dyn Error>> {
         .ok_or("fakesink has no sink pad")?;
     let counters = Arc::new(Counters::default());
     let probe_counters = Arc::clone(&counters);
-    sink_pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-        if let Some(buffer) = info.buffer() {
+    // shmringsrc pushes the frames it finds waiting together as a list.
+    let types = gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST;
+    sink_pad.add_probe(types, move |_, info| {
+        let count = |buffer: &gst::BufferRef| {
             probe_counters.first_at.get_or_init(Instant::now);
             probe_counters.frames.fetch_add(1, Relaxed);
             probe_counters.bytes.fetch_add(buffer.size() as u64, Relaxed);
             probe_counters
                 .last_pts
                 .store(buffer.pts().map_or(u64::MAX, |pts| pts.nseconds()), Relaxed);
+        };
+        if let Some(buffer) = info.buffer() {
+            count(buffer);
+        } else if let Some(list) = info.buffer_list() {
+            list.iter().for_each(count);
         }
         gst::PadProbeReturn::Ok
     });

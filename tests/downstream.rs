@@ -24,14 +24,19 @@ fn recording_sink(name: &str) -> (gst::Element, Seen) {
     let seen: Seen = Arc::default();
     let record = seen.clone();
     sink.static_pad("sink").expect("a sink pad").add_probe(
-        gst::PadProbeType::EVENT_DOWNSTREAM | gst::PadProbeType::BUFFER,
+        gst::PadProbeType::EVENT_DOWNSTREAM | gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
         move |_, info| {
-            let entry = match (info.event(), info.buffer()) {
-                (Some(event), _) => (event.type_().name().to_string(), Some(event.clone())),
-                (_, Some(_)) => ("buffer".to_owned(), None),
-                _ => return gst::PadProbeReturn::Ok,
-            };
-            record.lock().unwrap().push(entry);
+            let mut record = record.lock().unwrap();
+            match &info.data {
+                Some(gst::PadProbeData::Event(event)) => {
+                    record.push((event.type_().name().to_string(), Some(event.clone())));
+                }
+                Some(gst::PadProbeData::Buffer(_)) => record.push(("buffer".to_owned(), None)),
+                Some(gst::PadProbeData::BufferList(list)) => {
+                    record.extend(list.iter().map(|_| ("buffer".to_owned(), None)));
+                }
+                _ => {}
+            }
             gst::PadProbeReturn::Ok
         },
     );

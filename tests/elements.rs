@@ -223,14 +223,16 @@ impl SrcSide {
         harness.add_probe(
             "shmringsrc",
             "src",
-            gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST | gst::PadProbeType::EVENT_DOWNSTREAM,
             move |_pad, info| {
-                let item = match &info.data {
-                    Some(gst::PadProbeData::Buffer(_)) => Seen::Buffer,
-                    Some(gst::PadProbeData::Event(event)) => Seen::Event(event.clone()),
-                    _ => return gst::PadProbeReturn::Ok,
-                };
-                record.lock().expect("the probe never panics").push(item);
+                let mut seen = record.lock().expect("the probe never panics");
+                match &info.data {
+                    Some(gst::PadProbeData::Buffer(_)) => seen.push(Seen::Buffer),
+                    // Buffers the source found waiting together.
+                    Some(gst::PadProbeData::BufferList(list)) => seen.extend(list.iter().map(|_| Seen::Buffer)),
+                    Some(gst::PadProbeData::Event(event)) => seen.push(Seen::Event(event.clone())),
+                    _ => {}
+                }
                 gst::PadProbeReturn::Ok
             },
         );

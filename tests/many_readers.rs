@@ -265,13 +265,14 @@ fn late_joiner_starts_at_a_keyframe() {
     let seen: Arc<Mutex<(Vec<gst::EventType>, Option<gst::Buffer>)>> = Arc::default();
     let record = seen.clone();
     late.by_name("src").unwrap().static_pad("src").unwrap().add_probe(
-        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST | gst::PadProbeType::EVENT_DOWNSTREAM,
         move |_, info| {
             let mut seen = record.lock().unwrap();
             if seen.1.is_none() {
                 match &info.data {
                     Some(gst::PadProbeData::Event(event)) => seen.0.push(event.type_()),
                     Some(gst::PadProbeData::Buffer(buffer)) => seen.1 = Some(buffer.clone()),
+                    Some(gst::PadProbeData::BufferList(list)) => seen.1 = list.get_owned(0),
                     _ => {}
                 }
             }

@@ -53,20 +53,30 @@ fn read_live_with(socket: &str, count: u32, configure: impl FnOnce(&gst::Pipelin
     let pushed = Arc::new(Mutex::new(Vec::new()));
     let record = pushed.clone();
     let element = src.clone();
-    src.static_pad("src")
-        .expect("a src pad")
-        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let (Some(buffer), Some(clock), Some(base)) = (info.buffer(), element.clock(), element.base_time()) {
+    src.static_pad("src").expect("a src pad").add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+        move |_, info| {
+            let (Some(clock), Some(base)) = (element.clock(), element.base_time()) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let pushed_at = clock.time().nseconds() - base.nseconds();
+            let buffers: Vec<&gst::BufferRef> = match &info.data {
+                Some(gst::PadProbeData::Buffer(buffer)) => vec![buffer.as_ref()],
+                Some(gst::PadProbeData::BufferList(list)) => list.iter().collect(),
+                _ => Vec::new(),
+            };
+            for buffer in buffers {
                 let pts = buffer.pts().expect("a timestamped buffer").nseconds();
                 record.lock().unwrap().push(Pushed {
                     offset: buffer.offset(),
                     due: pts + base.nseconds(),
-                    pushed_at: clock.time().nseconds() - base.nseconds(),
+                    pushed_at,
                     pts,
                 });
             }
             gst::PadProbeReturn::Ok
-        });
+        },
+    );
     configure(&pipeline);
     pipeline.set_state(gst::State::Playing).expect("the reader starts");
     let bus = pipeline.bus().expect("a bus");

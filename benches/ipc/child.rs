@@ -493,6 +493,8 @@ fn post_window_closed(pad: &gst::Pad) {
 
 fn add_probes(bin: &gst::Bin, shared: &Arc<Shared>) -> Result<(), String> {
     let types = gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM;
+    // shmringsrc pushes the buffers it finds waiting together as a list.
+    let arrivals = types | gst::PadProbeType::BUFFER_LIST;
     let has_measure = shared.config.measure_pad.is_some();
     if let Some(spec) = &shared.config.stamp_pad {
         let shared = Arc::clone(shared);
@@ -511,9 +513,16 @@ fn add_probes(bin: &gst::Bin, shared: &Arc<Shared>) -> Result<(), String> {
     }
     if let Some(spec) = &shared.config.measure_pad {
         let shared = Arc::clone(shared);
-        find_pad(bin, spec)?.add_probe(types, move |pad, info| {
+        find_pad(bin, spec)?.add_probe(arrivals, move |pad, info| {
             let last = if let Some(buffer) = info.buffer() {
                 shared.on_arrival(buffer)
+            } else if let Some(list) = info.buffer_list() {
+                // Every buffer counts, even after the last expected one.
+                let mut last = false;
+                for buffer in list.iter() {
+                    last |= shared.on_arrival(buffer);
+                }
+                last
             } else if let Some(event) = info.event()
                 && event.type_() == gst::EventType::Eos
             {
@@ -534,12 +543,17 @@ fn add_probes(bin: &gst::Bin, shared: &Arc<Shared>) -> Result<(), String> {
         && shared.config.keep > 0
     {
         let shared = Arc::clone(shared);
-        find_pad(bin, spec)?.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(buffer) = info.buffer() {
-                shared.keep(buffer);
-            }
-            gst::PadProbeReturn::Ok
-        });
+        find_pad(bin, spec)?.add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+            move |_, info| {
+                if let Some(buffer) = info.buffer() {
+                    shared.keep(buffer);
+                } else if let Some(list) = info.buffer_list() {
+                    list.iter().for_each(|buffer| shared.keep(buffer));
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
     }
     Ok(())
 }

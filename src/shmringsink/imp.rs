@@ -77,7 +77,6 @@ struct Settings {
     socket_path: Option<PathBuf>,
     stream: Option<String>,
     ring_size: u64,
-    wait_for_connection: bool,
     perms: u32,
     max_readers: u32,
     wait_for_readers: u32,
@@ -91,7 +90,6 @@ impl Default for Settings {
             socket_path: None,
             stream: None,
             ring_size: DEFAULT_RING_SIZE,
-            wait_for_connection: DEFAULT_WAIT_FOR_CONNECTION,
             perms: DEFAULT_PERMS,
             max_readers: DEFAULT_MAX_READERS,
             wait_for_readers: DEFAULT_WAIT_FOR_READERS,
@@ -128,6 +126,9 @@ pub struct ShmRingSink {
     /// `ring-time`, in µs: apart from `settings`, since render reads it for
     /// every buffer.
     ring_time_us: AtomicU64,
+    /// `wait-for-connection`, negated so that the default is false: apart
+    /// from `settings`, since render too reads it for every buffer.
+    drops_without_readers: AtomicBool,
     /// Counts the base times this element was given (one per PAUSED to
     /// PLAYING), so that render, which sends each reader the timeline of the
     /// current one, need not take the object lock to read it per buffer.
@@ -174,12 +175,8 @@ impl ShmRingSink {
             .clone()
     }
 
-    /// Read on every buffer, so without cloning the settings.
     fn wait_for_connection(&self) -> bool {
-        self.settings
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .wait_for_connection
+        !self.drops_without_readers.load(Ordering::Relaxed)
     }
 
     /// The size of a new heap: `ring-size`, or sized from the caps.
@@ -648,7 +645,9 @@ impl ObjectImpl for ShmRingSink {
             }
             "stream" => settings.stream = value.get().ok().flatten(),
             "ring-size" => settings.ring_size = value.get().unwrap_or(DEFAULT_RING_SIZE),
-            "wait-for-connection" => settings.wait_for_connection = value.get().unwrap_or(DEFAULT_WAIT_FOR_CONNECTION),
+            "wait-for-connection" => self
+                .drops_without_readers
+                .store(!value.get().unwrap_or(DEFAULT_WAIT_FOR_CONNECTION), Ordering::Relaxed),
             "perms" => settings.perms = value.get().unwrap_or(DEFAULT_PERMS),
             "max-readers" => settings.max_readers = value.get().unwrap_or(DEFAULT_MAX_READERS),
             "wait-for-readers" => settings.wait_for_readers = value.get().unwrap_or(DEFAULT_WAIT_FOR_READERS),
@@ -667,7 +666,7 @@ impl ObjectImpl for ShmRingSink {
             "socket-path" => settings.socket_path.map(|path| path.display().to_string()).to_value(),
             "stream" => settings.stream.to_value(),
             "ring-size" => settings.ring_size.to_value(),
-            "wait-for-connection" => settings.wait_for_connection.to_value(),
+            "wait-for-connection" => self.wait_for_connection().to_value(),
             "perms" => settings.perms.to_value(),
             "max-readers" => settings.max_readers.to_value(),
             "wait-for-readers" => settings.wait_for_readers.to_value(),
@@ -787,7 +786,7 @@ impl BaseSinkImpl for ShmRingSink {
         gst::info!(CAT, imp = self, "listening on {}", path.display());
         self.unlock.start()?;
         self.upstream.start(&self.obj())?;
-        self.lock_state().readers.listen(listener);
+        self.lock_state().readers.listen(listener)?;
         Ok(())
     }
 

@@ -33,6 +33,7 @@ mod imp;
 mod pool;
 mod readers;
 mod upstream;
+mod watch;
 
 /// The element's debug category, here so that every part of the element
 /// takes it from above rather than from one another.

@@ -196,14 +196,15 @@ mod imp {
         unsafe fn alloc(&self, size: usize, params: &gst::AllocationParams) -> *mut gst::ffi::GstMemory {
             let prefix = params.prefix();
             let total = prefix.saturating_add(size).saturating_add(params.padding());
-            // Heap blocks are 64-byte aligned; a stricter alignment, like a
-            // small size, gets the system allocator.
-            let sink = self
-                .sink
-                .get()
-                .and_then(|sink| sink.upgrade())
-                .filter(|_| params.align() < 64 && total > INLINE_MAX);
-            if let Some(sink) = sink
+            // A small payload travels inline, copied into the record queue,
+            // and a stricter alignment than a block's 64 bytes cannot be
+            // had: system memory, decided before anything that costs a lock
+            // (the sink's weak reference), since small audio buffers come
+            // here hundreds of thousands of times a second.
+            if total <= INLINE_MAX || params.align() >= 64 {
+                return system_memory(size, params);
+            }
+            if let Some(sink) = self.sink.get().and_then(|sink| sink.upgrade())
                 && let Ok(unlock) = sink.imp().unlock_notifier()
                 && let Ok(Some(mut block)) = sink.imp().block_for_upstream(total, &unlock)
             {
@@ -222,9 +223,18 @@ mod imp {
                 }
                 return memory.into_glib_ptr();
             }
-            gst::Allocator::find(None)
-                .and_then(|system| system.alloc(size, Some(params)).ok())
-                .map_or(std::ptr::null_mut(), |memory| memory.into_glib_ptr())
+            system_memory(size, params)
         }
+    }
+
+    /// Memory of the default allocator, asked for directly: looking it up by
+    /// name would take the allocators' lock for every buffer.
+    fn system_memory(size: usize, params: &gst::AllocationParams) -> *mut gst::ffi::GstMemory {
+        let params: *const gst::ffi::GstAllocationParams = params.to_glib_none().0;
+        // SAFETY: a NULL allocator is GStreamer's default one, which lives
+        // as long as the library; `params` is a valid GstAllocationParams
+        // that the call only reads. The memory it returns (or NULL) has one
+        // reference, which the caller owns.
+        unsafe { gst::ffi::gst_allocator_alloc(std::ptr::null_mut(), size, params.cast_mut()) }
     }
 }

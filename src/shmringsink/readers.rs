@@ -33,7 +33,6 @@
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use gst::subclass::prelude::*;
 
@@ -46,19 +45,12 @@ use super::CAT;
 use super::heap::{Holds, SinkHeap};
 use super::imp::ShmRingSink;
 use super::pool::INLINE_MAX;
+use super::watch::{Interest, Watch};
 
 mod delivery;
 mod fds;
 mod flush;
 
-/// How often a sink that has readers looks for new ones: an `accept` per
-/// buffer would be a system call per buffer, which the rings avoid.
-const ACCEPT_INTERVAL: Duration = Duration::from_millis(10);
-/// How often rendering looks at the linked readers' sockets for a hang-up.
-/// A reader killed while its queue has room tells nobody; without this look
-/// its blocks would stay taken, and its slot used, until its queue or the
-/// heap ran out, which with a large heap takes thousands of buffers.
-const HANG_UP_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// Connections kept waiting for their hello; beyond this the oldest goes.
 /// Every reader a sink can serve may knock at once (readers started before
 /// the writer all wake when its socket appears), and a few more may be
@@ -69,12 +61,14 @@ const MAX_PENDING_READERS: usize = ring::MAX_READERS as usize + 8;
 #[derive(Default)]
 pub(super) struct Readers {
     listener: Option<Listener>,
+    /// Raised when the listener, a pending connection or a linked reader's
+    /// socket is ready, so that render asks the kernel about them only
+    /// then: a reader killed while its queue has room tells nobody else,
+    /// and would keep its blocks and its slot until its queue or the heap
+    /// ran out.
+    watch: Option<Watch>,
     /// One per connected reader, in the order they joined.
     links: Vec<Link>,
-    /// When the listener was last looked at.
-    last_accept: Option<Instant>,
-    /// When rendering next looks for the linked readers' hang-ups.
-    next_hang_up_check: Option<Instant>,
     /// Accepted connections whose hello has not arrived yet.
     pending: Vec<Connection>,
     /// Whether a lagging reader loses buffers instead of pacing the
@@ -94,8 +88,46 @@ pub(super) struct Readers {
 
 impl Readers {
     /// Readers come in through `listener` from now on.
-    pub(super) fn listen(&mut self, listener: Listener) {
+    pub(super) fn listen(&mut self, listener: Listener) -> Result<(), gst::ErrorMessage> {
+        let watch = Watch::new().map_err(|err| {
+            gst::error_msg!(
+                gst::ResourceError::Failed,
+                ["Could not start the thread that watches the readers' sockets: {err}"]
+            )
+        })?;
+        watch.rearm(listener.as_fd(), Interest::Readable);
+        self.watch = Some(watch);
         self.listener = Some(listener);
+        Ok(())
+    }
+
+    /// Whether a watched socket became ready since the last look; true
+    /// without a watch, which only a sink that is not started lacks.
+    fn take_attention(&self) -> bool {
+        self.watch.as_ref().is_none_or(Watch::take_attention)
+    }
+
+    /// Watches every socket again, once render has looked at them all.
+    fn rearm_watch(&self) {
+        let Some(watch) = self.watch.as_ref() else {
+            return;
+        };
+        if let Some(listener) = self.listener.as_ref() {
+            watch.rearm(listener.as_fd(), Interest::Readable);
+        }
+        for connection in &self.pending {
+            watch.rearm(connection.as_fd(), Interest::Readable);
+        }
+        for link in &self.links {
+            watch.rearm(link.connection.as_fd(), Interest::HangUp);
+        }
+    }
+
+    /// Stops watching a connection that is about to be closed.
+    fn forget(&self, connection: &Connection) {
+        if let Some(watch) = self.watch.as_ref() {
+            watch.forget(connection.as_fd());
+        }
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -125,8 +157,8 @@ impl Readers {
     }
 
     /// Makes sure the readers that connected are linked: drops the links of
-    /// readers that left, and takes in readers waiting to join (at most once
-    /// per `ACCEPT_INTERVAL` while some are linked). With `wait`, sleeps
+    /// readers that left, and takes in readers waiting to join (only when
+    /// the watch saw a socket become ready, unless it waits). With `wait`, sleeps
     /// until one is linked, or the first time until `wait-for-readers` are,
     /// so that readers started before the writer all get its first buffer.
     /// Returns whether any is. A connection that never says hello blocks
@@ -137,14 +169,15 @@ impl Readers {
         unlock: &Notifier,
         wait: bool,
     ) -> Result<bool, gst::FlowError> {
-        self.prune_links(sink);
+        let attention = self.take_attention();
+        self.prune_links(sink, attention);
         let wanted = if self.readers_gathered {
             1
         } else {
             sink.wait_for_readers() as usize
         };
-        let due = self.links.len() < wanted || self.last_accept.is_none_or(|last| last.elapsed() >= ACCEPT_INTERVAL);
-        if due {
+        let waits = wait && self.links.len() < wanted;
+        if attention || waits {
             self.accept_readers(sink, unlock)?;
         }
         while self.links.len() < wanted && wait {
@@ -161,18 +194,17 @@ impl Readers {
             }
             self.accept_readers(sink, unlock)?;
         }
+        if attention || waits {
+            self.rearm_watch();
+        }
         self.readers_gathered = true;
         Ok(!self.links.is_empty())
     }
 
     /// Forgets the links of readers that detached or were dropped for
-    /// breaking the release protocol.
-    fn prune_links(&mut self, sink: &ShmRingSink) {
-        let now = Instant::now();
-        let look_for_hang_ups = self.next_hang_up_check.is_none_or(|next| now >= next);
-        if look_for_hang_ups {
-            self.next_hang_up_check = Some(now + HANG_UP_CHECK_INTERVAL);
-        }
+    /// breaking the release protocol, and, with `look_for_hang_ups`, of
+    /// those whose socket hung up.
+    fn prune_links(&mut self, sink: &ShmRingSink, look_for_hang_ups: bool) {
         let mut index = 0;
         while let Some(link) = self.links.get(index) {
             let slot = link.slot;
@@ -207,7 +239,8 @@ impl Readers {
         let listener = self.listener.as_ref().ok_or(gst::FlowError::Flushing)?;
         while let Some(connection) = listener.accept().map_err(|err| post_ipc_error(sink, &err))? {
             if self.pending.len() == MAX_PENDING_READERS {
-                self.pending.remove(0);
+                let oldest = self.pending.remove(0);
+                self.forget(&oldest);
             }
             self.pending.push(connection);
         }
@@ -217,7 +250,6 @@ impl Readers {
     /// Accepts waiting connections and links (or refuses) every one whose
     /// hello has arrived.
     fn accept_readers(&mut self, sink: &ShmRingSink, unlock: &Notifier) -> Result<(), gst::FlowError> {
-        self.last_accept = Some(Instant::now());
         self.accept_waiting(sink)?;
         let mut index = 0;
         while index < self.pending.len() {
@@ -233,7 +265,8 @@ impl Readers {
                 }
                 Err(err) => {
                     gst::debug!(CAT, imp = sink, "dropping a would-be reader: {err}");
-                    self.pending.remove(index);
+                    let connection = self.pending.remove(index);
+                    self.forget(&connection);
                 }
             }
         }
@@ -370,6 +403,7 @@ impl Readers {
             if signal.is_open() {
                 signal.stop(false);
             }
+            self.forget(&link.connection);
             let holds = match why {
                 Unlink::HungUp => Holds::ComeBack,
                 Unlink::Detached => Holds::KeptUntilHangUp,

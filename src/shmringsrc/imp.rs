@@ -44,6 +44,15 @@ const DEFAULT_ALWAYS_COPY: bool = false;
 /// Longest wait for an fd that a record names before it arrives: an honest
 /// writer sends it first, so this only bounds a broken one.
 const FD_ANNOUNCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Busy waiting is opt-in. Measured in bench/RESULTS.md ("Small buffers"):
+/// at live rates (750 buffers/s) the spin finds nothing and costs the
+/// reader about 9 µs a buffer; it pays only for a writer flat out (100,000+
+/// buffers/s), whose wake-ups of a reader that sleeps cost more than it.
+const DEFAULT_BUSY_WAIT: bool = false;
+/// The most buffers pushed as one list. Only records already in the queue
+/// join a list, so this bounds how long downstream waits for the first of
+/// them while a writer faster than this reader keeps the queue full.
+const MAX_BATCH: usize = 64;
 /// A writer that ends cleanly sends EOS, so a closed socket without one is
 /// a failure, reported as one, as shmsrc does; `eos` and `wait` are asked for.
 const DEFAULT_ON_DISCONNECT: OnDisconnect = OnDisconnect::Error;
@@ -55,6 +64,7 @@ struct Settings {
     is_live: bool,
     always_copy: bool,
     on_disconnect: OnDisconnect,
+    busy_wait: bool,
 }
 
 impl Default for Settings {
@@ -65,6 +75,7 @@ impl Default for Settings {
             is_live: DEFAULT_IS_LIVE,
             always_copy: DEFAULT_ALWAYS_COPY,
             on_disconnect: DEFAULT_ON_DISCONNECT,
+            busy_wait: DEFAULT_BUSY_WAIT,
         }
     }
 }
@@ -194,6 +205,13 @@ struct Link {
     /// Not live, reading a live writer: the writer's running time of the
     /// first timestamp, and our running time it was moved to; see `rebase`.
     origin: Option<(gst::ClockTime, gst::ClockTime)>,
+    /// `busy-wait`, read once per link.
+    busy_wait: bool,
+    /// Whether buffers waiting together go downstream as one list: for raw
+    /// audio only, a stream of samples whose buffer boundaries mean
+    /// nothing. Elsewhere a list can change what a sink does (multifilesink
+    /// writes a whole list into one file).
+    batch: bool,
     /// Whether this source is live (`is-live`, which cannot change while it
     /// runs), read once rather than under the object lock per buffer.
     live: bool,
@@ -213,6 +231,9 @@ struct Link {
     /// caps set downstream do: they do only while the buffers are DMABuf
     /// memory, so they are settled at each buffer.
     dmabuf_caps: Option<(gst::Caps, Option<bool>)>,
+    /// Reading a record failed after others had joined a list: the next
+    /// read returns this, once the list went downstream.
+    failed: Option<gst::FlowError>,
 }
 
 /// Buffers to copy payloads into, recycled so that a stream of copies does
@@ -536,12 +557,15 @@ impl ShmRingSrc {
             segment_pending: false,
             origin: None,
             live: self.obj().is_live(),
+            busy_wait: self.settings().busy_wait,
+            batch: false,
             discont: false,
             wakeups_counted: 0,
             watcher,
             flush_done,
             fds: FdTable::default(),
             dmabuf_caps: None,
+            failed: None,
         })))
     }
 
@@ -1085,6 +1109,7 @@ impl ShmRingSrc {
                     .flatten()
                     .map(|info| (caps.clone(), info));
                 link.video_meta = None;
+                link.batch = caps.structure(0).is_some_and(|s| s.name() == "audio/x-raw");
                 link.metas.set_caps(&caps);
                 if fds::announces_dmabuf(&caps) {
                     // Settled at the next buffer, by its memory.
@@ -1170,6 +1195,12 @@ impl ObjectImpl for ShmRingSrc {
                     .default_value(DEFAULT_ALWAYS_COPY)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("busy-wait")
+                    .nick("Busy wait")
+                    .blurb("Watch an empty queue for a few microseconds before sleeping, and wake just before a steady stream's next buffer is due, so that the writer rarely has to wake this reader: spends this reader's CPU to save the writer's. Off: sleep at once")
+                    .default_value(DEFAULT_BUSY_WAIT)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("on-disconnect", DEFAULT_ON_DISCONNECT)
                     .nick("On disconnect")
                     .blurb("What to do when the writer goes away without EOS (crashed, killed, stopped without -e): eos ends the stream with a warning, error fails the pipeline, wait keeps it running and resumes with a DISCONT buffer when a writer appears again at socket-path")
@@ -1205,6 +1236,7 @@ impl ObjectImpl for ShmRingSrc {
             }
             "always-copy" => settings.always_copy = value.get().unwrap_or(DEFAULT_ALWAYS_COPY),
             "on-disconnect" => settings.on_disconnect = value.get().unwrap_or(DEFAULT_ON_DISCONNECT),
+            "busy-wait" => settings.busy_wait = value.get().unwrap_or(DEFAULT_BUSY_WAIT),
             name => gst::warning!(CAT, imp = self, "no property {name}"),
         }
     }
@@ -1217,6 +1249,7 @@ impl ObjectImpl for ShmRingSrc {
             "is-live" => settings.is_live.to_value(),
             "always-copy" => settings.always_copy.to_value(),
             "on-disconnect" => settings.on_disconnect.to_value(),
+            "busy-wait" => settings.busy_wait.to_value(),
             "stats" => self
                 .stats
                 .to_structure("application/x-shmringsrc-stats", false)
@@ -1477,7 +1510,10 @@ impl PushSrcImpl for ShmRingSrc {
                     if std::mem::take(&mut state.discont) {
                         buffer.make_mut().set_flags(gst::BufferFlags::DISCONT);
                     }
-                    return Ok(CreateSuccess::NewBuffer(buffer));
+                    return match state.link.as_mut() {
+                        Some(link) => self.batch(link, buffer),
+                        None => Ok(CreateSuccess::NewBuffer(buffer)),
+                    };
                 }
                 Read::Repointed => {
                     repoint.drain();
@@ -1656,9 +1692,41 @@ impl ShmRingSrc {
         }
     }
 
+    /// `first`, and the buffers whose records follow it in the queue
+    /// already, pushed as one list so that downstream takes its locks once
+    /// for them all. Never waits for a record: a list ends at the first
+    /// that is not there yet, or that is not a buffer, which then goes
+    /// downstream in order after the list (a caps or event record, or the
+    /// metas or layout of a later buffer).
+    fn batch(&self, link: &mut Link, first: gst::Buffer) -> Result<CreateSuccess, gst::FlowError> {
+        if !link.batch || !next_is_buffer(link) || self.obj().num_buffers() != -1 {
+            // `num-buffers` counts what create returns: lists would
+            // stretch it.
+            return Ok(CreateSuccess::NewBuffer(first));
+        }
+        let mut list = gst::BufferList::new_sized(MAX_BATCH);
+        let buffers = list.get_mut().ok_or(gst::FlowError::Error)?;
+        buffers.add(first);
+        while buffers.len() < MAX_BATCH && next_is_buffer(link) {
+            match self.next_record(link) {
+                Ok(Some(Step::Buffer(buffer))) => buffers.add(buffer),
+                Ok(_) => break,
+                // What was read goes downstream first, the failure next.
+                Err(err) => {
+                    link.failed = Some(err);
+                    break;
+                }
+            }
+        }
+        Ok(CreateSuccess::NewBufferList(list))
+    }
+
     /// Reads records until one is a buffer, or the writer is gone and its
     /// ring drained. Sleeps in between, on the ring, the socket and `unlock`.
     fn read(&self, link: &mut Link) -> Result<Read, gst::FlowError> {
+        if let Some(err) = link.failed.take() {
+            return Err(err);
+        }
         loop {
             let sent = link.records.wakeups_sent();
             self.stats.add_wakeups_sent(sent - link.wakeups_counted);
@@ -1671,15 +1739,17 @@ impl ShmRingSrc {
             if link.writer_gone {
                 return Ok(Read::WriterGone);
             }
-            let arrived = link
-                .records
-                .spin_for_data(SPINS_BEFORE_SLEEP)
-                .map_err(|err| self.decode_error(err))?;
-            if arrived {
-                link.pacer.arrived(Instant::now());
-                continue;
+            if link.busy_wait {
+                let arrived = link
+                    .records
+                    .spin_for_data(SPINS_BEFORE_SLEEP)
+                    .map_err(|err| self.decode_error(err))?;
+                if arrived {
+                    link.pacer.arrived(Instant::now());
+                    continue;
+                }
             }
-            let timed = link.pacer.arm(Instant::now());
+            let timed = link.busy_wait && link.pacer.arm(Instant::now());
             let sleep = link.records.prepare_wait().map_err(|err| self.decode_error(err))?;
             if !sleep {
                 if timed {
@@ -1695,7 +1765,9 @@ impl ShmRingSrc {
             })?;
             if ready[0] {
                 self.stats.woken();
-                link.pacer.arrived(Instant::now());
+                if link.busy_wait {
+                    link.pacer.arrived(Instant::now());
+                }
                 if timed && !ready[3] {
                     link.pacer.disarm();
                 }
@@ -1738,4 +1810,9 @@ impl ShmRingSrc {
             }
         }
     }
+}
+
+/// Whether the record at the read position is there and is a buffer.
+fn next_is_buffer(link: &mut Link) -> bool {
+    matches!(link.records.peek(), Ok(Some(record)) if record.header().kind == RecordKind::Buffer)
 }

@@ -585,10 +585,17 @@ pub fn count_buffers(element: &gst::Element) -> Arc<AtomicU64> {
     element
         .static_pad("sink")
         .unwrap_or_else(|| panic!("{} has no sink pad", element.name()))
-        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            gst::PadProbeReturn::Ok
-        });
+        .add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+            move |_, info| {
+                let buffers = match &info.data {
+                    Some(gst::PadProbeData::BufferList(list)) => list.len() as u64,
+                    _ => 1,
+                };
+                counted.fetch_add(buffers, Ordering::SeqCst);
+                gst::PadProbeReturn::Ok
+            },
+        );
     count
 }
 
