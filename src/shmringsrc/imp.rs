@@ -1812,7 +1812,13 @@ impl ShmRingSrc {
     }
 }
 
-/// Whether the record at the read position is there and is a buffer.
+/// Whether the record at the read position is there and is a buffer whose
+/// bytes are inline. A buffer in a heap block does not join a list: read
+/// early, its block would become a lease held downstream, which the writer
+/// waits for only briefly, instead of a block on its way back, which it
+/// waits for as long as it takes; and at more than 4 KiB a buffer's own
+/// cost downstream is small beside its bytes.
 fn next_is_buffer(link: &mut Link) -> bool {
-    matches!(link.records.peek(), Ok(Some(record)) if record.header().kind == RecordKind::Buffer)
+    matches!(link.records.peek(), Ok(Some(record))
+        if record.header().kind == RecordKind::Buffer && matches!(record.payload(), Payload::Inline { .. }))
 }
