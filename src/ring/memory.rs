@@ -428,13 +428,13 @@ impl ChannelMemory {
         slot
     }
 
-    /// A private copy of the record header at queue offset `offset`, read
-    /// once with a volatile read so that the compiler cannot read shared
-    /// memory again after the copy has been checked.
-    pub(crate) fn copy_header(&self, offset: u64) -> Option<[u8; RECORD_HEADER_SIZE as usize]> {
-        let (start, _) = self.record_range(offset, RECORD_HEADER_SIZE)?;
+    /// A private copy of the base record header at queue offset `offset`,
+    /// read once with a volatile read so that the compiler cannot read
+    /// shared memory again after the copy has been checked.
+    pub(crate) fn copy_base(&self, offset: u64) -> Option<[u8; RECORD_BASE_SIZE as usize]> {
+        let (start, _) = self.record_range(offset, RECORD_BASE_SIZE)?;
         #[cfg(loom)]
-        self.model.records.read(offset, RECORD_HEADER_SIZE);
+        self.model.records.read(offset, RECORD_BASE_SIZE);
         // SAFETY: the range lies inside the mapped record queue (checked by
         // `record_range`), and any byte pattern is a valid [u8; N]. The
         // writer may change the bytes concurrently; the volatile read takes
@@ -445,7 +445,7 @@ impl ChannelMemory {
                     .base
                     .as_ptr()
                     .add(start)
-                    .cast::<[u8; RECORD_HEADER_SIZE as usize]>(),
+                    .cast::<[u8; RECORD_BASE_SIZE as usize]>(),
             )
         })
     }

@@ -120,6 +120,8 @@ pub struct ReadRecord<'a> {
     consumer: &'a mut Consumer,
     header: RecordHeader,
     payload: Payload,
+    /// Bytes the record takes in the queue.
+    size: u64,
 }
 
 impl Producer {
@@ -273,7 +275,7 @@ impl WriteGrant<'_> {
             return false;
         }
         let producer = &*self.producer;
-        let offset = producer.write % producer.capacity + RECORD_HEADER_SIZE + at;
+        let offset = producer.write % producer.capacity + RECORD_BASE_SIZE + at;
         // SAFETY: `grant` checked that the whole record fits in the free part
         // of the queue, which the consumer never reads, and `&mut self` makes
         // this grant's producer the only writer. The range is within
@@ -285,15 +287,24 @@ impl WriteGrant<'_> {
     /// Publishes the record and wakes the consumer if it sleeps.
     pub fn commit(self, header: &RecordHeader) {
         let producer = self.producer;
-        let Some(size) = record_size(self.payload.inline_len()) else {
+        let inline_len = self.payload.inline_len();
+        let encoded = header.encode(self.payload);
+        let trailer = encoded.trailer();
+        let (Some(size), Some(trailer_at)) = (
+            exact_record_size(inline_len, trailer.len() as u64),
+            trailer_at(inline_len),
+        ) else {
             return;
         };
-        let raw = header.encode(self.payload);
         let at = producer.write % producer.capacity;
-        // SAFETY: as in `write_inline`: the header's bytes are the start of
-        // the granted record, in the free part of the queue, and the grant
+        // SAFETY: as in `write_inline`: the base header starts the granted
+        // record and the trailer ends it, both in the free part of the
+        // queue (`grant` made room for the largest trailer), and the grant
         // is exclusive.
-        let _ = unsafe { producer.memory.write_records(at, &raw) };
+        unsafe {
+            let _ = producer.memory.write_records(at, &encoded.base);
+            let _ = producer.memory.write_records(at + trailer_at, trailer);
+        }
         producer.write += size;
         producer
             .memory
@@ -352,7 +363,7 @@ impl Consumer {
 
     /// The oldest record not yet taken, or `None` if the queue is empty.
     pub fn peek(&mut self) -> Result<Option<ReadRecord<'_>>, RingError> {
-        if self.write_cached - self.read < RECORD_HEADER_SIZE {
+        if self.write_cached - self.read < RECORD_BASE_SIZE {
             self.reload_write(Ordering::Acquire)?;
             if self.write_cached == self.read {
                 return Ok(None);
@@ -360,15 +371,24 @@ impl Consumer {
         }
         let available = self.write_cached - self.read;
         let corrupt = RingError::Corrupt;
+        let at = self.read % self.capacity;
         let raw = self
             .memory
-            .copy_header(self.read % self.capacity)
+            .copy_base(at)
             .ok_or(corrupt("a record header lies outside the queue"))?;
-        let (header, payload) = RecordHeader::decode(&raw).ok_or(corrupt("a record has an unknown kind"))?;
-        match record_size(payload.inline_len()) {
-            Some(size) if size <= available => {}
-            _ => return Err(corrupt("a record claims more bytes than were written")),
-        }
+        let base = RecordHeader::decode_base(&raw).ok_or(corrupt("a record has an unknown kind or reserved bits set"))?;
+        let inline_len = base.inline_len();
+        let trailer_len = base.trailer_len();
+        let size = exact_record_size(inline_len, trailer_len as u64)
+            .filter(|&size| size <= available)
+            .ok_or(corrupt("a record claims more bytes than were written"))?;
+        let mut trailer = [0u8; 8 * TRAILER_WORDS];
+        let trailer = &mut trailer[..trailer_len];
+        // `size <= available` puts the trailer inside the written part.
+        trailer_at(inline_len)
+            .and_then(|trailer_at| self.memory.read_records(at + trailer_at, trailer))
+            .ok_or(corrupt("a record's trailer lies outside the queue"))?;
+        let (header, payload) = base.finish(trailer);
         if let Payload::Block { offset, len } = payload {
             let inside = offset.checked_add(len).is_some_and(|end| end <= self.heap_size);
             if !inside || !offset.is_multiple_of(BLOCK_ALIGN) {
@@ -379,6 +399,7 @@ impl Consumer {
             consumer: self,
             header,
             payload,
+            size,
         }))
     }
 
@@ -487,7 +508,7 @@ impl ReadRecord<'_> {
             return false;
         }
         let consumer = &*self.consumer;
-        let offset = consumer.read % consumer.capacity + RECORD_HEADER_SIZE;
+        let offset = consumer.read % consumer.capacity + RECORD_BASE_SIZE;
         // `peek` checked that the record lies within the written part of the
         // queue, so this range is in bounds and the copy cannot fail.
         consumer.memory.read_records(offset, dest).is_some()
@@ -505,8 +526,7 @@ impl ReadRecord<'_> {
     /// Frees the record's place in the queue for the producer. A block it
     /// names is not freed by this: see the release queue.
     pub fn release(self) {
-        let size = record_size(self.payload.inline_len()).unwrap_or(0);
-        self.consumer.release(size);
+        self.consumer.release(self.size);
     }
 }
 
