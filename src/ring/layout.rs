@@ -32,6 +32,8 @@
 //! 0x280  u64      release write position      (reader only)
 //! 0x300  u64      release read position       (writer only)
 //! 0x380  u64      writer's release sleep seq  (writer only)
+//! 0x400  u64      1 if the writer's process takes membarrier's global
+//!                 expedited barrier, so may publish light (writer, once)
 //! ```
 //!
 //! Every field one side writes while the other reads sits on a 128-byte line
@@ -118,6 +120,7 @@ pub const OFFSET_READER_SLEEP: usize = 0x200;
 pub const OFFSET_RELEASE_WRITE: usize = 0x280;
 pub const OFFSET_RELEASE_READ: usize = 0x300;
 pub const OFFSET_WRITER_RELEASE_SLEEP: usize = 0x380;
+pub const OFFSET_WRITER_LIGHT: usize = 0x400;
 
 /// A reader's sleep sequence once it has let go of the channel for good.
 /// The writer loads that word anyway, so it learns of a clean exit for free.
@@ -232,7 +235,8 @@ impl RecordHeader {
             Payload::Inline { .. } => None,
             Payload::Block { offset, .. } => Some(offset),
         };
-        let timing = [self.pts, self.dts, self.duration, self.offset, self.offset_end].map(|word| Some(word).filter(|&word| word != NONE));
+        let timing = [self.pts, self.dts, self.duration, self.offset, self.offset_end]
+            .map(|word| Some(word).filter(|&word| word != NONE));
         let mut present = 0u8;
         for (bit, word) in timing.into_iter().chain([block]).enumerate() {
             if let Some(word) = word {
@@ -299,7 +303,11 @@ impl BaseHeader {
             u64::from_ne_bytes(word)
         });
         let mut field = |bit: u32| {
-            if self.present & (1 << bit) == 0 { NONE } else { words.next().unwrap_or(NONE) }
+            if self.present & (1 << bit) == 0 {
+                NONE
+            } else {
+                words.next().unwrap_or(NONE)
+            }
         };
         let header = RecordHeader {
             kind: self.kind,

@@ -16,7 +16,8 @@ use nix::sys::stat::fstat;
 
 use super::RingError;
 use super::layout::*;
-use super::sync::AtomicU64;
+use super::sync::{AtomicU64, Ordering};
+use super::wake;
 
 /// The seals a memfd must carry before it is shared: its size can never
 /// change, so a mapping of it can never fault with SIGBUS, and no other seal
@@ -334,6 +335,8 @@ impl ChannelMemory {
             page.add(OFFSET_RELEASE_SLOTS).cast::<u64>().write(sizes.release_slots);
             page.add(OFFSET_HEAP_SIZE).cast::<u64>().write(sizes.heap_size);
         }
+        let light = u64::from(wake::register_light_publisher());
+        memory.control_u64(OFFSET_WRITER_LIGHT).store(light, Ordering::Release);
         Ok(memory)
     }
 

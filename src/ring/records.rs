@@ -52,7 +52,7 @@ use super::layout::*;
 use super::memory::ChannelMemory;
 use super::notifier::Notifier;
 use super::sync::Ordering;
-use super::wake::{Sleeper, Waker};
+use super::wake::{self, FENCES, Sleeper, Waker};
 
 /// The reader publishes its position after 1/this of the queue's capacity
 /// has been read, and before it sleeps: the writer needs it only when its
@@ -68,6 +68,11 @@ pub struct Producer {
     limit: u64,
     write: u64,
     read_cached: u64,
+    /// Whether this process took the readers' heavy barrier (see
+    /// [`wake`]), read once when the channel was made.
+    may_publish_light: bool,
+    /// Whether the reader said it fences, so that commits publish light.
+    light: bool,
     sleeper: Sleeper,
     waker: Waker,
     /// The reader's eventfd: written when it sleeps on an empty queue.
@@ -127,12 +132,15 @@ pub struct ReadRecord<'a> {
 impl Producer {
     pub(crate) fn new(memory: Arc<ChannelMemory>, data_ready: Notifier, space_ready: Notifier) -> Self {
         let capacity = memory.sizes().record_capacity;
+        let may_publish_light = memory.control_u64(OFFSET_WRITER_LIGHT).load(Ordering::Acquire) == 1;
         Self {
             memory,
             capacity,
             limit: capacity,
             write: 0,
             read_cached: 0,
+            may_publish_light,
+            light: false,
             sleeper: Sleeper::default(),
             waker: Waker::default(),
             data_ready,
@@ -168,6 +176,12 @@ impl Producer {
     /// The write position: where the next record will start.
     pub fn position(&self) -> u64 {
         self.write
+    }
+
+    /// Whether commits publish light (see [`wake`]).
+    #[cfg(any(test, loom))]
+    pub(crate) fn publishes_light(&self) -> bool {
+        self.light
     }
 
     /// A handle that tells, from any thread, how far the reader has read.
@@ -306,12 +320,17 @@ impl WriteGrant<'_> {
             let _ = producer.memory.write_records(at + trailer_at, trailer);
         }
         producer.write += size;
-        producer
-            .memory
-            .control_u64(OFFSET_RECORD_WRITE)
-            .store(producer.write, Ordering::SeqCst);
+        let position = producer.memory.control_u64(OFFSET_RECORD_WRITE);
         let peer_sleep = producer.memory.control_u64(OFFSET_READER_SLEEP);
-        producer.waker.wake(peer_sleep, &producer.data_ready);
+        let seen = if producer.light {
+            position.store(producer.write, Ordering::Release);
+            wake::light_barrier();
+            producer.waker.wake(peer_sleep, &producer.data_ready, Ordering::Relaxed)
+        } else {
+            position.store(producer.write, Ordering::SeqCst);
+            producer.waker.wake(peer_sleep, &producer.data_ready, Ordering::SeqCst)
+        };
+        producer.light |= producer.may_publish_light && seen & FENCES != 0 && seen != READER_DETACHED;
     }
 }
 
@@ -325,6 +344,12 @@ impl Consumer {
         // Every channel is new, and the read position is the reader's own:
         // whatever the writer left in it is ignored.
         memory.control_u64(OFFSET_RECORD_READ).store(0, Ordering::Release);
+        let writer_light = memory.control_u64(OFFSET_WRITER_LIGHT).load(Ordering::Acquire) == 1;
+        let sleeper = if writer_light && wake::heavy_barrier_available() {
+            Sleeper::fencing()
+        } else {
+            Sleeper::default()
+        };
         let mut consumer = Self {
             memory,
             capacity: sizes.record_capacity,
@@ -332,11 +357,14 @@ impl Consumer {
             read: 0,
             published: 0,
             write_cached: 0,
-            sleeper: Sleeper::default(),
+            sleeper,
             waker: Waker::default(),
             data_ready,
             space_ready,
         };
+        // Says whether we fence before our first sleep, so that a writer
+        // may publish light from then on.
+        consumer.sleeper.leave(consumer.memory.control_u64(OFFSET_READER_SLEEP));
         consumer.reload_write(Ordering::Acquire)?;
         Ok(consumer)
     }
@@ -376,7 +404,8 @@ impl Consumer {
             .memory
             .copy_base(at)
             .ok_or(corrupt("a record header lies outside the queue"))?;
-        let base = RecordHeader::decode_base(&raw).ok_or(corrupt("a record has an unknown kind or reserved bits set"))?;
+        let base =
+            RecordHeader::decode_base(&raw).ok_or(corrupt("a record has an unknown kind or reserved bits set"))?;
         let inline_len = base.inline_len();
         let trailer_len = base.trailer_len();
         let size = exact_record_size(inline_len, trailer_len as u64)
@@ -426,7 +455,14 @@ impl Consumer {
     pub fn prepare_wait(&mut self) -> Result<bool, RingError> {
         // The writer may be waiting for the room we made.
         self.publish();
-        self.sleeper.enter(self.memory.control_u64(OFFSET_READER_SLEEP));
+        let sleep = self.memory.control_u64(OFFSET_READER_SLEEP);
+        self.sleeper.enter(sleep);
+        if self.sleeper.fences() && !wake::heavy_barrier() {
+            // A kernel that offered the barrier refused it: a sleep now
+            // could miss a light publish, so the caller looks again.
+            self.sleeper.leave(sleep);
+            return Ok(false);
+        }
         self.reload_write(Ordering::SeqCst)?;
         if self.write_cached != self.read {
             self.sleeper.leave(self.memory.control_u64(OFFSET_READER_SLEEP));
@@ -473,7 +509,7 @@ impl Consumer {
             .control_u64(OFFSET_RECORD_READ)
             .store(self.read, Ordering::SeqCst);
         let peer_sleep = self.memory.control_u64(OFFSET_WRITER_RECORD_SLEEP);
-        self.waker.wake(peer_sleep, &self.space_ready);
+        self.waker.wake(peer_sleep, &self.space_ready, Ordering::SeqCst);
     }
 }
 

@@ -208,10 +208,7 @@ fn records_are_aligned_and_a_small_one_costs_its_fields_only() {
     let mut ends = ends();
     // A 64-byte payload takes a 16-byte base header and a trailer of the
     // fields that are set: none for caps, four for a timed audio buffer.
-    let audio = RecordHeader {
-        dts: NONE,
-        ..buffer(3)
-    };
+    let audio = RecordHeader { dts: NONE, ..buffer(3) };
     for (header, size) in [(caps(), 80), (audio, 112), (buffer(3), 120)] {
         let before = ends.producer.position();
         send(&mut ends.producer, &[6; 64], &header);
@@ -772,7 +769,10 @@ fn read_position_left_by_the_writer_is_ignored() {
         Some((caps(), Payload::Inline { len: 0 }, vec![]))
     );
     assert_eq!(receive(&mut reader.records), None);
-    assert!(reader.records.prepare_wait().unwrap(), "the sleep publishes the position");
+    assert!(
+        reader.records.prepare_wait().unwrap(),
+        "the sleep publishes the position"
+    );
     let mut word = [0u8; 8];
     peer.read_exact_at(&mut word, OFFSET_RECORD_READ as u64).unwrap();
     assert_eq!(u64::from_ne_bytes(word), RECORD_BASE_SIZE);
@@ -817,4 +817,26 @@ fn a_large_queue_publishes_the_read_position_in_steps_and_before_sleeping() {
     assert!(reader.records.prepare_wait().unwrap());
     assert_eq!(read_position.read_position(), 255 * 256);
     reader.records.finish_wait();
+}
+
+#[test]
+fn a_reader_that_fences_lets_the_writer_publish_light_and_still_wakes() {
+    let mut ends = ends();
+    // On a kernel that offers membarrier's global expedited barrier (and
+    // this machine's does), the reader announced at attach that it fences.
+    let fences = wake::heavy_barrier_available() && wake::register_light_publisher();
+    assert!(!ends.producer.publishes_light(), "nothing seen of the reader yet");
+    send(&mut ends.producer, b"first", &caps());
+    assert_eq!(ends.producer.publishes_light(), fences);
+    assert_eq!(receive_inline(&mut ends.consumer), b"first");
+    // A light publish still wakes a reader asleep on the empty queue, once.
+    assert!(ends.consumer.prepare_wait().unwrap());
+    assert!(!readable(ends.consumer.data_fd()));
+    send(&mut ends.producer, b"second", &caps());
+    assert!(readable(ends.consumer.data_fd()));
+    send(&mut ends.producer, b"third", &caps());
+    assert_eq!(ends.producer.wakeups_sent(), 1);
+    ends.consumer.finish_wait();
+    assert_eq!(receive_inline(&mut ends.consumer), b"second");
+    assert_eq!(receive_inline(&mut ends.consumer), b"third");
 }
