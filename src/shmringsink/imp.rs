@@ -13,6 +13,7 @@ use crate::address::Address;
 use crate::codec;
 use crate::ipc::Listener;
 use crate::metas;
+use crate::realtime::Realtime;
 use crate::ring::layout::MAX_HEAP_SIZE;
 use crate::ring::{self, Notifier, RecordHeader, RingError};
 use crate::stats::Stats;
@@ -142,6 +143,8 @@ pub struct ShmRingSink {
     drop_mode_decided: AtomicBool,
     /// Written by `unlock` to interrupt a wait; separate from `state` so that
     /// it can be reached while `render` holds the state lock.
+    /// `realtime-priority`, and the streaming threads it raised.
+    realtime: Realtime,
     unlock: Unlock,
     stats: Stats,
     metas: metas::Outgoing,
@@ -158,6 +161,21 @@ pub(super) fn raw_video_info(caps: &gst::CapsRef) -> Option<gst_video::VideoInfo
 }
 
 impl ShmRingSink {
+    /// Gives the streaming thread the real-time priority asked for, on
+    /// the first buffer of a run (see `realtime`). The warning is posted
+    /// with none of our locks held.
+    fn enter_realtime(&self) {
+        let entered = self.realtime.enter();
+        if let Some(refusal) = entered.refusal() {
+            gst::element_imp_warning!(self, gst::CoreError::Thread, ["{refusal}"]);
+        } else if let crate::realtime::Entered::Raised(priority) = entered {
+            gst::info!(
+                CAT,
+                imp = self,
+                "the streaming thread runs at SCHED_FIFO priority {priority}"
+            );
+        }
+    }
     fn lock_state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -600,6 +618,12 @@ impl ObjectImpl for ShmRingSink {
                     .blurb("What a reader that falls behind does to the writer. block: nothing is lost, the slowest reader paces the writer and so every reader. drop: the writer never waits for a reader; one whose queue or share of the heap is full loses buffers (counted in stats buffers-lost on both sides), gets a DISCONT and resumes at a keyframe. auto (default): drop if upstream is live, since a live source cannot wait anyway and a slow reader should not starve the others; block otherwise, so that files are never silently cut")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("realtime-priority")
+                    .nick("Real-time priority")
+                    .blurb("SCHED_FIFO priority (1-99) for the streaming thread while it runs this element, so that it runs as soon as a buffer is due even on a busy machine (a shorter latency tail for live audio); the thread gets its old scheduling back when the element stops. Needs root, CAP_SYS_NICE or a high enough RLIMIT_RTPRIO, else a warning and normal scheduling. 0: leave the scheduling alone")
+                    .maximum(crate::realtime::MAX_PRIORITY)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("readers")
                     .nick("Readers")
                     .blurb("Readers linked now. New readers are taken in as buffers pass")
@@ -632,6 +656,7 @@ impl ObjectImpl for ShmRingSink {
             "ring-time" => self
                 .ring_time_us
                 .store(value.get().unwrap_or(DEFAULT_RING_TIME_US), Ordering::Relaxed),
+            "realtime-priority" => self.realtime.set_priority(value.get().unwrap_or(0)),
             name => gst::warning!(CAT, imp = self, "no property {name}"),
         }
     }
@@ -639,6 +664,7 @@ impl ObjectImpl for ShmRingSink {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let settings = self.settings();
         match pspec.name() {
+            "realtime-priority" => self.realtime.priority().to_value(),
             "socket-path" => settings.socket_path.map(|path| path.display().to_string()).to_value(),
             "stream" => settings.stream.to_value(),
             "ring-size" => settings.ring_size.to_value(),
@@ -780,6 +806,7 @@ impl BaseSinkImpl for ShmRingSink {
             heap.close();
         }
         self.unlock.stop();
+        self.realtime.leave();
         Ok(())
     }
 
@@ -788,6 +815,7 @@ impl BaseSinkImpl for ShmRingSink {
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        self.enter_realtime();
         let unlock = self.unlock.notifier()?;
         let wait = self.wait_for_connection();
         let header = codec::buffer_header(buffer);
