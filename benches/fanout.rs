@@ -27,7 +27,8 @@
 //! configuration, interleaved, 5 s of audio each. Run without cargo's
 //! `--bench` flag (as `cargo test --benches` does), or with `--smoke`, it
 //! makes one round of 1 s each, so that CI stays quick. `--rounds N` and
-//! `--seconds S` change either; `--keep-files` keeps each run's latencies
+//! `--seconds S` change either; `--realtime-priority P` sets both elements'
+//! `realtime-priority`; `--keep-files` keeps each run's latencies
 //! (in ns, one a line, in stamp order) under the temporary directory. The
 //! binary is also each child process: see [`child`].
 
@@ -98,17 +99,17 @@ fn producer() -> String {
     format!("audiotestsrc is-live=true samplesperbuffer={SAMPLES_PER_BUFFER} ! {CAPS}")
 }
 
-fn writer_pipeline(socket: &Path) -> String {
+fn writer_pipeline(socket: &Path, realtime: u32) -> String {
     format!(
-        "{} ! shmringsink name=tx socket-path={} max-readers={MAX_READERS}",
+        "{} ! shmringsink name=tx socket-path={} max-readers={MAX_READERS} realtime-priority={realtime}",
         producer(),
         socket.display()
     )
 }
 
-fn reader_pipeline(socket: &Path) -> String {
+fn reader_pipeline(socket: &Path, realtime: u32) -> String {
     format!(
-        "shmringsrc name=rx socket-path={} is-live=true ! fakesink sync=false",
+        "shmringsrc name=rx socket-path={} is-live=true realtime-priority={realtime} ! fakesink sync=false",
         socket.display()
     )
 }
@@ -149,6 +150,8 @@ struct Options {
     window: Duration,
     /// Time between every child being ready and the window opening.
     warm_up: Duration,
+    /// Both elements' `realtime-priority` (0: normal scheduling).
+    realtime: u32,
 }
 
 impl Options {
@@ -158,6 +161,7 @@ impl Options {
         let mut keep_files = false;
         let mut rounds = None;
         let mut seconds = None;
+        let mut realtime = 0;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -167,9 +171,14 @@ impl Options {
                 "--keep-files" => keep_files = true,
                 "--rounds" => rounds = Some(value()?.parse::<usize>().map_err(|err| format!("--rounds: {err}"))?),
                 "--seconds" => seconds = Some(value()?.parse::<f64>().map_err(|err| format!("--seconds: {err}"))?),
+                "--realtime-priority" => {
+                    realtime = value()?
+                        .parse::<u32>()
+                        .map_err(|err| format!("--realtime-priority: {err}"))?;
+                }
                 other => {
                     return Err(format!(
-                        "unknown option {other} (expected --smoke, --rounds N, --seconds S, --keep-files)"
+                        "unknown option {other} (expected --smoke, --rounds N, --seconds S, --keep-files, --realtime-priority P)"
                     ));
                 }
             }
@@ -184,6 +193,7 @@ impl Options {
             rounds: rounds.unwrap_or(if smoke { 1 } else { 5 }).max(1),
             window: Duration::from_secs_f64(seconds),
             warm_up: Duration::from_millis(if smoke { 200 } else { 1000 }),
+            realtime,
         })
     }
 }
@@ -562,7 +572,7 @@ fn run_once(exe: &Path, dir: &Path, setup: Setup, options: &Options) -> Result<R
                 &[
                     "writer",
                     "--pipeline",
-                    &writer_pipeline(&socket),
+                    &writer_pipeline(&socket, options.realtime),
                     "--stats",
                     "tx.wakeups-sent",
                     "--out",
@@ -578,7 +588,7 @@ fn run_once(exe: &Path, dir: &Path, setup: Setup, options: &Options) -> Result<R
                     &[
                         "measure",
                         "--pipeline",
-                        &reader_pipeline(&socket),
+                        &reader_pipeline(&socket, options.realtime),
                         "--measure",
                         "rx.src",
                         "--stats",

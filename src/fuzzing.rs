@@ -402,32 +402,51 @@ pub fn reader_against_hostile_writer(data: &[u8]) -> Outcome {
                 let flags = script.flags();
                 let bytes = script.payload();
                 let block = match script.byte() % 3 {
-                    0 => NONE,
-                    _ => script.value(0),
+                    0 => None,
+                    _ => Some(script.value(0)),
                 };
                 let len = match script.byte() % 4 {
                     0 => script.value(bytes.len() as u64),
                     _ => bytes.len() as u64,
                 };
-                let mut header = [0u8; RECORD_HEADER_SIZE as usize];
-                header[0..4].copy_from_slice(&kind.to_ne_bytes());
-                header[4..8].copy_from_slice(&flags.to_ne_bytes());
-                header[8..16].copy_from_slice(&len.to_ne_bytes());
-                for at in (16..56).step_by(8) {
-                    let word = if script.byte() & 1 == 0 { NONE } else { script.u64() };
-                    header[at..at + 8].copy_from_slice(&word.to_ne_bytes());
+                // The timing words present, and now and then a reserved bit
+                // or a reserved byte.
+                let mut present = script.byte() & 0x1f;
+                if block.is_some() {
+                    present |= 0x20;
                 }
-                header[56..64].copy_from_slice(&block.to_ne_bytes());
-                store_records(&file, write, &header);
-                let inline = if block == NONE {
-                    store_records(&file, write + RECORD_HEADER_SIZE, &bytes);
-                    bytes.len() as u64
-                } else {
-                    store_heap(&heap, block, &bytes);
-                    0
+                let reserved = match script.byte() % 8 {
+                    0 => (u32::from(script.byte() & 0xc0) << 8) | (u32::from(script.byte()) << 16),
+                    _ => 0,
                 };
+                let mut base = [0u8; RECORD_BASE_SIZE as usize];
+                base[0..4].copy_from_slice(&(kind | (u32::from(present) << 8) | reserved).to_ne_bytes());
+                base[4..8].copy_from_slice(&flags.to_ne_bytes());
+                base[8..16].copy_from_slice(&len.to_ne_bytes());
+                store_records(&file, write, &base);
+                let inline = match block {
+                    None => {
+                        store_records(&file, write.wrapping_add(RECORD_BASE_SIZE), &bytes);
+                        bytes.len() as u64
+                    }
+                    Some(block) => {
+                        store_heap(&heap, block, &bytes);
+                        0
+                    }
+                };
+                let mut trailer = Vec::new();
+                for _ in 0..(present & 0x1f).count_ones() {
+                    let word = if script.byte() & 1 == 0 { NONE } else { script.u64() };
+                    trailer.extend_from_slice(&word.to_ne_bytes());
+                }
+                if let Some(block) = block {
+                    trailer.extend_from_slice(&block.to_ne_bytes());
+                }
+                let padded = inline.next_multiple_of(RECORD_ALIGN);
+                store_records(&file, write.wrapping_add(RECORD_BASE_SIZE + padded), &trailer);
+                let size = RECORD_BASE_SIZE + padded + trailer.len() as u64;
                 if script.byte() & 3 != 0 {
-                    write = write.wrapping_add(record_size(inline).unwrap_or(0));
+                    write = write.wrapping_add(size);
                     store(&file, OFFSET_RECORD_WRITE as u64, &write.to_ne_bytes());
                 }
             }

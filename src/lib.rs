@@ -17,6 +17,7 @@ pub mod codec;
 pub mod fuzzing;
 pub mod ipc;
 pub mod metas;
+mod realtime;
 pub mod ring;
 mod shmringdeviceprovider;
 mod shmringsink;

@@ -34,6 +34,8 @@
 //! 0x380  u64      writer's release sleep seq  (writer only)
 //! 0x400  u32      flush word                  (writer only; a futex, see
 //!                                              `flush.rs`)
+//! 0x480  u64      1 if the writer's process takes membarrier's global
+//!                 expedited barrier, so may publish light (writer, once)
 //! ```
 //!
 //! Every field one side writes while the other reads sits on a 128-byte line
@@ -46,22 +48,31 @@
 //! The record queue is mapped twice, back to back, so a record that crosses
 //! its end is still one contiguous slice.
 //!
-//! A record starts at a multiple of [`RECORD_ALIGN`]:
+//! A record starts at a multiple of [`RECORD_ALIGN`] (8) and is a base
+//! header, the inline payload and a trailer of the header words that are
+//! set:
 //!
 //! ```text
-//! 0   u32  kind (see RecordKind)
+//! 0   u8   kind (see RecordKind)
+//! 1   u8   trailer: bit i set when word i of the list below is in the
+//!          trailer; bits 6 and 7 are zero
+//! 2   u16  zero
 //! 4   u32  flags (GstBufferFlags for buffers, with bit 31 set when a Metas
 //!          record precedes the buffer; the event type for events)
 //! 8   u64  payload length in bytes
-//! 16  u64  pts          } u64::MAX means "none", as GST_CLOCK_TIME_NONE
-//! 24  u64  dts          }
-//! 32  u64  duration     }
-//! 40  u64  offset       } u64::MAX means "none", as GST_BUFFER_OFFSET_NONE
-//! 48  u64  offset end   }
-//! 56  u64  block: heap offset of the payload, or u64::MAX when the payload
-//!          follows the header inline
-//! 64  inline payload, then padding up to the next multiple of 64
+//! 16  inline payload, then padding up to the next multiple of 8
+//! ..  trailer: one u64 for each bit of the trailer byte, in bit order:
+//!     0 pts, 1 dts, 2 duration        (absent means none)
+//!     3 offset, 4 offset end          (absent means none)
+//!     5 block: the heap offset of the payload (absent: the payload is
+//!       inline)
 //! ```
+//!
+//! A 64-byte untimed inline record thus takes 80 bytes, and a timed audio
+//! buffer 16 + 64 + 32. The trailer follows the payload, not the base, so
+//! that the writer knows where the payload goes before it knows the header
+//! (`grant`, then `write_inline`, then `commit`), and room for a record is
+//! checked against the largest trailer ([`record_size`]).
 //!
 //! A release entry is the heap offset of a block the reader no longer uses,
 //! or, with [`FD_RELEASE_TAG`] set, the hold number of an fd buffer record
@@ -73,11 +84,19 @@ pub const MAGIC: [u8; 8] = *b"SHMRING\0";
 pub const LAYOUT_VERSION: u32 = 5;
 /// Size of the control page; the record queue starts right after it.
 pub const CONTROL_SIZE: usize = 4096;
-/// Records start at multiples of this, and heap blocks too, which keeps
-/// every payload aligned for SIMD code downstream.
-pub const RECORD_ALIGN: u64 = 64;
-/// Size of a record header.
-pub const RECORD_HEADER_SIZE: u64 = 64;
+/// Records start at multiples of this. Inline payloads are copied out by
+/// the reader, so they need no more alignment than the header's words;
+/// blocks, which downstream maps directly, keep [`BLOCK_ALIGN`].
+pub const RECORD_ALIGN: u64 = 8;
+/// Size of a record's base header, before its inline payload.
+pub const RECORD_BASE_SIZE: u64 = 16;
+/// The most a record's header takes: the base and a full trailer.
+pub const RECORD_HEADER_SIZE: u64 = RECORD_BASE_SIZE + 8 * TRAILER_WORDS as u64;
+/// Words a record's trailer can hold: pts, dts, duration, offset, offset
+/// end and block.
+pub const TRAILER_WORDS: usize = 6;
+/// The trailer bit of the block word.
+const TRAILER_BLOCK: u8 = 1 << 5;
 /// Heap blocks start at multiples of this.
 pub const BLOCK_ALIGN: u64 = 64;
 /// Largest record queue a reader accepts.
@@ -120,6 +139,9 @@ pub const MAX_ANNOUNCED_FDS: usize = 64;
 /// copies the bytes out and gives the hold back at once. The release queue
 /// has this many entries beyond the heap's blocks.
 pub const MAX_FD_HOLDS: u64 = 64;
+/// Written once by the writer (see `wake.rs`); a line of its own after the
+/// flush word's.
+pub const OFFSET_WRITER_LIGHT: usize = 0x480;
 
 /// A reader's sleep sequence once it has let go of the channel for good.
 /// The writer loads that word anyway, so it learns of a clean exit for free.
@@ -236,64 +258,148 @@ impl RecordHeader {
         }
     }
 
-    /// The header's bytes as they sit in the queue.
-    pub(crate) fn encode(&self, payload: Payload) -> [u8; RECORD_HEADER_SIZE as usize] {
-        let mut raw = [0u8; RECORD_HEADER_SIZE as usize];
-        raw[0..4].copy_from_slice(&(self.kind as u32).to_ne_bytes());
-        raw[4..8].copy_from_slice(&self.flags.to_ne_bytes());
-        let block = match payload {
-            Payload::Inline { .. } => NONE,
-            Payload::Block { offset, .. } => offset,
+    /// The header's bytes as they sit in the queue: the base, and the
+    /// trailer that goes after the padded inline payload.
+    pub(crate) fn encode(&self, payload: Payload) -> EncodedHeader {
+        let mut encoded = EncodedHeader {
+            base: [0; RECORD_BASE_SIZE as usize],
+            trailer: [0; 8 * TRAILER_WORDS],
+            trailer_len: 0,
         };
-        let words = [
-            payload.len(),
-            self.pts,
-            self.dts,
-            self.duration,
-            self.offset,
-            self.offset_end,
-            block,
-        ];
-        for (chunk, word) in raw[8..64].chunks_exact_mut(8).zip(words) {
-            chunk.copy_from_slice(&word.to_ne_bytes());
+        let block = match payload {
+            Payload::Inline { .. } => None,
+            Payload::Block { offset, .. } => Some(offset),
+        };
+        let timing = [self.pts, self.dts, self.duration, self.offset, self.offset_end]
+            .map(|word| Some(word).filter(|&word| word != NONE));
+        let mut present = 0u8;
+        for (bit, word) in timing.into_iter().chain([block]).enumerate() {
+            if let Some(word) = word {
+                present |= 1 << bit;
+                let at = encoded.trailer_len;
+                encoded.trailer[at..at + 8].copy_from_slice(&word.to_ne_bytes());
+                encoded.trailer_len += 8;
+            }
         }
-        raw
+        encoded.base[0] = self.kind as u8;
+        encoded.base[1] = present;
+        encoded.base[4..8].copy_from_slice(&self.flags.to_ne_bytes());
+        encoded.base[8..16].copy_from_slice(&payload.len().to_ne_bytes());
+        encoded
     }
 
-    /// Parses a header copied out of the queue: its fields and where it says
-    /// its payload is. `None` if the kind is unknown. The payload is not
-    /// checked here: see `Consumer::peek`.
-    pub(crate) fn decode(raw: &[u8; RECORD_HEADER_SIZE as usize]) -> Option<(Self, Payload)> {
-        let u32_at = |at: usize| u32::from_ne_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
-        let u64_at = |at: usize| {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(&raw[at..at + 8]);
-            u64::from_ne_bytes(bytes)
-        };
-        let kind = RecordKind::from_u32(u32_at(0))?;
-        let header = Self {
+    /// Parses a base header copied out of the queue. `None` if the kind is
+    /// unknown or a reserved bit is set. What it says is not checked here:
+    /// see `Consumer::peek`.
+    pub(crate) fn decode_base(raw: &[u8; RECORD_BASE_SIZE as usize]) -> Option<BaseHeader> {
+        let kind = RecordKind::from_u32(raw[0].into())?;
+        let present = raw[1];
+        if present >> TRAILER_WORDS != 0 || raw[2..4] != [0, 0] {
+            return None;
+        }
+        let flags = u32::from_ne_bytes([raw[4], raw[5], raw[6], raw[7]]);
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&raw[8..16]);
+        Some(BaseHeader {
             kind,
-            flags: u32_at(4),
-            pts: u64_at(16),
-            dts: u64_at(24),
-            duration: u64_at(32),
-            offset: u64_at(40),
-            offset_end: u64_at(48),
-        };
-        let len = u64_at(8);
-        let payload = match u64_at(56) {
-            NONE => Payload::Inline { len },
-            offset => Payload::Block { offset, len },
-        };
-        Some((header, payload))
+            flags,
+            present,
+            len: u64::from_ne_bytes(len),
+        })
     }
 }
 
-/// Bytes a record with `inline_len` bytes of inline payload takes in the
-/// queue, or `None` if that overflows.
+/// A record's base header, parsed: enough to find its trailer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BaseHeader {
+    kind: RecordKind,
+    flags: u32,
+    present: u8,
+    len: u64,
+}
+
+impl BaseHeader {
+    /// Bytes of inline payload the record has in the queue.
+    pub(crate) fn inline_len(&self) -> u64 {
+        if self.present & TRAILER_BLOCK == 0 { self.len } else { 0 }
+    }
+
+    /// Bytes of the trailer.
+    pub(crate) fn trailer_len(&self) -> usize {
+        8 * self.present.count_ones() as usize
+    }
+
+    /// The whole header from the trailer's bytes (`trailer_len` of them),
+    /// and where the payload is.
+    pub(crate) fn finish(&self, trailer: &[u8]) -> (RecordHeader, Payload) {
+        let mut words = trailer.chunks_exact(8).map(|chunk| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            u64::from_ne_bytes(word)
+        });
+        let mut field = |bit: u32| {
+            if self.present & (1 << bit) == 0 {
+                NONE
+            } else {
+                words.next().unwrap_or(NONE)
+            }
+        };
+        let header = RecordHeader {
+            kind: self.kind,
+            flags: self.flags,
+            pts: field(0),
+            dts: field(1),
+            duration: field(2),
+            offset: field(3),
+            offset_end: field(4),
+        };
+        let payload = if self.present & TRAILER_BLOCK == 0 {
+            Payload::Inline { len: self.len }
+        } else {
+            Payload::Block {
+                offset: field(5),
+                len: self.len,
+            }
+        };
+        (header, payload)
+    }
+}
+
+/// A record header as the writer puts it in the queue.
+pub(crate) struct EncodedHeader {
+    pub(crate) base: [u8; RECORD_BASE_SIZE as usize],
+    trailer: [u8; 8 * TRAILER_WORDS],
+    trailer_len: usize,
+}
+
+impl EncodedHeader {
+    pub(crate) fn trailer(&self) -> &[u8] {
+        &self.trailer[..self.trailer_len]
+    }
+}
+
+/// Bytes a record with `inline_len` bytes of inline payload and a trailer
+/// of `trailer_len` bytes takes in the queue, or `None` if that overflows.
+pub(crate) fn exact_record_size(inline_len: u64, trailer_len: u64) -> Option<u64> {
+    padded_inline(inline_len)?
+        .checked_add(RECORD_BASE_SIZE)?
+        .checked_add(trailer_len)
+}
+
+/// Where a record's trailer starts, from the record's start.
+pub(crate) fn trailer_at(inline_len: u64) -> Option<u64> {
+    padded_inline(inline_len)?.checked_add(RECORD_BASE_SIZE)
+}
+
+fn padded_inline(inline_len: u64) -> Option<u64> {
+    Some(inline_len.checked_add(RECORD_ALIGN - 1)? & !(RECORD_ALIGN - 1))
+}
+
+/// The most bytes a record with `inline_len` bytes of inline payload can
+/// take in the queue (with a full trailer), or `None` if that overflows:
+/// what the writer checks room against.
 pub fn record_size(inline_len: u64) -> Option<u64> {
-    let padded = inline_len.checked_add(RECORD_ALIGN - 1)? & !(RECORD_ALIGN - 1);
-    padded.checked_add(RECORD_HEADER_SIZE)
+    exact_record_size(inline_len, 8 * TRAILER_WORDS as u64)
 }
 
 /// The largest inline payload a queue of `capacity` bytes can ever hold.

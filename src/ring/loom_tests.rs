@@ -9,7 +9,7 @@
 //! per value the memory model lets it return.
 //!
 //! Modelled: the shared positions, sleep sequences and release slots; data
-//! races on the record queue's bytes (each 64-byte line is a loom cell,
+//! races on the record queue's bytes (each 8 bytes are a loom cell,
 //! indexed modulo the capacity as the double mapping aliases it) and on the
 //! heap blocks (cells kept by the models); the eventfds, as a counter under
 //! a lock that a sleeper polls level-triggered (the release queue, as the
@@ -24,7 +24,13 @@
 //! channel (both sides share one `ChannelMemory`, and `ChannelMemory::open`
 //! would give a reader words of its own); a hostile peer; `SeqCst` accesses
 //! are a fence plus the access, since loom treats them as `AcqRel` (see
-//! `sync`).
+//! `sync`); membarrier, whose guarantee is modelled as a `SeqCst` fence in
+//! the reader before it re-checks and one in the writer between its light
+//! publish and its load of the sleep sequence (see `wake`).
+//!
+//! Every model runs twice: with the writer publishing light, as it does when
+//! both processes can use membarrier, and with `SeqCst` publishes, as when
+//! one cannot.
 //!
 //! Bound: at most `LOOM_MAX_PREEMPTIONS` preemptions per execution (3 by
 //! default here): every interleaving with up to that many switches away
@@ -47,7 +53,7 @@ use std::time::Instant;
 
 use loom::thread;
 
-use super::layout::{MIN_HEAP_SIZE, MIN_RECORD_CAPACITY, NONE, RECORD_HEADER_SIZE};
+use super::layout::{MIN_HEAP_SIZE, MIN_RECORD_CAPACITY, NONE, OFFSET_WRITER_LIGHT, RECORD_HEADER_SIZE};
 use super::memory::{ChannelMemory, ChannelSizes, HeapMemory};
 use super::notifier::Notifier;
 use super::records::{Consumer, Producer, ReadRecord};
@@ -95,6 +101,8 @@ struct Sleeps {
 thread_local! {
     // Loom runs a model's threads as coroutines on the test's thread.
     static SLEEPS: Cell<Sleeps> = Cell::default();
+    /// Whether the writer of the model's channels may publish light.
+    static LIGHT: Cell<bool> = const { Cell::new(true) };
 }
 
 /// Notes that a side found it must sleep (`prepare_wait` returned `true`).
@@ -137,7 +145,9 @@ fn check(name: &str, expected: &[Sleep], both: bool, model: impl Fn() + Sync + S
         builder.preemption_bound = Some(DEFAULT_PREEMPTIONS);
     }
     let model = Arc::new(model);
-    for fence in [SeqCstFence::Leading, SeqCstFence::Trailing] {
+    let runs = [true, false].map(|light| [SeqCstFence::Leading, SeqCstFence::Trailing].map(|fence| (light, fence)));
+    for (light, fence) in runs.into_iter().flatten() {
+        LIGHT.set(light);
         set_seq_cst_fence(fence);
         let executions = Arc::new(AtomicUsize::new(0));
         let (counted, model) = (executions.clone(), model.clone());
@@ -152,8 +162,9 @@ fn check(name: &str, expected: &[Sleep], both: bool, model: impl Fn() + Sync + S
             assert!(!sleeps.writer_asleep && !sleeps.reader_asleep);
         });
         let sleeps = SLEEPS.get();
+        let publish = if light { "light" } else { "SeqCst" };
         println!(
-            "{name}, {fence:?} SeqCst fences: {} executions, at most {} preemptions each, in {:.1} s; \
+            "{name}, {publish} publishes, {fence:?} SeqCst fences: {} executions, at most {} preemptions each, in {:.1} s; \
              sleeps: writer on full {}, writer for a block {}, reader on empty {}, both at once {}",
             executions.load(Ordering::Relaxed),
             builder.preemption_bound.unwrap_or(0),
@@ -206,6 +217,9 @@ fn channel(release_slots: u64) -> (Writer, Reader) {
         heap_size: MIN_HEAP_SIZE,
     };
     let memory = Arc::new(ChannelMemory::create(sizes).unwrap());
+    if !LIGHT.get() {
+        memory.control_u64(OFFSET_WRITER_LIGHT).store(0, Ordering::Relaxed);
+    }
     let data_ready = Notifier::new().unwrap();
     let space_ready = Notifier::new().unwrap();
     let release_ready = Notifier::new().unwrap();
@@ -326,9 +340,13 @@ fn records_model(count: u64, inline: u64) {
         for index in 0..count {
             writer.write_record(index, Payload::Inline { len: inline });
         }
+        writer
     });
     reader.read_records(count, |index, record, _| check_inline(index, record, inline));
-    writing.join().unwrap();
+    let writer = writing.join().unwrap();
+    // The reader said it fences when it attached, so the writer's first
+    // commit saw it: every later one was light.
+    assert_eq!(writer.records.publishes_light(), LIGHT.get());
 }
 
 /// Three records in a queue that holds two: the writer sleeps on full, the
@@ -336,7 +354,9 @@ fn records_model(count: u64, inline: u64) {
 /// the second mapping. Every record arrives once, in order, with its bytes.
 #[test]
 fn loom_record_queue_keeps_order_and_bytes_across_the_wrap() {
-    // 1536-byte records: two fit in 4096 bytes, the third starts at 3072.
+    // Records of 1504 bytes (a 16-byte base, 1472 bytes of payload and a
+    // trailer of two words), for which the writer makes room of 1536: two
+    // fit in 4096 bytes, and the third starts at 3008.
     let sleeps = [Sleep::WriterOnFull, Sleep::ReaderOnEmpty];
     check("record queue across the wrap", &sleeps, true, || {
         records_model(3, 1536 - RECORD_HEADER_SIZE)

@@ -16,7 +16,8 @@ use nix::sys::stat::fstat;
 
 use super::RingError;
 use super::layout::*;
-use super::sync::AtomicU64;
+use super::sync::{AtomicU64, Ordering};
+use super::wake;
 use std::sync::atomic::AtomicU32;
 
 /// The seals a memfd must carry before it is shared: its size can never
@@ -341,6 +342,8 @@ impl ChannelMemory {
             page.add(OFFSET_RELEASE_SLOTS).cast::<u64>().write(sizes.release_slots);
             page.add(OFFSET_HEAP_SIZE).cast::<u64>().write(sizes.heap_size);
         }
+        let light = u64::from(wake::register_light_publisher());
+        memory.control_u64(OFFSET_WRITER_LIGHT).store(light, Ordering::Release);
         Ok(memory)
     }
 
@@ -475,13 +478,13 @@ impl ChannelMemory {
         slot
     }
 
-    /// A private copy of the record header at queue offset `offset`, read
-    /// once with a volatile read so that the compiler cannot read shared
-    /// memory again after the copy has been checked.
-    pub(crate) fn copy_header(&self, offset: u64) -> Option<[u8; RECORD_HEADER_SIZE as usize]> {
-        let (start, _) = self.record_range(offset, RECORD_HEADER_SIZE)?;
+    /// A private copy of the base record header at queue offset `offset`,
+    /// read once with a volatile read so that the compiler cannot read
+    /// shared memory again after the copy has been checked.
+    pub(crate) fn copy_base(&self, offset: u64) -> Option<[u8; RECORD_BASE_SIZE as usize]> {
+        let (start, _) = self.record_range(offset, RECORD_BASE_SIZE)?;
         #[cfg(loom)]
-        self.model.records.read(offset, RECORD_HEADER_SIZE);
+        self.model.records.read(offset, RECORD_BASE_SIZE);
         // SAFETY: the range lies inside the mapped record queue (checked by
         // `record_range`), and any byte pattern is a valid [u8; N]. The
         // writer may change the bytes concurrently; the volatile read takes
@@ -492,7 +495,7 @@ impl ChannelMemory {
                     .base
                     .as_ptr()
                     .add(start)
-                    .cast::<[u8; RECORD_HEADER_SIZE as usize]>(),
+                    .cast::<[u8; RECORD_BASE_SIZE as usize]>(),
             )
         })
     }

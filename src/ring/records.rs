@@ -34,7 +34,10 @@
 //! Publishing a position is a `SeqCst` store: it is a Release store (the
 //! record's bytes, or the reader's last use of them, happen before the other
 //! side sees the new position) and it takes part in the wake-up handshake of
-//! [`wake`](super::wake). Reloading the other side's position is an
+//! [`wake`](super::wake); once the reader has said that it fences with
+//! membarrier before it sleeps, the writer's publish is a Release store
+//! with no barrier at all (the light publish of `wake`). Reloading the
+//! other side's position is an
 //! `Acquire` load, paired with that Release. Each write therefore costs two
 //! atomic operations, the store and the load of the peer's sleep sequence,
 //! plus a reload only at empty or full. A read costs less: the reader
@@ -53,7 +56,7 @@ use super::layout::*;
 use super::memory::ChannelMemory;
 use super::notifier::Notifier;
 use super::sync::Ordering;
-use super::wake::{Sleeper, Waker};
+use super::wake::{self, FENCES, Sleeper, Waker};
 
 /// The reader publishes its position after 1/this of the queue's capacity
 /// has been read, and before it sleeps: the writer needs it only when its
@@ -69,6 +72,11 @@ pub struct Producer {
     limit: u64,
     write: u64,
     read_cached: u64,
+    /// Whether this process took the readers' heavy barrier (see
+    /// [`wake`]), read once when the channel was made.
+    may_publish_light: bool,
+    /// Whether the reader said it fences, so that commits publish light.
+    light: bool,
     sleeper: Sleeper,
     waker: Waker,
     /// The reader's eventfd: written when it sleeps on an empty queue.
@@ -123,17 +131,22 @@ pub struct ReadRecord<'a> {
     consumer: &'a mut Consumer,
     header: RecordHeader,
     payload: Payload,
+    /// Bytes the record takes in the queue.
+    size: u64,
 }
 
 impl Producer {
     pub(crate) fn new(memory: Arc<ChannelMemory>, data_ready: Notifier, space_ready: Notifier) -> Self {
         let capacity = memory.sizes().record_capacity;
+        let may_publish_light = memory.control_u64(OFFSET_WRITER_LIGHT).load(Ordering::Acquire) == 1;
         Self {
             memory: memory.clone(),
             capacity,
             limit: capacity,
             write: 0,
             read_cached: 0,
+            may_publish_light,
+            light: false,
             sleeper: Sleeper::default(),
             waker: Waker::default(),
             data_ready,
@@ -175,6 +188,12 @@ impl Producer {
     /// The flush word of this channel, which only the writer stores.
     pub fn flush_signal(&mut self) -> &mut FlushSignal {
         &mut self.flush
+    }
+
+    /// Whether commits publish light (see [`wake`]).
+    #[cfg(any(test, loom))]
+    pub(crate) fn publishes_light(&self) -> bool {
+        self.light
     }
 
     /// A handle that tells, from any thread, how far the reader has read.
@@ -282,7 +301,7 @@ impl WriteGrant<'_> {
             return false;
         }
         let producer = &*self.producer;
-        let offset = producer.write % producer.capacity + RECORD_HEADER_SIZE + at;
+        let offset = producer.write % producer.capacity + RECORD_BASE_SIZE + at;
         // SAFETY: `grant` checked that the whole record fits in the free part
         // of the queue, which the consumer never reads, and `&mut self` makes
         // this grant's producer the only writer. The range is within
@@ -294,22 +313,36 @@ impl WriteGrant<'_> {
     /// Publishes the record and wakes the consumer if it sleeps.
     pub fn commit(self, header: &RecordHeader) {
         let producer = self.producer;
-        let Some(size) = record_size(self.payload.inline_len()) else {
+        let inline_len = self.payload.inline_len();
+        let encoded = header.encode(self.payload);
+        let trailer = encoded.trailer();
+        let (Some(size), Some(trailer_at)) = (
+            exact_record_size(inline_len, trailer.len() as u64),
+            trailer_at(inline_len),
+        ) else {
             return;
         };
-        let raw = header.encode(self.payload);
         let at = producer.write % producer.capacity;
-        // SAFETY: as in `write_inline`: the header's bytes are the start of
-        // the granted record, in the free part of the queue, and the grant
+        // SAFETY: as in `write_inline`: the base header starts the granted
+        // record and the trailer ends it, both in the free part of the
+        // queue (`grant` made room for the largest trailer), and the grant
         // is exclusive.
-        let _ = unsafe { producer.memory.write_records(at, &raw) };
+        unsafe {
+            let _ = producer.memory.write_records(at, &encoded.base);
+            let _ = producer.memory.write_records(at + trailer_at, trailer);
+        }
         producer.write += size;
-        producer
-            .memory
-            .control_u64(OFFSET_RECORD_WRITE)
-            .store(producer.write, Ordering::SeqCst);
+        let position = producer.memory.control_u64(OFFSET_RECORD_WRITE);
         let peer_sleep = producer.memory.control_u64(OFFSET_READER_SLEEP);
-        producer.waker.wake(peer_sleep, &producer.data_ready);
+        let seen = if producer.light {
+            position.store(producer.write, Ordering::Release);
+            wake::light_barrier();
+            producer.waker.wake(peer_sleep, &producer.data_ready, Ordering::Relaxed)
+        } else {
+            position.store(producer.write, Ordering::SeqCst);
+            producer.waker.wake(peer_sleep, &producer.data_ready, Ordering::SeqCst)
+        };
+        producer.light |= producer.may_publish_light && seen & FENCES != 0 && seen != READER_DETACHED;
     }
 }
 
@@ -323,6 +356,12 @@ impl Consumer {
         // Every channel is new, and the read position is the reader's own:
         // whatever the writer left in it is ignored.
         memory.control_u64(OFFSET_RECORD_READ).store(0, Ordering::Release);
+        let writer_light = memory.control_u64(OFFSET_WRITER_LIGHT).load(Ordering::Acquire) == 1;
+        let sleeper = if writer_light && wake::heavy_barrier_available() {
+            Sleeper::fencing()
+        } else {
+            Sleeper::default()
+        };
         let mut consumer = Self {
             memory,
             capacity: sizes.record_capacity,
@@ -330,11 +369,14 @@ impl Consumer {
             read: 0,
             published: 0,
             write_cached: 0,
-            sleeper: Sleeper::default(),
+            sleeper,
             waker: Waker::default(),
             data_ready,
             space_ready,
         };
+        // Says whether we fence before our first sleep, so that a writer
+        // may publish light from then on.
+        consumer.sleeper.leave(consumer.memory.control_u64(OFFSET_READER_SLEEP));
         consumer.reload_write(Ordering::Acquire)?;
         Ok(consumer)
     }
@@ -366,7 +408,7 @@ impl Consumer {
 
     /// The oldest record not yet taken, or `None` if the queue is empty.
     pub fn peek(&mut self) -> Result<Option<ReadRecord<'_>>, RingError> {
-        if self.write_cached - self.read < RECORD_HEADER_SIZE {
+        if self.write_cached - self.read < RECORD_BASE_SIZE {
             self.reload_write(Ordering::Acquire)?;
             if self.write_cached == self.read {
                 return Ok(None);
@@ -374,15 +416,25 @@ impl Consumer {
         }
         let available = self.write_cached - self.read;
         let corrupt = RingError::Corrupt;
+        let at = self.read % self.capacity;
         let raw = self
             .memory
-            .copy_header(self.read % self.capacity)
+            .copy_base(at)
             .ok_or(corrupt("a record header lies outside the queue"))?;
-        let (header, payload) = RecordHeader::decode(&raw).ok_or(corrupt("a record has an unknown kind"))?;
-        match record_size(payload.inline_len()) {
-            Some(size) if size <= available => {}
-            _ => return Err(corrupt("a record claims more bytes than were written")),
-        }
+        let base =
+            RecordHeader::decode_base(&raw).ok_or(corrupt("a record has an unknown kind or reserved bits set"))?;
+        let inline_len = base.inline_len();
+        let trailer_len = base.trailer_len();
+        let size = exact_record_size(inline_len, trailer_len as u64)
+            .filter(|&size| size <= available)
+            .ok_or(corrupt("a record claims more bytes than were written"))?;
+        let mut trailer = [0u8; 8 * TRAILER_WORDS];
+        let trailer = &mut trailer[..trailer_len];
+        // `size <= available` puts the trailer inside the written part.
+        trailer_at(inline_len)
+            .and_then(|trailer_at| self.memory.read_records(at + trailer_at, trailer))
+            .ok_or(corrupt("a record's trailer lies outside the queue"))?;
+        let (header, payload) = base.finish(trailer);
         if let Payload::Block { offset, len } = payload {
             let inside = offset.checked_add(len).is_some_and(|end| end <= self.heap_size);
             if !inside || !offset.is_multiple_of(BLOCK_ALIGN) {
@@ -393,6 +445,7 @@ impl Consumer {
             consumer: self,
             header,
             payload,
+            size,
         }))
     }
 
@@ -419,7 +472,14 @@ impl Consumer {
     pub fn prepare_wait(&mut self) -> Result<bool, RingError> {
         // The writer may be waiting for the room we made.
         self.publish();
-        self.sleeper.enter(self.memory.control_u64(OFFSET_READER_SLEEP));
+        let sleep = self.memory.control_u64(OFFSET_READER_SLEEP);
+        self.sleeper.enter(sleep);
+        if self.sleeper.fences() && !wake::heavy_barrier() {
+            // A kernel that offered the barrier refused it: a sleep now
+            // could miss a light publish, so the caller looks again.
+            self.sleeper.leave(sleep);
+            return Ok(false);
+        }
         self.reload_write(Ordering::SeqCst)?;
         if self.write_cached != self.read {
             self.sleeper.leave(self.memory.control_u64(OFFSET_READER_SLEEP));
@@ -466,7 +526,7 @@ impl Consumer {
             .control_u64(OFFSET_RECORD_READ)
             .store(self.read, Ordering::SeqCst);
         let peer_sleep = self.memory.control_u64(OFFSET_WRITER_RECORD_SLEEP);
-        self.waker.wake(peer_sleep, &self.space_ready);
+        self.waker.wake(peer_sleep, &self.space_ready, Ordering::SeqCst);
     }
 }
 
@@ -501,7 +561,7 @@ impl ReadRecord<'_> {
             return false;
         }
         let consumer = &*self.consumer;
-        let offset = consumer.read % consumer.capacity + RECORD_HEADER_SIZE;
+        let offset = consumer.read % consumer.capacity + RECORD_BASE_SIZE;
         // `peek` checked that the record lies within the written part of the
         // queue, so this range is in bounds and the copy cannot fail.
         consumer.memory.read_records(offset, dest).is_some()
@@ -519,8 +579,7 @@ impl ReadRecord<'_> {
     /// Frees the record's place in the queue for the producer. A block it
     /// names is not freed by this: see the release queue.
     pub fn release(self) {
-        let size = record_size(self.payload.inline_len()).unwrap_or(0);
-        self.consumer.release(size);
+        self.consumer.release(self.size);
     }
 }
 

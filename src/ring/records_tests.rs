@@ -204,11 +204,20 @@ fn inline_payloads_are_copied_in_pieces_and_bounds_checked() {
 }
 
 #[test]
-fn payloads_are_64_byte_aligned() {
+fn records_are_aligned_and_a_small_one_costs_its_fields_only() {
     let mut ends = ends();
-    // The queue is page-aligned and every record starts at a multiple of
-    // 64 with a 64-byte header, so every inline payload is 64-byte aligned.
-    assert_eq!(RECORD_HEADER_SIZE % RECORD_ALIGN, 0);
+    // A 64-byte payload takes a 16-byte base header and a trailer of the
+    // fields that are set: none for caps, four for a timed audio buffer.
+    let audio = RecordHeader { dts: NONE, ..buffer(3) };
+    for (header, size) in [(caps(), 80), (audio, 112), (buffer(3), 120)] {
+        let before = ends.producer.position();
+        send(&mut ends.producer, &[6; 64], &header);
+        assert_eq!(ends.producer.position() - before, size);
+        assert_eq!(
+            receive(&mut ends.consumer),
+            Some((header, Payload::Inline { len: 64 }, vec![6; 64]))
+        );
+    }
     for len in [0, 1, 63, 64, 65, 200, 1000] {
         let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
         send(&mut ends.producer, &bytes, &caps());
@@ -231,24 +240,34 @@ fn payloads_are_64_byte_aligned() {
 fn full_and_empty() {
     let mut ends = ends();
     assert!(ends.consumer.peek().unwrap().is_none());
-    // Records without inline bytes take one header each, whether they are
-    // empty or name a block: exactly capacity / 64 of them fit.
-    let slots = CAPACITY / RECORD_HEADER_SIZE;
-    for sequence in 0..slots {
-        if sequence % 2 == 0 {
-            send(&mut ends.producer, &[], &buffer(sequence));
+    // Records without inline bytes are only a header, 56 bytes for an empty
+    // timed buffer and 64 with a block. They are granted while the room left
+    // holds the largest header, so the queue fills to within 64 bytes.
+    let mut sent = 0;
+    loop {
+        let payload = if sent % 2 == 0 {
+            Payload::Inline { len: 0 }
         } else {
-            send_block(&mut ends.producer, sequence * 64, 64, &buffer(sequence));
-        }
+            Payload::Block {
+                offset: sent * 64,
+                len: 64,
+            }
+        };
+        let Some(grant) = ends.producer.grant(payload).unwrap() else {
+            break;
+        };
+        grant.commit(&buffer(sent));
+        sent += 1;
     }
-    assert!(ends.producer.grant(Payload::Inline { len: 0 }).unwrap().is_none());
+    assert_eq!(sent, 2 * (CAPACITY / 120), "34 pairs of 56 + 64 bytes fill 4080 bytes");
+    assert!(ends.producer.position() > CAPACITY - RECORD_HEADER_SIZE);
     assert!(
         ends.producer
             .grant(Payload::Block { offset: 0, len: 64 })
             .unwrap()
             .is_none()
     );
-    for sequence in 0..slots {
+    for sequence in 0..sent {
         let (header, payload, inline) = receive(&mut ends.consumer).unwrap();
         assert_eq!(header, buffer(sequence));
         let expected = if sequence % 2 == 0 {
@@ -269,16 +288,16 @@ fn full_and_empty() {
 #[test]
 fn grant_needs_room_and_a_dropped_grant_writes_nothing() {
     let mut ends = ends();
-    // 1000 bytes of payload take a header and 1024 bytes: three fit, a
-    // fourth does not.
+    // 1000 bytes of caps take a 16-byte header and 1000 bytes: three fit,
+    // and a fourth does not, since room is checked for the largest trailer.
     let payload = [7u8; 1000];
     for _ in 0..3 {
         send(&mut ends.producer, &payload, &caps());
     }
     assert!(ends.producer.grant(Payload::Inline { len: 1000 }).unwrap().is_none());
-    // The bytes left hold exactly one header and the largest payload below;
-    // one byte more pads to another 64.
-    let largest = CAPACITY - 3 * record_size(1000).unwrap() - RECORD_HEADER_SIZE;
+    // The bytes left hold exactly one header with the largest trailer and
+    // the largest payload below; one byte more pads to another 8.
+    let largest = CAPACITY - 3 * exact_record_size(1000, 0).unwrap() - RECORD_HEADER_SIZE;
     // Filled, then dropped without a commit.
     let filler = vec![0xee; largest as usize];
     let mut grant = ends.producer.grant(Payload::Inline { len: largest }).unwrap().unwrap();
@@ -344,10 +363,10 @@ fn largest_record_fills_the_queue_and_larger_is_too_large() {
 #[test]
 fn record_across_the_end_comes_out_contiguous() {
     let mut ends = ends();
-    // A first record that ends one header before 4032 puts the next payload
-    // at 4032, so it runs past the end of the queue at 4096.
+    // A first record that ends one base header before 4032 puts the next
+    // payload at 4032, so it runs past the end of the queue at 4096.
     let payload_start = CAPACITY - 64;
-    let first = payload_start - 2 * RECORD_HEADER_SIZE;
+    let first = payload_start - 2 * RECORD_BASE_SIZE;
     send(&mut ends.producer, &vec![0; first as usize], &caps());
     receive(&mut ends.consumer).unwrap();
     let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 256) as u8).collect();
@@ -529,8 +548,10 @@ fn the_readers_header_is_a_private_copy() {
     let mut ends = ends();
     send(&mut ends.producer, b"abc", &buffer(1));
     let record = ends.consumer.peek().unwrap().unwrap();
-    // The writer rewrites every header field after the reader checked it.
-    ends.peer.write_all_at(&[0xff; 64], record_at(0)).unwrap();
+    // The writer rewrites the base header and the trailer (after the 3
+    // bytes padded to 8) after the reader checked them.
+    ends.peer.write_all_at(&[0xff; 16], record_at(0)).unwrap();
+    ends.peer.write_all_at(&[0xff; 40], record_at(24)).unwrap();
     assert_eq!(*record.header(), buffer(1));
     assert_eq!(record.payload(), Payload::Inline { len: 3 });
     assert_eq!(record.inline_to_vec(), b"abc");
@@ -539,14 +560,21 @@ fn the_readers_header_is_a_private_copy() {
 }
 
 #[test]
-fn unknown_record_kind_is_corrupt() {
+fn unknown_record_kind_or_reserved_bits_are_corrupt() {
     let mut ends = ends();
     send(&mut ends.producer, b"x", &caps());
     for kind in [0, RecordKind::Flush as u32 + 1, u32::MAX] {
         put_u32(&ends.peer, kind_at(0), kind);
         assert_corrupt(ends.consumer.peek());
     }
-    put_u32(&ends.peer, kind_at(0), RecordKind::Caps as u32);
+    // Bits 6 and 7 of the trailer byte, and the two zero bytes, are
+    // reserved; a trailer that runs past what was written is too long.
+    let caps_kind = RecordKind::Caps as u32;
+    for reserved in [0x40 << 8, 0x80 << 8, 1 << 16, 1 << 24, 0x3f << 8] {
+        put_u32(&ends.peer, kind_at(0), caps_kind | reserved);
+        assert_corrupt(ends.consumer.peek());
+    }
+    put_u32(&ends.peer, kind_at(0), caps_kind);
     assert_eq!(
         receive(&mut ends.consumer),
         Some((caps(), Payload::Inline { len: 1 }, b"x".to_vec()))
@@ -556,11 +584,11 @@ fn unknown_record_kind_is_corrupt() {
 #[test]
 fn inline_payload_longer_than_what_was_written_is_corrupt() {
     let mut ends = ends();
-    // A header and 64 bytes of payload written; 65 bytes would need another
-    // 64.
+    // A base header and 10 bytes of payload, padded to 16, written; 17
+    // bytes would need another 8.
     send(&mut ends.producer, &[3; 10], &caps());
     for len in [
-        65,
+        17,
         max_inline(CAPACITY),
         CAPACITY,
         u64::MAX - 63,
@@ -602,8 +630,7 @@ fn block_outside_the_heap_or_misaligned_is_corrupt() {
         put_u64(&ends.peer, len_at(0), len);
         assert_corrupt(ends.consumer.peek());
     }
-    // `NONE` in the block field makes it an inline record, whose 100 bytes
-    // were never written.
+    // `NONE` in the block field names no block in the heap either.
     put_u64(&ends.peer, block_at(0), NONE);
     assert_corrupt(ends.consumer.peek());
     // The last block that fits is fine.
@@ -633,8 +660,8 @@ fn write_position_moved_backwards_or_past_the_queue_is_corrupt() {
     receive(&mut ends.consumer).unwrap();
     receive(&mut ends.consumer).unwrap();
     let write_position = OFFSET_RECORD_WRITE as u64;
-    let write = 2 * record_size(1).unwrap();
-    for bad in [64, 0, write + CAPACITY + 64, write + 32, u64::MAX - 63, u64::MAX] {
+    let write = 2 * exact_record_size(1, 0).unwrap();
+    for bad in [write - 8, 0, write + CAPACITY + 8, write + 4, u64::MAX - 7, u64::MAX] {
         put_u64(&ends.peer, write_position, bad);
         assert_corrupt(ends.consumer.peek());
         assert!(
@@ -660,32 +687,32 @@ fn read_position_moved_backwards_or_past_the_writer_is_corrupt() {
     // The grant finds the queue too full, reloads the read position one
     // record in, and still finds too little room; the grants below must look
     // at the position again.
-    let size = record_size(1000).unwrap();
-    assert!(CAPACITY - 2 * size < record_size(2000).unwrap());
-    assert!(ends.producer.grant(Payload::Inline { len: 2000 }).unwrap().is_none());
+    let size = exact_record_size(1000, 0).unwrap();
+    assert!(CAPACITY - 2 * size < record_size(2100).unwrap());
+    assert!(ends.producer.grant(Payload::Inline { len: 2100 }).unwrap().is_none());
     let read_position = OFFSET_RECORD_READ as u64;
     let write = 3 * size;
-    for bad in [0, write + 64, size + 32, u64::MAX] {
+    for bad in [0, write + 8, size + 4, u64::MAX] {
         put_u64(&ends.peer, read_position, bad);
         assert!(
             matches!(
-                ends.producer.grant(Payload::Inline { len: 2000 }),
+                ends.producer.grant(Payload::Inline { len: 2100 }),
                 Err(RingError::Corrupt(_))
             ),
             "read position {bad}"
         );
         assert!(
-            matches!(ends.producer.prepare_wait(2000), Err(RingError::Corrupt(_))),
+            matches!(ends.producer.prepare_wait(2100), Err(RingError::Corrupt(_))),
             "read position {bad}"
         );
     }
     // The producer's own view survived the attempts.
     put_u64(&ends.peer, read_position, size);
-    assert!(ends.producer.grant(Payload::Inline { len: 2000 }).unwrap().is_none());
+    assert!(ends.producer.grant(Payload::Inline { len: 2100 }).unwrap().is_none());
     receive(&mut ends.consumer).unwrap();
-    send(&mut ends.producer, &[9; 2000], &caps());
+    send(&mut ends.producer, &[9; 2100], &caps());
     receive(&mut ends.consumer).unwrap();
-    assert_eq!(receive_inline(&mut ends.consumer), [9; 2000]);
+    assert_eq!(receive_inline(&mut ends.consumer), [9; 2100]);
 }
 
 /// Attaches a reader to `writer`'s channel, as a reader in another process
@@ -704,8 +731,8 @@ fn attach_rejects_positions_outside_the_queue() {
     let write = OFFSET_RECORD_WRITE as u64;
     // (read, write)
     for (bad_read, bad_write) in [
-        (32, 32),
-        (0, 32),
+        (36, 36),
+        (0, 36),
         (0, CAPACITY + 64),
         (u64::MAX, 64 + CAPACITY),
         (0, u64::MAX),
@@ -733,18 +760,22 @@ fn read_position_left_by_the_writer_is_ignored() {
     let peer = File::from(writer.fds(&heap).channel.try_clone_to_owned().unwrap());
     let last = u64::MAX - (RECORD_ALIGN - 1);
     put_u64(&peer, OFFSET_RECORD_READ as u64, last);
-    peer.write_all_at(&caps().encode(Payload::Inline { len: 0 }), record_at(0))
+    peer.write_all_at(&caps().encode(Payload::Inline { len: 0 }).base, record_at(0))
         .unwrap();
-    put_u64(&peer, OFFSET_RECORD_WRITE as u64, RECORD_HEADER_SIZE);
+    put_u64(&peer, OFFSET_RECORD_WRITE as u64, RECORD_BASE_SIZE);
     let mut reader = attach(&writer, &heap).unwrap();
     assert_eq!(
         receive(&mut reader.records),
         Some((caps(), Payload::Inline { len: 0 }, vec![]))
     );
     assert_eq!(receive(&mut reader.records), None);
+    assert!(
+        reader.records.prepare_wait().unwrap(),
+        "the sleep publishes the position"
+    );
     let mut word = [0u8; 8];
     peer.read_exact_at(&mut word, OFFSET_RECORD_READ as u64).unwrap();
-    assert_eq!(u64::from_ne_bytes(word), RECORD_HEADER_SIZE);
+    assert_eq!(u64::from_ne_bytes(word), RECORD_BASE_SIZE);
 }
 
 #[test]
@@ -759,12 +790,13 @@ fn a_large_queue_publishes_the_read_position_in_steps_and_before_sleeping() {
     let (writer, _heap, mut reader) = super::super::channel(sizes).unwrap();
     let (mut producer, _releases) = writer.into_parts();
     let read_position = producer.progress();
-    // 256-byte records: 256 of them fill the queue.
-    let payload = [5u8; 192];
-    for _ in 0..256 {
+    // 256-byte records (a 16-byte base header, no trailer): 255 of them
+    // leave too little room for one more with the largest trailer.
+    let payload = [5u8; 240];
+    for _ in 0..255 {
         send(&mut producer, &payload, &caps());
     }
-    assert!(producer.prepare_wait(192).unwrap(), "the queue is full");
+    assert!(producer.prepare_wait(240).unwrap(), "the queue is full");
     for taken in 1..=3 {
         receive(&mut reader.records).unwrap();
         assert_eq!(read_position.read_position(), 0, "published after {taken} records");
@@ -777,12 +809,34 @@ fn a_large_queue_publishes_the_read_position_in_steps_and_before_sleeping() {
 
     // The reader drains the rest and sleeps: the sleep publishes
     // everything it read.
-    let mut left = 252;
+    let mut left = 251;
     while receive(&mut reader.records).is_some() {
         left -= 1;
     }
     assert_eq!(left, 0);
     assert!(reader.records.prepare_wait().unwrap());
-    assert_eq!(read_position.read_position(), 256 * 256);
+    assert_eq!(read_position.read_position(), 255 * 256);
     reader.records.finish_wait();
+}
+
+#[test]
+fn a_reader_that_fences_lets_the_writer_publish_light_and_still_wakes() {
+    let mut ends = ends();
+    // On a kernel that offers membarrier's global expedited barrier (and
+    // this machine's does), the reader announced at attach that it fences.
+    let fences = wake::heavy_barrier_available() && wake::register_light_publisher();
+    assert!(!ends.producer.publishes_light(), "nothing seen of the reader yet");
+    send(&mut ends.producer, b"first", &caps());
+    assert_eq!(ends.producer.publishes_light(), fences);
+    assert_eq!(receive_inline(&mut ends.consumer), b"first");
+    // A light publish still wakes a reader asleep on the empty queue, once.
+    assert!(ends.consumer.prepare_wait().unwrap());
+    assert!(!readable(ends.consumer.data_fd()));
+    send(&mut ends.producer, b"second", &caps());
+    assert!(readable(ends.consumer.data_fd()));
+    send(&mut ends.producer, b"third", &caps());
+    assert_eq!(ends.producer.wakeups_sent(), 1);
+    ends.consumer.finish_wait();
+    assert_eq!(receive_inline(&mut ends.consumer), b"second");
+    assert_eq!(receive_inline(&mut ends.consumer), b"third");
 }

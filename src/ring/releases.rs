@@ -96,7 +96,7 @@ impl ReleaseProducer {
             .control_u64(OFFSET_RELEASE_WRITE)
             .store(self.write, Ordering::SeqCst);
         let writer_sleep = self.memory.control_u64(OFFSET_WRITER_RELEASE_SLEEP);
-        self.waker.wake(writer_sleep, &self.release_ready);
+        self.waker.wake(writer_sleep, &self.release_ready, Ordering::SeqCst);
         Ok(())
     }
 

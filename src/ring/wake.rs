@@ -29,6 +29,36 @@
 //! stale signal costs one spurious wake-up, after which the sleeper looks
 //! again.
 //!
+//! # The writer's light publish
+//!
+//! P1 and P2 as above cost the writer a full barrier on every record (a
+//! `SeqCst` store is an `xchg` on x86, which waits for the record's bytes to
+//! leave the store buffer). The reader's sleep is rare next to the writer's
+//! commits, so when both can, the barrier moves to the reader's side:
+//!
+//! ```text
+//! writer (light)                         reader (heavy)
+//! P1  position = new   (Release store)   S1  sleep_seq = odd | FENCES (SeqCst store)
+//!     compiler fence                         membarrier(GLOBAL_EXPEDITED)
+//! P2  s = sleep_seq    (Relaxed load)    S2  re-load the position (SeqCst load)
+//! ```
+//!
+//! `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` returns only after every
+//! running thread of every process registered for it has executed a full
+//! memory barrier (a thread that is not running passed one when it was
+//! switched out). The writer's process registers when it makes a channel
+//! and says so in the control page; a reader whose kernel lets it call
+//! membarrier sets the `FENCES` bit in every sleep sequence it publishes.
+//! The writer's barrier then falls somewhere in its program order: if
+//! before P2, P2 sees S1 (stored before the reader's syscall) and the
+//! writer wakes it; if after P1, S2 (after the syscall) sees P1 and the
+//! reader does not sleep. That is the argument above with the two `SeqCst`
+//! accesses of the writer replaced by one barrier, which is how the models
+//! run it: both barriers are `fence(SeqCst)` under loom. The writer turns
+//! light only after it has seen `FENCES`, so until then, and for a reader
+//! that cannot fence, it keeps P1 and P2 `SeqCst`. A reader that lies about
+//! `FENCES` can only lose its own wake-ups.
+//!
 //! `loom_tests.rs` model-checks this protocol with the real queues, both
 //! sides going to sleep at once included (`scripts/loom.sh`).
 //!
@@ -42,25 +72,45 @@ use super::layout::READER_DETACHED;
 use super::notifier::Notifier;
 use super::sync::{AtomicU64, Ordering};
 
-/// One side's own sleep sequence, as that side keeps it.
+/// Set in a reader's sleep sequence when it calls the heavy barrier before
+/// S2, so that the writer may publish light.
+pub(crate) const FENCES: u64 = 2;
+
+/// One side's own sleep sequence, as that side keeps it: a count of its
+/// sleeps in the bits above `FENCES`, which it keeps set or clear for good.
 #[derive(Debug, Default)]
 pub(crate) struct Sleeper {
     own: u64,
+    fences: bool,
 }
 
 impl Sleeper {
+    /// A sleeper that calls [`heavy_barrier`] before it re-checks, and says
+    /// so in its sequence.
+    pub(crate) fn fencing() -> Self {
+        Self {
+            own: FENCES,
+            fences: true,
+        }
+    }
+
+    pub(crate) fn fences(&self) -> bool {
+        self.fences
+    }
+
     /// S1: announces the sleep.
     pub(crate) fn enter(&mut self, shared: &AtomicU64) {
-        self.own = self.own.wrapping_add(1) | 1;
+        let tag = if self.fences { FENCES | 1 } else { 1 };
+        self.own = ((self.own >> 2).wrapping_add(1) << 2) | tag;
         if self.own == READER_DETACHED {
-            self.own = 1;
+            self.own = (1 << 2) | tag;
         }
         shared.store(self.own, Ordering::SeqCst);
     }
 
     /// Ends the sleep, or cancels it after S2 found work.
     pub(crate) fn leave(&mut self, shared: &AtomicU64) {
-        self.own = self.own.wrapping_add(1);
+        self.own &= !1;
         // Relaxed: a stale odd value only costs the peer one useless wake-up.
         shared.store(self.own, Ordering::Relaxed);
     }
@@ -74,18 +124,98 @@ pub(crate) struct Waker {
 }
 
 impl Waker {
-    /// P2, P3: after publishing, wakes the peer if it went to sleep.
-    pub(crate) fn wake(&mut self, peer_sleep: &AtomicU64, notifier: &Notifier) {
-        let seq = peer_sleep.load(Ordering::SeqCst);
+    /// P2, P3: after publishing, wakes the peer if it went to sleep. `order`
+    /// is `SeqCst`, or `Relaxed` after a light publish. Returns the sequence
+    /// it saw.
+    pub(crate) fn wake(&mut self, peer_sleep: &AtomicU64, notifier: &Notifier, order: Ordering) -> u64 {
+        let seq = peer_sleep.load(order);
         if seq & 1 == 1 && seq != self.signalled && seq != READER_DETACHED {
             self.signalled = seq;
             self.sent += 1;
             notifier.notify();
         }
+        seq
     }
 
     /// Wake-ups sent so far.
     pub(crate) fn sent(&self) -> u64 {
         self.sent
+    }
+}
+
+/// The writer's half of the light publish, between P1 and P2: nothing at
+/// run time, since the reader's [`heavy_barrier`] orders the two for it;
+/// the compiler must still keep them in program order.
+pub(crate) fn light_barrier() {
+    #[cfg(not(loom))]
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    #[cfg(loom)]
+    loom::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// The reader's half, between S1 and S2. `false` if the kernel refused,
+/// which [`heavy_barrier_available`] said it would not.
+pub(crate) fn heavy_barrier() -> bool {
+    #[cfg(not(loom))]
+    return membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0;
+    #[cfg(loom)]
+    {
+        loom::sync::atomic::fence(Ordering::SeqCst);
+        true
+    }
+}
+
+/// Registers this process for the readers' heavy barrier, once; `true` if
+/// the kernel accepted, so that this process may publish light.
+pub(crate) fn register_light_publisher() -> bool {
+    #[cfg(not(loom))]
+    {
+        static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *REGISTERED.get_or_init(|| {
+            membarrier_supports(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED)
+                && membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) == 0
+        })
+    }
+    #[cfg(loom)]
+    true
+}
+
+/// Whether this process may call [`heavy_barrier`].
+pub(crate) fn heavy_barrier_available() -> bool {
+    #[cfg(not(loom))]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| membarrier_supports(MEMBARRIER_CMD_GLOBAL_EXPEDITED))
+    }
+    #[cfg(loom)]
+    true
+}
+
+// The commands of membarrier(2), from <linux/membarrier.h>.
+#[cfg(not(loom))]
+const MEMBARRIER_CMD_QUERY: nix::libc::c_long = 0;
+#[cfg(not(loom))]
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: nix::libc::c_long = 1 << 1;
+#[cfg(not(loom))]
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: nix::libc::c_long = 1 << 2;
+
+#[cfg(not(loom))]
+fn membarrier_supports(command: nix::libc::c_long) -> bool {
+    let supported = membarrier(MEMBARRIER_CMD_QUERY);
+    supported > 0 && supported & command != 0
+}
+
+#[cfg(not(loom))]
+fn membarrier(command: nix::libc::c_long) -> nix::libc::c_long {
+    // SAFETY: membarrier takes no pointers; with these commands and flags 0
+    // it only orders memory or registers the process, and a kernel without
+    // it (or a seccomp filter) answers -1.
+    unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_membarrier,
+            command,
+            0 as nix::libc::c_long,
+            0 as nix::libc::c_long,
+        )
     }
 }

@@ -13,6 +13,7 @@ use crate::address::Address;
 use crate::codec;
 use crate::ipc::Listener;
 use crate::metas;
+use crate::realtime::Realtime;
 use crate::ring::layout::MAX_HEAP_SIZE;
 use crate::ring::{self, Notifier, RecordHeader, RingError};
 use crate::stats::Stats;
@@ -146,6 +147,8 @@ pub struct ShmRingSink {
     drop_mode_decided: AtomicBool,
     /// Written by `unlock` to interrupt a wait; separate from `state` so that
     /// it can be reached while `render` holds the state lock.
+    /// `realtime-priority`, and the streaming threads it raised.
+    realtime: Realtime,
     unlock: Unlock,
     stats: Stats,
     metas: metas::Outgoing,
@@ -164,6 +167,21 @@ pub(super) fn raw_video_info(caps: &gst::CapsRef) -> Option<gst_video::VideoInfo
 }
 
 impl ShmRingSink {
+    /// Gives the streaming thread the real-time priority asked for, on
+    /// the first buffer of a run (see `realtime`). The warning is posted
+    /// with none of our locks held.
+    fn enter_realtime(&self) {
+        let entered = self.realtime.enter();
+        if let Some(refusal) = entered.refusal() {
+            gst::element_imp_warning!(self, gst::CoreError::Thread, ["{refusal}"]);
+        } else if let crate::realtime::Entered::Raised(priority) = entered {
+            gst::info!(
+                CAT,
+                imp = self,
+                "the streaming thread runs at SCHED_FIFO priority {priority}"
+            );
+        }
+    }
     fn lock_state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -621,6 +639,12 @@ impl ObjectImpl for ShmRingSink {
                     .blurb("Which upstream events from readers are pushed into this pipeline from the sink pad. none: no event. safe (default): navigation, force-key-unit, reconfigure and custom upstream events, so that no reader changes what the others get. all: also seeks and QoS, for a writer with one reader. Position, duration and seeking queries are always answered; a seeking query answers not seekable unless all")
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecUInt::builder("realtime-priority")
+                    .nick("Real-time priority")
+                    .blurb("SCHED_FIFO priority (1-99) for the streaming thread while it runs this element, so that it runs as soon as a buffer is due even on a busy machine (a shorter latency tail for live audio); the thread gets its old scheduling back when the element stops. Needs root, CAP_SYS_NICE or a high enough RLIMIT_RTPRIO, else a warning and normal scheduling. 0: leave the scheduling alone")
+                    .maximum(crate::realtime::MAX_PRIORITY)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecUInt::builder("readers")
                     .nick("Readers")
                     .blurb("Readers linked now. New readers are taken in as buffers pass")
@@ -656,6 +680,7 @@ impl ObjectImpl for ShmRingSink {
             "ring-time" => self
                 .ring_time_us
                 .store(value.get().unwrap_or(DEFAULT_RING_TIME_US), Ordering::Relaxed),
+            "realtime-priority" => self.realtime.set_priority(value.get().unwrap_or(0)),
             name => gst::warning!(CAT, imp = self, "no property {name}"),
         }
     }
@@ -663,6 +688,7 @@ impl ObjectImpl for ShmRingSink {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let settings = self.settings();
         match pspec.name() {
+            "realtime-priority" => self.realtime.priority().to_value(),
             "socket-path" => settings.socket_path.map(|path| path.display().to_string()).to_value(),
             "stream" => settings.stream.to_value(),
             "ring-size" => settings.ring_size.to_value(),
@@ -807,6 +833,7 @@ impl BaseSinkImpl for ShmRingSink {
             heap.close();
         }
         self.unlock.stop();
+        self.realtime.leave();
         Ok(())
     }
 
@@ -818,6 +845,7 @@ impl BaseSinkImpl for ShmRingSink {
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
+        self.enter_realtime();
         let unlock = self.unlock.notifier()?;
         let wait = self.wait_for_connection();
         let header = codec::buffer_header(buffer);

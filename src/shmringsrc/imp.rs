@@ -17,6 +17,7 @@ use crate::codec::{self, Decoded, FdBufferRef, VideoLayout};
 use crate::ipc::messages::Message;
 use crate::ipc::{self, Connection, IpcError, Trigger, Waiter};
 use crate::metas;
+use crate::realtime::Realtime;
 use crate::ring::{self, Consumer, HeapMemory, Notifier, Payload, ReaderChannel, RecordKind, ReleaseProducer};
 use crate::stats::Stats;
 use crate::timeline::Timeline;
@@ -323,6 +324,8 @@ pub struct ShmRingSrc {
     /// The caps last read from the ring, answered to caps queries. Kept apart
     /// from `state` because setting caps queries us back.
     caps: Mutex<Option<gst::Caps>>,
+    /// `realtime-priority`, and the streaming threads it raised.
+    realtime: Realtime,
     unlock: Unlock,
     stats: Stats,
     /// The stream-start and segment pushed last in the writer's name; see
@@ -403,6 +406,21 @@ enum Connect {
 }
 
 impl ShmRingSrc {
+    /// Gives the streaming thread the real-time priority asked for, on
+    /// the first buffer of a run (see `realtime`). The warning is posted
+    /// with none of our locks held.
+    fn enter_realtime(&self) {
+        let entered = self.realtime.enter();
+        if let Some(refusal) = entered.refusal() {
+            gst::element_imp_warning!(self, gst::CoreError::Thread, ["{refusal}"]);
+        } else if let crate::realtime::Entered::Raised(priority) = entered {
+            gst::info!(
+                CAT,
+                imp = self,
+                "the streaming thread runs at SCHED_FIFO priority {priority}"
+            );
+        }
+    }
     fn lock_state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -1206,6 +1224,12 @@ impl ObjectImpl for ShmRingSrc {
                     .blurb("What to do when the writer goes away without EOS (crashed, killed, stopped without -e): eos ends the stream with a warning, error fails the pipeline, wait keeps it running and resumes with a DISCONT buffer when a writer appears again at socket-path")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("realtime-priority")
+                    .nick("Real-time priority")
+                    .blurb("SCHED_FIFO priority (1-99) for the streaming thread while it runs this element, so that it runs as soon as a buffer is due even on a busy machine (a shorter latency tail for live audio); the thread gets its old scheduling back when the element stops. Needs root, CAP_SYS_NICE or a high enough RLIMIT_RTPRIO, else a warning and normal scheduling. 0: leave the scheduling alone")
+                    .maximum(crate::realtime::MAX_PRIORITY)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Counters over the whole run, reconnections included: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, peak-held-bytes (heap bytes held downstream at most), buffers-lost (buffers the writer dropped for this reader under when-full=drop)")
@@ -1237,6 +1261,7 @@ impl ObjectImpl for ShmRingSrc {
             "always-copy" => settings.always_copy = value.get().unwrap_or(DEFAULT_ALWAYS_COPY),
             "on-disconnect" => settings.on_disconnect = value.get().unwrap_or(DEFAULT_ON_DISCONNECT),
             "busy-wait" => settings.busy_wait = value.get().unwrap_or(DEFAULT_BUSY_WAIT),
+            "realtime-priority" => self.realtime.set_priority(value.get().unwrap_or(0)),
             name => gst::warning!(CAT, imp = self, "no property {name}"),
         }
     }
@@ -1244,6 +1269,7 @@ impl ObjectImpl for ShmRingSrc {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         let settings = self.settings();
         match pspec.name() {
+            "realtime-priority" => self.realtime.priority().to_value(),
             "socket-path" => settings.socket_path.map(|path| path.display().to_string()).to_value(),
             "stream" => settings.stream.to_value(),
             "is-live" => settings.is_live.to_value(),
@@ -1378,6 +1404,7 @@ impl BaseSrcImpl for ShmRingSrc {
         *self.lock_socket_path() = None;
         self.repoint.stop();
         self.unlock.stop();
+        self.realtime.leave();
         Ok(())
     }
 
@@ -1475,6 +1502,7 @@ impl BaseSrcImpl for ShmRingSrc {
 
 impl PushSrcImpl for ShmRingSrc {
     fn create(&self, _buffer: Option<&mut gst::BufferRef>) -> Result<CreateSuccess, gst::FlowError> {
+        self.enter_realtime();
         let unlock = self.unlock.notifier()?;
         let repoint = self.repoint.notifier()?;
         let mut state = self.lock_state();
