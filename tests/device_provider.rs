@@ -44,6 +44,16 @@ fn runtime() -> &'static Path {
     })
 }
 
+/// The provider is one object per process, which every test's monitor
+/// starts and stops, and a writer that does not answer holds up a probe of
+/// the whole directory for a second: the tests run one at a time, so that
+/// none sees another's writers or waits on them.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn setup() -> PathBuf {
     let directory = runtime().join("shmring");
     init_gst();
@@ -135,6 +145,7 @@ fn caps_field(device: &gst::Device, field: &str) -> Option<String> {
 /// and the listing would have no caps.
 #[test]
 fn gst_device_monitor_lists_a_stream_with_its_caps_and_no_reader_more() {
+    let _one_at_a_time = one_at_a_time();
     let directory = setup();
     let scratch = Scratch::new("devices_monitor");
     let pipeline = parse_pipeline(&format!(
@@ -176,6 +187,7 @@ fn gst_device_monitor_lists_a_stream_with_its_caps_and_no_reader_more() {
 /// when it is killed with its socket file left behind.
 #[test]
 fn a_device_comes_and_goes_with_its_writer() {
+    let _one_at_a_time = one_at_a_time();
     let directory = setup();
     let scratch = Scratch::new("devices_follow");
 
@@ -228,6 +240,7 @@ fn a_device_comes_and_goes_with_its_writer() {
 /// touches its socket file, and nothing else would make the provider ask.
 #[test]
 fn a_device_follows_its_writers_caps() {
+    let _one_at_a_time = one_at_a_time();
     setup();
     let monitor = monitor("Video/Source");
     let pipeline = parse_pipeline(
@@ -254,6 +267,7 @@ fn a_device_follows_its_writers_caps() {
 /// The device's element is a shmringsrc that reads the stream, every byte.
 #[test]
 fn a_device_makes_a_shmringsrc_that_reads_the_stream() {
+    let _one_at_a_time = one_at_a_time();
     let directory = setup();
     let scratch = Scratch::new("devices_element");
     let expected = scratch.path("expected.raw");
@@ -293,6 +307,7 @@ fn a_device_makes_a_shmringsrc_that_reads_the_stream() {
 /// reader) is listed as Source/Generic, with caps ANY: unknown.
 #[test]
 fn a_writer_without_caps_is_listed_without_them() {
+    let _one_at_a_time = one_at_a_time();
     let directory = setup();
     let scratch = Scratch::new("devices_no_caps");
     let mut writer = launch(&scratch, "writer", "fdsrc fd=0 ! shmringsink stream=capsless");
@@ -372,6 +387,7 @@ fn probe_answer(caps: &[u8]) -> Vec<u8> {
 /// same impostor is believed, so the garbage is what made the difference.
 #[test]
 fn writers_that_never_answer_or_answer_garbage_do_not_hold_up_the_listing() {
+    let _one_at_a_time = one_at_a_time();
     let directory = setup();
     let silent = Impostor::new(&directory.join("silent"), None);
     let garbage = Impostor::new(

@@ -94,9 +94,10 @@ fn reader_survives_a_hostile_writer() {
     let total = run("reader", fuzzing::reader_against_hostile_writer, 0x5eed_0001);
     // The inputs must reach past the checks, not only into them: records
     // read and decoded as well as records refused. The seeds fix the figures
-    // (1464 records, 5026 accepted, 14512 refused); the bounds leave room for
-    // changes to the scripts.
-    assert!(total.records > 700, "{total:?}");
+    // (591 records, 4880 accepted, 18356 refused since version 5, whose
+    // flush word and smaller headers give the scripts more to refuse); the
+    // bounds leave room for changes to the scripts.
+    assert!(total.records > 400, "{total:?}");
     assert!(total.accepted > 2000, "{total:?}");
     assert!(total.refused > 8000, "{total:?}");
 }

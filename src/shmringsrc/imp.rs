@@ -50,6 +50,10 @@ const FD_ANNOUNCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// reader about 9 µs a buffer; it pays only for a writer flat out (100,000+
 /// buffers/s), whose wake-ups of a reader that sleeps cost more than it.
 const DEFAULT_BUSY_WAIT: bool = false;
+/// Lists are opt-in: a pad probe for buffers (`GST_PAD_PROBE_TYPE_BUFFER`)
+/// does not see the buffers of a list, and many applications watch a
+/// source's pad with one.
+const DEFAULT_BUFFER_LISTS: bool = false;
 /// The most buffers pushed as one list. Only records already in the queue
 /// join a list, so this bounds how long downstream waits for the first of
 /// them while a writer faster than this reader keeps the queue full.
@@ -66,6 +70,7 @@ struct Settings {
     always_copy: bool,
     on_disconnect: OnDisconnect,
     busy_wait: bool,
+    buffer_lists: bool,
 }
 
 impl Default for Settings {
@@ -77,6 +82,7 @@ impl Default for Settings {
             always_copy: DEFAULT_ALWAYS_COPY,
             on_disconnect: DEFAULT_ON_DISCONNECT,
             busy_wait: DEFAULT_BUSY_WAIT,
+            buffer_lists: DEFAULT_BUFFER_LISTS,
         }
     }
 }
@@ -1127,7 +1133,8 @@ impl ShmRingSrc {
                     .flatten()
                     .map(|info| (caps.clone(), info));
                 link.video_meta = None;
-                link.batch = caps.structure(0).is_some_and(|s| s.name() == "audio/x-raw");
+                link.batch =
+                    self.settings().buffer_lists && caps.structure(0).is_some_and(|s| s.name() == "audio/x-raw");
                 link.metas.set_caps(&caps);
                 if fds::announces_dmabuf(&caps) {
                     // Settled at the next buffer, by its memory.
@@ -1219,6 +1226,12 @@ impl ObjectImpl for ShmRingSrc {
                     .default_value(DEFAULT_BUSY_WAIT)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("buffer-lists")
+                    .nick("Buffer lists")
+                    .blurb("Push the raw audio buffers already waiting in the queue as one buffer list, so that downstream takes its locks once for them all (never waiting to fill one). Off by default: a pad probe for buffers does not see the buffers of a list; one for lists (GST_PAD_PROBE_TYPE_BUFFER_LIST) does")
+                    .default_value(DEFAULT_BUFFER_LISTS)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("on-disconnect", DEFAULT_ON_DISCONNECT)
                     .nick("On disconnect")
                     .blurb("What to do when the writer goes away without EOS (crashed, killed, stopped without -e): eos ends the stream with a warning, error fails the pipeline, wait keeps it running and resumes with a DISCONT buffer when a writer appears again at socket-path")
@@ -1261,6 +1274,7 @@ impl ObjectImpl for ShmRingSrc {
             "always-copy" => settings.always_copy = value.get().unwrap_or(DEFAULT_ALWAYS_COPY),
             "on-disconnect" => settings.on_disconnect = value.get().unwrap_or(DEFAULT_ON_DISCONNECT),
             "busy-wait" => settings.busy_wait = value.get().unwrap_or(DEFAULT_BUSY_WAIT),
+            "buffer-lists" => settings.buffer_lists = value.get().unwrap_or(DEFAULT_BUFFER_LISTS),
             "realtime-priority" => self.realtime.set_priority(value.get().unwrap_or(0)),
             name => gst::warning!(CAT, imp = self, "no property {name}"),
         }
@@ -1276,6 +1290,7 @@ impl ObjectImpl for ShmRingSrc {
             "always-copy" => settings.always_copy.to_value(),
             "on-disconnect" => settings.on_disconnect.to_value(),
             "busy-wait" => settings.busy_wait.to_value(),
+            "buffer-lists" => settings.buffer_lists.to_value(),
             "stats" => self
                 .stats
                 .to_structure("application/x-shmringsrc-stats", false)
