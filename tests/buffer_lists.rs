@@ -26,7 +26,10 @@ fn waiting_raw_audio_buffers_arrive_as_lists_with_every_byte() {
         &parse_pipeline(&format!("{AUDIO} ! filesink location={}", expected.display())),
         "the reference",
     );
-    let writer = start_writer(&scratch, &format!("{AUDIO} ! shmringsink socket-path={}", socket.display()));
+    let writer = start_writer(
+        &scratch,
+        &format!("{AUDIO} ! shmringsink socket-path={}", socket.display()),
+    );
     let reader = parse_pipeline(&format!(
         "shmringsrc socket-path={} buffer-lists=true ! identity name=pace sleep-time=1000 ! filesink location={}",
         socket.display(),
@@ -47,6 +50,9 @@ fn waiting_raw_audio_buffers_arrive_as_lists_with_every_byte() {
     assert!(lists.load(Ordering::Relaxed) > 0, "no buffer list reached downstream");
     let (expected, received) = (std::fs::read(&expected).unwrap(), std::fs::read(&received).unwrap());
     assert_eq!(expected.len(), 3000 * 256);
-    assert!(expected == received, "the recording differs from the one made in one process");
+    assert!(
+        expected == received,
+        "the recording differs from the one made in one process"
+    );
     assert_no_criticals_here("the reader");
 }
