@@ -224,7 +224,7 @@ fn channel(release_slots: u64) -> (Writer, Reader) {
     let space_ready = Notifier::new().unwrap();
     let release_ready = Notifier::new().unwrap();
     let reader = Reader {
-        records: Consumer::new(memory.clone(), data_ready.model_peer(), space_ready.model_peer()).unwrap(),
+        records: Consumer::new(memory.clone(), data_ready.model_peer(), space_ready.model_peer(), true).unwrap(),
         releases: ReleaseProducer::new(memory.clone(), release_ready.model_peer()),
         data_ready: data_ready.model(),
     };

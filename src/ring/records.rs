@@ -347,17 +347,24 @@ impl WriteGrant<'_> {
 }
 
 impl Consumer {
+    /// `fencing`: whether this reader offers to call membarrier before it
+    /// sleeps, so that the writer may publish light. Worth it only for a
+    /// reader that rarely sleeps: each sleep then costs a barrier on every
+    /// CPU, which for a reader that drains the queue and sleeps between
+    /// most records (small buffers, no busy waiting) costs far more than
+    /// the writer's SeqCst stores it saves.
     pub(crate) fn new(
         memory: Arc<ChannelMemory>,
         data_ready: Notifier,
         space_ready: Notifier,
+        fencing: bool,
     ) -> Result<Self, RingError> {
         let sizes = memory.sizes();
         // Every channel is new, and the read position is the reader's own:
         // whatever the writer left in it is ignored.
         memory.control_u64(OFFSET_RECORD_READ).store(0, Ordering::Release);
         let writer_light = memory.control_u64(OFFSET_WRITER_LIGHT).load(Ordering::Acquire) == 1;
-        let sleeper = if writer_light && wake::heavy_barrier_available() {
+        let sleeper = if fencing && writer_light && wake::heavy_barrier_available() {
             Sleeper::fencing()
         } else {
             Sleeper::default()

@@ -715,6 +715,25 @@ fn read_position_moved_backwards_or_past_the_writer_is_corrupt() {
     assert_eq!(receive_inline(&mut ends.consumer), [9; 2100]);
 }
 
+#[test]
+fn a_reader_attached_plainly_keeps_the_writer_publishing_seqcst() {
+    let sizes = SIZES;
+    let heap = Arc::new(HeapMemory::create(sizes.heap_size).unwrap());
+    let writer = WriterChannel::create(sizes).unwrap();
+    let mut reader = attach(&writer, &heap).unwrap();
+    let (mut producer, _releases) = writer.into_parts();
+    send(&mut producer, b"first", &caps());
+    assert!(!producer.publishes_light(), "the reader does not fence");
+    assert_eq!(receive_inline(&mut reader.records), b"first");
+    assert!(reader.records.prepare_wait().unwrap());
+    send(&mut producer, b"second", &caps());
+    assert!(
+        readable(reader.records.data_fd()),
+        "the writer woke the sleeping reader"
+    );
+    assert!(!producer.publishes_light());
+}
+
 /// Attaches a reader to `writer`'s channel, as a reader in another process
 /// would from the fds it received.
 fn attach(writer: &WriterChannel, heap: &HeapMemory) -> Result<ReaderChannel, RingError> {
