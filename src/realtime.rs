@@ -101,6 +101,22 @@ impl Realtime {
         self.run.store(RUNS.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
     }
 
+    /// [`enter`](Self::enter) for `element`'s streaming thread: a refusal
+    /// becomes a warning on its bus, a raise a line in its log. Call it
+    /// with none of the element's locks held, since it posts.
+    pub fn enter_for(&self, element: &gst::Element, category: gst::DebugCategory) {
+        let entered = self.enter();
+        if let Some(refusal) = entered.refusal() {
+            gst::element_warning!(element, gst::CoreError::Thread, ["{refusal}"]);
+        } else if let Entered::Raised(priority) = entered {
+            gst::info!(
+                category,
+                obj = element,
+                "the streaming thread runs at SCHED_FIFO priority {priority}"
+            );
+        }
+    }
+
     /// Called on the streaming thread for every buffer: on the first of a
     /// run, gives the thread the priority asked for (or, for 0, puts back
     /// the threads raised before).

@@ -506,51 +506,11 @@ impl Connection {
     /// writer is reported as an error.
     pub fn recv_server_hello(&self) -> Result<Option<(ServerHello, Vec<OwnedFd>)>, IpcError> {
         let mut message = [0u8; SERVER_HELLO_LEN];
-        let mut control = nix::cmsg_space!([RawFd; 6]);
-        let mut iov = [io::IoSliceMut::new(&mut message)];
-        let (len, fds, truncated) = loop {
-            match recvmsg::<()>(
-                self.fd.as_raw_fd(),
-                &mut iov,
-                Some(&mut control),
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(received) => {
-                    let mut fds = Vec::new();
-                    for cmsg in received.cmsgs().map_err(io_err("reading control messages"))? {
-                        if let ControlMessageOwned::ScmRights(raw_fds) = cmsg {
-                            // SAFETY: the kernel just installed these fds in
-                            // our table for us alone; wrapping each in an
-                            // OwnedFd at once means every one is closed,
-                            // even the ones we reject.
-                            fds.extend(raw_fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-                        }
-                    }
-                    let truncated = received.flags.intersects(MsgFlags::MSG_CTRUNC | MsgFlags::MSG_TRUNC);
-                    break (received.bytes, fds, truncated);
-                }
-                Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) => return Ok(None),
-                // A writer that died with our connection still in its
-                // listen queue: as gone as one that closed it.
-                Err(Errno::ECONNRESET) => return Err(IpcError::PeerGone),
-                Err(errno) => return Err(io_err("receiving the writer's hello")(errno)),
-            }
+        let Some(Received { len, truncated, fds }) = self.receive(&mut message, "receiving the writer's hello")? else {
+            return Ok(None);
         };
-        if len == 0 {
-            return Err(IpcError::PeerGone);
-        }
-        if len < 12 || message[0..8] != SERVER_MAGIC {
-            return Err(IpcError::NotShmring);
-        }
+        let version = check_server_header(&message[..len])?;
         let u32_at = |at: usize| u32::from_ne_bytes([message[at], message[at + 1], message[at + 2], message[at + 3]]);
-        let version = u32_at(8);
-        if version != PROTOCOL_VERSION {
-            return Err(IpcError::VersionMismatch {
-                peer: version,
-                ours: PROTOCOL_VERSION,
-            });
-        }
         if len != SERVER_HELLO_LEN || truncated {
             return Err(IpcError::Malformed("the writer's hello has the wrong size"));
         }
@@ -653,6 +613,13 @@ impl Connection {
     /// buffer is cut short, which the returned [`Received`] says; fds sent
     /// with it are returned, to be closed by whoever does not want them.
     pub fn recv_message(&self, buffer: &mut [u8]) -> Result<Option<Received>, IpcError> {
+        self.receive(buffer, "receiving a control message")
+    }
+
+    /// One datagram into `buffer`, with the fds it carried, without
+    /// waiting. A closed or reset peer is [`IpcError::PeerGone`], also for
+    /// a writer that died with our connection still in its listen queue.
+    fn receive(&self, buffer: &mut [u8], context: &'static str) -> Result<Option<Received>, IpcError> {
         let mut control = nix::cmsg_space!([RawFd; 8]);
         let mut iov = [io::IoSliceMut::new(buffer)];
         loop {
@@ -685,7 +652,7 @@ impl Connection {
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => return Ok(None),
                 Err(Errno::ECONNRESET) => return Err(IpcError::PeerGone),
-                Err(errno) => return Err(io_err("receiving a control message")(errno)),
+                Err(errno) => return Err(io_err(context)(errno)),
             }
         }
     }
@@ -713,6 +680,27 @@ pub struct Received {
     /// It was longer than the buffer, or its fds did not all fit.
     pub truncated: bool,
     pub fds: Vec<OwnedFd>,
+}
+
+/// Checks the magic and version that start every message a writer sends
+/// during the handshake (a hello or a probe answer), and returns the
+/// version: the same bytes in every version, so that two builds that
+/// disagree can say so.
+fn check_server_header(message: &[u8]) -> Result<u32, IpcError> {
+    let (Some(magic), Some(version)) = (message.get(0..8), message.get(8..12)) else {
+        return Err(IpcError::NotShmring);
+    };
+    if magic != SERVER_MAGIC {
+        return Err(IpcError::NotShmring);
+    }
+    let version = u32::from_ne_bytes([version[0], version[1], version[2], version[3]]);
+    if version != PROTOCOL_VERSION {
+        return Err(IpcError::VersionMismatch {
+            peer: version,
+            ours: PROTOCOL_VERSION,
+        });
+    }
+    Ok(version)
 }
 
 impl AsFd for Connection {

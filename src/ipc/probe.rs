@@ -32,15 +32,17 @@
 //! without caps. Everything in an answer is checked before use; the caps
 //! text is handed on as text, for the caller to parse with its own checks.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::PollTimeout;
-use nix::sys::socket::{MsgFlags, recv};
 
-use super::{ConnectError, Connection, HelloPurpose, IpcError, PROTOCOL_VERSION, SERVER_MAGIC, io_err};
+use super::{
+    ConnectError, Connection, HelloPurpose, IpcError, PROTOCOL_VERSION, Received, SERVER_MAGIC, check_server_header,
+    io_err,
+};
 
 /// The longest caps text an answer carries: video and audio caps take a few
 /// hundred bytes, and a bounded answer always fits the socket's buffer, so
@@ -165,28 +167,13 @@ pub fn probe_writers(paths: &[&Path], timeout: Duration) -> Vec<Finding> {
 fn receive_answer(connection: &Connection) -> Result<Option<String>, IpcError> {
     // One byte more than the longest answer, so that a longer one shows.
     let mut message = vec![0u8; HEADER_LEN + MAX_CAPS_LEN + 1];
-    let len = loop {
-        match recv(connection.fd.as_raw_fd(), &mut message, MsgFlags::MSG_DONTWAIT) {
-            Ok(len) => break len,
-            Err(Errno::EINTR) => continue,
-            Err(Errno::ECONNRESET) => return Err(IpcError::PeerGone),
-            Err(errno) => return Err(io_err("receiving a probe answer")(errno)),
-        }
+    // Called once the socket is readable: nothing there is as much an
+    // error as any other failure to read.
+    let Some(Received { len, .. }) = connection.receive(&mut message, "receiving a probe answer")? else {
+        return Err(io_err("receiving a probe answer")(Errno::EAGAIN));
     };
-    if len == 0 {
-        return Err(IpcError::PeerGone);
-    }
-    if len < 12 || message[0..8] != SERVER_MAGIC {
-        return Err(IpcError::NotShmring);
-    }
+    check_server_header(&message[..len])?;
     let u32_at = |at: usize| u32::from_ne_bytes([message[at], message[at + 1], message[at + 2], message[at + 3]]);
-    let version = u32_at(8);
-    if version != PROTOCOL_VERSION {
-        return Err(IpcError::VersionMismatch {
-            peer: version,
-            ours: PROTOCOL_VERSION,
-        });
-    }
     if len < HEADER_LEN || u32_at(12) != STATUS_PROBE_ANSWER {
         return Err(IpcError::Malformed(
             "the writer's answer to a probe is not a probe answer",

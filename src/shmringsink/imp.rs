@@ -167,21 +167,6 @@ pub(super) fn raw_video_info(caps: &gst::CapsRef) -> Option<gst_video::VideoInfo
 }
 
 impl ShmRingSink {
-    /// Gives the streaming thread the real-time priority asked for, on
-    /// the first buffer of a run (see `realtime`). The warning is posted
-    /// with none of our locks held.
-    fn enter_realtime(&self) {
-        let entered = self.realtime.enter();
-        if let Some(refusal) = entered.refusal() {
-            gst::element_imp_warning!(self, gst::CoreError::Thread, ["{refusal}"]);
-        } else if let crate::realtime::Entered::Raised(priority) = entered {
-            gst::info!(
-                CAT,
-                imp = self,
-                "the streaming thread runs at SCHED_FIFO priority {priority}"
-            );
-        }
-    }
     fn lock_state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -845,7 +830,7 @@ impl BaseSinkImpl for ShmRingSink {
     }
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
-        self.enter_realtime();
+        self.realtime.enter_for(self.obj().upcast_ref(), *CAT);
         let unlock = self.unlock.notifier()?;
         let wait = self.wait_for_connection();
         let header = codec::buffer_header(buffer);

@@ -412,21 +412,6 @@ enum Connect {
 }
 
 impl ShmRingSrc {
-    /// Gives the streaming thread the real-time priority asked for, on
-    /// the first buffer of a run (see `realtime`). The warning is posted
-    /// with none of our locks held.
-    fn enter_realtime(&self) {
-        let entered = self.realtime.enter();
-        if let Some(refusal) = entered.refusal() {
-            gst::element_imp_warning!(self, gst::CoreError::Thread, ["{refusal}"]);
-        } else if let crate::realtime::Entered::Raised(priority) = entered {
-            gst::info!(
-                CAT,
-                imp = self,
-                "the streaming thread runs at SCHED_FIFO priority {priority}"
-            );
-        }
-    }
     fn lock_state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -1517,7 +1502,7 @@ impl BaseSrcImpl for ShmRingSrc {
 
 impl PushSrcImpl for ShmRingSrc {
     fn create(&self, _buffer: Option<&mut gst::BufferRef>) -> Result<CreateSuccess, gst::FlowError> {
-        self.enter_realtime();
+        self.realtime.enter_for(self.obj().upcast_ref(), *CAT);
         let unlock = self.unlock.notifier()?;
         let repoint = self.repoint.notifier()?;
         let mut state = self.lock_state();
