@@ -149,12 +149,15 @@ fn writer_paused_while_waiting_for_a_block_streams_again() {
     // Frames larger than a record queue need a block; upstream's buffers
     // are its own (the allocation query stops at identity), so render
     // copies into a block, and waits for one while the heap of four frames
-    // is in the frozen reader's hands.
+    // is in the frozen reader's hands. The writer is paced (identity
+    // sleep-time, 20 ms a frame), so that the reader cannot read all 40
+    // frames before it is frozen, which it did once under load, leaving
+    // the writer nothing to wait for.
     let source = "videotestsrc num-buffers=40 ! video/x-raw,format=I420,width=640,height=480";
     let frame = 640 * 480 * 3 / 2;
     let expected = reference(&scratch, source);
     let writer = common::parse_pipeline(&format!(
-        "{source} ! identity drop-allocation=true ! shmringsink name=sink when-full=block ring-size={} socket-path={}",
+        "{source} ! identity drop-allocation=true sleep-time=20000 ! shmringsink name=sink when-full=block ring-size={} socket-path={}",
         4 * frame + 65536,
         scratch.socket().display()
     ));
