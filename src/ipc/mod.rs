@@ -1,7 +1,7 @@
 //! The control socket: the versioned handshake that hands a reader the ring,
 //! and the liveness signal afterwards. No GStreamer in here either.
 //!
-//! Wire format, version 5 (native-endian, one SOCK_SEQPACKET message each):
+//! Wire format, version 6 (native-endian, one SOCK_SEQPACKET message each):
 //!
 //! ```text
 //! reader → writer  ClientHello, 16 bytes
@@ -203,10 +203,20 @@ impl<const N: usize> Waiter<N> {
 
     /// Sleeps until at least one fd is reported. Returns which were.
     pub fn wait(&self) -> Result<[bool; N], IpcError> {
+        self.wait_at_most(None)
+    }
+
+    /// Sleeps until at least one fd is reported or `timeout` (to the
+    /// millisecond) has passed. Returns which were: none on a timeout.
+    pub fn wait_at_most(&self, timeout: Option<std::time::Duration>) -> Result<[bool; N], IpcError> {
         use nix::sys::epoll::{EpollEvent, EpollTimeout};
+        let timeout = match timeout {
+            None => EpollTimeout::NONE,
+            Some(timeout) => EpollTimeout::try_from(timeout).unwrap_or(EpollTimeout::MAX),
+        };
         let mut events = [EpollEvent::empty(); N];
         let count = loop {
-            match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+            match self.epoll.wait(&mut events, timeout) {
                 Ok(count) => break count,
                 Err(Errno::EINTR) => continue,
                 Err(errno) => return Err(io_err("epoll_wait")(errno)),

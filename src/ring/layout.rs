@@ -1,4 +1,4 @@
-//! The shared-memory layout, version 5 (see PROTOCOL.md).
+//! The shared-memory layout, version 6 (see PROTOCOL.md).
 //!
 //! This file and `PROTOCOL.md` describe the same bytes; change both together
 //! and bump [`LAYOUT_VERSION`] when the meaning of any byte changes.
@@ -19,7 +19,7 @@
 //!
 //! control page
 //! 0x000  [u8; 8]  magic, "SHMRING\0"
-//! 0x008  u32      layout version (5)
+//! 0x008  u32      layout version (6)
 //! 0x00c  u32      control page size (4096)
 //! 0x010  u64      record queue capacity in bytes
 //! 0x018  u64      release queue capacity in entries
@@ -81,7 +81,7 @@
 /// First eight bytes of a channel's control page.
 pub const MAGIC: [u8; 8] = *b"SHMRING\0";
 /// Version of the layout above. The socket handshake carries it too.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 /// Size of the control page; the record queue starts right after it.
 pub const CONTROL_SIZE: usize = 4096;
 /// Records start at multiples of this. Inline payloads are copied out by

@@ -77,6 +77,9 @@ pub struct Producer {
     may_publish_light: bool,
     /// Whether the reader said it fences, so that commits publish light.
     light: bool,
+    /// Whether small buffer records may wait for the batch a sleeping
+    /// reader asks for (see [`Producer::set_batch_wakes`]).
+    batch_wakes: bool,
     sleeper: Sleeper,
     waker: Waker,
     /// The reader's eventfd: written when it sleeps on an empty queue.
@@ -147,6 +150,7 @@ impl Producer {
             read_cached: 0,
             may_publish_light,
             light: false,
+            batch_wakes: false,
             sleeper: Sleeper::default(),
             waker: Waker::default(),
             data_ready,
@@ -271,6 +275,16 @@ impl Producer {
         self.limit = bytes.min(self.capacity);
     }
 
+    /// Lets a reader that sleeps asking for a batch of records (see
+    /// [`wake`]'s "Batched wake-ups") sleep on while inline buffer records
+    /// (and their metas) arrive, until the batch is full. Only for a stream
+    /// whose reader need not see each buffer at once: one that is not live.
+    /// Every other record still wakes a sleeping reader at once. Off by
+    /// default.
+    pub fn set_batch_wakes(&mut self, batch: bool) {
+        self.batch_wakes = batch;
+    }
+
     fn free(&self) -> u64 {
         let unread = self.write - self.read_cached;
         if unread == 0 {
@@ -332,15 +346,34 @@ impl WriteGrant<'_> {
             let _ = producer.memory.write_records(at + trailer_at, trailer);
         }
         producer.write += size;
-        let position = producer.memory.control_u64(OFFSET_RECORD_WRITE);
-        let peer_sleep = producer.memory.control_u64(OFFSET_READER_SLEEP);
-        let seen = if producer.light {
+        let memory = &*producer.memory;
+        let position = memory.control_u64(OFFSET_RECORD_WRITE);
+        let peer_sleep = memory.control_u64(OFFSET_READER_SLEEP);
+        let order = if producer.light {
             position.store(producer.write, Ordering::Release);
             wake::light_barrier();
-            producer.waker.wake(peer_sleep, &producer.data_ready, Ordering::Relaxed)
+            Ordering::Relaxed
         } else {
             position.store(producer.write, Ordering::SeqCst);
-            producer.waker.wake(peer_sleep, &producer.data_ready, Ordering::SeqCst)
+            Ordering::SeqCst
+        };
+        let batchable = producer.batch_wakes
+            && matches!(self.payload, Payload::Inline { .. })
+            && matches!(header.kind, RecordKind::Buffer | RecordKind::Metas);
+        let seen = if batchable {
+            // Half of what may wait unread: a full queue always wakes.
+            let max_batch = producer.limit / 2;
+            let read_position = || memory.control_u64(OFFSET_RECORD_READ).load(Ordering::Acquire);
+            (producer.waker).wake_batched(
+                peer_sleep,
+                &producer.data_ready,
+                order,
+                producer.write,
+                read_position,
+                max_batch,
+            )
+        } else {
+            producer.waker.wake(peer_sleep, &producer.data_ready, order)
         };
         producer.light |= producer.may_publish_light && seen & FENCES != 0 && seen != READER_DETACHED;
     }
@@ -477,10 +510,20 @@ impl Consumer {
     /// `false` if one already has (do not sleep); otherwise poll
     /// [`Self::data_fd`] and then call [`Self::finish_wait`].
     pub fn prepare_wait(&mut self) -> Result<bool, RingError> {
-        // The writer may be waiting for the room we made.
+        self.prepare_wait_batched(0)
+    }
+
+    /// As [`Self::prepare_wait`], but asks the writer to wake us only once
+    /// about `batch` bytes of records wait (a power of two at most `batch`;
+    /// 0 or 1: at the first record). A writer that batches wake-ups (see
+    /// [`Producer::set_batch_wakes`]) may then leave records unseen while
+    /// we sleep, so the poll of [`Self::data_fd`] must have a timeout.
+    pub fn prepare_wait_batched(&mut self, batch: u64) -> Result<bool, RingError> {
+        // The writer may be waiting for the room we made; and a batch
+        // counts from the position published here.
         self.publish();
         let sleep = self.memory.control_u64(OFFSET_READER_SLEEP);
-        self.sleeper.enter(sleep);
+        self.sleeper.enter_batched(sleep, wake::batch_exponent(batch));
         if self.sleeper.fences() && !wake::heavy_barrier() {
             // A kernel that offered the barrier refused it: a sleep now
             // could miss a light publish, so the caller looks again.

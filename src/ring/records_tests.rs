@@ -469,6 +469,103 @@ fn commit_wakes_a_sleeping_consumer_once() {
     }
 }
 
+/// Bytes one 64-byte buffer record of `buffer(_)` takes: its base, payload
+/// and five timing words.
+const SMALL_BUFFER_RECORD: u64 = 16 + 64 + 40;
+
+#[test]
+fn a_batched_sleep_is_woken_once_its_batch_of_buffers_waits() {
+    let mut ends = ends();
+    let (producer, consumer) = (&mut ends.producer, &mut ends.consumer);
+    producer.set_batch_wakes(true);
+    // Batches of 512 bytes: the fifth record crosses.
+    assert!(consumer.prepare_wait_batched(512).unwrap());
+    for sequence in 0..4 {
+        send(producer, &[sequence as u8; 64], &buffer(sequence));
+        assert!(!readable(consumer.data_fd()), "record {sequence} is inside the batch");
+    }
+    assert_eq!(4 * SMALL_BUFFER_RECORD, 480);
+    send(producer, &[4; 64], &buffer(4));
+    assert!(readable(consumer.data_fd()), "the batch filled");
+    assert_eq!(producer.wakeups_sent(), 1);
+    consumer.finish_wait();
+    for sequence in 0..5 {
+        assert_eq!(receive_inline(consumer), [sequence as u8; 64]);
+    }
+
+    // A record that is not a small buffer wakes at once.
+    assert!(consumer.prepare_wait_batched(512).unwrap());
+    send(producer, &[9; 64], &buffer(9));
+    assert!(!readable(consumer.data_fd()));
+    send(producer, b"caps", &caps());
+    assert!(readable(consumer.data_fd()), "caps woke the batched sleep");
+    consumer.finish_wait();
+    receive(consumer).unwrap();
+    receive(consumer).unwrap();
+
+    // So does a buffer in a block.
+    assert!(consumer.prepare_wait_batched(512).unwrap());
+    send_block(producer, 0, 64, &buffer(10));
+    assert!(readable(consumer.data_fd()), "a block record woke the batched sleep");
+    consumer.finish_wait();
+    receive(consumer).unwrap();
+    assert_eq!(producer.wakeups_sent(), 3);
+}
+
+#[test]
+fn a_writer_that_does_not_batch_wakes_a_batched_sleep_at_the_first_record() {
+    let mut ends = ends();
+    let (producer, consumer) = (&mut ends.producer, &mut ends.consumer);
+    // The default: a live stream.
+    assert!(consumer.prepare_wait_batched(2048).unwrap());
+    send(producer, &[1; 64], &buffer(1));
+    assert!(readable(consumer.data_fd()));
+    consumer.finish_wait();
+    receive(consumer).unwrap();
+}
+
+#[test]
+fn a_batch_never_outgrows_half_of_what_may_wait_unread() {
+    let mut ends = ends();
+    let (producer, consumer) = (&mut ends.producer, &mut ends.consumer);
+    producer.set_batch_wakes(true);
+    // Three records may wait: the writer would stall before a batch of the
+    // whole queue filled, so it wakes the reader at half of that.
+    producer.set_limit(3 * SMALL_BUFFER_RECORD);
+    assert!(consumer.prepare_wait_batched(CAPACITY).unwrap());
+    send(producer, &[1; 64], &buffer(1));
+    assert!(!readable(consumer.data_fd()));
+    send(producer, &[2; 64], &buffer(2));
+    assert!(readable(consumer.data_fd()), "woken at half the limit");
+    consumer.finish_wait();
+}
+
+#[test]
+fn a_batch_counts_from_the_read_position_published_before_the_sleep() {
+    let mut ends = ends();
+    let (producer, consumer) = (&mut ends.producer, &mut ends.consumer);
+    producer.set_batch_wakes(true);
+    for round in 0..3u64 {
+        for sequence in 0..3 {
+            send(producer, &[sequence as u8; 64], &buffer(sequence));
+        }
+        for _ in 0..3 {
+            receive(consumer).unwrap();
+        }
+        assert!(consumer.prepare_wait_batched(128).unwrap());
+        send(producer, &[0; 64], &buffer(0));
+        assert!(
+            !readable(consumer.data_fd()),
+            "round {round}: one record is half a batch"
+        );
+        send(producer, &[0; 64], &buffer(0));
+        assert!(readable(consumer.data_fd()), "round {round}: two fill it");
+        consumer.finish_wait();
+        receive(consumer).unwrap();
+        receive(consumer).unwrap();
+    }
+}
+
 #[test]
 fn release_wakes_a_producer_waiting_for_room_once() {
     let mut ends = ends();

@@ -62,9 +62,33 @@
 //! `loom_tests.rs` model-checks this protocol with the real queues, both
 //! sides going to sleep at once included (`scripts/loom.sh`).
 //!
-//! The sequence is 64 bits wide: at one sleep per nanosecond it would take
-//! 292 years to come back to a value the peer remembers, so it cannot wrap
-//! into a lost wake-up. `u64::MAX` is reserved for a reader that has left
+//! # Batched wake-ups
+//!
+//! A reader that keeps up with a writer producing small records as fast as
+//! it can drains the queue after almost every record, and would then sleep
+//! and be woken once per record: a write and a wake-up of another CPU for
+//! the writer, a sleep for the reader, several times what the record itself
+//! costs. A reader that sees records arrive faster than it sleeps may
+//! therefore ask for a *batch*: bits 2 to 7 of its sleep sequence hold `k`,
+//! and it asks to be woken only once `2^k` bytes of records wait (0: at the
+//! first record, as above). The writer honours a batch only for records
+//! that do not need the reader soon (small buffers of a stream that is not
+//! live, see `Producer::set_batch_wakes`) and never for more than half of
+//! what it lets wait unread, so it cannot stall on a full queue while the
+//! reader sleeps; every other record wakes the reader at once. Because the
+//! writer may stop before the batch fills (the end of a burst, a pause), a
+//! reader that asks for a batch bounds its sleep with a timeout; if that
+//! expires, it goes back to batches of 0 until it again sees records arrive
+//! faster than it sleeps. The argument above is unchanged: a batch only lets
+//! the writer *skip* a wake-up it would make, never make one it would not,
+//! and the reader's read position, which the writer compares against, was
+//! published before S1 (the writer loads it after P2, and a stale, smaller
+//! value only wakes the reader early).
+//!
+//! The sequence is 64 bits wide, with its count above bit 8: at one sleep
+//! per microsecond (one sleep is at least a system call) it would take 2,000
+//! years to come back to a value the peer remembers, so it cannot wrap into
+//! a lost wake-up. `u64::MAX` is reserved for a reader that has left
 //! ([`READER_DETACHED`](super::layout::READER_DETACHED)); the sequence skips
 //! it.
 
@@ -75,6 +99,30 @@ use super::sync::{AtomicU64, Ordering};
 /// Set in a reader's sleep sequence when it calls the heavy barrier before
 /// S2, so that the writer may publish light.
 pub(crate) const FENCES: u64 = 2;
+/// Where a sleep sequence keeps the batch exponent `k`, and how wide it is.
+const BATCH_SHIFT: u32 = 2;
+const BATCH_MASK: u64 = 0x3f;
+/// The sleep count starts above the batch exponent.
+const COUNT_SHIFT: u32 = 8;
+
+/// Bytes of records a sleeper with sequence `seq` asks to be woken for: 0
+/// for the first record.
+pub(crate) fn batch_bytes(seq: u64) -> u64 {
+    match (seq >> BATCH_SHIFT) & BATCH_MASK {
+        0 => 0,
+        k => 1u64.checked_shl(k as u32).unwrap_or(u64::MAX),
+    }
+}
+
+/// The exponent that asks for batches of about `bytes` (rounded down to a
+/// power of two; 0 for none).
+pub(crate) fn batch_exponent(bytes: u64) -> u64 {
+    if bytes < 2 {
+        0
+    } else {
+        u64::from(63 - bytes.leading_zeros()).min(BATCH_MASK)
+    }
+}
 
 /// One side's own sleep sequence, as that side keeps it: a count of its
 /// sleeps in the bits above `FENCES`, which it keeps set or clear for good.
@@ -98,12 +146,19 @@ impl Sleeper {
         self.fences
     }
 
-    /// S1: announces the sleep.
+    /// S1: announces the sleep, to be woken at the first record.
     pub(crate) fn enter(&mut self, shared: &AtomicU64) {
+        self.enter_batched(shared, 0);
+    }
+
+    /// S1: announces a sleep that asks to be woken once `2^exponent` bytes
+    /// wait (see "Batched wake-ups" above); 0 asks for the first record.
+    pub(crate) fn enter_batched(&mut self, shared: &AtomicU64, exponent: u64) {
         let tag = if self.fences { FENCES | 1 } else { 1 };
-        self.own = ((self.own >> 2).wrapping_add(1) << 2) | tag;
+        let batch = (exponent & BATCH_MASK) << BATCH_SHIFT;
+        self.own = ((self.own >> COUNT_SHIFT).wrapping_add(1) << COUNT_SHIFT) | batch | tag;
         if self.own == READER_DETACHED {
-            self.own = (1 << 2) | tag;
+            self.own = (1 << COUNT_SHIFT) | batch | tag;
         }
         shared.store(self.own, Ordering::SeqCst);
     }
@@ -121,6 +176,10 @@ impl Sleeper {
 pub(crate) struct Waker {
     signalled: u64,
     sent: u64,
+    /// The batched sleep whose wake position was last worked out, and that
+    /// position.
+    armed: u64,
+    wake_at: u64,
 }
 
 impl Waker {
@@ -130,6 +189,38 @@ impl Waker {
     pub(crate) fn wake(&mut self, peer_sleep: &AtomicU64, notifier: &Notifier, order: Ordering) -> u64 {
         let seq = peer_sleep.load(order);
         if seq & 1 == 1 && seq != self.signalled && seq != READER_DETACHED {
+            self.signalled = seq;
+            self.sent += 1;
+            notifier.notify();
+        }
+        seq
+    }
+
+    /// P2, P3 for a record the reader need not see soon: as [`Self::wake`],
+    /// but a sleeper that asked for a batch is left asleep until `position`
+    /// (ours, just published) is a batch past its read position, which
+    /// `read_position` loads. `max_batch` caps the batch.
+    pub(crate) fn wake_batched(
+        &mut self,
+        peer_sleep: &AtomicU64,
+        notifier: &Notifier,
+        order: Ordering,
+        position: u64,
+        read_position: impl FnOnce() -> u64,
+        max_batch: u64,
+    ) -> u64 {
+        let seq = peer_sleep.load(order);
+        if seq & 1 == 1 && seq != self.signalled && seq != READER_DETACHED {
+            let batch = batch_bytes(seq).min(max_batch);
+            if batch > 0 {
+                if self.armed != seq {
+                    self.armed = seq;
+                    self.wake_at = read_position().saturating_add(batch);
+                }
+                if position < self.wake_at {
+                    return seq;
+                }
+            }
             self.signalled = seq;
             self.sent += 1;
             notifier.notify();

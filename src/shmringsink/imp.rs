@@ -825,7 +825,12 @@ impl BaseSinkImpl for ShmRingSink {
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
         self.check_caps_fit(caps)?;
         let text = caps.to_string();
-        self.lock_state().readers.announce_caps(self, text);
+        // Asked here, with no lock of ours held; a source that cannot say
+        // yet counts as live, which only costs wake-ups.
+        let upstream_live = !matches!(self.obj().query_latency(), Ok((_, false, _, _)));
+        let mut state = self.lock_state();
+        state.readers.set_batch_wakes(!upstream_live);
+        state.readers.announce_caps(self, text);
         Ok(())
     }
 

@@ -84,6 +84,9 @@ pub(super) struct Readers {
     caps: Option<String>,
     /// Fd-backed memories sent by their fd that have since been freed.
     fd_deaths: fds::Deaths,
+    /// Whether upstream is not live, so that a reader that asks may be
+    /// woken once per batch of small buffers rather than for each.
+    batch_wakes: bool,
 }
 
 impl Readers {
@@ -290,6 +293,16 @@ impl Readers {
 
     /// Keeps the caps a probe is told of, and lets a device provider
     /// watching the directory know that they changed.
+    /// Whether readers may be woken once per batch of small buffers: only
+    /// while upstream is not live, since a live stream's reader must see
+    /// each buffer as soon as it is written.
+    pub(super) fn set_batch_wakes(&mut self, batch: bool) {
+        self.batch_wakes = batch;
+        for link in &mut self.links {
+            link.records.set_batch_wakes(batch);
+        }
+    }
+
     pub(super) fn announce_caps(&mut self, sink: &ShmRingSink, caps: String) {
         self.caps = Some(caps);
         if let Some(listener) = &self.listener
@@ -346,7 +359,8 @@ impl Readers {
                 return Ok(());
             }
         };
-        let (records, releases) = channel.into_parts();
+        let (mut records, releases) = channel.into_parts();
+        records.set_batch_wakes(self.batch_wakes);
         let Some(listener) = self.listener.as_ref() else {
             return Err(gst::FlowError::Flushing);
         };
