@@ -266,15 +266,16 @@ impl RecordHeader {
             trailer: [0; 8 * TRAILER_WORDS],
             trailer_len: 0,
         };
+        // A heap offset is below 2^32, so never NONE: an inline payload is
+        // the one that leaves the block word out.
         let block = match payload {
-            Payload::Inline { .. } => None,
-            Payload::Block { offset, .. } => Some(offset),
+            Payload::Inline { .. } => NONE,
+            Payload::Block { offset, .. } => offset,
         };
-        let timing = [self.pts, self.dts, self.duration, self.offset, self.offset_end]
-            .map(|word| Some(word).filter(|&word| word != NONE));
+        let words = [self.pts, self.dts, self.duration, self.offset, self.offset_end, block];
         let mut present = 0u8;
-        for (bit, word) in timing.into_iter().chain([block]).enumerate() {
-            if let Some(word) = word {
+        for (bit, word) in words.into_iter().enumerate() {
+            if word != NONE {
                 present |= 1 << bit;
                 let at = encoded.trailer_len;
                 encoded.trailer[at..at + 8].copy_from_slice(&word.to_ne_bytes());

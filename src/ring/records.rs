@@ -229,6 +229,16 @@ impl Producer {
         }))
     }
 
+    /// Whether a record whose payload is `payload` fits now: `grant` would
+    /// give room for it.
+    pub fn has_room(&mut self, payload: Payload) -> Result<bool, RingError> {
+        let size = self.check_fits(payload.inline_len())?;
+        if self.free() < size {
+            self.reload_read(Ordering::Acquire)?;
+        }
+        Ok(self.free() >= size)
+    }
+
     /// Announces that the producer will sleep until a record with
     /// `inline_len` bytes of inline payload fits. Returns `false` if it
     /// already fits (do not sleep); otherwise poll [`Self::space_fd`] and

@@ -110,6 +110,11 @@ impl Readers {
         self.watch.as_ref().is_none_or(Watch::take_attention)
     }
 
+    /// Whether `take_attention` would say yes, without taking it.
+    fn attention_pending(&self) -> bool {
+        self.watch.as_ref().is_none_or(Watch::attention_pending)
+    }
+
     /// Watches every socket again, once render has looked at them all.
     fn rearm_watch(&self) {
         let Some(watch) = self.watch.as_ref() else {

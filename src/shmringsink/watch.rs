@@ -87,6 +87,12 @@ impl Watch {
         })
     }
 
+    /// Whether a socket became ready since the last `take_attention`,
+    /// leaving the flag as it is.
+    pub(super) fn attention_pending(&self) -> bool {
+        self.shared.attention.load(Ordering::Relaxed)
+    }
+
     /// Whether a socket became ready since the last call. Clears the flag:
     /// the caller then looks at every socket, and calls `rearm` for each.
     pub(super) fn take_attention(&self) -> bool {

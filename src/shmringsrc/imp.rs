@@ -1771,8 +1771,10 @@ impl ShmRingSrc {
         }
         loop {
             let sent = link.records.wakeups_sent();
-            self.stats.add_wakeups_sent(sent - link.wakeups_counted);
-            link.wakeups_counted = sent;
+            if sent != link.wakeups_counted {
+                self.stats.add_wakeups_sent(sent - link.wakeups_counted);
+                link.wakeups_counted = sent;
+            }
             match self.next_record(link)? {
                 Some(Step::Buffer(buffer)) => {
                     link.read_since_wake = link.read_since_wake.saturating_add(1);

@@ -102,9 +102,12 @@ impl Readers {
         layout: &VideoLayout,
         wait: bool,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let queue_limit = sink.queue_limit(buffer, self.metas.len());
+        if self.render_steady(sink, buffer, header, layout, queue_limit) {
+            return Ok(gst::FlowSuccess::Ok);
+        }
         let drop_mode = self.drop_mode(sink);
         let delta = buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-        let queue_limit = sink.queue_limit(buffer, self.metas.len());
         self.send_owed_flushes(sink, drop_mode)?;
         loop {
             if !self.admit_readers(sink, unlock, wait)? {
@@ -184,6 +187,65 @@ impl Readers {
                 return Ok(gst::FlowSuccess::Ok);
             }
         }
+    }
+
+    /// The common case of [`Self::render`] in one pass over the readers: a
+    /// small buffer without metas, in memory that does not cross by its fd,
+    /// to readers that are all linked, owed nothing (no flush, timeline,
+    /// layout, backlog or loss to tell first, no keyframe to wait for),
+    /// with room in every queue, and nothing new on any socket. Returns
+    /// `false`, having written nothing, when any of that does not hold; the
+    /// general path then decides. What it writes is what the general path
+    /// would: one inline buffer record per reader.
+    fn render_steady(
+        &mut self,
+        sink: &ShmRingSink,
+        buffer: &gst::Buffer,
+        header: &RecordHeader,
+        layout: &VideoLayout,
+        queue_limit: u64,
+    ) -> bool {
+        let size = buffer.size();
+        let epoch = sink.timeline_epoch();
+        let steady = size <= INLINE_MAX
+            && self.metas.is_empty()
+            && self.readers_gathered
+            && !self.links.is_empty()
+            && !self.attention_pending()
+            && self.links.iter().all(|link| {
+                link.timeline_sent == Some(epoch)
+                    && link.layout == *layout
+                    && !link.needs_keyframe
+                    && link.lost == 0
+                    && link.backlog.is_empty()
+                    && link.flush_owed.is_none()
+            })
+            && !super::fds::may_cross_by_fd(buffer)
+            && !self.fd_deaths_pending();
+        if !steady {
+            return false;
+        }
+        let payload = Payload::Inline { len: size as u64 };
+        for link in &mut self.links {
+            link.records.set_limit(queue_limit);
+            if !matches!(link.records.has_room(payload), Ok(true)) {
+                return false;
+            }
+        }
+        for link in &mut self.links {
+            // Room was checked just above, and only this thread writes.
+            if let Ok(Some(mut grant)) = link.records.grant(payload) {
+                Inline::Buffer(buffer).copy_into(&mut grant);
+                grant.commit(header);
+            }
+            let sent = link.records.wakeups_sent();
+            if sent != link.wakeups_counted {
+                sink.stats().add_wakeups_sent(sent - link.wakeups_counted);
+                link.wakeups_counted = sent;
+            }
+        }
+        sink.stats().buffer(size, true);
+        true
     }
 
     /// Writes `buffer` to the readers in `recipients`. Returns to how many

@@ -123,6 +123,13 @@ impl Deaths {
         unsafe { gst::ffi::gst_mini_object_set_qdata(object, quark, watch.cast(), Some(memory_freed)) };
     }
 
+    fn is_empty(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_empty()
+    }
+
     fn take(&self) -> Vec<(u64, u64)> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
@@ -135,6 +142,16 @@ struct Shared<'a> {
     identity: (u64, u64),
     offset: u64,
     size: u64,
+}
+
+/// Whether `buffer` is one fd-backed memory, which may then cross by its
+/// fd: the cheap half of [`shareable`]'s checks.
+pub(super) fn may_cross_by_fd(buffer: &gst::Buffer) -> bool {
+    buffer.n_memory() == 1
+        && buffer
+            .peek_memory(0)
+            .downcast_memory_ref::<gst_allocators::FdMemory>()
+            .is_some()
 }
 
 fn shareable(buffer: &gst::Buffer) -> Option<Shared<'_>> {
@@ -167,6 +184,11 @@ fn shareable(buffer: &gst::Buffer) -> Option<Shared<'_>> {
 }
 
 impl Readers {
+    /// Whether fd memories died that readers have not been told to forget.
+    pub(super) fn fd_deaths_pending(&self) -> bool {
+        !self.fd_deaths.is_empty()
+    }
+
     /// Sends `buffer` by its fd to each reader of `recipients` it can.
     /// Returns to how many it went, and the readers that are to get a copy.
     pub(super) fn deliver_fds(
