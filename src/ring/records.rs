@@ -71,6 +71,11 @@ pub struct Producer {
     /// less (see [`Producer::set_limit`]).
     limit: u64,
     write: u64,
+    /// The write position the reader was last shown: records past it are
+    /// staged (see [`WriteGrant::stage`]).
+    published: u64,
+    /// Whether a staged record must wake a sleeping reader at once.
+    staged_urgent: bool,
     read_cached: u64,
     /// Whether this process took the readers' heavy barrier (see
     /// [`wake`]), read once when the channel was made.
@@ -147,6 +152,8 @@ impl Producer {
             capacity,
             limit: capacity,
             write: 0,
+            published: 0,
+            staged_urgent: false,
             read_cached: 0,
             may_publish_light,
             light: false,
@@ -233,10 +240,49 @@ impl Producer {
     /// give room for it.
     pub fn has_room(&mut self, payload: Payload) -> Result<bool, RingError> {
         let size = self.check_fits(payload.inline_len())?;
-        if self.free() < size {
+        self.has_room_for(size)
+    }
+
+    /// Whether `bytes` of records (each counted at its [`record_size`])
+    /// fit now, one after the other.
+    pub fn has_room_for(&mut self, bytes: u64) -> Result<bool, RingError> {
+        if self.free() < bytes {
             self.reload_read(Ordering::Acquire)?;
         }
-        Ok(self.free() >= size)
+        Ok(self.free() >= bytes)
+    }
+
+    /// Shows the reader the records staged since the last publish, with one
+    /// store of the write position, and wakes it if it sleeps (at most
+    /// once). Nothing to do if none are staged.
+    pub fn publish(&mut self) {
+        if self.published == self.write {
+            return;
+        }
+        self.published = self.write;
+        let memory = &*self.memory;
+        let position = memory.control_u64(OFFSET_RECORD_WRITE);
+        let peer_sleep = memory.control_u64(OFFSET_READER_SLEEP);
+        let order = if self.light {
+            position.store(self.write, Ordering::Release);
+            wake::light_barrier();
+            Ordering::Relaxed
+        } else {
+            position.store(self.write, Ordering::SeqCst);
+            Ordering::SeqCst
+        };
+        let urgent = std::mem::take(&mut self.staged_urgent);
+        let seen = if self.batch_wakes && !urgent {
+            // Half of what may wait unread: a full queue always wakes.
+            let max_batch = self.limit / 2;
+            let read_position = || memory.control_u64(OFFSET_RECORD_READ).load(Ordering::Acquire);
+            let (write, notifier) = (self.write, &self.data_ready);
+            self.waker
+                .wake_batched(peer_sleep, notifier, order, write, read_position, max_batch)
+        } else {
+            self.waker.wake(peer_sleep, &self.data_ready, order)
+        };
+        self.light |= self.may_publish_light && seen & FENCES != 0 && seen != READER_DETACHED;
     }
 
     /// Announces that the producer will sleep until a record with
@@ -245,6 +291,8 @@ impl Producer {
     /// then call [`Self::finish_wait`].
     pub fn prepare_wait(&mut self, inline_len: u64) -> Result<bool, RingError> {
         let size = self.check_fits(inline_len)?;
+        // The reader can make room only from records it can see.
+        self.publish();
         self.sleeper.enter(self.memory.control_u64(OFFSET_WRITER_RECORD_SLEEP));
         self.reload_read(Ordering::SeqCst)?;
         if self.free() >= size {
@@ -314,7 +362,7 @@ impl Producer {
     }
 }
 
-impl WriteGrant<'_> {
+impl<'a> WriteGrant<'a> {
     /// Copies `bytes` into the inline payload from byte `at`, contiguous
     /// even across the wrap. `false`, with nothing written, if they do not
     /// lie inside the payload. The payload lives in memory a hostile reader
@@ -336,6 +384,15 @@ impl WriteGrant<'_> {
 
     /// Publishes the record and wakes the consumer if it sleeps.
     pub fn commit(self, header: &RecordHeader) {
+        self.stage(header).publish();
+    }
+
+    /// Writes the record's header, so that the record follows the ones
+    /// before it, but does not show it to the reader yet: the next
+    /// [`Producer::publish`] (or `commit`) shows all that were staged at
+    /// once. A writer that stages keeps room for what it stages: it must
+    /// publish before it waits for room.
+    pub fn stage(self, header: &RecordHeader) -> &'a mut Producer {
         let producer = self.producer;
         let inline_len = self.payload.inline_len();
         let encoded = header.encode(self.payload);
@@ -344,7 +401,7 @@ impl WriteGrant<'_> {
             exact_record_size(inline_len, trailer.len() as u64),
             trailer_at(inline_len),
         ) else {
-            return;
+            return producer;
         };
         let at = producer.write % producer.capacity;
         // SAFETY: as in `write_inline`: the base header starts the granted
@@ -356,36 +413,12 @@ impl WriteGrant<'_> {
             let _ = producer.memory.write_records(at + trailer_at, trailer);
         }
         producer.write += size;
-        let memory = &*producer.memory;
-        let position = memory.control_u64(OFFSET_RECORD_WRITE);
-        let peer_sleep = memory.control_u64(OFFSET_READER_SLEEP);
-        let order = if producer.light {
-            position.store(producer.write, Ordering::Release);
-            wake::light_barrier();
-            Ordering::Relaxed
-        } else {
-            position.store(producer.write, Ordering::SeqCst);
-            Ordering::SeqCst
-        };
-        let batchable = producer.batch_wakes
-            && matches!(self.payload, Payload::Inline { .. })
+        // Small buffers of a stream that is not live may wait for the batch
+        // a sleeping reader asked for; anything else wakes it.
+        let batchable = matches!(self.payload, Payload::Inline { .. })
             && matches!(header.kind, RecordKind::Buffer | RecordKind::Metas);
-        let seen = if batchable {
-            // Half of what may wait unread: a full queue always wakes.
-            let max_batch = producer.limit / 2;
-            let read_position = || memory.control_u64(OFFSET_RECORD_READ).load(Ordering::Acquire);
-            (producer.waker).wake_batched(
-                peer_sleep,
-                &producer.data_ready,
-                order,
-                producer.write,
-                read_position,
-                max_batch,
-            )
-        } else {
-            producer.waker.wake(peer_sleep, &producer.data_ready, order)
-        };
-        producer.light |= producer.may_publish_light && seen & FENCES != 0 && seen != READER_DETACHED;
+        producer.staged_urgent |= !batchable;
+        producer
     }
 }
 

@@ -513,6 +513,70 @@ fn a_batched_sleep_is_woken_once_its_batch_of_buffers_waits() {
 }
 
 #[test]
+fn staged_records_are_seen_at_the_publish_with_one_wake_up() {
+    let mut ends = ends();
+    let (producer, consumer) = (&mut ends.producer, &mut ends.consumer);
+    assert!(consumer.prepare_wait().unwrap());
+    for sequence in 0..5 {
+        let mut grant = producer.grant(Payload::Inline { len: 64 }).unwrap().unwrap();
+        assert!(grant.write_inline(0, &[sequence as u8; 64]));
+        grant.stage(&buffer(sequence));
+        assert!(!readable(consumer.data_fd()), "record {sequence} is only staged");
+    }
+    consumer.finish_wait();
+    assert!(consumer.peek().unwrap().is_none(), "staged records are not visible");
+    assert!(consumer.prepare_wait().unwrap());
+    producer.publish();
+    assert!(readable(consumer.data_fd()));
+    assert_eq!(producer.wakeups_sent(), 1);
+    consumer.finish_wait();
+    for sequence in 0..5 {
+        let (header, _, bytes) = receive(consumer).unwrap();
+        assert_eq!((header, bytes), (buffer(sequence), vec![sequence as u8; 64]));
+    }
+    // Publishing nothing new wakes nobody.
+    assert!(consumer.prepare_wait().unwrap());
+    producer.publish();
+    assert!(!readable(consumer.data_fd()));
+    assert_eq!(producer.wakeups_sent(), 1);
+
+    // With batches on, a staged record that is not a small buffer makes the
+    // publish wake a batched sleep, however little was staged.
+    consumer.finish_wait();
+    producer.set_batch_wakes(true);
+    assert!(consumer.prepare_wait_batched(CAPACITY / 2).unwrap());
+    let mut grant = producer.grant(Payload::Inline { len: 4 }).unwrap().unwrap();
+    assert!(grant.write_inline(0, b"caps"));
+    grant.stage(&caps());
+    send(producer, &[1; 64], &buffer(1));
+    assert!(readable(consumer.data_fd()), "the staged caps woke the batched sleep");
+    assert_eq!(producer.wakeups_sent(), 2);
+}
+
+#[test]
+fn a_writer_waiting_for_room_first_publishes_what_it_staged() {
+    let mut ends = ends();
+    let (producer, consumer) = (&mut ends.producer, &mut ends.consumer);
+    let mut staged = 0;
+    while let Some(mut grant) = producer.grant(Payload::Inline { len: 64 }).unwrap() {
+        assert!(grant.write_inline(0, &[7; 64]));
+        grant.stage(&buffer(staged));
+        staged += 1;
+    }
+    assert!(consumer.peek().unwrap().is_none());
+    assert!(producer.prepare_wait(64).unwrap(), "the queue is full");
+    let mut read = 0;
+    while receive(consumer).is_some() {
+        read += 1;
+    }
+    assert_eq!(
+        read, staged,
+        "the reader saw every staged record once the writer waited"
+    );
+    assert!(readable(producer.space_fd()), "and made room for the writer");
+}
+
+#[test]
 fn a_writer_that_does_not_batch_wakes_a_batched_sleep_at_the_first_record() {
     let mut ends = ends();
     let (producer, consumer) = (&mut ends.producer, &mut ends.consumer);

@@ -502,7 +502,7 @@ impl ShmRingSink {
     /// records like this buffer's (with its Metas record, of `metas_len`
     /// bytes, if it has one) as `ring-time` lasts, by its duration, or the
     /// whole queue.
-    pub(super) fn queue_limit(&self, buffer: &gst::Buffer, metas_len: usize) -> u64 {
+    pub(super) fn queue_limit(&self, buffer: &gst::BufferRef, metas_len: usize) -> u64 {
         let ring_time = self.ring_time_us.load(Ordering::Relaxed);
         let duration = buffer.duration().map_or(0, gst::ClockTime::nseconds);
         if ring_time == 0 || duration == 0 {
@@ -863,6 +863,26 @@ impl BaseSinkImpl for ShmRingSink {
             self.stats.held(heap.bytes_held_by_readers());
         }
         rendered
+    }
+
+    /// A list of small buffers, the common case, reaches each reader with
+    /// one publish and at most one wake-up; any other list goes buffer by
+    /// buffer through `render`, as GstBaseSink's own `render_list` would.
+    fn render_list(&self, list: &gst::BufferList) -> Result<gst::FlowSuccess, gst::FlowError> {
+        self.realtime.enter_for(self.obj().upcast_ref(), *CAT);
+        {
+            let mut state = self.lock_state();
+            if state.failed {
+                return Err(gst::FlowError::Error);
+            }
+            if state.readers.render_list_steady(self, list) {
+                return Ok(gst::FlowSuccess::Ok);
+            }
+        }
+        for buffer in list.iter_owned() {
+            self.render(&buffer)?;
+        }
+        Ok(gst::FlowSuccess::Ok)
     }
 
     fn event(&self, event: gst::Event) -> bool {

@@ -205,13 +205,39 @@ impl Readers {
         layout: &VideoLayout,
         queue_limit: u64,
     ) -> bool {
-        let size = buffer.size();
+        self.metas.is_empty()
+            && is_steady_buffer(buffer)
+            && self.readers_steady(sink, layout)
+            && self.write_steady(sink, || std::iter::once((buffer.as_ref(), *header)), queue_limit)
+    }
+
+    /// [`Self::render_steady`] for a whole list of buffers without metas
+    /// or a video layout: each reader gets them all, published with one
+    /// store and at most one wake-up. `false`, having written nothing, when
+    /// any buffer or reader is not in the common case; the list then goes
+    /// buffer by buffer through `render`.
+    pub(in crate::shmringsink) fn render_list_steady(&mut self, sink: &ShmRingSink, list: &gst::BufferListRef) -> bool {
+        let steady =
+            |buffer: &gst::BufferRef| is_steady_buffer(buffer) && buffer.iter_meta::<gst::Meta>().next().is_none();
+        if !list.iter().all(steady) {
+            return false;
+        }
+        let Some(first) = list.get(0) else {
+            return true;
+        };
+        let queue_limit = sink.queue_limit(first, 0);
+        let records = || list.iter().map(|buffer| (buffer, codec::buffer_header(buffer)));
+        self.readers_steady(sink, &None) && self.write_steady(sink, records, queue_limit)
+    }
+
+    /// Whether every reader is linked and owed nothing before its next
+    /// buffer, whose layout is `layout`, and no socket has news.
+    fn readers_steady(&self, sink: &ShmRingSink, layout: &VideoLayout) -> bool {
         let epoch = sink.timeline_epoch();
-        let steady = size <= INLINE_MAX
-            && self.metas.is_empty()
-            && self.readers_gathered
+        self.readers_gathered
             && !self.links.is_empty()
             && !self.attention_pending()
+            && !self.fd_deaths_pending()
             && self.links.iter().all(|link| {
                 link.timeline_sent == Some(epoch)
                     && link.layout == *layout
@@ -220,31 +246,49 @@ impl Readers {
                     && link.backlog.is_empty()
                     && link.flush_owed.is_none()
             })
-            && !super::fds::may_cross_by_fd(buffer)
-            && !self.fd_deaths_pending();
-        if !steady {
+    }
+
+    /// Writes `records` (small buffers and their headers) to every reader,
+    /// if all of them fit every queue now; else writes nothing and returns
+    /// `false`.
+    fn write_steady<'b, I>(&mut self, sink: &ShmRingSink, records: impl Fn() -> I, queue_limit: u64) -> bool
+    where
+        I: Iterator<Item = (&'b gst::BufferRef, RecordHeader)>,
+    {
+        let bytes = records().try_fold(0u64, |sum, (buffer, _)| {
+            ring::layout::record_size(buffer.size() as u64).and_then(|size| sum.checked_add(size))
+        });
+        let Some(bytes) = bytes else {
             return false;
-        }
-        let payload = Payload::Inline { len: size as u64 };
+        };
         for link in &mut self.links {
             link.records.set_limit(queue_limit);
-            if !matches!(link.records.has_room(payload), Ok(true)) {
+            if !matches!(link.records.has_room_for(bytes), Ok(true)) {
                 return false;
             }
         }
         for link in &mut self.links {
-            // Room was checked just above, and only this thread writes.
-            if let Ok(Some(mut grant)) = link.records.grant(payload) {
-                Inline::Buffer(buffer).copy_into(&mut grant);
-                grant.commit(header);
+            for (buffer, header) in records() {
+                // Room for them all was checked just above, and only this
+                // thread writes.
+                let payload = Payload::Inline {
+                    len: buffer.size() as u64,
+                };
+                if let Ok(Some(mut grant)) = link.records.grant(payload) {
+                    Inline::Buffer(buffer).copy_into(&mut grant);
+                    grant.stage(&header);
+                }
             }
+            link.records.publish();
             let sent = link.records.wakeups_sent();
             if sent != link.wakeups_counted {
                 sink.stats().add_wakeups_sent(sent - link.wakeups_counted);
                 link.wakeups_counted = sent;
             }
         }
-        sink.stats().buffer(size, true);
+        for (buffer, _) in records() {
+            sink.stats().buffer(buffer.size(), true);
+        }
         true
     }
 
@@ -736,6 +780,11 @@ impl Readers {
     }
 }
 
+/// A buffer that travels inline and not by its fd.
+fn is_steady_buffer(buffer: &gst::BufferRef) -> bool {
+    buffer.size() <= INLINE_MAX && !super::fds::may_cross_by_fd(buffer)
+}
+
 /// An error, naming the `ring-size` to set, if a payload of `len` bytes
 /// can never fit in the heap.
 fn check_heap_holds(sink: &ShmRingSink, heap: &SinkHeap, len: u64) -> Result<(), gst::FlowError> {
@@ -782,7 +831,7 @@ pub(super) enum WriteOutcome {
 pub(super) enum Inline<'a> {
     Bytes(&'a [u8]),
     /// A buffer's memories, each mapped in turn: no merged copy first.
-    Buffer(&'a gst::Buffer),
+    Buffer(&'a gst::BufferRef),
 }
 
 impl Inline<'_> {

@@ -146,7 +146,7 @@ struct Shared<'a> {
 
 /// Whether `buffer` is one fd-backed memory, which may then cross by its
 /// fd: the cheap half of [`shareable`]'s checks.
-pub(super) fn may_cross_by_fd(buffer: &gst::Buffer) -> bool {
+pub(super) fn may_cross_by_fd(buffer: &gst::BufferRef) -> bool {
     buffer.n_memory() == 1
         && buffer
             .peek_memory(0)
