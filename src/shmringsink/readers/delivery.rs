@@ -279,6 +279,11 @@ impl Readers {
                     grant.stage(&header);
                 }
             }
+        }
+        // Every reader's records are in place before the first is shown, so
+        // that the wake-ups of several readers follow one another with no
+        // copying in between.
+        for link in &mut self.links {
             link.records.publish();
             let sent = link.records.wakeups_sent();
             if sent != link.wakeups_counted {
