@@ -220,6 +220,12 @@ impl Producer {
         if self.free() < size {
             self.reload_read(Ordering::Acquire)?;
             if self.free() < size {
+                // A reader we left asleep for a batch may need this record
+                // to fill it, and it cannot come until the reader reads:
+                // records of other sizes, or a limit lowered since the
+                // reader slept, can fill the queue before the batch.
+                let peer_sleep = self.memory.control_u64(OFFSET_READER_SLEEP);
+                self.waker.wake_skipped(peer_sleep, &self.data_ready);
                 return Ok(None);
             }
         }
@@ -361,7 +367,9 @@ impl WriteGrant<'_> {
             && matches!(self.payload, Payload::Inline { .. })
             && matches!(header.kind, RecordKind::Buffer | RecordKind::Metas);
         let seen = if batchable {
-            // Half of what may wait unread: a full queue always wakes.
+            // Half of what may wait unread, so that records of one size
+            // fill a batch before the queue; a record that does not fit
+            // wakes the reader anyway (see `grant`).
             let max_batch = producer.limit / 2;
             let read_position = || memory.control_u64(OFFSET_RECORD_READ).load(Ordering::Acquire);
             (producer.waker).wake_batched(
