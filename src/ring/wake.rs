@@ -91,7 +91,7 @@
 //! that sleep or a later one (loads of one word by one thread), so the
 //! sleep lasts until the first record that wakes: the next one that is not
 //! a small buffer, the one that fills the batch, or the first that does not
-//! fit.
+//! fit. `loom_tests.rs` models all three.
 //!
 //! The sequence is 64 bits wide, with its count above bit 8: at one sleep
 //! per microsecond (one sleep is at least a system call) it would take 2,000
