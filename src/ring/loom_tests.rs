@@ -13,14 +13,19 @@
 //! indexed modulo the capacity as the double mapping aliases it) and on the
 //! heap blocks (cells kept by the models); the eventfds, as a counter under
 //! a lock that a sleeper polls level-triggered (the release queue, as the
-//! sink does) or edge-triggered (the record queue, as both elements do). A
-//! lost wake-up leaves a side asleep for good, which loom reports as a
+//! sink does) or edge-triggered (the record queue, as both elements do);
+//! batched wake-ups (see `wake`), with a reader that asks for a batch and a
+//! writer that leaves it asleep through small buffer records until they
+//! fill the batch, a caps record comes, or a record does not fit. A lost
+//! wake-up leaves a side asleep for good, which loom reports as a
 //! deadlock. The bytes themselves are real: the record queue is a real
 //! channel memfd, double mapped, and the heap a real heap memfd.
 //!
 //! Not modelled: the kernel (the eventfd is the model's counter, not the
 //! fd the code also writes; poll and epoll are the waits above, with no
-//! timeouts and no other fds); the reader's own read-only mapping of the
+//! timeouts and no other fds, so a reader asks for a batch only where a
+//! record still to come must end its sleep, as the element's timeout
+//! otherwise would); the reader's own read-only mapping of the
 //! channel (both sides share one `ChannelMemory`, and `ChannelMemory::open`
 //! would give a reader words of its own); a hostile peer; `SeqCst` accesses
 //! are a fence plus the access, since loom treats them as `AcqRel` (see
@@ -44,7 +49,11 @@
 //! where the wake-up protocol has `SeqCst` (the sleep sequence, the
 //! positions, the waker's load, the reloads in `prepare_wait`); a `Relaxed`
 //! reader publish, release push, or reload in `peek` or `take_all`; a
-//! release push that does not wake the writer.
+//! release push that does not wake the writer; a batch counted from the
+//! writer's position instead of the reader's; a batch honoured for caps; a
+//! record that does not fit leaving a reader asleep for its batch. Loading
+//! the read position before the sleep sequence is not one: a stale read
+//! position only wakes the reader early.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -77,11 +86,13 @@ enum Sleep {
     WriterForABlock,
     /// The reader, on an empty record queue.
     ReaderOnEmpty,
+    /// The reader, on an empty record queue, asking for a batch.
+    ReaderForABatch,
 }
 
 impl Sleep {
     fn is_writer(self) -> bool {
-        self != Self::ReaderOnEmpty
+        matches!(self, Self::WriterOnFull | Self::WriterForABlock)
     }
 }
 
@@ -92,6 +103,7 @@ struct Sleeps {
     writer_on_full: usize,
     writer_for_a_block: usize,
     reader_on_empty: usize,
+    reader_for_a_batch: usize,
     /// Sleeps begun while the other side was asleep too.
     both_at_once: usize,
     writer_asleep: bool,
@@ -112,6 +124,7 @@ fn falls_asleep(sleep: Sleep) {
         Sleep::WriterOnFull => sleeps.writer_on_full += 1,
         Sleep::WriterForABlock => sleeps.writer_for_a_block += 1,
         Sleep::ReaderOnEmpty => sleeps.reader_on_empty += 1,
+        Sleep::ReaderForABatch => sleeps.reader_for_a_batch += 1,
     }
     let other_asleep = if sleep.is_writer() {
         sleeps.writer_asleep = true;
@@ -165,13 +178,15 @@ fn check(name: &str, expected: &[Sleep], both: bool, model: impl Fn() + Sync + S
         let publish = if light { "light" } else { "SeqCst" };
         println!(
             "{name}, {publish} publishes, {fence:?} SeqCst fences: {} executions, at most {} preemptions each, in {:.1} s; \
-             sleeps: writer on full {}, writer for a block {}, reader on empty {}, both at once {}",
+             sleeps: writer on full {}, writer for a block {}, reader on empty {}, reader for a batch {}, \
+             both at once {}",
             executions.load(Ordering::Relaxed),
             builder.preemption_bound.unwrap_or(0),
             started.elapsed().as_secs_f64(),
             sleeps.writer_on_full,
             sleeps.writer_for_a_block,
             sleeps.reader_on_empty,
+            sleeps.reader_for_a_batch,
             sleeps.both_at_once,
         );
         for sleep in expected {
@@ -179,6 +194,7 @@ fn check(name: &str, expected: &[Sleep], both: bool, model: impl Fn() + Sync + S
                 Sleep::WriterOnFull => sleeps.writer_on_full,
                 Sleep::WriterForABlock => sleeps.writer_for_a_block,
                 Sleep::ReaderOnEmpty => sleeps.reader_on_empty,
+                Sleep::ReaderForABatch => sleeps.reader_for_a_batch,
             };
             assert!(count > 0, "{name}: no execution had the sleep {sleep:?}");
         }
@@ -237,10 +253,10 @@ fn channel(release_slots: u64) -> (Writer, Reader) {
     (writer, reader)
 }
 
-/// The header of record `index`: its index in three fields.
-fn header(index: u64) -> RecordHeader {
+/// The header of record `index`, of `kind`: its index in three fields.
+fn header(index: u64, kind: RecordKind) -> RecordHeader {
     RecordHeader {
-        kind: RecordKind::Buffer,
+        kind,
         flags: index as u32,
         pts: index,
         dts: NONE,
@@ -258,12 +274,12 @@ fn fill(index: u64) -> u8 {
 impl Writer {
     /// Writes record `index` as the sink does: take a grant, or sleep until
     /// the reader makes room (edge-triggered, as `shmringsink` waits).
-    fn write_record(&mut self, index: u64, payload: Payload) {
+    fn write_record(&mut self, index: u64, kind: RecordKind, payload: Payload) {
         loop {
             if let Some(mut grant) = self.records.grant(payload).unwrap() {
                 let bytes = vec![fill(index); payload.inline_len() as usize];
                 assert!(grant.write_inline(0, &bytes));
-                grant.commit(&header(index));
+                grant.commit(&header(index, kind));
                 return;
             }
             if self.records.prepare_wait(payload.inline_len()).unwrap() {
@@ -297,9 +313,15 @@ impl Writer {
 
 impl Reader {
     /// Reads `count` records as `shmringsrc` does: peek, else spin, else
-    /// sleep until the writer commits (edge-triggered). `take` checks each
-    /// record and may release blocks.
-    fn read_records(&mut self, count: u64, mut take: impl FnMut(u64, ReadRecord<'_>, &mut ReleaseProducer)) {
+    /// sleep until the writer commits (edge-triggered), asking for the
+    /// batch that `batch` gives for the index of the record awaited (0 for
+    /// none). `take` checks each record and may release blocks.
+    fn read_records(
+        &mut self,
+        count: u64,
+        batch: impl Fn(u64) -> u64,
+        mut take: impl FnMut(u64, ReadRecord<'_>, &mut ReleaseProducer),
+    ) {
         let mut index = 0;
         while index < count {
             if let Some(record) = self.records.peek().unwrap() {
@@ -310,20 +332,27 @@ impl Reader {
             if self.records.spin_for_data(SPINS).unwrap() {
                 continue;
             }
-            if self.records.prepare_wait().unwrap() {
-                falls_asleep(Sleep::ReaderOnEmpty);
+            let batch = batch(index);
+            if self.records.prepare_wait_batched(batch).unwrap() {
+                let sleep = if batch > 0 {
+                    Sleep::ReaderForABatch
+                } else {
+                    Sleep::ReaderOnEmpty
+                };
+                falls_asleep(sleep);
                 self.data_ready.wait_edge();
-                wakes_up(Sleep::ReaderOnEmpty);
+                wakes_up(sleep);
                 self.records.finish_edge_wait();
             }
         }
     }
 }
 
-/// Checks that `record` is record `index` with an inline payload of `len`
-/// bytes, all of them as the writer wrote them, and frees its place.
-fn check_inline(index: u64, record: ReadRecord<'_>, len: u64) {
-    assert_eq!(*record.header(), header(index), "record {index} out of order");
+/// Checks that `record` is record `index`, of `kind`, with an inline
+/// payload of `len` bytes, all of them as the writer wrote them, and frees
+/// its place.
+fn check_inline(index: u64, kind: RecordKind, record: ReadRecord<'_>, len: u64) {
+    assert_eq!(*record.header(), header(index, kind), "record {index} out of order");
     assert_eq!(record.payload(), Payload::Inline { len });
     assert!(
         record.inline_to_vec().iter().all(|&byte| byte == fill(index)),
@@ -332,17 +361,24 @@ fn check_inline(index: u64, record: ReadRecord<'_>, len: u64) {
     record.release();
 }
 
+/// For a reader that never asks for a batch.
+fn no_batch(_: u64) -> u64 {
+    0
+}
+
 /// Writes `count` records of `inline` payload bytes while the reader reads
 /// them, each side sleeping on full or empty as it finds the queue.
 fn records_model(count: u64, inline: u64) {
     let (mut writer, mut reader) = channel(1);
     let writing = thread::spawn(move || {
         for index in 0..count {
-            writer.write_record(index, Payload::Inline { len: inline });
+            writer.write_record(index, RecordKind::Buffer, Payload::Inline { len: inline });
         }
         writer
     });
-    reader.read_records(count, |index, record, _| check_inline(index, record, inline));
+    reader.read_records(count, no_batch, |index, record, _| {
+        check_inline(index, RecordKind::Buffer, record, inline)
+    });
     let writer = writing.join().unwrap();
     // The reader said it fences when it attached, so the writer's first
     // commit saw it: every later one was light.
@@ -432,15 +468,19 @@ fn loom_writer_waits_for_a_block_while_the_reader_waits_for_data() {
                 // SAFETY: the block was just allocated, and the reader has
                 // not been sent it.
                 unsafe { heap.block_mut(offset, LEN) }.unwrap().fill(fill(index));
-                writer.write_record(index, Payload::Block { offset, len: LEN });
+                writer.write_record(index, RecordKind::Buffer, Payload::Block { offset, len: LEN });
             }
             writer.take_releases_until(|offset| {
                 assert_eq!(books.release(offset, holder), Ok(true), "a block came back twice");
                 books.allocated_bytes() == 0
             });
         });
-        reader.read_records(COUNT, |index, record, releases| {
-            assert_eq!(*record.header(), header(index), "record {index} out of order");
+        reader.read_records(COUNT, no_batch, |index, record, releases| {
+            assert_eq!(
+                *record.header(),
+                header(index, RecordKind::Buffer),
+                "record {index} out of order"
+            );
             let Payload::Block { offset, len } = record.payload() else {
                 panic!("record {index} has no block");
             };
@@ -457,5 +497,91 @@ fn loom_writer_waits_for_a_block_while_the_reader_waits_for_data() {
             releases.push(offset).unwrap();
         });
         writing.join().unwrap();
+    });
+}
+
+/// The inline payload of a small buffer record.
+const SMALL_INLINE: u64 = 64;
+/// Bytes a small buffer record takes (a 16-byte base, the payload and a
+/// trailer of two words): less than a batch of `BATCH` bytes, and two of
+/// them more.
+const SMALL_RECORD: u64 = 96;
+/// The batch the reader of the batched models asks for.
+const BATCH: u64 = 128;
+
+/// Writes records of `kinds` with inline payloads of `inline` bytes, with
+/// batched wake-ups on and `limit` bytes let wait unread, while the reader
+/// reads them, asking for the batch that `batch` gives (see
+/// [`Reader::read_records`]). The first record is a small buffer, and the
+/// reader asks for a batch before it.
+fn batched_model(kinds: &'static [RecordKind], inline: &'static [u64], limit: u64, batch: impl Fn(u64) -> u64) {
+    let (mut writer, mut reader) = channel(1);
+    writer.records.set_batch_wakes(true);
+    writer.records.set_limit(limit);
+    let writing = thread::spawn(move || {
+        for (index, (&kind, &len)) in kinds.iter().zip(inline).enumerate() {
+            writer.write_record(index as u64, kind, Payload::Inline { len });
+            // The reader's first sleep counts from 0, where no read position
+            // can be stale: it must sleep through the first record, or the
+            // model would not be about batches.
+            if index == 0 {
+                assert_eq!(writer.records.wakeups_sent(), 0, "half a batch woke the reader");
+            }
+        }
+    });
+    reader.read_records(kinds.len() as u64, batch, |index, record, _| {
+        let index = index as usize;
+        check_inline(index as u64, kinds[index], record, inline[index]);
+    });
+    writing.join().unwrap();
+}
+
+/// Three small buffer records, to a reader that sleeps asking for a batch
+/// of two while the records still to come fill one, and for none before
+/// the last, as the element's reader does once its bounded sleep expired.
+/// The writer leaves it asleep through the first record of a batch and
+/// must wake it at the second at the latest: the second sleep may begin
+/// before or after the writer's next commit, and the writer may count that
+/// batch from the read position of before the first sleep (stale, which
+/// wakes the reader early).
+#[test]
+fn loom_a_batched_sleep_is_woken_once_its_batch_of_buffers_waits() {
+    const KINDS: [RecordKind; 3] = [RecordKind::Buffer; 3];
+    const INLINE: [u64; 3] = [SMALL_INLINE; 3];
+    check("batch fills", &[Sleep::ReaderForABatch], false, || {
+        batched_model(&KINDS, &INLINE, MIN_RECORD_CAPACITY, |index| {
+            if (KINDS.len() as u64 - index) * SMALL_RECORD >= BATCH {
+                BATCH
+            } else {
+                0
+            }
+        })
+    });
+}
+
+/// A small buffer record, less than the batch the reader always asks for,
+/// then caps, which wake it at once: the batch never fills.
+#[test]
+fn loom_caps_after_a_buffer_wake_a_batched_sleep() {
+    const KINDS: [RecordKind; 2] = [RecordKind::Buffer, RecordKind::Caps];
+    const INLINE: [u64; 2] = [SMALL_INLINE, 8];
+    check("caps end a batch", &[Sleep::ReaderForABatch], false, || {
+        batched_model(&KINDS, &INLINE, MIN_RECORD_CAPACITY, |_| BATCH)
+    });
+}
+
+/// A writer that lets 256 bytes wait unread (as `ring-time` makes the sink
+/// do), so that the batch stays at 128: a small buffer record, less than
+/// the batch, then a buffer record of 160 bytes that fits only once the
+/// reader has read the first. The batch would fill, but the writer cannot
+/// write the record that fills it until the reader wakes, so the record
+/// that does not fit must wake it.
+#[test]
+fn loom_a_record_that_does_not_fit_wakes_a_batched_sleep() {
+    const KINDS: [RecordKind; 2] = [RecordKind::Buffer; 2];
+    const INLINE: [u64; 2] = [SMALL_INLINE, 128];
+    let sleeps = [Sleep::WriterOnFull, Sleep::ReaderForABatch];
+    check("full before the batch", &sleeps, true, || {
+        batched_model(&KINDS, &INLINE, 256, |_| BATCH)
     });
 }

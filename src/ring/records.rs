@@ -227,6 +227,12 @@ impl Producer {
         if self.free() < size {
             self.reload_read(Ordering::Acquire)?;
             if self.free() < size {
+                // A reader we left asleep for a batch may need this record
+                // to fill it, and it cannot come until the reader reads:
+                // records of other sizes, or a limit lowered since the
+                // reader slept, can fill the queue before the batch.
+                let peer_sleep = self.memory.control_u64(OFFSET_READER_SLEEP);
+                self.waker.wake_skipped(peer_sleep, &self.data_ready);
                 return Ok(None);
             }
         }
@@ -273,7 +279,9 @@ impl Producer {
         };
         let urgent = std::mem::take(&mut self.staged_urgent);
         let seen = if self.batch_wakes && !urgent {
-            // Half of what may wait unread: a full queue always wakes.
+            // Half of what may wait unread, so that records of one size
+            // fill a batch before the queue; a record that does not fit
+            // wakes the reader anyway (see `grant`).
             let max_batch = self.limit / 2;
             let read_position = || memory.control_u64(OFFSET_RECORD_READ).load(Ordering::Acquire);
             let (write, notifier) = (self.write, &self.data_ready);

@@ -605,6 +605,24 @@ fn a_batch_never_outgrows_half_of_what_may_wait_unread() {
 }
 
 #[test]
+fn a_record_that_does_not_fit_wakes_a_batched_sleep() {
+    let mut ends = ends();
+    let (producer, consumer) = (&mut ends.producer, &mut ends.consumer);
+    producer.set_batch_wakes(true);
+    producer.set_limit(3 * SMALL_BUFFER_RECORD);
+    assert!(consumer.prepare_wait_batched(CAPACITY).unwrap());
+    send(producer, &[1; 64], &buffer(1));
+    assert!(!readable(consumer.data_fd()));
+    // A larger buffer does not fit beside the first, so the batch could
+    // fill only after the reader had read: the writer must not wait for it.
+    assert!(producer.grant(Payload::Inline { len: 256 }).unwrap().is_none());
+    assert!(readable(consumer.data_fd()), "the full queue woke the batched sleep");
+    consumer.finish_wait();
+    assert_eq!(receive_inline(consumer), [1; 64]);
+    assert!(producer.grant(Payload::Inline { len: 256 }).unwrap().is_some());
+}
+
+#[test]
 fn a_batch_counts_from_the_read_position_published_before_the_sleep() {
     let mut ends = ends();
     let (producer, consumer) = (&mut ends.producer, &mut ends.consumer);

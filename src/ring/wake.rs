@@ -74,16 +74,24 @@
 //! first record, as above). The writer honours a batch only for records
 //! that do not need the reader soon (small buffers of a stream that is not
 //! live, see `Producer::set_batch_wakes`) and never for more than half of
-//! what it lets wait unread, so it cannot stall on a full queue while the
-//! reader sleeps; every other record wakes the reader at once. Because the
-//! writer may stop before the batch fills (the end of a burst, a pause), a
-//! reader that asks for a batch bounds its sleep with a timeout; if that
-//! expires, it goes back to batches of 0 until it again sees records arrive
-//! faster than it sleeps. The argument above is unchanged: a batch only lets
-//! the writer *skip* a wake-up it would make, never make one it would not,
-//! and the reader's read position, which the writer compares against, was
-//! published before S1 (the writer loads it after P2, and a stale, smaller
-//! value only wakes the reader early).
+//! what it lets wait unread; every other record wakes the reader at once.
+//! Records of other sizes, or a limit lowered after the reader slept, can
+//! still fill the queue before the batch, so a record that does not fit
+//! wakes the reader too: the writer never waits for room from a reader it
+//! left asleep. Because the writer may stop before the batch fills (the end
+//! of a burst, a pause), a reader that asks for a batch bounds its sleep
+//! with a timeout; if that expires, it goes back to batches of 0 until it
+//! again sees records arrive faster than it sleeps.
+//!
+//! The argument above is unchanged: a batch only lets the writer *skip* a
+//! wake-up it would make, and the reader's read position, which the writer
+//! compares against, was published before S1 (the writer loads it after
+//! P2, and a stale, smaller value only wakes the reader early). Once the
+//! writer has skipped a sleep, its later loads of the sleep sequence return
+//! that sleep or a later one (loads of one word by one thread), so the
+//! sleep lasts until the first record that wakes: the next one that is not
+//! a small buffer, the one that fills the batch, or the first that does not
+//! fit. `loom_tests.rs` models all three.
 //!
 //! The sequence is 64 bits wide, with its count above bit 8: at one sleep
 //! per microsecond (one sleep is at least a system call) it would take 2,000
@@ -176,8 +184,8 @@ impl Sleeper {
 pub(crate) struct Waker {
     signalled: u64,
     sent: u64,
-    /// The batched sleep whose wake position was last worked out, and that
-    /// position.
+    /// The batched sleep whose wake position was last worked out (0: none
+    /// yet), and that position.
     armed: u64,
     wake_at: u64,
 }
@@ -226,6 +234,20 @@ impl Waker {
             notifier.notify();
         }
         seq
+    }
+
+    /// P2, P3 for the sleep that [`Self::wake_batched`] last left asleep,
+    /// if it was not woken since: for a writer that may not fill the batch.
+    pub(crate) fn wake_skipped(&mut self, peer_sleep: &AtomicU64, notifier: &Notifier) {
+        if self.armed != 0 && self.armed != self.signalled {
+            // Relaxed: the load that left the sleep unwoken returned its
+            // sequence, so this one (of the same word, in the same thread)
+            // returns that sequence or a later one. A later sleep's S2 saw
+            // every record whose P2 did not see it, and one that a P2 saw
+            // and skipped is this case again; waking a reader that sleeps
+            // for nothing costs one useless wake-up.
+            self.wake(peer_sleep, notifier, Ordering::Relaxed);
+        }
     }
 
     /// Wake-ups sent so far.
