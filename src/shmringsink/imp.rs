@@ -556,6 +556,18 @@ impl ObjectSubclass for ShmRingSink {
     type Type = super::ShmRingSink;
     type ParentType = gst_base::BaseSink;
     type Interfaces = (gst::URIHandler,);
+
+    fn class_init(klass: &mut Self::Class) {
+        // The bindings install a `prepare` that only calls GstBaseSink's,
+        // which has none; with one installed, GstBaseSink works out every
+        // buffer's sync times an extra time to call it. We prepare nothing.
+        // SAFETY: the class struct of a BaseSink subclass starts with
+        // GstBaseSinkClass, and this runs once, in class_init, before any
+        // instance exists.
+        let klass = unsafe { &mut *(klass as *mut Self::Class as *mut gst_base::ffi::GstBaseSinkClass) };
+        klass.prepare = None;
+        klass.prepare_list = None;
+    }
 }
 
 impl ObjectImpl for ShmRingSink {

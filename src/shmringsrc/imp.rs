@@ -1191,6 +1191,17 @@ impl ObjectSubclass for ShmRingSrc {
     type Type = super::ShmRingSrc;
     type ParentType = gst_base::PushSrc;
     type Interfaces = (gst::URIHandler,);
+
+    fn class_init(klass: &mut Self::Class) {
+        // The bindings install a `get_times` that only calls GstBaseSrc's,
+        // which has none, once per buffer; the buffers' own timestamps are
+        // what GstBaseSrc syncs on without it.
+        // SAFETY: the class struct of a PushSrc subclass starts with
+        // GstBaseSrcClass, and this runs once, in class_init, before any
+        // instance exists.
+        let klass = unsafe { &mut *(klass as *mut Self::Class as *mut gst_base::ffi::GstBaseSrcClass) };
+        klass.get_times = None;
+    }
 }
 
 impl ObjectImpl for ShmRingSrc {
