@@ -13,6 +13,7 @@ pub struct Stats {
     times_blocked_full: AtomicU64,
     peak_held_bytes: AtomicU64,
     buffers_lost: AtomicU64,
+    batch_sleeps_timed_out: AtomicU64,
 }
 
 impl Stats {
@@ -37,6 +38,12 @@ impl Stats {
     /// A sleep ended because the other side woke us.
     pub fn woken(&self) {
         self.wakeups_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A reader's sleep that asked for a batch of records ended at its time
+    /// bound: the writer stopped before the batch filled.
+    pub fn batch_sleep_timed_out(&self) {
+        self.batch_sleeps_timed_out.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Heap bytes held across the ring now: by the reader's leases, or on
@@ -82,7 +89,9 @@ impl Stats {
                 .field("times-blocked-full", get(&self.times_blocked_full))
                 .build()
         } else {
-            builder.build()
+            builder
+                .field("batch-sleeps-timed-out", get(&self.batch_sleeps_timed_out))
+                .build()
         }
     }
 }

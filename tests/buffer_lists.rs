@@ -129,3 +129,84 @@ fn buffer_lists_pushed_into_the_sink_arrive_whole_and_in_order() {
     assert!(received == expected, "the recording differs from what was pushed");
     assert_no_criticals_here("the writer");
 }
+
+/// The reader's `batch-sleeps-timed-out` counter.
+fn batch_sleeps_timed_out(source: &gst::Element) -> u64 {
+    source
+        .property::<gst::Structure>("stats")
+        .get::<u64>("batch-sleeps-timed-out")
+        .expect("the reader counts its batched sleeps that timed out")
+}
+
+/// A writer of a stream that is not live pushes a burst of small buffers
+/// (a list, so that the reader finds them all at once and then asks for a
+/// batch), and stops: the reader's batched sleep must end at its bound,
+/// and every burst arrive whole, before the writer writes anything more.
+/// The reader runs in this process, so that the test can read its counter
+/// between bursts; the two pipelines still meet only through the socket
+/// and the ring.
+#[test]
+fn a_burst_that_fills_no_batch_ends_the_batched_sleep_at_its_bound() {
+    const BURSTS: u64 = 8;
+    const PER_BURST: u64 = 40;
+    init_gst();
+    let scratch = Scratch::new("batch_bound");
+    let socket = scratch.socket();
+    let writer = parse_pipeline(&format!(
+        "appsrc name=app format=time caps=audio/x-raw,format=S16LE,channels=2,rate=48000,layout=interleaved \
+         ! shmringsink socket-path={}",
+        socket.display()
+    ));
+    let appsrc = writer
+        .by_name("app")
+        .and_downcast::<gst_app::AppSrc>()
+        .expect("the appsrc");
+    writer.set_state(gst::State::Playing).expect("the writer starts");
+    wait_until("the writer listens", || is_socket(&socket));
+    let reader = parse_pipeline(&format!(
+        "shmringsrc name=source socket-path={} ! appsink name=out sync=false",
+        socket.display()
+    ));
+    let source = reader.by_name("source").expect("the source is named");
+    let out = reader
+        .by_name("out")
+        .and_downcast::<gst_app::AppSink>()
+        .expect("the appsink");
+    reader.set_state(gst::State::Playing).expect("the reader starts");
+    let mut index = 0u64;
+    for burst in 0..BURSTS {
+        let mut list = gst::BufferList::new_sized(PER_BURST as usize);
+        let buffers = list.get_mut().expect("a new list is writable");
+        let first = index;
+        for _ in 0..PER_BURST {
+            let mut buffer = gst::Buffer::from_mut_slice(list_buffer_bytes(index, 256));
+            let timed = buffer.get_mut().expect("a new buffer is writable");
+            timed.set_pts(gst::ClockTime::from_useconds(index * 1333));
+            timed.set_duration(gst::ClockTime::from_useconds(1333));
+            buffers.add(buffer);
+            index += 1;
+        }
+        appsrc.push_buffer_list(list).expect("the writer takes the burst");
+        for expected in first..index {
+            let sample = out
+                .try_pull_sample(gst::ClockTime::from_seconds(30))
+                .unwrap_or_else(|| panic!("burst {burst}: buffer {expected} never arrived"));
+            let bytes = sample
+                .buffer()
+                .expect("a sample has a buffer")
+                .map_readable()
+                .unwrap()
+                .to_vec();
+            assert_eq!(bytes, list_buffer_bytes(expected, 256), "buffer {expected}");
+        }
+        wait_until("the reader's batched sleep ends at its bound", || {
+            batch_sleeps_timed_out(&source) > burst
+        });
+    }
+    appsrc.end_of_stream().expect("the writer takes EOS");
+    wait_for_eos(&writer, "the writer");
+    wait_for_eos(&reader, "the reader");
+    writer.set_state(gst::State::Null).expect("the writer stops");
+    reader.set_state(gst::State::Null).expect("the reader stops");
+    assert_no_criticals_here("the writer and the reader");
+}

@@ -1255,7 +1255,7 @@ impl ObjectImpl for ShmRingSrc {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Counters over the whole run, reconnections included: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, peak-held-bytes (heap bytes held downstream at most), buffers-lost (buffers the writer dropped for this reader under when-full=drop)")
+                    .blurb("Counters over the whole run, reconnections included: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, peak-held-bytes (heap bytes held downstream at most), buffers-lost (buffers the writer dropped for this reader under when-full=drop), batch-sleeps-timed-out (sleeps that asked a writer of a stream that is not live for a batch of small buffers and ended at their 2 ms bound)")
                     .read_only()
                     .build(),
             ]
@@ -1861,6 +1861,7 @@ impl ShmRingSrc {
             if batch > 0 && !ready.contains(&true) {
                 // The batch did not fill: the writer paused, or its burst
                 // ended. Records one at a time again, until they come fast.
+                self.stats.batch_sleep_timed_out();
                 link.read_since_wake = 0;
                 continue;
             }
