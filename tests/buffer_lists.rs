@@ -210,3 +210,59 @@ fn a_burst_that_fills_no_batch_ends_the_batched_sleep_at_its_bound() {
     reader.set_state(gst::State::Null).expect("the reader stops");
     assert_no_criticals_here("the writer and the reader");
 }
+
+/// What `shmringsink` decided about batching wake-ups for the stream of
+/// `source`, from its debug log: `Some(true)` if it found upstream live.
+fn sink_found_upstream_live(source: &str) -> Option<bool> {
+    let said = Arc::new(std::sync::Mutex::new(None));
+    let heard = said.clone();
+    gst::log::set_threshold_for_name("shmringsink", gst::DebugLevel::Debug);
+    let log = gst::log::add_log_function(move |category, _, _, _, _, _, message| {
+        if category.name() != "shmringsink" {
+            return;
+        }
+        let Some(text) = message.get() else {
+            return;
+        };
+        let verdict = if text.starts_with("upstream is live") {
+            Some(true)
+        } else if text.starts_with("upstream is not live") {
+            Some(false)
+        } else {
+            None
+        };
+        if verdict.is_some() {
+            *heard.lock().unwrap() = verdict;
+        }
+    });
+    let scratch = Scratch::new("upstream_live");
+    play_to_eos(
+        &parse_pipeline(&format!(
+            "{source} num-buffers=20 ! audio/x-raw,format=S16LE,channels=2,rate=48000 \
+             ! shmringsink socket-path={} wait-for-connection=false",
+            scratch.socket().display()
+        )),
+        source,
+    );
+    gst::log::remove_log_function(log);
+    *said.lock().unwrap()
+}
+
+/// Only a stream whose upstream is not live may leave a reader asleep for a
+/// batch: the sink must ask upstream itself, since GstBaseSink answers "not
+/// live" for a sink that does not sync, as `shmringsink` does not.
+#[test]
+fn only_a_stream_that_is_not_live_batches_wake_ups() {
+    init_gst();
+    assert_eq!(
+        sink_found_upstream_live("audiotestsrc is-live=true samplesperbuffer=64"),
+        Some(true),
+        "a live source's readers must be woken at every record"
+    );
+    assert_eq!(
+        sink_found_upstream_live("audiotestsrc samplesperbuffer=64"),
+        Some(false),
+        "a source that is not live lets readers ask for batches"
+    );
+    assert_no_criticals_here("the writers");
+}

@@ -837,9 +837,22 @@ impl BaseSinkImpl for ShmRingSink {
     fn set_caps(&self, caps: &gst::Caps) -> Result<(), gst::LoggableError> {
         self.check_caps_fit(caps)?;
         let text = caps.to_string();
-        // Asked here, with no lock of ours held; a source that cannot say
-        // yet counts as live, which only costs wake-ups.
-        let upstream_live = !matches!(self.obj().query_latency(), Ok((_, false, _, _)));
+        // Asked upstream here, with no lock of ours held. Not through
+        // `query_latency`: GstBaseSink asks upstream only for a sink that
+        // syncs, and ours does not, so it would call every stream not
+        // live. A source that cannot say yet counts as live, which only
+        // costs wake-ups.
+        let mut latency = gst::query::Latency::new();
+        let upstream_live = !self.obj().sink_pad().peer_query(&mut latency) || latency.result().0;
+        if upstream_live {
+            gst::debug!(CAT, imp = self, "upstream is live: readers are woken at every record");
+        } else {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "upstream is not live: readers may be woken once per batch of small buffers"
+            );
+        }
         let mut state = self.lock_state();
         state.readers.set_batch_wakes(!upstream_live);
         state.readers.announce_caps(self, text);
