@@ -57,9 +57,44 @@ fn waiting_raw_audio_buffers_arrive_as_lists_with_every_byte() {
     assert_no_criticals_here("the reader");
 }
 
-/// Bytes of buffer `index` of the list test: distinct in every buffer.
+/// Bytes of buffer `index` of the list tests: distinct in every buffer.
 fn list_buffer_bytes(index: u64, len: usize) -> Vec<u8> {
     (0..len).map(|at| (index as usize * 7 + at) as u8).collect()
+}
+
+/// An application's writer, playing: `appsrc` of raw audio into
+/// `shmringsink`, listening on `socket`.
+fn app_writer(socket: &std::path::Path) -> (gst::Pipeline, gst_app::AppSrc) {
+    let writer = parse_pipeline(&format!(
+        "appsrc name=app format=time caps=audio/x-raw,format=S16LE,channels=2,rate=48000,layout=interleaved \
+         ! shmringsink socket-path={}",
+        socket.display()
+    ));
+    let appsrc = writer
+        .by_name("app")
+        .and_downcast::<gst_app::AppSrc>()
+        .expect("the appsrc");
+    writer.set_state(gst::State::Playing).expect("the writer starts");
+    wait_until("the writer listens", || is_socket(socket));
+    (writer, appsrc)
+}
+
+/// Buffers `first` to `first + count - 1`, of `len(index)` bytes each and
+/// 1333 µs apart, as one list; and their bytes in order.
+fn timed_list(first: u64, count: u64, len: impl Fn(u64) -> usize) -> (gst::BufferList, Vec<u8>) {
+    let mut list = gst::BufferList::new_sized(count as usize);
+    let buffers = list.get_mut().expect("a new list is writable");
+    let mut all = Vec::new();
+    for index in first..first + count {
+        let bytes = list_buffer_bytes(index, len(index));
+        all.extend_from_slice(&bytes);
+        let mut buffer = gst::Buffer::from_mut_slice(bytes);
+        let timed = buffer.get_mut().expect("a new buffer is writable");
+        timed.set_pts(gst::ClockTime::from_useconds(index * 1333));
+        timed.set_duration(gst::ClockTime::from_useconds(1333));
+        buffers.add(buffer);
+    }
+    (list, all)
 }
 
 /// An application that pushes buffer lists into `shmringsink`: small
@@ -76,17 +111,7 @@ fn buffer_lists_pushed_into_the_sink_arrive_whole_and_in_order() {
     let scratch = Scratch::new("sink_buffer_lists");
     let socket = scratch.socket();
     let received = scratch.path("received.raw");
-    let writer = parse_pipeline(&format!(
-        "appsrc name=app format=time caps=audio/x-raw,format=S16LE,channels=2,rate=48000,layout=interleaved \
-         ! shmringsink socket-path={}",
-        socket.display()
-    ));
-    let appsrc = writer
-        .by_name("app")
-        .and_downcast::<gst_app::AppSrc>()
-        .expect("the appsrc");
-    writer.set_state(gst::State::Playing).expect("the writer starts");
-    wait_until("the writer listens", || is_socket(&socket));
+    let (writer, appsrc) = app_writer(&socket);
     let mut reader = Launch::spawn(
         &scratch,
         "reader",
@@ -97,26 +122,17 @@ fn buffer_lists_pushed_into_the_sink_arrive_whole_and_in_order() {
         ),
     );
     let mut expected = Vec::new();
-    let mut index = 0u64;
     for list_index in 0..LISTS {
-        let mut list = gst::BufferList::new_sized(PER_LIST as usize);
-        let buffers = list.get_mut().expect("a new list is writable");
-        for in_list in 0..PER_LIST {
-            // One list in fifty holds a buffer that needs a heap block.
-            let len = if list_index % 50 == 7 && in_list == 3 {
+        let first = list_index * PER_LIST;
+        // One list in fifty holds a buffer that needs a heap block.
+        let (list, bytes) = timed_list(first, PER_LIST, |index| {
+            if list_index % 50 == 7 && index == first + 3 {
                 LARGE
             } else {
                 SMALL
-            };
-            let bytes = list_buffer_bytes(index, len);
-            expected.extend_from_slice(&bytes);
-            let mut buffer = gst::Buffer::from_mut_slice(bytes);
-            let timed = buffer.get_mut().expect("a new buffer is writable");
-            timed.set_pts(gst::ClockTime::from_useconds(index * 1333));
-            timed.set_duration(gst::ClockTime::from_useconds(1333));
-            buffers.add(buffer);
-            index += 1;
-        }
+            }
+        });
+        expected.extend_from_slice(&bytes);
         appsrc.push_buffer_list(list).expect("the writer takes the list");
     }
     appsrc.end_of_stream().expect("the writer takes EOS");
@@ -152,17 +168,7 @@ fn a_burst_that_fills_no_batch_ends_the_batched_sleep_at_its_bound() {
     init_gst();
     let scratch = Scratch::new("batch_bound");
     let socket = scratch.socket();
-    let writer = parse_pipeline(&format!(
-        "appsrc name=app format=time caps=audio/x-raw,format=S16LE,channels=2,rate=48000,layout=interleaved \
-         ! shmringsink socket-path={}",
-        socket.display()
-    ));
-    let appsrc = writer
-        .by_name("app")
-        .and_downcast::<gst_app::AppSrc>()
-        .expect("the appsrc");
-    writer.set_state(gst::State::Playing).expect("the writer starts");
-    wait_until("the writer listens", || is_socket(&socket));
+    let (writer, appsrc) = app_writer(&socket);
     let reader = parse_pipeline(&format!(
         "shmringsrc name=source socket-path={} ! appsink name=out sync=false",
         socket.display()
@@ -173,21 +179,11 @@ fn a_burst_that_fills_no_batch_ends_the_batched_sleep_at_its_bound() {
         .and_downcast::<gst_app::AppSink>()
         .expect("the appsink");
     reader.set_state(gst::State::Playing).expect("the reader starts");
-    let mut index = 0u64;
     for burst in 0..BURSTS {
-        let mut list = gst::BufferList::new_sized(PER_BURST as usize);
-        let buffers = list.get_mut().expect("a new list is writable");
-        let first = index;
-        for _ in 0..PER_BURST {
-            let mut buffer = gst::Buffer::from_mut_slice(list_buffer_bytes(index, 256));
-            let timed = buffer.get_mut().expect("a new buffer is writable");
-            timed.set_pts(gst::ClockTime::from_useconds(index * 1333));
-            timed.set_duration(gst::ClockTime::from_useconds(1333));
-            buffers.add(buffer);
-            index += 1;
-        }
+        let first = burst * PER_BURST;
+        let (list, _) = timed_list(first, PER_BURST, |_| 256);
         appsrc.push_buffer_list(list).expect("the writer takes the burst");
-        for expected in first..index {
+        for expected in first..first + PER_BURST {
             let sample = out
                 .try_pull_sample(gst::ClockTime::from_seconds(30))
                 .unwrap_or_else(|| panic!("burst {burst}: buffer {expected} never arrived"));
