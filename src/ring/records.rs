@@ -46,6 +46,13 @@
 //! writer asleep on a full queue is woken by the next publish, which comes
 //! at the latest when the reader has drained the queue. No lock, allocation
 //! or syscall happens while the queue is neither empty nor full.
+//!
+//! The writer's own position may run ahead of the shared one: records it
+//! *staged* ([`WriteGrant::stage`]) sit past the published `write`, in
+//! the producer's free part, until one [`Producer::publish`] shows them all
+//! with one store and at most one wake-up. Invariant 1 holds for the shared
+//! position; the writer publishes before it sleeps for room, since only
+//! records the reader can see can ever make room.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;

@@ -1762,7 +1762,10 @@ impl ShmRingSrc {
         buffers.add(first);
         while buffers.len() < MAX_BATCH && next_is_buffer(link) {
             match self.next_record(link) {
-                Ok(Some(Step::Buffer(buffer))) => buffers.add(buffer),
+                Ok(Some(Step::Buffer(buffer))) => {
+                    link.read_since_wake = link.read_since_wake.saturating_add(1);
+                    buffers.add(buffer);
+                }
                 Ok(_) => break,
                 // What was read goes downstream first, the failure next.
                 Err(err) => {
