@@ -63,11 +63,11 @@ fn list_buffer_bytes(index: u64, len: usize) -> Vec<u8> {
 }
 
 /// An application's writer, playing: `appsrc` of raw audio into
-/// `shmringsink`, listening on `socket`.
-fn app_writer(socket: &std::path::Path) -> (gst::Pipeline, gst_app::AppSrc) {
+/// `shmringsink` (with `sink_properties`), listening on `socket`.
+fn app_writer(socket: &std::path::Path, sink_properties: &str) -> (gst::Pipeline, gst_app::AppSrc) {
     let writer = parse_pipeline(&format!(
         "appsrc name=app format=time caps=audio/x-raw,format=S16LE,channels=2,rate=48000,layout=interleaved \
-         ! shmringsink socket-path={}",
+         ! shmringsink socket-path={} {sink_properties}",
         socket.display()
     ));
     let appsrc = writer
@@ -103,15 +103,27 @@ fn timed_list(first: u64, count: u64, len: impl Fn(u64) -> usize) -> (gst::Buffe
 /// a reader in another process records every byte in order.
 #[test]
 fn buffer_lists_pushed_into_the_sink_arrive_whole_and_in_order() {
+    lists_arrive_whole_and_in_order("sink_buffer_lists", "");
+}
+
+/// The same with `ring-time` letting three buffers wait unread: a list of
+/// ten never fits at once, and must go buffer by buffer, each waiting for
+/// room, rather than lose what does not fit.
+#[test]
+fn buffer_lists_longer_than_ring_time_arrive_whole_and_in_order() {
+    lists_arrive_whole_and_in_order("sink_buffer_lists_ring_time", "ring-time=4000");
+}
+
+fn lists_arrive_whole_and_in_order(test: &str, sink_properties: &str) {
     const LISTS: u64 = 300;
     const PER_LIST: u64 = 10;
     const SMALL: usize = 256;
     const LARGE: usize = 20_000;
     init_gst();
-    let scratch = Scratch::new("sink_buffer_lists");
+    let scratch = Scratch::new(test);
     let socket = scratch.socket();
     let received = scratch.path("received.raw");
-    let (writer, appsrc) = app_writer(&socket);
+    let (writer, appsrc) = app_writer(&socket, sink_properties);
     let mut reader = Launch::spawn(
         &scratch,
         "reader",
@@ -168,7 +180,7 @@ fn a_burst_that_fills_no_batch_ends_the_batched_sleep_at_its_bound() {
     init_gst();
     let scratch = Scratch::new("batch_bound");
     let socket = scratch.socket();
-    let (writer, appsrc) = app_writer(&socket);
+    let (writer, appsrc) = app_writer(&socket, "");
     let reader = parse_pipeline(&format!(
         "shmringsrc name=source socket-path={} ! appsink name=out sync=false",
         socket.display()
@@ -241,6 +253,7 @@ fn sink_found_upstream_live(source: &str) -> Option<bool> {
         source,
     );
     gst::log::remove_log_function(log);
+    gst::log::unset_threshold_for_name("shmringsink");
     *said.lock().unwrap()
 }
 

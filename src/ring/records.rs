@@ -253,16 +253,22 @@ impl Producer {
     /// give room for it.
     pub fn has_room(&mut self, payload: Payload) -> Result<bool, RingError> {
         let size = self.check_fits(payload.inline_len())?;
-        self.has_room_for(size)
+        if self.free() < size {
+            self.reload_read(Ordering::Acquire)?;
+        }
+        Ok(self.free() >= size)
     }
 
     /// Whether `bytes` of records (each counted at its [`record_size`])
-    /// fit now, one after the other.
+    /// fit now, one after the other, within the limit: then `grant` gives
+    /// room for each in turn. Stricter than `grant` for an empty queue,
+    /// where one record larger than the limit still fits.
     pub fn has_room_for(&mut self, bytes: u64) -> Result<bool, RingError> {
-        if self.free() < bytes {
+        let fits = |producer: &Self| (producer.write - producer.read_cached).saturating_add(bytes) <= producer.limit;
+        if !fits(self) {
             self.reload_read(Ordering::Acquire)?;
         }
-        Ok(self.free() >= bytes)
+        Ok(fits(self))
     }
 
     /// Shows the reader the records staged since the last publish, with one

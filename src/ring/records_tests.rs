@@ -554,6 +554,29 @@ fn staged_records_are_seen_at_the_publish_with_one_wake_up() {
 }
 
 #[test]
+fn room_for_several_records_counts_the_limit_even_in_an_empty_queue() {
+    let mut ends = ends();
+    let producer = &mut ends.producer;
+    let record = record_size(64).unwrap();
+    producer.set_limit(3 * record);
+    assert!(producer.has_room_for(3 * record).unwrap());
+    assert!(
+        !producer.has_room_for(4 * record).unwrap(),
+        "four records exceed the limit"
+    );
+    for sequence in 0..3 {
+        let mut grant = producer
+            .grant(Payload::Inline { len: 64 })
+            .unwrap()
+            .expect("room was promised");
+        assert!(grant.write_inline(0, &[1; 64]));
+        grant.stage(&buffer(sequence));
+    }
+    assert!(!producer.has_room_for(record).unwrap());
+    producer.publish();
+}
+
+#[test]
 fn a_writer_waiting_for_room_first_publishes_what_it_staged() {
     let mut ends = ends();
     let (producer, consumer) = (&mut ends.producer, &mut ends.consumer);
