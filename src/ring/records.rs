@@ -249,16 +249,6 @@ impl Producer {
         }))
     }
 
-    /// Whether a record whose payload is `payload` fits now: `grant` would
-    /// give room for it.
-    pub fn has_room(&mut self, payload: Payload) -> Result<bool, RingError> {
-        let size = self.check_fits(payload.inline_len())?;
-        if self.free() < size {
-            self.reload_read(Ordering::Acquire)?;
-        }
-        Ok(self.free() >= size)
-    }
-
     /// Whether `bytes` of records (each counted at its [`record_size`])
     /// fit now, one after the other, within the limit: then `grant` gives
     /// room for each in turn. Stricter than `grant` for an empty queue,
