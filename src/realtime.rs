@@ -28,10 +28,21 @@ use std::cell::Cell;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use gst::prelude::*;
 use nix::libc;
 
 /// The highest `SCHED_FIFO` priority Linux offers.
 pub const MAX_PRIORITY: u32 = 99;
+
+/// The `realtime-priority` property, the same on both elements.
+pub fn priority_property() -> gst::glib::ParamSpec {
+    gst::glib::ParamSpecUInt::builder("realtime-priority")
+        .nick("Real-time priority")
+        .blurb("SCHED_FIFO priority (1-99) for the streaming thread while it runs this element, so that it runs as soon as a buffer is due even on a busy machine (a shorter latency tail for live audio); the thread gets its old scheduling back when the element stops. Needs root, CAP_SYS_NICE or a high enough RLIMIT_RTPRIO, else a warning and normal scheduling. 0: leave the scheduling alone")
+        .maximum(MAX_PRIORITY)
+        .mutable_playing()
+        .build()
+}
 
 /// Runs are numbered across all elements, so that a pooled thread that ran
 /// one element's run cannot mistake another's for it.

@@ -636,12 +636,7 @@ impl ObjectImpl for ShmRingSink {
                     .blurb("Which upstream events from readers are pushed into this pipeline from the sink pad. none: no event. safe (default): navigation, force-key-unit, reconfigure and custom upstream events, so that no reader changes what the others get. all: also seeks and QoS, for a writer with one reader. Position, duration and seeking queries are always answered; a seeking query answers not seekable unless all")
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecUInt::builder("realtime-priority")
-                    .nick("Real-time priority")
-                    .blurb("SCHED_FIFO priority (1-99) for the streaming thread while it runs this element, so that it runs as soon as a buffer is due even on a busy machine (a shorter latency tail for live audio); the thread gets its old scheduling back when the element stops. Needs root, CAP_SYS_NICE or a high enough RLIMIT_RTPRIO, else a warning and normal scheduling. 0: leave the scheduling alone")
-                    .maximum(crate::realtime::MAX_PRIORITY)
-                    .mutable_playing()
-                    .build(),
+                crate::realtime::priority_property(),
                 glib::ParamSpecUInt::builder("readers")
                     .nick("Readers")
                     .blurb("Readers linked now. New readers are taken in as buffers pass")

@@ -1247,12 +1247,7 @@ impl ObjectImpl for ShmRingSrc {
                     .blurb("What to do when the writer goes away without EOS (crashed, killed, stopped without -e): eos ends the stream with a warning, error fails the pipeline, wait keeps it running and resumes with a DISCONT buffer when a writer appears again at socket-path")
                     .mutable_ready()
                     .build(),
-                glib::ParamSpecUInt::builder("realtime-priority")
-                    .nick("Real-time priority")
-                    .blurb("SCHED_FIFO priority (1-99) for the streaming thread while it runs this element, so that it runs as soon as a buffer is due even on a busy machine (a shorter latency tail for live audio); the thread gets its old scheduling back when the element stops. Needs root, CAP_SYS_NICE or a high enough RLIMIT_RTPRIO, else a warning and normal scheduling. 0: leave the scheduling alone")
-                    .maximum(crate::realtime::MAX_PRIORITY)
-                    .mutable_playing()
-                    .build(),
+                crate::realtime::priority_property(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Counters over the whole run, reconnections included: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, peak-held-bytes (heap bytes held downstream at most), buffers-lost (buffers the writer dropped for this reader under when-full=drop), batch-sleeps-timed-out (sleeps that asked a writer of a stream that is not live for a batch of small buffers and ended at their 2 ms bound)")
