@@ -856,8 +856,6 @@ impl BaseSinkImpl for ShmRingSink {
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         self.realtime.enter_for(self.obj().upcast_ref(), *CAT);
-        let unlock = self.unlock.notifier()?;
-        let wait = self.wait_for_connection();
         let header = codec::buffer_header(buffer);
         let layout = codec::video_layout(buffer);
         let metas = self.metas.encode(self.obj().upcast_ref(), buffer);
@@ -866,6 +864,13 @@ impl BaseSinkImpl for ShmRingSink {
             return Err(gst::FlowError::Error);
         }
         state.readers.carry_metas(metas);
+        if state.readers.render_steady(self, buffer, &header, &layout) {
+            return Ok(gst::FlowSuccess::Ok);
+        }
+        // Only a render that may wait needs the unlock fd, and taking it
+        // costs a lock and a reference count.
+        let unlock = self.unlock.notifier()?;
+        let wait = self.wait_for_connection();
         let rendered = state.readers.render(self, &unlock, buffer, &header, &layout, wait);
         if let Err(gst::FlowError::Error) = rendered {
             // Close the connection without EOS, so that the reader reports

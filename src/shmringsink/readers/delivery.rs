@@ -103,9 +103,6 @@ impl Readers {
         wait: bool,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
         let queue_limit = sink.queue_limit(buffer, self.metas.len());
-        if self.render_steady(sink, buffer, header, layout, queue_limit) {
-            return Ok(gst::FlowSuccess::Ok);
-        }
         let drop_mode = self.drop_mode(sink);
         let delta = buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
         self.send_owed_flushes(sink, drop_mode)?;
@@ -194,21 +191,26 @@ impl Readers {
     /// to readers that are all linked, owed nothing (no flush, timeline,
     /// layout, backlog or loss to tell first, no keyframe to wait for),
     /// with room in every queue, and nothing new on any socket. Returns
-    /// `false`, having written nothing, when any of that does not hold; the
-    /// general path then decides. What it writes is what the general path
-    /// would: one inline buffer record per reader.
-    fn render_steady(
+    /// `false`, having written nothing, when any of that does not hold:
+    /// then call `render`, which decides. What it writes is what `render`
+    /// would: one inline buffer record per reader. It never waits, so it
+    /// needs no unlock fd.
+    pub(in crate::shmringsink) fn render_steady(
         &mut self,
         sink: &ShmRingSink,
-        buffer: &gst::Buffer,
+        buffer: &gst::BufferRef,
         header: &RecordHeader,
         layout: &VideoLayout,
-        queue_limit: u64,
     ) -> bool {
+        let len = buffer.size();
         self.metas.is_empty()
-            && is_steady_buffer(buffer)
+            && is_steady_buffer(buffer, len)
             && self.readers_steady(sink, layout)
-            && self.write_steady(sink, || std::iter::once((buffer.as_ref(), *header)), queue_limit)
+            && self.write_steady(
+                sink,
+                || std::iter::once((buffer, *header, len)),
+                sink.queue_limit(buffer, 0),
+            )
     }
 
     /// [`Self::render_steady`] for a whole list of buffers without metas
@@ -217,8 +219,9 @@ impl Readers {
     /// any buffer or reader is not in the common case; the list then goes
     /// buffer by buffer through `render`.
     pub(in crate::shmringsink) fn render_list_steady(&mut self, sink: &ShmRingSink, list: &gst::BufferListRef) -> bool {
-        let steady =
-            |buffer: &gst::BufferRef| is_steady_buffer(buffer) && buffer.iter_meta::<gst::Meta>().next().is_none();
+        let steady = |buffer: &gst::BufferRef| {
+            is_steady_buffer(buffer, buffer.size()) && buffer.iter_meta::<gst::Meta>().next().is_none()
+        };
         if !list.iter().all(steady) {
             return false;
         }
@@ -226,7 +229,10 @@ impl Readers {
             return true;
         };
         let queue_limit = sink.queue_limit(first, 0);
-        let records = || list.iter().map(|buffer| (buffer, codec::buffer_header(buffer)));
+        let records = || {
+            list.iter()
+                .map(|buffer| (buffer, codec::buffer_header(buffer), buffer.size()))
+        };
         self.readers_steady(sink, &None) && self.write_steady(sink, records, queue_limit)
     }
 
@@ -248,15 +254,18 @@ impl Readers {
             })
     }
 
-    /// Writes `records` (small buffers and their headers) to every reader,
-    /// if all of them fit every queue now; else writes nothing and returns
-    /// `false`.
+    /// Writes `records` (small buffers, their headers and their sizes) to
+    /// every reader, if all of them fit every queue now; else writes
+    /// nothing and returns `false`.
     fn write_steady<'b, I>(&mut self, sink: &ShmRingSink, records: impl Fn() -> I, queue_limit: u64) -> bool
     where
-        I: Iterator<Item = (&'b gst::BufferRef, RecordHeader)>,
+        I: Iterator<Item = (&'b gst::BufferRef, RecordHeader, usize)>,
     {
-        let bytes = records().try_fold(0u64, |sum, (buffer, _)| {
-            ring::layout::record_size(buffer.size() as u64).and_then(|size| sum.checked_add(size))
+        let (mut count, mut payload_bytes) = (0u64, 0u64);
+        let bytes = records().try_fold(0u64, |sum, (_, _, len)| {
+            count += 1;
+            payload_bytes += len as u64;
+            ring::layout::record_size(len as u64).and_then(|size| sum.checked_add(size))
         });
         let Some(bytes) = bytes else {
             return false;
@@ -268,12 +277,10 @@ impl Readers {
             }
         }
         for link in &mut self.links {
-            for (buffer, header) in records() {
+            for (buffer, header, len) in records() {
                 // Room for them all was checked just above, and only this
                 // thread writes.
-                let payload = Payload::Inline {
-                    len: buffer.size() as u64,
-                };
+                let payload = Payload::Inline { len: len as u64 };
                 if let Ok(Some(mut grant)) = link.records.grant(payload) {
                     Inline::Buffer(buffer).copy_into(&mut grant);
                     grant.stage(&header);
@@ -291,9 +298,7 @@ impl Readers {
                 link.wakeups_counted = sent;
             }
         }
-        for (buffer, _) in records() {
-            sink.stats().buffer(buffer.size(), true);
-        }
+        sink.stats().buffers_crossed(count, payload_bytes, true);
         true
     }
 
@@ -786,8 +791,8 @@ impl Readers {
 }
 
 /// A buffer that travels inline and not by its fd.
-fn is_steady_buffer(buffer: &gst::BufferRef) -> bool {
-    buffer.size() <= INLINE_MAX && !super::fds::may_cross_by_fd(buffer)
+fn is_steady_buffer(buffer: &gst::BufferRef, len: usize) -> bool {
+    len <= INLINE_MAX && !super::fds::may_cross_by_fd(buffer)
 }
 
 /// An error, naming the `ring-size` to set, if a payload of `len` bytes

@@ -25,6 +25,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gst::glib;
@@ -78,11 +79,19 @@ impl FdCache {
 /// Identities of memories sent by their fd that have been freed since,
 /// filled by a qdata notify on any thread and taken at the next buffer.
 #[derive(Default)]
-pub(super) struct Deaths(Arc<Mutex<Vec<(u64, u64)>>>);
+pub(super) struct Deaths(Arc<DeathList>);
+
+#[derive(Default)]
+struct DeathList {
+    identities: Mutex<Vec<(u64, u64)>>,
+    /// Whether `identities` may hold any: checked for every buffer, where
+    /// taking the mutex would cost two locked instructions for nothing.
+    pending: AtomicBool,
+}
 
 /// What the qdata of a watched memory owns.
 struct Watch {
-    deaths: Arc<Mutex<Vec<(u64, u64)>>>,
+    deaths: Arc<DeathList>,
     identity: (u64, u64),
 }
 
@@ -90,11 +99,14 @@ unsafe extern "C" fn memory_freed(watch: glib::ffi::gpointer) {
     // SAFETY: `watch` is the box `watch_memory` leaked for this qdata, and
     // GLib calls the destroy notify once, when the memory is finalized.
     let watch = unsafe { Box::from_raw(watch.cast::<Watch>()) };
-    watch
-        .deaths
+    let deaths = &watch.deaths;
+    deaths
+        .identities
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .push(watch.identity);
+    // After the push, so that whoever sees the flag finds the identity.
+    deaths.pending.store(true, Ordering::Release);
 }
 
 impl Deaths {
@@ -124,14 +136,20 @@ impl Deaths {
     }
 
     fn is_empty(&self) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .is_empty()
+        !self.0.pending.load(Ordering::Acquire)
     }
 
     fn take(&self) -> Vec<(u64, u64)> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+        // Cleared before the take: an identity pushed meanwhile sets it
+        // again, and is taken next time.
+        self.0.pending.store(false, Ordering::Relaxed);
+        std::mem::take(
+            &mut *self
+                .0
+                .identities
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 }
 
