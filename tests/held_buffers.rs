@@ -1032,3 +1032,58 @@ fn samples_kept_after_their_reader_stops_stay_intact() {
     );
     criticals.check();
 }
+
+/// The reader copies small buffers into buffers it recycles once
+/// downstream lets go of them. Downstream may change a buffer it was given
+/// writable: here it flags each one DROPPABLE and adds a reference-timestamp
+/// meta. A recycled buffer must come back clean, with its bytes intact.
+#[test]
+fn recycled_copies_carry_nothing_downstream_added() {
+    let _guard = NoCriticals::watch();
+    let producer =
+        "audiotestsrc wave=sine samplesperbuffer=64 num-buffers=600 ! audio/x-raw,format=S16LE,rate=48000,channels=2";
+    let want = one_process_buffers(producer);
+    let scratch = Scratch::new("recycled_copies");
+    let socket = scratch.socket().display().to_string();
+    let writer = start_writer(&scratch, &format!("{producer} ! shmringsink socket-path={socket}"));
+    let reader = parse_pipeline(&format!(
+        "shmringsrc socket-path={socket} ! appsink name=sink sync=false"
+    ));
+    let sink = appsink(&reader);
+    let marker = gst::Caps::new_empty_simple("timestamp/x-shmring-test");
+    let tainted = Arc::new(AtomicUsize::new(0));
+    let pad = sink.static_pad("sink").expect("appsink has a sink pad");
+    pad.add_probe(gst::PadProbeType::BUFFER, {
+        let tainted = tainted.clone();
+        move |_, info| {
+            if let Some(buffer) = info.buffer_mut() {
+                let carried = buffer.flags().contains(gst::BufferFlags::DROPPABLE)
+                    || buffer.iter_meta::<gst::ReferenceTimestampMeta>().next().is_some();
+                if carried {
+                    tainted.fetch_add(1, Ordering::Relaxed);
+                }
+                let buffer = buffer.make_mut();
+                buffer.set_flags(gst::BufferFlags::DROPPABLE);
+                gst::ReferenceTimestampMeta::add(buffer, &marker, gst::ClockTime::SECOND, None);
+            }
+            gst::PadProbeReturn::Ok
+        }
+    });
+    start(&reader, "reader");
+    let mut got = Vec::new();
+    pull_until_eos(&reader, &sink, "reader", |sample| {
+        let buffer = sample.buffer().expect("a sample from appsink has a buffer");
+        got.push(buffer.map_readable().expect("readable").to_vec());
+    });
+    stop(&reader, "reader");
+    writer.finish().assert_success();
+    assert_eq!(got.len(), want.len(), "buffers that arrived");
+    for (index, (got, want)) in got.iter().zip(&want).enumerate() {
+        assert_same_bytes(got, want, &format!("buffer {index}"));
+    }
+    assert_eq!(
+        tainted.load(Ordering::Relaxed),
+        0,
+        "buffers arrived with a flag or meta a downstream element had added to an earlier buffer"
+    );
+}

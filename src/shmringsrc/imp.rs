@@ -24,6 +24,7 @@ use crate::timeline::Timeline;
 use crate::unlock::Unlock;
 
 use super::OnDisconnect;
+use super::copies::CopyPool;
 use super::fds::{self, FdTable};
 use super::flush::Watcher;
 use super::pacer::Pacer;
@@ -254,78 +255,6 @@ struct Link {
     /// Reading a record failed after others had joined a list: the next
     /// read returns this, once the list went downstream.
     failed: Option<gst::FlowError>,
-}
-
-/// Buffers to copy payloads into, recycled so that a stream of copies does
-/// not allocate per buffer.
-#[derive(Default)]
-struct CopyPool {
-    pool: Option<(usize, gst::BufferPool)>,
-    last_size: usize,
-}
-
-impl CopyPool {
-    /// A buffer of `len` bytes that `read` fills with a copy from shared
-    /// memory; `None` if `read` fails.
-    fn copy(&mut self, len: usize, mut read: impl FnMut(&mut [u8]) -> bool) -> Option<gst::Buffer> {
-        let mut buffer = self.buffer(len);
-        // The buffer's one memory, mapped alone: mapping the whole buffer
-        // costs three times as much, on the path of every small buffer.
-        let memory = buffer
-            .get_mut()
-            .filter(|buffer| buffer.n_memory() == 1)
-            .and_then(|buffer| buffer.peek_memory_mut(0).ok());
-        let copied = match memory.and_then(|memory| memory.map_writable().ok()) {
-            Some(mut dest) if dest.len() == len => Some(read(&mut dest)),
-            _ => None,
-        };
-        match copied {
-            Some(true) => Some(buffer),
-            Some(false) => None,
-            None => {
-                let mut bytes = vec![0; len];
-                read(&mut bytes).then(|| gst::Buffer::from_mut_slice(bytes))
-            }
-        }
-    }
-
-    fn buffer(&mut self, size: usize) -> gst::Buffer {
-        if let Some((pool_size, pool)) = &self.pool
-            && *pool_size == size
-            && let Ok(buffer) = pool.acquire_buffer(None)
-        {
-            return buffer;
-        }
-        // A size seen twice in a row gets a pool; variable sizes do not.
-        if let Ok(pool_size) = u32::try_from(size)
-            && size == self.last_size
-            && size > 0
-        {
-            if let Some((_, old)) = self.pool.take() {
-                let _ = old.set_active(false);
-            }
-            let pool = gst::BufferPool::new();
-            let mut config = pool.config();
-            config.set_params(None, pool_size, 0, 0);
-            if pool.set_config(config).is_ok() && pool.set_active(true).is_ok() {
-                let buffer = pool.acquire_buffer(None);
-                self.pool = Some((size, pool));
-                if let Ok(buffer) = buffer {
-                    return buffer;
-                }
-            }
-        }
-        self.last_size = size;
-        gst::Buffer::with_size(size).unwrap_or_default()
-    }
-}
-
-impl Drop for CopyPool {
-    fn drop(&mut self) {
-        if let Some((_, pool)) = self.pool.take() {
-            let _ = pool.set_active(false);
-        }
-    }
 }
 
 #[derive(Default)]

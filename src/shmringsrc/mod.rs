@@ -3,6 +3,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod copies;
 mod fds;
 mod flush;
 mod imp;
