@@ -856,6 +856,18 @@ impl BaseSinkImpl for ShmRingSink {
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         self.realtime.enter_for(self.obj().upcast_ref(), *CAT);
+        if !self.wait_for_connection() {
+            // Dropping a buffer that nobody reads costs no more than this.
+            let state = self.lock_state();
+            if state.readers.idle() {
+                gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
+                return if state.failed {
+                    Err(gst::FlowError::Error)
+                } else {
+                    Ok(gst::FlowSuccess::Ok)
+                };
+            }
+        }
         let header = codec::buffer_header(buffer);
         let layout = codec::video_layout(buffer);
         let metas = self.metas.encode(self.obj().upcast_ref(), buffer);

@@ -84,6 +84,8 @@ pub(super) struct Readers {
     caps: Option<String>,
     /// Fd-backed memories sent by their fd that have since been freed.
     fd_deaths: fds::Deaths,
+    /// Tells, cheaply, whether a buffer's memory is fd-backed.
+    fd_check: fds::FdCheck,
     /// Whether upstream is not live, so that a reader that asks may be
     /// woken once per batch of small buffers rather than for each.
     batch_wakes: bool,
@@ -108,6 +110,12 @@ impl Readers {
     /// without a watch, which only a sink that is not started lacks.
     fn take_attention(&self) -> bool {
         self.watch.as_ref().is_none_or(Watch::take_attention)
+    }
+
+    /// Whether no reader is linked or waiting to join and no socket has
+    /// news: a buffer now would reach nobody.
+    pub(super) fn idle(&self) -> bool {
+        self.links.is_empty() && self.pending.is_empty() && !self.attention_pending()
     }
 
     /// Whether `take_attention` would say yes, without taking it.

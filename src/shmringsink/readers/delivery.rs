@@ -203,8 +203,9 @@ impl Readers {
         layout: &VideoLayout,
     ) -> bool {
         let len = buffer.size();
-        self.metas.is_empty()
-            && is_steady_buffer(buffer, len)
+        !self.links.is_empty()
+            && self.metas.is_empty()
+            && is_steady_buffer(&mut self.fd_check, buffer, len)
             && self.readers_steady(sink, layout)
             && self.write_steady(
                 sink,
@@ -219,8 +220,9 @@ impl Readers {
     /// any buffer or reader is not in the common case; the list then goes
     /// buffer by buffer through `render`.
     pub(in crate::shmringsink) fn render_list_steady(&mut self, sink: &ShmRingSink, list: &gst::BufferListRef) -> bool {
+        let fd_check = &mut self.fd_check;
         let steady = |buffer: &gst::BufferRef| {
-            is_steady_buffer(buffer, buffer.size()) && buffer.iter_meta::<gst::Meta>().next().is_none()
+            is_steady_buffer(fd_check, buffer, buffer.size()) && buffer.iter_meta::<gst::Meta>().next().is_none()
         };
         if !list.iter().all(steady) {
             return false;
@@ -791,8 +793,8 @@ impl Readers {
 }
 
 /// A buffer that travels inline and not by its fd.
-fn is_steady_buffer(buffer: &gst::BufferRef, len: usize) -> bool {
-    len <= INLINE_MAX && !super::fds::may_cross_by_fd(buffer)
+fn is_steady_buffer(fd_check: &mut super::fds::FdCheck, buffer: &gst::BufferRef, len: usize) -> bool {
+    len <= INLINE_MAX && !fd_check.may_cross_by_fd(buffer)
 }
 
 /// An error, naming the `ring-size` to set, if a payload of `len` bytes

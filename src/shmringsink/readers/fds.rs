@@ -162,14 +162,35 @@ struct Shared<'a> {
     size: u64,
 }
 
-/// Whether `buffer` is one fd-backed memory, which may then cross by its
+/// Whether a buffer is one fd-backed memory, which may then cross by its
 /// fd: the cheap half of [`shareable`]'s checks.
-pub(super) fn may_cross_by_fd(buffer: &gst::BufferRef) -> bool {
-    buffer.n_memory() == 1
-        && buffer
-            .peek_memory(0)
-            .downcast_memory_ref::<gst_allocators::FdMemory>()
-            .is_some()
+#[derive(Default)]
+pub(super) struct FdCheck {
+    /// The last allocator seen whose memories are not fd-backed. Whether
+    /// they are is a matter of the allocator's type, a GType walk that
+    /// costs more than the rest of a small buffer's checks together, so it
+    /// runs once per allocator rather than once per buffer.
+    plain: Option<gst::Allocator>,
+}
+
+impl FdCheck {
+    pub(super) fn may_cross_by_fd(&mut self, buffer: &gst::BufferRef) -> bool {
+        if buffer.n_memory() != 1 {
+            return false;
+        }
+        let memory = buffer.peek_memory(0);
+        let allocator = memory.allocator();
+        if let (Some(plain), Some(allocator)) = (&self.plain, allocator)
+            && plain == allocator
+        {
+            return false;
+        }
+        let fd_backed = memory.downcast_memory_ref::<gst_allocators::FdMemory>().is_some();
+        if !fd_backed {
+            self.plain = allocator.cloned();
+        }
+        fd_backed
+    }
 }
 
 fn shareable(buffer: &gst::Buffer) -> Option<Shared<'_>> {
