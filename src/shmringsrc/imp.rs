@@ -921,17 +921,19 @@ impl ShmRingSrc {
             }
             None => (buffer, copied),
         };
+        // One writability check for all that follows: each costs a call.
+        let writable = buffer.make_mut();
         link.metas
-            .apply(header, buffer.make_mut())
+            .apply(header, writable)
             .map_err(|err| self.decode_error(err))?;
-        self.stats.buffer(buffer.size(), copied);
+        self.stats.buffer(writable.size(), copied);
         if link.live {
-            self.onto_our_timeline(link, buffer.make_mut());
+            self.onto_our_timeline(link, writable);
         } else {
-            self.rebase(link, buffer.make_mut());
+            self.rebase(link, writable);
         }
         if std::mem::take(&mut link.discont) {
-            buffer.make_mut().set_flags(gst::BufferFlags::DISCONT);
+            writable.set_flags(gst::BufferFlags::DISCONT);
         }
         Ok(Some(Step::Buffer(buffer)))
     }
