@@ -100,12 +100,12 @@ unsafe extern "C" fn memory_freed(watch: glib::ffi::gpointer) {
     // GLib calls the destroy notify once, when the memory is finalized.
     let watch = unsafe { Box::from_raw(watch.cast::<Watch>()) };
     let deaths = &watch.deaths;
-    deaths
+    let mut identities = deaths
         .identities
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .push(watch.identity);
-    // After the push, so that whoever sees the flag finds the identity.
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    identities.push(watch.identity);
+    // Under the lock, as `take` clears it, so that no set is lost.
     deaths.pending.store(true, Ordering::Release);
 }
 
@@ -140,16 +140,13 @@ impl Deaths {
     }
 
     fn take(&self) -> Vec<(u64, u64)> {
-        // Cleared before the take: an identity pushed meanwhile sets it
-        // again, and is taken next time.
+        let mut identities = self
+            .0
+            .identities
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.0.pending.store(false, Ordering::Relaxed);
-        std::mem::take(
-            &mut *self
-                .0
-                .identities
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
+        std::mem::take(&mut *identities)
     }
 }
 
