@@ -484,10 +484,10 @@ impl ChannelMemory {
     /// the copy, never the queue.
     pub(crate) fn read_records(&self, offset: u64, dest: &mut [u8]) -> Option<()> {
         let len = dest.len() as u64;
-        self.record_range(offset, len)?;
+        let at = self.record_range(offset, len)?;
         #[cfg(loom)]
         self.model.records.read(offset, len);
-        self.map.copy_out(CONTROL_SIZE as u64 + offset, dest)
+        self.map.copy_out(at, dest)
     }
 
     /// Copies `source` into the record queue at `offset`. A hostile reader
@@ -502,13 +502,14 @@ impl ChannelMemory {
             return None;
         }
         let len = source.len() as u64;
-        self.record_range(offset, len)?;
+        let at = self.record_range(offset, len)?;
         #[cfg(loom)]
         self.model.records.write(offset, len);
-        // SAFETY: in range (checked), mapped writable (checked), and no
-        // other thread of this process touches the free part: the producer
-        // is unique and the consumer reads only the written part.
-        unsafe { self.map.copy_in(CONTROL_SIZE as u64 + offset, source) }
+        // SAFETY: in the record queue (checked), mapped writable (checked),
+        // and no other thread of this process touches the free part: the
+        // producer is unique and the consumer reads only the written part.
+        // `copy_in` checks the mapping's bounds.
+        unsafe { self.map.copy_in(at, source) }
     }
 
     /// The `len` bytes of the record queue from `offset` (in
@@ -550,20 +551,22 @@ impl ChannelMemory {
         if !offset.is_multiple_of(RECORD_ALIGN) || !len.is_multiple_of(RECORD_ALIGN) {
             return None;
         }
-        let (start, _) = self.record_range(offset, len)?;
-        // SAFETY: `record_range` checked that the range lies inside the
-        // mapping, so the offset pointer stays within it. The mapping is
-        // page-aligned and the record queue starts a page after it, so a
-        // whole-word offset gives an aligned `u64`.
-        Some(unsafe { self.map.base.add(start) }.cast())
+        // The mapping is page-aligned and the record queue starts a page
+        // after it, so a whole-word offset gives an aligned `u64`.
+        let at = self.record_range(offset, len)?;
+        Some(self.map.pointer(at, len)?.cast())
     }
 
-    fn record_range(&self, offset: u64, len: u64) -> Option<(usize, usize)> {
+    /// Where `offset..offset + len` of the record queue starts in the
+    /// mapping, if it lies within the queue's two copies (and so not in
+    /// the release queue after them). The mapping's own bounds are checked
+    /// by whatever then reaches the bytes.
+    fn record_range(&self, offset: u64, len: u64) -> Option<u64> {
         let end = offset.checked_add(len)?;
         if end > 2 * self.sizes.record_capacity {
             return None;
         }
-        self.map.range(CONTROL_SIZE as u64 + offset, len)
+        Some(CONTROL_SIZE as u64 + offset)
     }
 }
 
