@@ -110,6 +110,8 @@ pub struct Producer {
 pub struct WriteGrant<'a> {
     producer: &'a mut Producer,
     payload: Payload,
+    /// The room `grant` checked: the record with the largest trailer.
+    room: u64,
 }
 
 /// How far a reader has read, as it says: for heuristics only, since the
@@ -253,6 +255,7 @@ impl Producer {
         Ok(Some(WriteGrant {
             producer: self,
             payload,
+            room: size,
         }))
     }
 
@@ -415,13 +418,10 @@ impl<'a> WriteGrant<'a> {
     #[inline]
     pub fn stage(self, header: &RecordHeader) -> &'a mut Producer {
         let producer = self.producer;
-        let at = producer.write_at;
-        // `grant` checked that this fits the queue.
-        let room = record_size(self.payload.inline_len()).unwrap_or(u64::MAX);
         // SAFETY: as in `write_inline`: `grant` made room for the record
         // with the largest trailer, all in the free part of the queue, and
         // the grant is exclusive.
-        let Some(mut words) = (unsafe { producer.memory.record_words_mut(at, room) }) else {
+        let Some(mut words) = (unsafe { producer.memory.record_words_mut(producer.write_at, self.room) }) else {
             return producer;
         };
         let Some(size) = header.encode(self.payload, |index, word| words.put(index, word)) else {
@@ -529,11 +529,12 @@ impl Consumer {
         let base = RecordHeader::decode_base(words.get(0), words.get(1))
             .ok_or_else(|| corrupt("a record has an unknown kind or reserved bits set"))?;
         let inline_len = base.inline_len();
-        let size = exact_record_size(inline_len, base.trailer_len())
-            .filter(|&size| size <= available)
+        let (trailer_at, size) = trailer_at(inline_len)
+            .and_then(|at| Some((at, at.checked_add(base.trailer_len())?)))
+            .filter(|&(_, size)| size <= available)
             .ok_or_else(|| corrupt("a record claims more bytes than were written"))?;
         // `size <= available` puts the trailer inside `words`.
-        let trailer = trailer_at(inline_len).map_or(0, |at| (at / RECORD_ALIGN) as usize);
+        let trailer = (trailer_at / RECORD_ALIGN) as usize;
         let (header, payload) = base.finish(|index| words.get(trailer + index));
         if let Payload::Block { offset, len } = payload {
             let inside = offset.checked_add(len).is_some_and(|end| end <= self.heap_size);
