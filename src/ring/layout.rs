@@ -258,14 +258,19 @@ impl RecordHeader {
         }
     }
 
-    /// The header's bytes as they sit in the queue: the base, and the
-    /// trailer that goes after the padded inline payload.
-    pub(crate) fn encode(&self, payload: Payload) -> EncodedHeader {
-        let mut encoded = EncodedHeader {
-            base: [0; RECORD_BASE_SIZE as usize],
-            trailer: [0; 8 * TRAILER_WORDS],
-            trailer_len: 0,
-        };
+    /// Writes the header into the record that starts at word 0 and whose
+    /// inline payload is `payload`'s: `put(index, word)` stores word
+    /// `index` of the record. Returns the bytes the record takes, or `None`
+    /// if that overflows.
+    ///
+    /// Every trailer word is stored, present or not, at the place the next
+    /// present one goes, so that the loop has no branch: a record's room
+    /// holds a full trailer ([`record_size`]), and an absent word is either
+    /// overwritten or lies past the record's end, in room the writer owns.
+    #[inline]
+    pub(crate) fn encode(&self, payload: Payload, mut put: impl FnMut(usize, u64)) -> Option<u64> {
+        let trailer_at = trailer_at(payload.inline_len())?;
+        let first = usize::try_from(trailer_at / RECORD_ALIGN).ok()?;
         // A heap offset is below 2^32, so never NONE: an inline payload is
         // the one that leaves the block word out.
         let block = match payload {
@@ -274,38 +279,34 @@ impl RecordHeader {
         };
         let words = [self.pts, self.dts, self.duration, self.offset, self.offset_end, block];
         let mut present = 0u8;
+        let mut count = 0;
         for (bit, word) in words.into_iter().enumerate() {
-            if word != NONE {
-                present |= 1 << bit;
-                let at = encoded.trailer_len;
-                encoded.trailer[at..at + 8].copy_from_slice(&word.to_ne_bytes());
-                encoded.trailer_len += 8;
-            }
+            put(first + count, word);
+            let set = word != NONE;
+            present |= u8::from(set) << bit;
+            count += usize::from(set);
         }
-        encoded.base[0] = self.kind as u8;
-        encoded.base[1] = present;
-        encoded.base[4..8].copy_from_slice(&self.flags.to_ne_bytes());
-        encoded.base[8..16].copy_from_slice(&payload.len().to_ne_bytes());
-        encoded
+        let [f0, f1, f2, f3] = self.flags.to_ne_bytes();
+        put(0, u64::from_ne_bytes([self.kind as u8, present, 0, 0, f0, f1, f2, f3]));
+        put(1, payload.len());
+        trailer_at.checked_add(RECORD_ALIGN * count as u64)
     }
 
-    /// Parses a base header copied out of the queue. `None` if the kind is
-    /// unknown or a reserved bit is set. What it says is not checked here:
-    /// see `Consumer::peek`.
-    pub(crate) fn decode_base(raw: &[u8; RECORD_BASE_SIZE as usize]) -> Option<BaseHeader> {
-        let kind = RecordKind::from_u32(raw[0].into())?;
-        let present = raw[1];
-        if present >> TRAILER_WORDS != 0 || raw[2..4] != [0, 0] {
+    /// Parses a base header, its two words copied out of the queue. `None`
+    /// if the kind is unknown or a reserved bit is set. What it says is not
+    /// checked here: see `Consumer::peek`.
+    #[inline]
+    pub(crate) fn decode_base(first: u64, len: u64) -> Option<BaseHeader> {
+        let [kind, present, zero0, zero1, f0, f1, f2, f3] = first.to_ne_bytes();
+        let kind = RecordKind::from_u32(kind.into())?;
+        if present >> TRAILER_WORDS != 0 || zero0 != 0 || zero1 != 0 {
             return None;
         }
-        let flags = u32::from_ne_bytes([raw[4], raw[5], raw[6], raw[7]]);
-        let mut len = [0u8; 8];
-        len.copy_from_slice(&raw[8..16]);
         Some(BaseHeader {
             kind,
-            flags,
+            flags: u32::from_ne_bytes([f0, f1, f2, f3]),
             present,
-            len: u64::from_ne_bytes(len),
+            len,
         })
     }
 }
@@ -326,23 +327,21 @@ impl BaseHeader {
     }
 
     /// Bytes of the trailer.
-    pub(crate) fn trailer_len(&self) -> usize {
-        8 * self.present.count_ones() as usize
+    pub(crate) fn trailer_len(&self) -> u64 {
+        RECORD_ALIGN * u64::from(self.present.count_ones())
     }
 
-    /// The whole header from the trailer's bytes (`trailer_len` of them),
-    /// and where the payload is.
-    pub(crate) fn finish(&self, trailer: &[u8]) -> (RecordHeader, Payload) {
-        let mut words = trailer.chunks_exact(8).map(|chunk| {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            u64::from_ne_bytes(word)
-        });
+    /// The whole header, and where the payload is, from the trailer:
+    /// `trailer(i)` is its word `i`, asked for only below `trailer_len / 8`.
+    #[inline]
+    pub(crate) fn finish(&self, trailer: impl Fn(usize) -> u64) -> (RecordHeader, Payload) {
+        let mut next = 0;
         let mut field = |bit: u32| {
             if self.present & (1 << bit) == 0 {
                 NONE
             } else {
-                words.next().unwrap_or(NONE)
+                next += 1;
+                trailer(next - 1)
             }
         };
         let header = RecordHeader {
@@ -363,19 +362,6 @@ impl BaseHeader {
             }
         };
         (header, payload)
-    }
-}
-
-/// A record header as the writer puts it in the queue.
-pub(crate) struct EncodedHeader {
-    pub(crate) base: [u8; RECORD_BASE_SIZE as usize],
-    trailer: [u8; 8 * TRAILER_WORDS],
-    trailer_len: usize,
-}
-
-impl EncodedHeader {
-    pub(crate) fn trailer(&self) -> &[u8] {
-        &self.trailer[..self.trailer_len]
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`HeapMemory`] per writer holding payload blocks, which readers map
 //! read-only.
 
+use std::marker::PhantomData;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
@@ -478,37 +479,15 @@ impl ChannelMemory {
         slot
     }
 
-    /// A private copy of the base record header at queue offset `offset`,
-    /// read once with a volatile read so that the compiler cannot read
-    /// shared memory again after the copy has been checked.
-    pub(crate) fn copy_base(&self, offset: u64) -> Option<[u8; RECORD_BASE_SIZE as usize]> {
-        let (start, _) = self.record_range(offset, RECORD_BASE_SIZE)?;
-        #[cfg(loom)]
-        self.model.records.read(offset, RECORD_BASE_SIZE);
-        // SAFETY: the range lies inside the mapped record queue (checked by
-        // `record_range`), and any byte pattern is a valid [u8; N]. The
-        // writer may change the bytes concurrently; the volatile read takes
-        // one copy.
-        Some(unsafe {
-            std::ptr::read_volatile(
-                self.map
-                    .base
-                    .as_ptr()
-                    .add(start)
-                    .cast::<[u8; RECORD_BASE_SIZE as usize]>(),
-            )
-        })
-    }
-
     /// Copies `dest.len()` bytes of the record queue from `offset` (in
     /// `0..2 * capacity`) into `dest`. The peer may be changing them: check
     /// the copy, never the queue.
     pub(crate) fn read_records(&self, offset: u64, dest: &mut [u8]) -> Option<()> {
         let len = dest.len() as u64;
-        self.record_range(offset, len)?;
+        let at = self.record_range(offset, len)?;
         #[cfg(loom)]
         self.model.records.read(offset, len);
-        self.map.copy_out(CONTROL_SIZE as u64 + offset, dest)
+        self.map.copy_out(at, dest)
     }
 
     /// Copies `source` into the record queue at `offset`. A hostile reader
@@ -523,21 +502,118 @@ impl ChannelMemory {
             return None;
         }
         let len = source.len() as u64;
-        self.record_range(offset, len)?;
+        let at = self.record_range(offset, len)?;
         #[cfg(loom)]
         self.model.records.write(offset, len);
-        // SAFETY: in range (checked), mapped writable (checked), and no
-        // other thread of this process touches the free part: the producer
-        // is unique and the consumer reads only the written part.
-        unsafe { self.map.copy_in(CONTROL_SIZE as u64 + offset, source) }
+        // SAFETY: in the record queue (checked), mapped writable (checked),
+        // and no other thread of this process touches the free part: the
+        // producer is unique and the consumer reads only the written part.
+        // `copy_in` checks the mapping's bounds.
+        unsafe { self.map.copy_in(at, source) }
     }
 
-    fn record_range(&self, offset: u64, len: u64) -> Option<(usize, usize)> {
+    /// The `len` bytes of the record queue from `offset` (in
+    /// `0..2 * capacity`, both multiples of [`RECORD_ALIGN`]), checked once
+    /// to lie inside it, for reading word by word. The peer may be changing
+    /// them: check what is read, never the queue.
+    pub(crate) fn record_words(&self, offset: u64, len: u64) -> Option<RecordWords<'_>> {
+        let first = self.word_span(offset, len)?;
+        #[cfg(loom)]
+        self.model.records.read(offset, len);
+        Some(RecordWords {
+            first,
+            len: (len / RECORD_ALIGN) as usize,
+            memory: PhantomData,
+        })
+    }
+
+    /// As [`Self::record_words`], for writing.
+    ///
+    /// # Safety
+    /// As for [`Self::write_records`], for the whole range.
+    pub(crate) unsafe fn record_words_mut(&self, offset: u64, len: u64) -> Option<RecordWordsMut<'_>> {
+        if !self.records_writable {
+            return None;
+        }
+        let first = self.word_span(offset, len)?;
+        #[cfg(loom)]
+        self.model.records.write(offset, len);
+        Some(RecordWordsMut {
+            first,
+            len: (len / RECORD_ALIGN) as usize,
+            memory: PhantomData,
+        })
+    }
+
+    /// The first word of `offset..offset + len` in the record queue, if
+    /// that lies inside it and both are whole words.
+    fn word_span(&self, offset: u64, len: u64) -> Option<NonNull<u64>> {
+        if !offset.is_multiple_of(RECORD_ALIGN) || !len.is_multiple_of(RECORD_ALIGN) {
+            return None;
+        }
+        // The mapping is page-aligned and the record queue starts a page
+        // after it, so a whole-word offset gives an aligned `u64`.
+        let at = self.record_range(offset, len)?;
+        Some(self.map.pointer(at, len)?.cast())
+    }
+
+    /// Where `offset..offset + len` of the record queue starts in the
+    /// mapping, if it lies within the queue's two copies (and so not in
+    /// the release queue after them). The mapping's own bounds are checked
+    /// by whatever then reaches the bytes.
+    fn record_range(&self, offset: u64, len: u64) -> Option<u64> {
         let end = offset.checked_add(len)?;
         if end > 2 * self.sizes.record_capacity {
             return None;
         }
-        self.map.range(CONTROL_SIZE as u64 + offset, len)
+        Some(CONTROL_SIZE as u64 + offset)
+    }
+}
+
+/// Whole words of the record queue that [`ChannelMemory::record_words`]
+/// checked lie inside it.
+pub(crate) struct RecordWords<'a> {
+    first: NonNull<u64>,
+    len: usize,
+    memory: PhantomData<&'a ChannelMemory>,
+}
+
+impl RecordWords<'_> {
+    /// Word `index` of the range, as the peer left it; 0 past its end.
+    pub(crate) fn get(&self, index: usize) -> u64 {
+        if index >= self.len {
+            return 0;
+        }
+        // SAFETY: `index` is inside the range, which `record_words` checked
+        // lies inside the mapping and is aligned; the mapping lives as long
+        // as the borrow of the `ChannelMemory`, and any bits are a valid
+        // u64. A volatile read of a raw pointer, never a reference: a peer
+        // that stores there concurrently only changes the value returned,
+        // which callers treat as untrusted, and the compiler cannot read the
+        // word again after it has been checked.
+        unsafe { self.first.add(index).read_volatile() }
+    }
+}
+
+/// Whole words of the record queue that [`ChannelMemory::record_words_mut`]
+/// checked lie inside it, for the producer to fill.
+pub(crate) struct RecordWordsMut<'a> {
+    first: NonNull<u64>,
+    len: usize,
+    memory: PhantomData<&'a ChannelMemory>,
+}
+
+impl RecordWordsMut<'_> {
+    /// Stores `word` as word `index` of the range; nothing past its end.
+    pub(crate) fn put(&mut self, index: usize, word: u64) {
+        if index < self.len {
+            // SAFETY: in the range, which `record_words_mut` checked lies
+            // inside the mapping, is aligned and mapped writable, and which
+            // its caller guaranteed no other thread of this process
+            // touches. Stored through a raw pointer, never a reference: a
+            // hostile reader storing there too only spoils what it reads.
+            unsafe { self.first.add(index).write(word) }
+        }
     }
 }
 

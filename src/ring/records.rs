@@ -78,6 +78,9 @@ pub struct Producer {
     /// less (see [`Producer::set_limit`]).
     limit: u64,
     write: u64,
+    /// `write % capacity`, kept up as `write` grows, so that a record's
+    /// place costs no division.
+    write_at: u64,
     /// The write position the reader was last shown: records past it are
     /// staged (see [`WriteGrant::stage`]).
     published: u64,
@@ -107,6 +110,8 @@ pub struct Producer {
 pub struct WriteGrant<'a> {
     producer: &'a mut Producer,
     payload: Payload,
+    /// The room `grant` checked: the record with the largest trailer.
+    room: u64,
 }
 
 /// How far a reader has read, as it says: for heuristics only, since the
@@ -128,6 +133,8 @@ pub struct Consumer {
     capacity: u64,
     heap_size: u64,
     read: u64,
+    /// `read % capacity`, kept up as `read` grows.
+    read_at: u64,
     /// The read position as the writer last saw it: `read` is published
     /// every 1/`PUBLISH_FRACTION` of the capacity and before every sleep.
     published: u64,
@@ -159,6 +166,7 @@ impl Producer {
             capacity,
             limit: capacity,
             write: 0,
+            write_at: 0,
             published: 0,
             staged_urgent: false,
             read_cached: 0,
@@ -229,6 +237,7 @@ impl Producer {
     /// Room for a record whose payload is `payload`: its inline bytes are
     /// written through the grant. `Ok(None)` means the queue is too full
     /// right now; `TooLarge` that the record never fits.
+    #[inline]
     pub fn grant(&mut self, payload: Payload) -> Result<Option<WriteGrant<'_>>, RingError> {
         let size = self.check_fits(payload.inline_len())?;
         if self.free() < size {
@@ -246,6 +255,7 @@ impl Producer {
         Ok(Some(WriteGrant {
             producer: self,
             payload,
+            room: size,
         }))
     }
 
@@ -378,13 +388,14 @@ impl<'a> WriteGrant<'a> {
     /// even across the wrap. `false`, with nothing written, if they do not
     /// lie inside the payload. The payload lives in memory a hostile reader
     /// can write, so it is only ever written, never read back.
+    #[inline]
     pub fn write_inline(&mut self, at: u64, bytes: &[u8]) -> bool {
         let inline_len = self.payload.inline_len();
         if at.checked_add(bytes.len() as u64).is_none_or(|end| end > inline_len) {
             return false;
         }
         let producer = &*self.producer;
-        let offset = producer.write % producer.capacity + RECORD_BASE_SIZE + at;
+        let offset = producer.write_at + RECORD_BASE_SIZE + at;
         // SAFETY: `grant` checked that the whole record fits in the free part
         // of the queue, which the consumer never reads, and `&mut self` makes
         // this grant's producer the only writer. The range is within
@@ -394,6 +405,7 @@ impl<'a> WriteGrant<'a> {
     }
 
     /// Publishes the record and wakes the consumer if it sleeps.
+    #[inline]
     pub fn commit(self, header: &RecordHeader) {
         self.stage(header).publish();
     }
@@ -403,27 +415,20 @@ impl<'a> WriteGrant<'a> {
     /// [`Producer::publish`] (or `commit`) shows all that were staged at
     /// once. A writer that stages keeps room for what it stages: it must
     /// publish before it waits for room.
+    #[inline]
     pub fn stage(self, header: &RecordHeader) -> &'a mut Producer {
         let producer = self.producer;
-        let inline_len = self.payload.inline_len();
-        let encoded = header.encode(self.payload);
-        let trailer = encoded.trailer();
-        let (Some(size), Some(trailer_at)) = (
-            exact_record_size(inline_len, trailer.len() as u64),
-            trailer_at(inline_len),
-        ) else {
+        // SAFETY: as in `write_inline`: `grant` made room for the record
+        // with the largest trailer, all in the free part of the queue, and
+        // the grant is exclusive.
+        let Some(mut words) = (unsafe { producer.memory.record_words_mut(producer.write_at, self.room) }) else {
             return producer;
         };
-        let at = producer.write % producer.capacity;
-        // SAFETY: as in `write_inline`: the base header starts the granted
-        // record and the trailer ends it, both in the free part of the
-        // queue (`grant` made room for the largest trailer), and the grant
-        // is exclusive.
-        unsafe {
-            let _ = producer.memory.write_records(at, &encoded.base);
-            let _ = producer.memory.write_records(at + trailer_at, trailer);
-        }
+        let Some(size) = header.encode(self.payload, |index, word| words.put(index, word)) else {
+            return producer;
+        };
         producer.write += size;
+        producer.write_at = wrap(producer.write_at + size, producer.capacity);
         // Small buffers of a stream that is not live may wait for the batch
         // a sleeping reader asked for; anything else wakes it.
         let batchable = matches!(self.payload, Payload::Inline { .. })
@@ -461,6 +466,7 @@ impl Consumer {
             capacity: sizes.record_capacity,
             heap_size: sizes.heap_size,
             read: 0,
+            read_at: 0,
             published: 0,
             write_cached: 0,
             sleeper,
@@ -501,6 +507,7 @@ impl Consumer {
     }
 
     /// The oldest record not yet taken, or `None` if the queue is empty.
+    #[inline]
     pub fn peek(&mut self) -> Result<Option<ReadRecord<'_>>, RingError> {
         if self.write_cached - self.read < RECORD_BASE_SIZE {
             self.reload_write(Ordering::Acquire)?;
@@ -510,25 +517,25 @@ impl Consumer {
         }
         let available = self.write_cached - self.read;
         let corrupt = RingError::Corrupt;
-        let at = self.read % self.capacity;
-        let raw = self
+        // Everything written, bounds-checked once: `reload_write` keeps it
+        // within one capacity, so from below the capacity it lies inside
+        // the double mapping. Only the length word can lie past it, when
+        // fewer than 16 bytes were written, and then it reads as 0 and the
+        // record's 16 bytes fail the size check below.
+        let words = self
             .memory
-            .copy_base(at)
-            .ok_or(corrupt("a record header lies outside the queue"))?;
-        let base =
-            RecordHeader::decode_base(&raw).ok_or(corrupt("a record has an unknown kind or reserved bits set"))?;
+            .record_words(self.read_at, available)
+            .ok_or_else(|| corrupt("a record lies outside the queue"))?;
+        let base = RecordHeader::decode_base(words.get(0), words.get(1))
+            .ok_or_else(|| corrupt("a record has an unknown kind or reserved bits set"))?;
         let inline_len = base.inline_len();
-        let trailer_len = base.trailer_len();
-        let size = exact_record_size(inline_len, trailer_len as u64)
-            .filter(|&size| size <= available)
-            .ok_or(corrupt("a record claims more bytes than were written"))?;
-        let mut trailer = [0u8; 8 * TRAILER_WORDS];
-        let trailer = &mut trailer[..trailer_len];
-        // `size <= available` puts the trailer inside the written part.
-        trailer_at(inline_len)
-            .and_then(|trailer_at| self.memory.read_records(at + trailer_at, trailer))
-            .ok_or(corrupt("a record's trailer lies outside the queue"))?;
-        let (header, payload) = base.finish(trailer);
+        let (trailer_at, size) = trailer_at(inline_len)
+            .and_then(|at| Some((at, at.checked_add(base.trailer_len())?)))
+            .filter(|&(_, size)| size <= available)
+            .ok_or_else(|| corrupt("a record claims more bytes than were written"))?;
+        // `size <= available` puts the trailer inside `words`.
+        let trailer = (trailer_at / RECORD_ALIGN) as usize;
+        let (header, payload) = base.finish(|index| words.get(trailer + index));
         if let Payload::Block { offset, len } = payload {
             let inside = offset.checked_add(len).is_some_and(|end| end <= self.heap_size);
             if !inside || !offset.is_multiple_of(BLOCK_ALIGN) {
@@ -612,8 +619,10 @@ impl Consumer {
         Ok(())
     }
 
+    #[inline]
     fn release(&mut self, size: u64) {
         self.read += size;
+        self.read_at = wrap(self.read_at + size, self.capacity);
         if self.read - self.published >= self.capacity / PUBLISH_FRACTION {
             self.publish();
         }
@@ -634,6 +643,12 @@ impl Consumer {
     }
 }
 
+/// `at` brought back below `capacity`, for a place in the queue that has
+/// moved on by one record (at most `capacity` bytes) from below it.
+fn wrap(at: u64, capacity: u64) -> u64 {
+    if at >= capacity { at - capacity } else { at }
+}
+
 impl Drop for Consumer {
     fn drop(&mut self) {
         // Tells the writer that nothing will read this channel any more, so
@@ -645,12 +660,14 @@ impl Drop for Consumer {
 }
 
 impl ReadRecord<'_> {
+    #[inline]
     pub fn header(&self) -> &RecordHeader {
         &self.header
     }
 
     /// Where the payload is: inline, or in a heap block that `peek` checked
     /// lies inside the heap.
+    #[inline]
     pub fn payload(&self) -> Payload {
         self.payload
     }
@@ -660,12 +677,13 @@ impl ReadRecord<'_> {
     /// with nothing copied, if it is not. A hostile writer can change the
     /// payload at any time: check the copy, never the queue.
     #[must_use]
+    #[inline]
     pub fn read_inline(&self, dest: &mut [u8]) -> bool {
         if dest.len() as u64 != self.payload.inline_len() {
             return false;
         }
         let consumer = &*self.consumer;
-        let offset = consumer.read % consumer.capacity + RECORD_BASE_SIZE;
+        let offset = consumer.read_at + RECORD_BASE_SIZE;
         // `peek` checked that the record lies within the written part of the
         // queue, so this range is in bounds and the copy cannot fail.
         consumer.memory.read_records(offset, dest).is_some()
@@ -682,6 +700,7 @@ impl ReadRecord<'_> {
 
     /// Frees the record's place in the queue for the producer. A block it
     /// names is not freed by this: see the release queue.
+    #[inline]
     pub fn release(self) {
         self.consumer.release(self.size);
     }

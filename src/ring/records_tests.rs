@@ -981,8 +981,13 @@ fn read_position_left_by_the_writer_is_ignored() {
     let peer = File::from(writer.fds(&heap).channel.try_clone_to_owned().unwrap());
     let last = u64::MAX - (RECORD_ALIGN - 1);
     put_u64(&peer, OFFSET_RECORD_READ as u64, last);
-    peer.write_all_at(&caps().encode(Payload::Inline { len: 0 }).base, record_at(0))
+    let mut record = [0u8; RECORD_HEADER_SIZE as usize];
+    let size = caps()
+        .encode(Payload::Inline { len: 0 }, |index, word| {
+            record[8 * index..8 * index + 8].copy_from_slice(&word.to_ne_bytes())
+        })
         .unwrap();
+    peer.write_all_at(&record[..size as usize], record_at(0)).unwrap();
     put_u64(&peer, OFFSET_RECORD_WRITE as u64, RECORD_BASE_SIZE);
     let mut reader = attach(&writer, &heap).unwrap();
     assert_eq!(

@@ -194,6 +194,7 @@ impl Waker {
     /// P2, P3: after publishing, wakes the peer if it went to sleep. `order`
     /// is `SeqCst`, or `Relaxed` after a light publish. Returns the sequence
     /// it saw.
+    #[inline]
     pub(crate) fn wake(&mut self, peer_sleep: &AtomicU64, notifier: &Notifier, order: Ordering) -> u64 {
         let seq = peer_sleep.load(order);
         if seq & 1 == 1 && seq != self.signalled && seq != READER_DETACHED {
