@@ -869,8 +869,16 @@ impl BaseSinkImpl for ShmRingSink {
             }
         }
         let header = codec::buffer_header(buffer);
-        let layout = codec::video_layout(buffer);
-        let metas = self.metas.encode(self.obj().upcast_ref(), buffer);
+        // Most small buffers carry no meta at all: one look says so, where
+        // the layout and the Metas record would each walk the list.
+        let (layout, metas) = if buffer.iter_meta::<gst::Meta>().next().is_some() {
+            (
+                codec::video_layout(buffer),
+                self.metas.encode(self.obj().upcast_ref(), buffer),
+            )
+        } else {
+            (None, Vec::new())
+        };
         let mut state = self.lock_state();
         if state.failed {
             return Err(gst::FlowError::Error);
