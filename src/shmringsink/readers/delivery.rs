@@ -238,8 +238,9 @@ impl Readers {
         self.readers_steady(sink, &None) && self.write_steady(sink, records, queue_limit)
     }
 
-    /// Whether every reader is linked and owed nothing before its next
-    /// buffer, whose layout is `layout`, and no socket has news.
+    /// Whether every reader is linked, still attached and owed nothing
+    /// before its next buffer, whose layout is `layout`, and no socket has
+    /// news.
     fn readers_steady(&self, sink: &ShmRingSink, layout: &VideoLayout) -> bool {
         let epoch = sink.timeline_epoch();
         self.readers_gathered
@@ -253,6 +254,10 @@ impl Readers {
                     && link.lost == 0
                     && link.backlog.is_empty()
                     && link.flush_owed.is_none()
+                    // A reader that let go says so in shared memory before
+                    // its socket's hang-up reaches the watch: the general
+                    // path then unlinks it and serves the next reader.
+                    && !link.records.reader_detached()
             })
     }
 
