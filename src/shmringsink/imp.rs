@@ -856,21 +856,20 @@ impl BaseSinkImpl for ShmRingSink {
 
     fn render(&self, buffer: &gst::Buffer) -> Result<gst::FlowSuccess, gst::FlowError> {
         self.realtime.enter_for(self.obj().upcast_ref(), *CAT);
-        if !self.wait_for_connection() {
-            // Dropping a buffer that nobody reads costs no more than this.
-            let state = self.lock_state();
-            if state.readers.idle() {
-                gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
-                return if state.failed {
-                    Err(gst::FlowError::Error)
-                } else {
-                    Ok(gst::FlowSuccess::Ok)
-                };
-            }
+        let wait = self.wait_for_connection();
+        let mut state = self.lock_state();
+        if state.failed {
+            return Err(gst::FlowError::Error);
+        }
+        if !wait && state.readers.idle() {
+            // Nobody can read this buffer: dropped before any work on it.
+            gst::trace!(CAT, imp = self, "no reader; dropping {buffer:?}");
+            return Ok(gst::FlowSuccess::Ok);
         }
         let header = codec::buffer_header(buffer);
         // Most small buffers carry no meta at all: one look says so, where
-        // the layout and the Metas record would each walk the list.
+        // the layout and the Metas record would each walk the list. Neither
+        // walk posts anything, so holding the state lock is safe.
         let (layout, metas) = if buffer.iter_meta::<gst::Meta>().next().is_some() {
             (
                 codec::video_layout(buffer),
@@ -879,10 +878,6 @@ impl BaseSinkImpl for ShmRingSink {
         } else {
             (None, Vec::new())
         };
-        let mut state = self.lock_state();
-        if state.failed {
-            return Err(gst::FlowError::Error);
-        }
         state.readers.carry_metas(metas);
         if state.readers.render_steady(self, buffer, &header, &layout) {
             return Ok(gst::FlowSuccess::Ok);
@@ -890,7 +885,6 @@ impl BaseSinkImpl for ShmRingSink {
         // Only a render that may wait needs the unlock fd, and taking it
         // costs a lock and a reference count.
         let unlock = self.unlock.notifier()?;
-        let wait = self.wait_for_connection();
         let rendered = state.readers.render(self, &unlock, buffer, &header, &layout, wait);
         if let Err(gst::FlowError::Error) = rendered {
             // Close the connection without EOS, so that the reader reports
