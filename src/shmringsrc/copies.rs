@@ -9,6 +9,7 @@
 //! sizes get a fresh buffer each.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gst::glib;
 use gst::prelude::*;
@@ -105,7 +106,7 @@ mod imp {
     #[derive(Default)]
     pub struct CopyBufferPool {
         /// The configured size of every buffer.
-        size: Mutex<usize>,
+        size: AtomicUsize,
         /// Buffers downstream gave back, whole and unshared.
         free: Mutex<Vec<gst::Buffer>>,
     }
@@ -116,7 +117,7 @@ mod imp {
         }
 
         fn size(&self) -> usize {
-            *self.size.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+            self.size.load(Ordering::Relaxed)
         }
     }
 
@@ -135,7 +136,7 @@ mod imp {
             let Some((_, size, _, _)) = config.params() else {
                 return false;
             };
-            *self.size.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = size as usize;
+            self.size.store(size as usize, Ordering::Relaxed);
             self.parent_set_config(config)
         }
 
