@@ -77,7 +77,7 @@ use std::sync::Arc;
 pub use flush::{FlushSignal, FlushState, FlushWord};
 pub use heap::{HeapBooks, Holders, MAX_READERS, ReleaseError, WRITER, reader};
 pub use layout::{Payload, RecordHeader, RecordKind};
-pub use memory::{ChannelMemory, ChannelSizes, HeapMemory, check_heap_size, check_record_capacity};
+pub use memory::{ChannelMemory, ChannelSizes, HeapMemory, check_heap_size, check_record_capacity, copy_slice};
 pub use notifier::Notifier;
 pub use records::{Consumer, Producer, ReadProgress, ReadRecord, WriteGrant};
 pub use releases::{ReleaseConsumer, ReleaseProducer};

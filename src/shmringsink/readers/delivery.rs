@@ -362,7 +362,7 @@ impl Readers {
                     // none of which has been told of it yet, and nothing
                     // else maps it writable.
                     if let Some(block) = unsafe { heap.memory().block_mut(offset, len) } {
-                        buffer.copy_to_slice(0, block).ok();
+                        copy_buffer(buffer, block);
                     }
                     (offset, true)
                 }
@@ -554,7 +554,7 @@ impl Readers {
         // SAFETY: the block was just allocated for this reader, which has
         // not been told of it yet, and nothing else maps it writable.
         if let Some(block) = unsafe { heap.memory().block_mut(offset, len) } {
-            block.copy_from_slice(bytes);
+            ring::copy_slice(block, bytes);
         }
         self.send_block(sink, slot, &heap, header, offset, len, wait)
     }
@@ -800,6 +800,23 @@ impl Readers {
 /// A buffer that travels inline and not by its fd.
 fn is_steady_buffer(fd_check: &mut super::fds::FdCheck, buffer: &gst::BufferRef, len: usize) -> bool {
     len <= INLINE_MAX && !fd_check.may_cross_by_fd(buffer)
+}
+
+/// Copies a buffer's memories, each mapped in turn, into `block` (as long
+/// as the buffer) through [`ring::copy_slice`], which steers around a slow
+/// path of `memcpy` that `gst_buffer_extract` would take.
+fn copy_buffer(buffer: &gst::BufferRef, block: &mut [u8]) {
+    let mut at = 0;
+    for memory in buffer.iter_memories() {
+        let Ok(map) = memory.map_readable() else {
+            return;
+        };
+        let Some(dest) = block.get_mut(at..at + map.len()) else {
+            return;
+        };
+        ring::copy_slice(dest, &map);
+        at += map.len();
+    }
 }
 
 /// An error, naming the `ring-size` to set, if a payload of `len` bytes
