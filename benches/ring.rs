@@ -22,15 +22,16 @@
 //!   when full or empty: the fastest way to use it in this setting.
 //! - `memcpy` copies the payload once in one thread: the ceiling.
 //!
-//! The writer's payload and the reader's copy start on a page boundary.
-//! Where bytes land can decide more than the ring does: on AMD Zen 3 and 4
+//! Where bytes land can decide more than the ring does. On AMD Zen 3 and 4
 //! with glibc before 2.39, `memcpy` of 2 KiB and more runs 15-25 times
 //! slower when its destination lies 1 to 31 bytes past its source modulo
-//! 4 KiB (glibc bug 30994). rtrb's buffer lies wherever the allocator puts
-//! it, so each run draws its luck; our ring steers around the trap
-//! (`ring::copy_slice`). The `copy` group shows the trap and the way
-//! around it in one thread: `memcpy` and `copy_slice` at the distances of
-//! `COPY_DISTANCES`.
+//! 4 KiB (glibc bug 30994); our ring steers around that (`ring::copy_slice`)
+//! and rtrb does not, so its luck depends on where the allocator put its
+//! buffer and the bench's. Even 64-byte records move with placement: in one
+//! session, page-aligned payload and copy buffers put our ring at
+//! 0.53-0.55x rtrb's rate, and these allocations at 0.63-0.68x. The `copy` group shows
+//! the trap and the way around it in one thread: `memcpy` and `copy_slice`
+//! at the distances of `COPY_DISTANCES`.
 //!
 //! Both rings hold 1 MiB (our record queue, and our heap too), so about
 //! sixteen 64 KiB records fit in either. With two threads the numbers are
@@ -267,7 +268,8 @@ fn placed(memory: &mut Vec<u8>, size: usize, placement: usize) -> &mut [u8] {
 /// Moves `records` records of `size` bytes from a writer thread to this
 /// one and returns how long this thread took to copy them all out, counted
 /// from the moment both threads are ready, so the spawn is not timed. The
-/// payload and the reader's copy both start on a page boundary.
+/// payload and the reader's copy are ordinary allocations, wherever the
+/// allocator puts them, as a caller's buffers would be.
 fn transfer<P: Send, C>(
     records: u64,
     size: usize,
@@ -279,22 +281,17 @@ fn transfer<P: Send, C>(
     let ready = &Barrier::new(2);
     thread::scope(|scope| {
         scope.spawn(move || {
-            let mut memory = Vec::new();
-            let payload = placed(&mut memory, size, 0);
-            for (i, byte) in payload.iter_mut().enumerate() {
-                *byte = i as u8;
-            }
+            let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
             ready.wait();
             for _ in 0..records {
-                push(producer, payload);
+                push(producer, &payload);
             }
         });
-        let mut memory = Vec::new();
-        let out = placed(&mut memory, size, 0);
+        let mut out = vec![0u8; size];
         ready.wait();
         let started = Instant::now();
         for _ in 0..records {
-            pop(consumer, out);
+            pop(consumer, &mut out);
         }
         let elapsed = started.elapsed();
         black_box(&out);
