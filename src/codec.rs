@@ -6,7 +6,7 @@
 //! |-------------------|----------------------------------------------------|
 //! | buffer            | the buffer's bytes                                 |
 //! | metas             | the buffer's metas (see `metas.rs`)                |
-//! | video layout      | empty (no GstVideoMeta), or u32 format, u32 frame flags, u32 width, u32 height, u32 planes, u32 reserved, u32 plane offsets[4], i32 plane strides[4] |
+//! | video layout      | empty (no GstVideoMeta), or u32 format, u32 frame flags, u32 width, u32 height, u32 planes, u32 reserved, u32 plane offsets\[4\], i32 plane strides\[4\] |
 //! | caps              | the caps as a UTF-8 string                         |
 //! | event stream-start| u32 flags, u32 group-id (0 = none), UTF-8 stream-id |
 //! | event segment     | u32 format, u32 flags, f64 rate, f64 applied-rate, then base, offset, start, stop, time, position, duration as u64 |

@@ -19,6 +19,10 @@
 //! an application can put [`Consumer::data_fd`], [`Producer::space_fd`] or
 //! [`ReleaseConsumer::release_fd`] in any poll loop (glib, mio, epoll).
 //!
+//! Copies into and out of ring memory go through [`copy_slice`], which
+//! steers around a `memcpy` slow path of AMD Zen 3 and 4 with older glibc;
+//! an application that fills a heap block itself can use it too.
+//!
 //! ```
 //! use gstshmring::ring::{self, HeapBooks, Payload, RecordHeader, RecordKind};
 //!

@@ -34,7 +34,7 @@
 //! Publishing a position is a `SeqCst` store: it is a Release store (the
 //! record's bytes, or the reader's last use of them, happen before the other
 //! side sees the new position) and it takes part in the wake-up handshake of
-//! [`wake`](super::wake); once the reader has said that it fences with
+//! [`wake`]; once the reader has said that it fences with
 //! membarrier before it sleeps, the writer's publish is a Release store
 //! with no barrier at all (the light publish of `wake`). Reloading the
 //! other side's position is an

@@ -97,7 +97,7 @@
 //! per microsecond (one sleep is at least a system call) it would take 2,000
 //! years to come back to a value the peer remembers, so it cannot wrap into
 //! a lost wake-up. `u64::MAX` is reserved for a reader that has left
-//! ([`READER_DETACHED`](super::layout::READER_DETACHED)); the sequence skips
+//! ([`READER_DETACHED`]); the sequence skips
 //! it.
 
 use super::layout::READER_DETACHED;
