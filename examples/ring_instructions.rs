@@ -24,27 +24,28 @@ use gstshmring::ring::{self, ChannelSizes, Consumer, Payload, Producer, RecordHe
 const CAPACITY: u64 = 1 << 20;
 const BATCHES: u64 = 100;
 
-/// The header `benches/ring.rs` sends: a live audio buffer's.
-fn header() -> RecordHeader {
+/// The headers `benches/ring.rs` sends: 64-sample audio at 48 kHz, each
+/// buffer's timing following on from the one before.
+fn header(sequence: u64) -> RecordHeader {
+    let pts = |n: u64| n * 64 * 1_000_000_000 / 48_000;
     RecordHeader {
-        pts: 1_000_000,
-        duration: 1_333_333,
-        offset: 64,
-        offset_end: 128,
+        pts: pts(sequence),
+        duration: pts(sequence + 1) - pts(sequence),
+        offset: 64 * sequence,
+        offset_end: 64 * (sequence + 1),
         ..RecordHeader::untimed(RecordKind::Buffer, 0)
     }
 }
 
 #[inline(never)]
-fn shm_write(producer: &mut Producer, payload: &[u8], records: u64) {
-    let header = header();
-    for _ in 0..records {
+fn shm_write(producer: &mut Producer, payload: &[u8], headers: &[RecordHeader]) {
+    for header in headers {
         let place = Payload::Inline {
             len: payload.len() as u64,
         };
         let mut grant = producer.grant(place).expect("not corrupt").expect("room");
         assert!(grant.write_inline(0, payload));
-        grant.commit(&header);
+        grant.commit(header);
     }
 }
 
@@ -80,6 +81,9 @@ fn main() {
     let batch = CAPACITY / 2 / ring::layout::record_size(size as u64).expect("a small payload");
     let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
     let mut out = vec![0u8; size];
+    // Made before counting starts, as a real writer has its buffers' times.
+    let headers: Vec<RecordHeader> = (0..BATCHES * batch).map(header).collect();
+    let mut sent = 0;
 
     let sizes = ChannelSizes {
         record_capacity: CAPACITY,
@@ -91,7 +95,12 @@ fn main() {
     let mut consumer = reader.records;
     let (mut rtrb_producer, mut rtrb_consumer) = rtrb::RingBuffer::<u8>::new(CAPACITY as usize);
     for _ in 0..BATCHES {
-        shm_write(&mut producer, &payload, batch);
+        shm_write(
+            &mut producer,
+            &payload,
+            &headers[sent as usize..(sent + batch) as usize],
+        );
+        sent += batch;
         shm_read(&mut consumer, &mut out, batch);
         rtrb_write(&mut rtrb_producer, &payload, batch);
         rtrb_read(&mut rtrb_consumer, &mut out, batch);
