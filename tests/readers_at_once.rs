@@ -132,6 +132,11 @@ fn writer_waits_for_the_readers_it_was_told_of() {
             &format!("shmringsrc socket-path={} ! checksumsink", socket.display()),
         );
         wait_until("the reader to link", || {
+            // The last one starts the stream, and may read all of it and
+            // leave before we look; what it read is checked below.
+            if index == 2 && reader.exited().is_some() {
+                return true;
+            }
             reader.assert_running();
             sink.property::<u32>("readers") == index + 1
         });

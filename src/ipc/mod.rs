@@ -804,7 +804,15 @@ pub fn connect_reader(
                 .name("shmring-unwatch".into())
                 .spawn(move || drop(watch));
         }
-        connection.send_client_hello(HelloPurpose::Reader)?;
+        match connection.send_client_hello(HelloPurpose::Reader) {
+            // A writer that turns us away (max-readers) may answer and close
+            // before our hello reaches it, and the send then finds the peer
+            // gone; its answer is still queued for us, so read on. A writer
+            // that closed without answering leaves nothing, and the read
+            // below says that the peer is gone.
+            Ok(()) | Err(IpcError::PeerGone) => {}
+            Err(err) => return Err(err),
+        }
         let (hello, fds) = loop {
             match connection.recv_server_hello() {
                 Ok(Some(reply)) => break reply,
@@ -982,4 +990,37 @@ pub fn refuse_busy(connection: &Connection, max_readers: u32) {
     let mut hello = ServerHello::refusal(HelloStatus::Busy);
     hello.reader_slot = max_readers;
     let _ = connection.send_server_hello(&hello, None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer at its max-readers limit answers a new reader at once, and
+    /// may close before the reader's hello arrives: the reader still reads
+    /// the refusal, which names the limit, rather than "the peer closed the
+    /// control socket".
+    #[test]
+    fn a_refusal_sent_before_the_readers_hello_still_reaches_it() {
+        let directory = std::env::temp_dir().join(format!("shmring-refusal-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join("socket");
+        let listener = Listener::bind(&path, 0o600).unwrap();
+        let reader = match Connection::connect(&path) {
+            Ok(connection) => connection,
+            Err(_) => panic!("connecting to a listening writer"),
+        };
+        let writer = listener.accept().unwrap().expect("the reader is pending");
+        // The writer's side, before the reader has said anything.
+        refuse_busy(&writer, 16);
+        drop(writer);
+        assert!(
+            matches!(reader.send_client_hello(HelloPurpose::Reader), Err(IpcError::PeerGone)),
+            "the writer has closed"
+        );
+        let (hello, _) = reader.recv_server_hello().unwrap().expect("the refusal is queued");
+        assert_eq!((hello.status, hello.reader_slot), (HelloStatus::Busy, 16));
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&directory);
+    }
 }
