@@ -46,11 +46,14 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[path = "shared/audio_header.rs"]
+mod audio_header;
+
+use audio_header::audio_header;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use gstshmring::ipc::wait_readable;
 use gstshmring::ring::{
-    self, ChannelSizes, Consumer, HeapBooks, HeapMemory, Payload, Producer, RecordHeader, RecordKind, ReleaseConsumer,
-    ReleaseProducer,
+    self, ChannelSizes, Consumer, HeapBooks, HeapMemory, Payload, Producer, ReleaseConsumer, ReleaseProducer,
 };
 
 const CAPACITY: usize = 1 << 20;
@@ -131,21 +134,6 @@ fn shmring() -> (ShmWriter, ShmReader) {
         heap: reader.heap,
     };
     (writer, reader)
-}
-
-/// The header of the `sequence`th buffer of a stream of 64-sample audio at
-/// 48 kHz, as audiotestsrc stamps it: pts, duration and both offsets set,
-/// each following on from the buffer before, with the duration alternating
-/// between 1,333,333 and 1,333,334 ns.
-fn audio_header(sequence: u64) -> RecordHeader {
-    let pts = |n: u64| n * 64 * 1_000_000_000 / 48_000;
-    RecordHeader {
-        pts: pts(sequence),
-        duration: pts(sequence + 1) - pts(sequence),
-        offset: 64 * sequence,
-        offset_end: 64 * (sequence + 1),
-        ..RecordHeader::untimed(RecordKind::Buffer, 0)
-    }
 }
 
 impl ShmWriter {

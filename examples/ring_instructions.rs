@@ -19,23 +19,15 @@
 
 use std::hint::black_box;
 
-use gstshmring::ring::{self, ChannelSizes, Consumer, Payload, Producer, RecordHeader, RecordKind};
+#[path = "../benches/shared/audio_header.rs"]
+mod audio_header;
+
+use audio_header::audio_header;
+
+use gstshmring::ring::{self, ChannelSizes, Consumer, Payload, Producer, RecordHeader};
 
 const CAPACITY: u64 = 1 << 20;
 const BATCHES: u64 = 100;
-
-/// The headers `benches/ring.rs` sends: 64-sample audio at 48 kHz, each
-/// buffer's timing following on from the one before.
-fn header(sequence: u64) -> RecordHeader {
-    let pts = |n: u64| n * 64 * 1_000_000_000 / 48_000;
-    RecordHeader {
-        pts: pts(sequence),
-        duration: pts(sequence + 1) - pts(sequence),
-        offset: 64 * sequence,
-        offset_end: 64 * (sequence + 1),
-        ..RecordHeader::untimed(RecordKind::Buffer, 0)
-    }
-}
 
 #[inline(never)]
 fn shm_write(producer: &mut Producer, payload: &[u8], headers: &[RecordHeader]) {
@@ -82,7 +74,7 @@ fn main() {
     let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
     let mut out = vec![0u8; size];
     // Made before counting starts, as a real writer has its buffers' times.
-    let headers: Vec<RecordHeader> = (0..BATCHES * batch).map(header).collect();
+    let headers: Vec<RecordHeader> = (0..BATCHES * batch).map(audio_header).collect();
     let mut sent = 0;
 
     let sizes = ChannelSizes {
