@@ -993,8 +993,16 @@ pub fn refuse_busy(connection: &Connection, max_readers: u32) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// An empty directory of this test process's own, for sockets.
+    pub(crate) fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("shmring-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 
     /// A writer at its max-readers limit answers a new reader at once, and
     /// may close before the reader's hello arrives: the reader still reads
@@ -1002,8 +1010,7 @@ mod tests {
     /// control socket".
     #[test]
     fn a_refusal_sent_before_the_readers_hello_still_reaches_it() {
-        let directory = std::env::temp_dir().join(format!("shmring-refusal-{}", std::process::id()));
-        std::fs::create_dir_all(&directory).unwrap();
+        let directory = scratch("refusal");
         let path = directory.join("socket");
         let listener = Listener::bind(&path, 0o600).unwrap();
         let reader = match Connection::connect(&path) {

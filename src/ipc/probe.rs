@@ -212,10 +212,7 @@ mod tests {
     use crate::ipc::{HelloPurpose, Listener};
 
     fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("shmring-probe-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        crate::ipc::tests::scratch(&format!("probe-{name}"))
     }
 
     /// A writer that answers the next probe with `caps`, on a thread.
