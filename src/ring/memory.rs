@@ -320,23 +320,6 @@ impl Mapping {
         Some(())
     }
 
-    /// Copies `source`, private bytes, to `at`.
-    ///
-    /// # Safety
-    /// The range must be mapped writable, and no other thread of this
-    /// process may access it until the copy returns.
-    unsafe fn copy_in(&self, at: u64, source: &[u8]) -> Option<()> {
-        let dest = self.pointer(at, source.len() as u64)?;
-        // SAFETY: in bounds (checked by `pointer`), writable and unshared in
-        // this process by the caller's contract, and `source` is private
-        // memory, so the two cannot overlap. The bytes are stored through a
-        // raw pointer, never a Rust reference, so a peer in another process
-        // that stores there too (a hostile reader mapping the channel
-        // writable) can only spoil what its own side reads.
-        unsafe { copy_bytes(source.as_ptr(), dest.as_ptr(), source.len()) };
-        Some(())
-    }
-
     fn offset_of(&self, pointer: *const u8) -> Option<u64> {
         let offset = (pointer as usize).checked_sub(self.base.as_ptr() as usize)?;
         (offset < self.len).then_some(offset as u64)
@@ -553,12 +536,21 @@ impl ChannelMemory {
     /// Copies `dest.len()` bytes of the record queue from `offset` (in
     /// `0..2 * capacity`) into `dest`. The peer may be changing them: check
     /// the copy, never the queue.
+    #[inline]
     pub(crate) fn read_records(&self, offset: u64, dest: &mut [u8]) -> Option<()> {
         let len = dest.len() as u64;
-        let at = self.record_range(offset, len)?;
+        let source = self.record_pointer(offset, len)?;
         #[cfg(loom)]
         self.model.records.read(offset, len);
-        self.map.copy_out(at, dest)
+        // SAFETY: the range lies inside the record queue's two copies
+        // (checked by `record_pointer`), which stay mapped, and never fault,
+        // for as long as `self`; `dest` is private memory, so the two cannot
+        // overlap. The source is read through a raw pointer, never a Rust
+        // reference, so a peer that stores there concurrently can only make
+        // the copy hold any byte values, which every caller treats as
+        // untrusted.
+        unsafe { copy_bytes(source.as_ptr(), dest.as_mut_ptr(), dest.len()) };
+        Some(())
     }
 
     /// Copies `source` into the record queue at `offset`. A hostile reader
@@ -568,25 +560,30 @@ impl ChannelMemory {
     /// # Safety
     /// The caller must be the channel's only producer, and the range must
     /// lie in the free part of the queue, which the consumer never reads.
+    #[inline]
     pub(crate) unsafe fn write_records(&self, offset: u64, source: &[u8]) -> Option<()> {
         if !self.records_writable {
             return None;
         }
         let len = source.len() as u64;
-        let at = self.record_range(offset, len)?;
+        let dest = self.record_pointer(offset, len)?;
         #[cfg(loom)]
         self.model.records.write(offset, len);
         // SAFETY: in the record queue (checked), mapped writable (checked),
         // and no other thread of this process touches the free part: the
         // producer is unique and the consumer reads only the written part.
-        // `copy_in` checks the mapping's bounds.
-        unsafe { self.map.copy_in(at, source) }
+        // `source` is private memory, so the two cannot overlap. Stored
+        // through a raw pointer, never a Rust reference: a hostile reader
+        // storing there too can only spoil what its own side reads.
+        unsafe { copy_bytes(source.as_ptr(), dest.as_ptr(), source.len()) };
+        Some(())
     }
 
     /// The `len` bytes of the record queue from `offset` (in
     /// `0..2 * capacity`, both multiples of [`RECORD_ALIGN`]), checked once
     /// to lie inside it, for reading word by word. The peer may be changing
     /// them: check what is read, never the queue.
+    #[inline]
     pub(crate) fn record_words(&self, offset: u64, len: u64) -> Option<RecordWords<'_>> {
         let first = self.word_span(offset, len)?;
         #[cfg(loom)]
@@ -602,6 +599,7 @@ impl ChannelMemory {
     ///
     /// # Safety
     /// As for [`Self::write_records`], for the whole range.
+    #[inline]
     pub(crate) unsafe fn record_words_mut(&self, offset: u64, len: u64) -> Option<RecordWordsMut<'_>> {
         if !self.records_writable {
             return None;
@@ -618,26 +616,30 @@ impl ChannelMemory {
 
     /// The first word of `offset..offset + len` in the record queue, if
     /// that lies inside it and both are whole words.
+    #[inline]
     fn word_span(&self, offset: u64, len: u64) -> Option<NonNull<u64>> {
-        if !offset.is_multiple_of(RECORD_ALIGN) || !len.is_multiple_of(RECORD_ALIGN) {
+        if !(offset | len).is_multiple_of(RECORD_ALIGN) {
             return None;
         }
         // The mapping is page-aligned and the record queue starts a page
         // after it, so a whole-word offset gives an aligned `u64`.
-        let at = self.record_range(offset, len)?;
-        Some(self.map.pointer(at, len)?.cast())
+        Some(self.record_pointer(offset, len)?.cast())
     }
 
-    /// Where `offset..offset + len` of the record queue starts in the
-    /// mapping, if it lies within the queue's two copies (and so not in
-    /// the release queue after them). The mapping's own bounds are checked
-    /// by whatever then reaches the bytes.
-    fn record_range(&self, offset: u64, len: u64) -> Option<u64> {
+    /// The address of `offset..offset + len` of the record queue, if that
+    /// lies within the queue's two copies (and so not in the release queue
+    /// after them). Only a pointer: nothing here forms a reference.
+    #[inline]
+    fn record_pointer(&self, offset: u64, len: u64) -> Option<NonNull<u8>> {
         let end = offset.checked_add(len)?;
         if end > 2 * self.sizes.record_capacity {
             return None;
         }
-        Some(CONTROL_SIZE as u64 + offset)
+        // SAFETY: `offset < end <= 2 * capacity`, and `map` reserved the
+        // control page, then the two copies of the queue, then the release
+        // queue, so the pointer stays inside the reservation (and a `u64`
+        // that small is a `usize`) and is not null.
+        Some(unsafe { self.map.base.add(CONTROL_SIZE + offset as usize) })
     }
 }
 
@@ -651,6 +653,7 @@ pub(crate) struct RecordWords<'a> {
 
 impl RecordWords<'_> {
     /// Word `index` of the range, as the peer left it; 0 past its end.
+    #[inline]
     pub(crate) fn get(&self, index: usize) -> u64 {
         if index >= self.len {
             return 0;
@@ -664,6 +667,18 @@ impl RecordWords<'_> {
         // word again after it has been checked.
         unsafe { self.first.add(index).read_volatile() }
     }
+
+    /// The `N` words from `index`, as [`Self::get`] reads them (0 past the
+    /// range's end), with one bounds check when all lie inside.
+    #[inline]
+    pub(crate) fn get_array<const N: usize>(&self, index: usize) -> [u64; N] {
+        if index.checked_add(N).is_none_or(|end| end > self.len) {
+            return std::array::from_fn(|at| self.get(index.saturating_add(at)));
+        }
+        // SAFETY: as in `get`, for the `N` words from `index`, all inside
+        // the range (checked above); `[u64; N]` has the alignment of `u64`.
+        unsafe { self.first.add(index).cast::<[u64; N]>().read_volatile() }
+    }
 }
 
 /// Whole words of the record queue that [`ChannelMemory::record_words_mut`]
@@ -675,16 +690,28 @@ pub(crate) struct RecordWordsMut<'a> {
 }
 
 impl RecordWordsMut<'_> {
-    /// Stores `word` as word `index` of the range; nothing past its end.
-    pub(crate) fn put(&mut self, index: usize, word: u64) {
-        if index < self.len {
-            // SAFETY: in the range, which `record_words_mut` checked lies
-            // inside the mapping, is aligned and mapped writable, and which
-            // its caller guaranteed no other thread of this process
-            // touches. Stored through a raw pointer, never a reference: a
-            // hostile reader storing there too only spoils what it reads.
-            unsafe { self.first.add(index).write(word) }
+    /// Stores the header's words in the record that starts at word 0, and
+    /// returns `false`, with nothing stored, if the range is too short for
+    /// a full trailer.
+    #[inline]
+    pub(crate) fn put_header(&mut self, header: &EncodedHeader) -> bool {
+        let index = header.trailer_index;
+        if index < header.base.len() || index.checked_add(TRAILER_WORDS).is_none_or(|end| end > self.len) {
+            return false;
         }
+        let first = self.first.as_ptr();
+        // SAFETY: words 0 and 1, and `index..index + TRAILER_WORDS`, lie
+        // inside the range (checked above), which `record_words_mut`
+        // checked lies inside the mapping, is aligned and mapped writable,
+        // and which its caller guaranteed no other thread of this process
+        // touches; `[u64; N]` has the alignment of `u64`. Stored through raw
+        // pointers, never a reference: a hostile reader storing there too
+        // only spoils what it reads.
+        unsafe {
+            first.cast::<[u64; 2]>().write(header.base);
+            first.add(index).cast::<[u64; TRAILER_WORDS]>().write(header.trailer);
+        }
+        true
     }
 }
 

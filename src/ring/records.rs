@@ -274,6 +274,7 @@ impl Producer {
     /// Shows the reader the records staged since the last publish, with one
     /// store of the write position, and wakes it if it sleeps (at most
     /// once). Nothing to do if none are staged.
+    #[inline]
     pub fn publish(&mut self) {
         if self.published == self.write {
             return;
@@ -424,9 +425,13 @@ impl<'a> WriteGrant<'a> {
         let Some(mut words) = (unsafe { producer.memory.record_words_mut(producer.write_at, self.room) }) else {
             return producer;
         };
-        let Some(size) = header.encode(self.payload, |index, word| words.put(index, word)) else {
+        let Some(encoded) = header.encode(self.payload) else {
             return producer;
         };
+        if !words.put_header(&encoded) {
+            return producer;
+        }
+        let size = encoded.size;
         producer.write += size;
         producer.write_at = wrap(producer.write_at + size, producer.capacity);
         // Small buffers of a stream that is not live may wait for the batch
@@ -526,16 +531,25 @@ impl Consumer {
             .memory
             .record_words(self.read_at, available)
             .ok_or_else(|| corrupt("a record lies outside the queue"))?;
-        let base = RecordHeader::decode_base(words.get(0), words.get(1))
+        let [first, len] = words.get_array(0);
+        let base = RecordHeader::decode_base(first, len)
             .ok_or_else(|| corrupt("a record has an unknown kind or reserved bits set"))?;
+        // The length is the peer's: compared with what was written before
+        // any sum, so that the sums below stay far from overflowing (the
+        // queue is at most `MAX_RECORD_CAPACITY`).
         let inline_len = base.inline_len();
-        let (trailer_at, size) = trailer_at(inline_len)
-            .and_then(|at| Some((at, at.checked_add(base.trailer_len())?)))
-            .filter(|&(_, size)| size <= available)
-            .ok_or_else(|| corrupt("a record claims more bytes than were written"))?;
-        // `size <= available` puts the trailer inside `words`.
-        let trailer = (trailer_at / RECORD_ALIGN) as usize;
-        let (header, payload) = base.finish(|index| words.get(trailer + index));
+        if inline_len > available {
+            return Err(corrupt("a record claims more bytes than were written"));
+        }
+        let trailer_at = padded_inline_len(inline_len) + RECORD_BASE_SIZE;
+        let size = trailer_at + base.trailer_len();
+        if size > available {
+            return Err(corrupt("a record claims more bytes than were written"));
+        }
+        // `size <= available` puts the present trailer words inside
+        // `words`; any others read past the record are ignored.
+        let trailer = words.get_array((trailer_at / RECORD_ALIGN) as usize);
+        let (header, payload) = base.finish(&trailer);
         if let Payload::Block { offset, len } = payload {
             let inside = offset.checked_add(len).is_some_and(|end| end <= self.heap_size);
             if !inside || !offset.is_multiple_of(BLOCK_ALIGN) {
