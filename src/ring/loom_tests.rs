@@ -559,6 +559,51 @@ fn loom_a_batched_sleep_is_woken_once_its_batch_of_buffers_waits() {
     });
 }
 
+/// Three buffer records whose payloads are heap blocks (40 bytes each in
+/// the queue), to a reader that sleeps asking for a batch of 64 bytes while
+/// the records still to come fill one: batched like small inline buffers,
+/// so the writer may leave the reader asleep through the first and must
+/// wake it at the second at the latest.
+#[test]
+fn loom_buffers_in_blocks_fill_a_batch_too() {
+    const COUNT: u64 = 3;
+    const BLOCK_RECORD: u64 = 40;
+    const BLOCK_BATCH: u64 = 64;
+    check("blocks fill a batch", &[Sleep::ReaderForABatch], false, || {
+        let (mut writer, mut reader) = channel(1);
+        writer.records.set_batch_wakes(true);
+        let block = |index: u64| Payload::Block {
+            offset: 64 * index,
+            len: 8,
+        };
+        let writing = thread::spawn(move || {
+            for index in 0..COUNT {
+                writer.write_record(index, RecordKind::Buffer, block(index));
+                if index == 0 {
+                    assert_eq!(writer.records.wakeups_sent(), 0, "part of a batch woke the reader");
+                }
+            }
+        });
+        let batch = |index: u64| {
+            if (COUNT - index) * BLOCK_RECORD >= BLOCK_BATCH {
+                BLOCK_BATCH
+            } else {
+                0
+            }
+        };
+        reader.read_records(COUNT, batch, |index, record, _| {
+            assert_eq!(
+                *record.header(),
+                header(index, RecordKind::Buffer),
+                "record {index} out of order"
+            );
+            assert_eq!(record.payload(), block(index));
+            record.release();
+        });
+        writing.join().unwrap();
+    });
+}
+
 /// A small buffer record, less than the batch the reader always asks for,
 /// then caps, which wake it at once: the batch never fills.
 #[test]

@@ -92,7 +92,7 @@ pub struct Producer {
     may_publish_light: bool,
     /// Whether the reader said it fences, so that commits publish light.
     light: bool,
-    /// Whether small buffer records may wait for the batch a sleeping
+    /// Whether buffer records may wait for the batch a sleeping
     /// reader asks for (see [`Producer::set_batch_wakes`]).
     batch_wakes: bool,
     sleeper: Sleeper,
@@ -356,8 +356,9 @@ impl Producer {
     }
 
     /// Lets a reader that sleeps asking for a batch of records (see
-    /// [`wake`]'s "Batched wake-ups") sleep on while inline buffer records
-    /// (and their metas) arrive, until the batch is full. Only for a stream
+    /// [`wake`]'s "Batched wake-ups") sleep on while buffer records arrive
+    /// (inline ones with their metas, and ones naming heap blocks), until
+    /// the batch is full. Only for a stream
     /// whose reader need not see each buffer at once: one that is not live.
     /// Every other record still wakes a sleeping reader at once. Off by
     /// default.
@@ -434,10 +435,13 @@ impl<'a> WriteGrant<'a> {
         let size = encoded.size;
         producer.write += size;
         producer.write_at = wrap(producer.write_at + size, producer.capacity);
-        // Small buffers of a stream that is not live may wait for the batch
-        // a sleeping reader asked for; anything else wakes it.
-        let batchable = matches!(self.payload, Payload::Inline { .. })
-            && matches!(header.kind, RecordKind::Buffer | RecordKind::Metas);
+        // Buffers of a stream that is not live, small ones with their metas
+        // or ones in heap blocks, may wait for the batch a sleeping reader
+        // asked for; anything else wakes it.
+        let batchable = match self.payload {
+            Payload::Inline { .. } => matches!(header.kind, RecordKind::Buffer | RecordKind::Metas),
+            Payload::Block { .. } => header.kind == RecordKind::Buffer,
+        };
         producer.staged_urgent |= !batchable;
         producer
     }
@@ -504,6 +508,11 @@ impl Consumer {
     /// The writer's flush word, for a thread that sleeps on it.
     pub fn flush_word(&self) -> FlushWord {
         FlushWord::new(self.memory.clone())
+    }
+
+    /// The read position: where the next record starts.
+    pub fn position(&self) -> u64 {
+        self.read
     }
 
     /// Readable when the producer has committed after [`Self::prepare_wait`].

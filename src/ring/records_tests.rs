@@ -543,13 +543,42 @@ fn a_batched_sleep_is_woken_once_its_batch_of_buffers_waits() {
     receive(consumer).unwrap();
     receive(consumer).unwrap();
 
-    // So does a buffer in a block.
+    // Buffers in heap blocks fill a batch too: 64 bytes each in the queue
+    // (a base and six words), so the eighth crosses 512.
     assert!(consumer.prepare_wait_batched(512).unwrap());
-    send_block(producer, 0, 64, &buffer(10));
-    assert!(readable(consumer.data_fd()), "a block record woke the batched sleep");
+    for sequence in 10..17 {
+        send_block(producer, 64 * sequence, 64, &buffer(sequence));
+        assert!(
+            !readable(consumer.data_fd()),
+            "block record {sequence} is inside the batch"
+        );
+    }
+    send_block(producer, 64 * 17, 64, &buffer(17));
+    assert!(readable(consumer.data_fd()), "the batch of block records filled");
+    consumer.finish_wait();
+    for sequence in 10..18 {
+        let (header, payload, _) = receive(consumer).unwrap();
+        assert_eq!(header, buffer(sequence));
+        assert_eq!(
+            payload,
+            Payload::Block {
+                offset: 64 * sequence,
+                len: 64
+            }
+        );
+    }
+    assert_eq!(producer.wakeups_sent(), 3);
+
+    // An event after a buffer in a block wakes at once.
+    assert!(consumer.prepare_wait_batched(512).unwrap());
+    send_block(producer, 0, 64, &buffer(18));
+    assert!(!readable(consumer.data_fd()));
+    send(producer, &[1; 8], &RecordHeader::untimed(RecordKind::Event, 0x1));
+    assert!(readable(consumer.data_fd()), "an event woke the batched sleep");
     consumer.finish_wait();
     receive(consumer).unwrap();
-    assert_eq!(producer.wakeups_sent(), 3);
+    receive(consumer).unwrap();
+    assert_eq!(producer.wakeups_sent(), 4);
 }
 
 #[test]

@@ -52,6 +52,9 @@ const WAKE_BATCH_BYTES: u64 = 16 * 1024;
 /// record of a stream that is not live can take when its writer stops
 /// before the batch fills.
 const BATCH_SLEEP_LIMIT: Duration = Duration::from_millis(2);
+/// A sleep shorter than this says that buffers in heap blocks come fast
+/// enough to be worth a batch at the next sleep.
+const BRIEF_SLEEP: Duration = Duration::from_micros(500);
 const DEFAULT_ALWAYS_COPY: bool = false;
 /// Longest wait for an fd that a record names before it arrives: an honest
 /// writer sends it first, so this only bounds a broken one.
@@ -228,6 +231,13 @@ struct Link {
     /// Buffer records read since the last wake-up: when records arrive
     /// faster than we sleep, the next sleep asks for a batch.
     read_since_wake: u32,
+    /// The read position when the reader last woke, and the length of the
+    /// last buffer it read from a heap block (0 for an inline one): what
+    /// it sizes the batch it asks for from.
+    read_at_wake: u64,
+    last_block_len: u64,
+    /// Whether the last sleep ended within `BRIEF_SLEEP`.
+    slept_briefly: bool,
     /// Whether buffers waiting together go downstream as one list: for raw
     /// audio only, a stream of samples whose buffer boundaries mean
     /// nothing. Elsewhere a list can change what a sink does (multifilesink
@@ -516,6 +526,9 @@ impl ShmRingSrc {
             live: self.obj().is_live(),
             busy_wait: self.settings().busy_wait,
             read_since_wake: 0,
+            read_at_wake: 0,
+            last_block_len: 0,
+            slept_briefly: false,
             batch: false,
             discont: false,
             wakeups_counted: 0,
@@ -963,14 +976,17 @@ impl ShmRingSrc {
         }
         if header.kind == RecordKind::Buffer {
             let taken = match payload {
-                Payload::Inline { len } => link
-                    .copies
-                    .copy(len as usize, |dest| record.read_inline(dest))
-                    .map(|buffer| (buffer, true)),
+                Payload::Inline { len } => {
+                    link.last_block_len = 0;
+                    link.copies
+                        .copy(len as usize, |dest| record.read_inline(dest))
+                        .map(|buffer| (buffer, true))
+                }
                 // The record is passed only once the block is leased or
                 // given back, so that the writer, watching the read
                 // position, never sees the block in neither state.
                 Payload::Block { offset, len } => {
+                    link.last_block_len = len;
                     self.block_buffer((&link.heap, &link.releases, &mut link.copies), link.lease, offset, len)
                 }
             };
@@ -1727,6 +1743,20 @@ impl ShmRingSrc {
         Ok(CreateSuccess::NewBufferList(list))
     }
 
+    /// Bytes of records to ask the writer to wait for before it wakes us:
+    /// about 60 small buffers, or, for buffers in heap blocks, a quarter of
+    /// the frames the heap holds, so that the writer never runs out of
+    /// blocks while we sleep.
+    fn batch_bytes(&self, link: &Link) -> u64 {
+        let most = (link.records.capacity() / 4).min(WAKE_BATCH_BYTES);
+        if link.last_block_len == 0 {
+            return most;
+        }
+        let per_buffer = (link.records.position() - link.read_at_wake) / u64::from(link.read_since_wake.max(1));
+        let frames = link.heap.size() / link.last_block_len.saturating_mul(4).max(1);
+        per_buffer.saturating_mul(frames).min(most)
+    }
+
     /// Reads records until one is a buffer, or the writer is gone and its
     /// ring drained. Sleeps in between, on the ring, the socket and `unlock`.
     fn read(&self, link: &mut Link) -> Result<Read, gst::FlowError> {
@@ -1766,8 +1796,10 @@ impl ShmRingSrc {
             // its stream is not live), and bound the sleep, since the batch
             // may never fill. Without the busy wait only: a reader that
             // spins before it sleeps keeps up record by record.
-            let batch = if !link.busy_wait && link.read_since_wake >= BATCH_AFTER_RECORDS {
-                (link.records.capacity() / 4).min(WAKE_BATCH_BYTES)
+            let fast = link.read_since_wake >= BATCH_AFTER_RECORDS
+                || (link.last_block_len > 0 && link.slept_briefly && link.read_since_wake > 0);
+            let batch = if !link.busy_wait && fast {
+                self.batch_bytes(link)
             } else {
                 0
             };
@@ -1782,8 +1814,11 @@ impl ShmRingSrc {
                 continue;
             }
             link.read_since_wake = 0;
+            link.read_at_wake = link.records.position();
+            let slept_at = Instant::now();
             let ready = link.waiter.wait_at_most((batch > 0).then_some(BATCH_SLEEP_LIMIT));
             link.records.finish_edge_wait();
+            link.slept_briefly = slept_at.elapsed() < BRIEF_SLEEP;
             let ready = ready.map_err(|err| {
                 gst::element_imp_error!(self, gst::ResourceError::Read, ["{err}"]);
                 gst::FlowError::Error
