@@ -219,6 +219,58 @@ fn a_burst_that_fills_no_batch_ends_the_batched_sleep_at_its_bound() {
     assert_no_criticals_here("the writer and the reader");
 }
 
+/// The same with buffers too large to travel inline: the sink copies each
+/// into a heap block, and a reader that finds such buffers coming fast asks
+/// for a batch of them too. Each burst must still arrive whole before the
+/// writer writes anything more, and at least one batched sleep must have
+/// ended at its bound (a burst is too short to fill a batch).
+#[test]
+fn bursts_of_buffers_in_heap_blocks_end_the_batched_sleep_at_its_bound() {
+    const BURSTS: u64 = 8;
+    const PER_BURST: u64 = 8;
+    const LEN: usize = 8192;
+    init_gst();
+    let scratch = Scratch::new("block_batch_bound");
+    let socket = scratch.socket();
+    let (writer, appsrc) = app_writer(&socket, "");
+    let reader = parse_pipeline(&format!(
+        "shmringsrc name=source socket-path={} ! appsink name=out sync=false",
+        socket.display()
+    ));
+    let source = reader.by_name("source").expect("the source is named");
+    let out = reader
+        .by_name("out")
+        .and_downcast::<gst_app::AppSink>()
+        .expect("the appsink");
+    reader.set_state(gst::State::Playing).expect("the reader starts");
+    for burst in 0..BURSTS {
+        let first = burst * PER_BURST;
+        let (list, _) = timed_list(first, PER_BURST, |_| LEN);
+        appsrc.push_buffer_list(list).expect("the writer takes the burst");
+        for expected in first..first + PER_BURST {
+            let sample = out
+                .try_pull_sample(gst::ClockTime::from_seconds(30))
+                .unwrap_or_else(|| panic!("burst {burst}: buffer {expected} never arrived"));
+            let bytes = sample
+                .buffer()
+                .expect("a sample has a buffer")
+                .map_readable()
+                .unwrap()
+                .to_vec();
+            assert_eq!(bytes, list_buffer_bytes(expected, LEN), "buffer {expected}");
+        }
+    }
+    wait_until("a batched sleep of the reader ends at its bound", || {
+        batch_sleeps_timed_out(&source) > 0
+    });
+    appsrc.end_of_stream().expect("the writer takes EOS");
+    wait_for_eos(&writer, "the writer");
+    wait_for_eos(&reader, "the reader");
+    writer.set_state(gst::State::Null).expect("the writer stops");
+    reader.set_state(gst::State::Null).expect("the reader stops");
+    assert_no_criticals_here("the writer and the reader");
+}
+
 /// What `shmringsink` decided about batching wake-ups for the stream of
 /// `source`, from its debug log: `Some(true)` if it found upstream live.
 fn sink_found_upstream_live(source: &str) -> Option<bool> {

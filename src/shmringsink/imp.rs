@@ -845,7 +845,7 @@ impl BaseSinkImpl for ShmRingSink {
             gst::debug!(
                 CAT,
                 imp = self,
-                "upstream is not live: readers may be woken once per batch of small buffers"
+                "upstream is not live: readers may be woken once per batch of buffers"
             );
         }
         let mut state = self.lock_state();

@@ -87,7 +87,7 @@ pub(super) struct Readers {
     /// Tells, cheaply, whether a buffer's memory is fd-backed.
     fd_check: fds::FdCheck,
     /// Whether upstream is not live, so that a reader that asks may be
-    /// woken once per batch of small buffers rather than for each.
+    /// woken once per batch of buffers rather than for each.
     batch_wakes: bool,
 }
 
@@ -306,7 +306,7 @@ impl Readers {
 
     /// Keeps the caps a probe is told of, and lets a device provider
     /// watching the directory know that they changed.
-    /// Whether readers may be woken once per batch of small buffers: only
+    /// Whether readers may be woken once per batch of buffers: only
     /// while upstream is not live, since a live stream's reader must see
     /// each buffer as soon as it is written.
     pub(super) fn set_batch_wakes(&mut self, batch: bool) {

@@ -1203,7 +1203,7 @@ impl ObjectImpl for ShmRingSrc {
                 crate::realtime::priority_property(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Counters over the whole run, reconnections included: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, peak-held-bytes (heap bytes held downstream at most), buffers-lost (buffers the writer dropped for this reader under when-full=drop), batch-sleeps-timed-out (sleeps that asked a writer of a stream that is not live for a batch of small buffers and ended at their 2 ms bound)")
+                    .blurb("Counters over the whole run, reconnections included: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, peak-held-bytes (heap bytes held downstream at most), buffers-lost (buffers the writer dropped for this reader under when-full=drop), batch-sleeps-timed-out (sleeps that asked a writer of a stream that is not live for a batch of buffers and ended at their 2 ms bound)")
                     .read_only()
                     .build(),
             ]
@@ -1752,7 +1752,8 @@ impl ShmRingSrc {
         if link.last_block_len == 0 {
             return most;
         }
-        let per_buffer = (link.records.position() - link.read_at_wake) / u64::from(link.read_since_wake.max(1));
+        let per_buffer =
+            link.records.position().saturating_sub(link.read_at_wake) / u64::from(link.read_since_wake.max(1));
         let frames = link.heap.size() / link.last_block_len.saturating_mul(4).max(1);
         per_buffer.saturating_mul(frames).min(most)
     }
