@@ -166,21 +166,10 @@ fn batch_sleeps_timed_out(source: &gst::Element) -> u64 {
         .expect("the reader counts its batched sleeps that timed out")
 }
 
-/// A writer of a stream that is not live pushes a burst of small buffers
-/// (a list, so that the reader finds them all at once and then asks for a
-/// batch), and stops: the reader's batched sleep must end at its bound,
-/// and every burst arrive whole, before the writer writes anything more.
-/// The reader runs in this process, so that the test can read its counter
-/// between bursts; the two pipelines still meet only through the socket
-/// and the ring.
-#[test]
-fn a_burst_that_fills_no_batch_ends_the_batched_sleep_at_its_bound() {
-    const BURSTS: u64 = 8;
-    const PER_BURST: u64 = 40;
-    init_gst();
-    let scratch = Scratch::new("batch_bound");
-    let socket = scratch.socket();
-    let (writer, appsrc) = app_writer(&socket, "");
+/// A reader in this process, playing: `shmringsrc` (named `source`) into an
+/// appsink, so that a test can read the source's counters as it goes; the
+/// two pipelines still meet only through the socket and the ring.
+fn app_reader(socket: &std::path::Path) -> (gst::Pipeline, gst::Element, gst_app::AppSink) {
     let reader = parse_pipeline(&format!(
         "shmringsrc name=source socket-path={} ! appsink name=out sync=false",
         socket.display()
@@ -191,11 +180,24 @@ fn a_burst_that_fills_no_batch_ends_the_batched_sleep_at_its_bound() {
         .and_downcast::<gst_app::AppSink>()
         .expect("the appsink");
     reader.set_state(gst::State::Playing).expect("the reader starts");
-    for burst in 0..BURSTS {
-        let first = burst * PER_BURST;
-        let (list, _) = timed_list(first, PER_BURST, |_| 256);
+    (reader, source, out)
+}
+
+/// Pushes `bursts` lists of `per_burst` buffers of `len` bytes, each only
+/// once the reader has received every buffer of the one before, byte for
+/// byte; `after_burst(burst)` runs once a burst is in.
+fn push_bursts(
+    (appsrc, out): (&gst_app::AppSrc, &gst_app::AppSink),
+    bursts: u64,
+    per_burst: u64,
+    len: usize,
+    after_burst: impl Fn(u64),
+) {
+    for burst in 0..bursts {
+        let first = burst * per_burst;
+        let (list, _) = timed_list(first, per_burst, |_| len);
         appsrc.push_buffer_list(list).expect("the writer takes the burst");
-        for expected in first..first + PER_BURST {
+        for expected in first..first + per_burst {
             let sample = out
                 .try_pull_sample(gst::ClockTime::from_seconds(30))
                 .unwrap_or_else(|| panic!("burst {burst}: buffer {expected} never arrived"));
@@ -205,18 +207,39 @@ fn a_burst_that_fills_no_batch_ends_the_batched_sleep_at_its_bound() {
                 .map_readable()
                 .unwrap()
                 .to_vec();
-            assert_eq!(bytes, list_buffer_bytes(expected, 256), "buffer {expected}");
+            assert_eq!(bytes, list_buffer_bytes(expected, len), "buffer {expected}");
         }
-        wait_until("the reader's batched sleep ends at its bound", || {
-            batch_sleeps_timed_out(&source) > burst
-        });
+        after_burst(burst);
     }
+}
+
+/// Ends both pipelines of a burst test with EOS.
+fn end_bursts(writer: &gst::Pipeline, appsrc: &gst_app::AppSrc, reader: &gst::Pipeline) {
     appsrc.end_of_stream().expect("the writer takes EOS");
-    wait_for_eos(&writer, "the writer");
-    wait_for_eos(&reader, "the reader");
+    wait_for_eos(writer, "the writer");
+    wait_for_eos(reader, "the reader");
     writer.set_state(gst::State::Null).expect("the writer stops");
     reader.set_state(gst::State::Null).expect("the reader stops");
     assert_no_criticals_here("the writer and the reader");
+}
+
+/// A writer of a stream that is not live pushes a burst of small buffers
+/// (a list, so that the reader finds them all at once and then asks for a
+/// batch), and stops: the reader's batched sleep must end at its bound,
+/// and every burst arrive whole, before the writer writes anything more.
+#[test]
+fn a_burst_that_fills_no_batch_ends_the_batched_sleep_at_its_bound() {
+    init_gst();
+    let scratch = Scratch::new("batch_bound");
+    let socket = scratch.socket();
+    let (writer, appsrc) = app_writer(&socket, "");
+    let (reader, source, out) = app_reader(&socket);
+    push_bursts((&appsrc, &out), 8, 40, 256, |burst| {
+        wait_until("the reader's batched sleep ends at its bound", || {
+            batch_sleeps_timed_out(&source) > burst
+        });
+    });
+    end_bursts(&writer, &appsrc, &reader);
 }
 
 /// The same with buffers too large to travel inline: the sink copies each
@@ -226,49 +249,16 @@ fn a_burst_that_fills_no_batch_ends_the_batched_sleep_at_its_bound() {
 /// ended at its bound (a burst is too short to fill a batch).
 #[test]
 fn bursts_of_buffers_in_heap_blocks_end_the_batched_sleep_at_its_bound() {
-    const BURSTS: u64 = 8;
-    const PER_BURST: u64 = 8;
-    const LEN: usize = 8192;
     init_gst();
     let scratch = Scratch::new("block_batch_bound");
     let socket = scratch.socket();
     let (writer, appsrc) = app_writer(&socket, "");
-    let reader = parse_pipeline(&format!(
-        "shmringsrc name=source socket-path={} ! appsink name=out sync=false",
-        socket.display()
-    ));
-    let source = reader.by_name("source").expect("the source is named");
-    let out = reader
-        .by_name("out")
-        .and_downcast::<gst_app::AppSink>()
-        .expect("the appsink");
-    reader.set_state(gst::State::Playing).expect("the reader starts");
-    for burst in 0..BURSTS {
-        let first = burst * PER_BURST;
-        let (list, _) = timed_list(first, PER_BURST, |_| LEN);
-        appsrc.push_buffer_list(list).expect("the writer takes the burst");
-        for expected in first..first + PER_BURST {
-            let sample = out
-                .try_pull_sample(gst::ClockTime::from_seconds(30))
-                .unwrap_or_else(|| panic!("burst {burst}: buffer {expected} never arrived"));
-            let bytes = sample
-                .buffer()
-                .expect("a sample has a buffer")
-                .map_readable()
-                .unwrap()
-                .to_vec();
-            assert_eq!(bytes, list_buffer_bytes(expected, LEN), "buffer {expected}");
-        }
-    }
+    let (reader, source, out) = app_reader(&socket);
+    push_bursts((&appsrc, &out), 8, 8, 8192, |_| {});
     wait_until("a batched sleep of the reader ends at its bound", || {
         batch_sleeps_timed_out(&source) > 0
     });
-    appsrc.end_of_stream().expect("the writer takes EOS");
-    wait_for_eos(&writer, "the writer");
-    wait_for_eos(&reader, "the reader");
-    writer.set_state(gst::State::Null).expect("the writer stops");
-    reader.set_state(gst::State::Null).expect("the reader stops");
-    assert_no_criticals_here("the writer and the reader");
+    end_bursts(&writer, &appsrc, &reader);
 }
 
 /// What `shmringsink` decided about batching wake-ups for the stream of
