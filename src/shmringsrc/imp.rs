@@ -1745,8 +1745,8 @@ impl ShmRingSrc {
 
     /// Bytes of records to ask the writer to wait for before it wakes us:
     /// about 60 small buffers, or, for buffers in heap blocks, a quarter of
-    /// the frames the heap holds, so that the writer never runs out of
-    /// blocks while we sleep.
+    /// the frames the heap holds, so that the writer seldom runs out of
+    /// blocks while we sleep (then it waits for our sleep's bound, 2 ms).
     fn batch_bytes(&self, link: &Link) -> u64 {
         let most = (link.records.capacity() / 4).min(WAKE_BATCH_BYTES);
         if link.last_block_len == 0 {
