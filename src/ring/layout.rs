@@ -430,11 +430,11 @@ pub(crate) fn trailer_at(inline_len: u64) -> Option<u64> {
 }
 
 fn padded_inline(inline_len: u64) -> Option<u64> {
-    Some(inline_len.checked_add(RECORD_ALIGN - 1)? & !(RECORD_ALIGN - 1))
+    (inline_len <= u64::MAX - (RECORD_ALIGN - 1)).then(|| padded_inline_len(inline_len))
 }
 
-/// `inline_len` rounded up to whole words, for a length already known to
-/// be far below `u64::MAX`.
+/// `inline_len` rounded up to whole words, for a length already known not
+/// to overflow that (see [`padded_inline`] for one that may).
 pub(crate) fn padded_inline_len(inline_len: u64) -> u64 {
     (inline_len + (RECORD_ALIGN - 1)) & !(RECORD_ALIGN - 1)
 }
