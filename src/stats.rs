@@ -14,6 +14,7 @@ pub struct Stats {
     peak_held_bytes: AtomicU64,
     buffers_lost: AtomicU64,
     batch_sleeps_timed_out: AtomicU64,
+    sleeps_ended_by_timer: AtomicU64,
 }
 
 impl Stats {
@@ -57,6 +58,12 @@ impl Stats {
     /// bound: the writer stopped before the batch filled.
     pub fn batch_sleep_timed_out(&self) {
         self.batch_sleeps_timed_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A reader's sleep ended at its own timer: frames that came fast, due
+    /// one gap after it fell asleep, read without the writer waking it.
+    pub fn sleep_ended_by_timer(&self) {
+        self.sleeps_ended_by_timer.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Heap bytes held across the ring now: by the reader's leases, or on
@@ -104,6 +111,7 @@ impl Stats {
         } else {
             builder
                 .field("batch-sleeps-timed-out", get(&self.batch_sleeps_timed_out))
+                .field("sleeps-ended-by-timer", get(&self.sleeps_ended_by_timer))
                 .build()
         }
     }

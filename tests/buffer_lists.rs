@@ -246,18 +246,88 @@ fn a_burst_that_fills_no_batch_ends_the_batched_sleep_at_its_bound() {
 /// into a heap block, and a reader that finds such buffers coming fast asks
 /// for a batch of them too. Each burst must still arrive whole before the
 /// writer writes anything more, and at least one batched sleep must have
-/// ended at its bound (a burst is too short to fill a batch).
+/// ended without the writer's wake-up (a burst is too short to fill a
+/// batch): at its bound, or at the reader's own timer.
 #[test]
-fn bursts_of_buffers_in_heap_blocks_end_the_batched_sleep_at_its_bound() {
+fn bursts_of_buffers_in_heap_blocks_end_the_batched_sleep_without_the_writer() {
     init_gst();
     let scratch = Scratch::new("block_batch_bound");
     let socket = scratch.socket();
     let (writer, appsrc) = app_writer(&socket, "");
     let (reader, source, out) = app_reader(&socket);
     push_bursts((&appsrc, &out), 8, 8, 8192, |_| {});
-    wait_until("a batched sleep of the reader ends at its bound", || {
-        batch_sleeps_timed_out(&source) > 0
+    wait_until("a batched sleep of the reader ends without the writer", || {
+        batch_sleeps_timed_out(&source) + sleeps_ended_by_timer(&source) > 0
     });
+    end_bursts(&writer, &appsrc, &reader);
+}
+
+/// The reader's `sleeps-ended-by-timer` counter.
+fn sleeps_ended_by_timer(source: &gst::Element) -> u64 {
+    source
+        .property::<gst::Structure>("stats")
+        .get::<u64>("sleeps-ended-by-timer")
+        .expect("the reader counts the sleeps its timer ended")
+}
+
+/// Buffers in heap blocks that come one by one, steadily and faster than
+/// a reader's sleep is worth (about 100 µs apart here): the reader learns
+/// the gap and wakes itself one gap after it falls asleep, where the
+/// writer would otherwise have to wake it. Pushed by a thread until that
+/// happened, on a loaded machine too; every buffer must arrive whole and
+/// in order.
+#[test]
+fn frames_that_come_fast_wake_the_reader_at_its_own_timer() {
+    const LEN: usize = 8192;
+    const MOST: u64 = 100_000;
+    init_gst();
+    let scratch = Scratch::new("frame_timer");
+    let socket = scratch.socket();
+    let (writer, appsrc) = app_writer(&socket, "");
+    let (reader, source, out) = app_reader(&socket);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pusher = {
+        let (appsrc, stop) = (appsrc.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut pushed = 0;
+            while !stop.load(Ordering::Relaxed) && pushed < MOST {
+                let mut buffer = gst::Buffer::from_mut_slice(list_buffer_bytes(pushed, LEN));
+                let timed = buffer.get_mut().expect("a new buffer is writable");
+                timed.set_pts(gst::ClockTime::from_useconds(pushed * 100));
+                timed.set_duration(gst::ClockTime::from_useconds(100));
+                appsrc.push_buffer(buffer).expect("the writer takes the buffer");
+                pushed += 1;
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+            pushed
+        })
+    };
+    let pull = |index: u64| {
+        let sample = out
+            .try_pull_sample(gst::ClockTime::from_seconds(30))
+            .unwrap_or_else(|| panic!("buffer {index} never arrived"));
+        let bytes = sample
+            .buffer()
+            .expect("a sample has a buffer")
+            .map_readable()
+            .unwrap()
+            .to_vec();
+        assert_eq!(bytes, list_buffer_bytes(index, LEN), "buffer {index}");
+    };
+    let mut received = 0;
+    while received < 200 || sleeps_ended_by_timer(&source) == 0 {
+        assert!(
+            received < MOST,
+            "{MOST} buffers 100 µs apart, and the reader's timer never ended a sleep"
+        );
+        pull(received);
+        received += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let pushed = pusher.join().expect("the pushing thread");
+    for index in received..pushed {
+        pull(index);
+    }
     end_bursts(&writer, &appsrc, &reader);
 }
 

@@ -1203,7 +1203,7 @@ impl ObjectImpl for ShmRingSrc {
                 crate::realtime::priority_property(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Counters over the whole run, reconnections included: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, peak-held-bytes (heap bytes held downstream at most), buffers-lost (buffers the writer dropped for this reader under when-full=drop), batch-sleeps-timed-out (sleeps that asked a writer of a stream that is not live for a batch of buffers and ended at their 2 ms bound)")
+                    .blurb("Counters over the whole run, reconnections included: buffers, bytes, bytes-copied, buffers-zero-copy, wakeups-sent, wakeups-received, peak-held-bytes (heap bytes held downstream at most), buffers-lost (buffers the writer dropped for this reader under when-full=drop), batch-sleeps-timed-out (sleeps that asked a writer of a stream that is not live for a batch of buffers and ended at their 2 ms bound), sleeps-ended-by-timer (sleeps between frames in heap blocks that came fast, ended by the reader's own timer one frame's gap later instead of by the writer)")
                     .read_only()
                     .build(),
             ]
@@ -1814,9 +1814,16 @@ impl ShmRingSrc {
                 }
                 continue;
             }
+            let slept_at = Instant::now();
+            // Frames that come fast: our own timer wakes us one frame's gap
+            // from now, so that the writer seldom has to (see `pacer`).
+            let frame_timed = !link.busy_wait && {
+                let frames = batch > 0 && link.last_block_len > 0;
+                link.pacer
+                    .arm_for_next_frame(slept_at, link.read_since_wake, frames, BRIEF_SLEEP)
+            };
             link.read_since_wake = 0;
             link.read_at_wake = link.records.position();
-            let slept_at = Instant::now();
             let ready = link.waiter.wait_at_most((batch > 0).then_some(BATCH_SLEEP_LIMIT));
             link.records.finish_edge_wait();
             link.slept_briefly = slept_at.elapsed() < BRIEF_SLEEP;
@@ -1824,6 +1831,12 @@ impl ShmRingSrc {
                 gst::element_imp_error!(self, gst::ResourceError::Read, ["{err}"]);
                 gst::FlowError::Error
             })?;
+            if ready[3] {
+                link.pacer.fired();
+                if frame_timed {
+                    self.stats.sleep_ended_by_timer();
+                }
+            }
             if ready[0] {
                 self.stats.woken();
                 if link.busy_wait {
@@ -1832,7 +1845,7 @@ impl ShmRingSrc {
                 if timed && !ready[3] {
                     link.pacer.disarm();
                 }
-            } else if ready[3] {
+            } else if timed && ready[3] {
                 // Awake just before the record is due: watch for it
                 // without sleeping, so that the writer need not wake us.
                 let deadline = Instant::now() + link.pacer.window();

@@ -7,12 +7,22 @@
 //! streaming thread 15-20 µs: several percent of a 1080p frame's time.
 //!
 //! So the reader learns the gap between records and, before it sleeps,
-//! arms a timer for a little before the next one is due. When the timer
-//! fires the reader is awake again (its sleep sequence even), and watches
-//! the queue for a short window: a record that arrives in the window is
-//! found without the writer making any system call. A late record is
-//! simply waited for as before. The timer only ever adds a wake-up: the
-//! protocol that guarantees none is lost is unchanged.
+//! arms a timer that wakes it on its own CPU, where the writer's system
+//! call would have had to reach across. Two uses:
+//!
+//! - With `busy-wait`, the timer fires a little before the next record is
+//!   due, and the reader then watches the queue for a short window: a
+//!   record that arrives in the window is found without the writer making
+//!   any system call ([`Pacer::arm`]).
+//! - Without it, for frames in heap blocks that come faster than
+//!   `BRIEF_SLEEP` apart, the timer fires one frame's gap after the reader
+//!   fell asleep, and the reader takes whatever arrived; the writer's batch
+//!   (see `ring::wake`) stays the bound in case the timer is late
+//!   ([`Pacer::arm_for_next_frame`]). The reader never spins.
+//!
+//! Either way a late record is simply waited for as before: the timer only
+//! ever adds a wake-up, and the protocol that guarantees none is lost is
+//! unchanged.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
@@ -37,10 +47,17 @@ const MAX_GAP: Duration = Duration::from_micros(500);
 
 pub(super) struct Pacer {
     timer: TimerFd,
+    /// Whether the timer may still fire: armed, and not seen firing or
+    /// disarmed since.
+    armed: bool,
     /// When the last record arrived after the queue had been empty.
     last: Option<Instant>,
     /// The usual gap between such arrivals; zero until one is seen.
     gap: Duration,
+    /// When the reader last fell asleep without `busy-wait`, and the usual
+    /// time per buffer between two such sleeps; zero until measured.
+    sleep_began: Option<Instant>,
+    frame_gap: Duration,
 }
 
 impl Pacer {
@@ -51,8 +68,11 @@ impl Pacer {
         )?;
         Ok(Self {
             timer,
+            armed: false,
             last: None,
             gap: Duration::ZERO,
+            sleep_began: None,
+            frame_gap: Duration::ZERO,
         })
     }
 
@@ -89,15 +109,58 @@ impl Pacer {
         let Some(delay) = due.checked_duration_since(now).filter(|delay| !delay.is_zero()) else {
             return false;
         };
+        self.arm_in(delay)
+    }
+
+    /// The reader, without `busy-wait`, is about to sleep after reading
+    /// `buffers` since it last fell asleep. Learns the time per buffer from
+    /// that, and if `frames` (the sleep is for frames in heap blocks, which
+    /// came fast) and the gap is shorter than `longest`, arms the timer for
+    /// one gap from now. Returns whether it did.
+    pub(super) fn arm_for_next_frame(&mut self, now: Instant, buffers: u32, frames: bool, longest: Duration) -> bool {
+        if let Some(began) = self.sleep_began
+            && buffers > 0
+        {
+            // A sleep that lasted long (the writer paused) counts as no
+            // more than `longest`, so that the estimate recovers within a
+            // few sleeps once frames come fast again.
+            let gap = (now.saturating_duration_since(began) / buffers).min(longest);
+            self.frame_gap = if self.frame_gap.is_zero() {
+                gap
+            } else {
+                (self.frame_gap * 3 + gap) / 4
+            };
+        }
+        self.sleep_began = Some(now);
+        let gap = self.frame_gap;
+        if frames && !gap.is_zero() && gap < longest {
+            self.arm_in(gap)
+        } else {
+            self.disarm();
+            false
+        }
+    }
+
+    fn arm_in(&mut self, delay: Duration) -> bool {
         let delay = TimeSpec::from_duration(delay);
-        self.timer
+        self.armed = self
+            .timer
             .set(Expiration::OneShot(delay), TimerSetTimeFlags::empty())
-            .is_ok()
+            .is_ok();
+        self.armed
+    }
+
+    /// The timer fired: it will not again until armed.
+    pub(super) fn fired(&mut self) {
+        self.armed = false;
     }
 
     /// Stops an armed timer from firing.
-    pub(super) fn disarm(&self) {
-        let _ = self.timer.unset();
+    pub(super) fn disarm(&mut self) {
+        if self.armed {
+            self.armed = false;
+            let _ = self.timer.unset();
+        }
     }
 
     /// How long to watch the queue once the timer fired.
