@@ -198,19 +198,25 @@ fn push_bursts(
         let (list, _) = timed_list(first, per_burst, |_| len);
         appsrc.push_buffer_list(list).expect("the writer takes the burst");
         for expected in first..first + per_burst {
-            let sample = out
-                .try_pull_sample(gst::ClockTime::from_seconds(30))
-                .unwrap_or_else(|| panic!("burst {burst}: buffer {expected} never arrived"));
-            let bytes = sample
-                .buffer()
-                .expect("a sample has a buffer")
-                .map_readable()
-                .unwrap()
-                .to_vec();
-            assert_eq!(bytes, list_buffer_bytes(expected, len), "buffer {expected}");
+            pull_buffer(out, expected, len);
         }
         after_burst(burst);
     }
+}
+
+/// Pulls the next buffer from `out` and checks that it is buffer `index`
+/// of `len` bytes, byte for byte.
+fn pull_buffer(out: &gst_app::AppSink, index: u64, len: usize) {
+    let sample = out
+        .try_pull_sample(gst::ClockTime::from_seconds(30))
+        .unwrap_or_else(|| panic!("buffer {index} never arrived"));
+    let bytes = sample
+        .buffer()
+        .expect("a sample has a buffer")
+        .map_readable()
+        .unwrap()
+        .to_vec();
+    assert_eq!(bytes, list_buffer_bytes(index, len), "buffer {index}");
 }
 
 /// Ends both pipelines of a burst test with EOS.
@@ -302,31 +308,19 @@ fn frames_that_come_fast_wake_the_reader_at_its_own_timer() {
             pushed
         })
     };
-    let pull = |index: u64| {
-        let sample = out
-            .try_pull_sample(gst::ClockTime::from_seconds(30))
-            .unwrap_or_else(|| panic!("buffer {index} never arrived"));
-        let bytes = sample
-            .buffer()
-            .expect("a sample has a buffer")
-            .map_readable()
-            .unwrap()
-            .to_vec();
-        assert_eq!(bytes, list_buffer_bytes(index, LEN), "buffer {index}");
-    };
     let mut received = 0;
     while received < 200 || sleeps_ended_by_timer(&source) == 0 {
         assert!(
             received < MOST,
             "{MOST} buffers 100 µs apart, and the reader's timer never ended a sleep"
         );
-        pull(received);
+        pull_buffer(&out, received, LEN);
         received += 1;
     }
     stop.store(true, Ordering::Relaxed);
     let pushed = pusher.join().expect("the pushing thread");
     for index in received..pushed {
-        pull(index);
+        pull_buffer(&out, index, LEN);
     }
     end_bursts(&writer, &appsrc, &reader);
 }
