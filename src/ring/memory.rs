@@ -57,9 +57,13 @@ fn nearly_aliased(source: *const u8, dest: *const u8) -> bool {
 /// 64 KiB in 24-38 µs instead of 1.5-2 µs). Where a ring record or a block
 /// lands relative to a buffer is chance, so without this one copy in about
 /// 130 would hit the trap, and a stream whose buffers keep their placement
-/// would hit it every time. In the trap, the copy goes in 2 KiB pieces,
-/// which glibc copies with vector instructions at full speed; anywhere
-/// else it is one `memcpy`, and the check is three instructions.
+/// would hit it every time. In the trap, on a CPU with AVX-512 the copy
+/// runs backwards through vector registers ([`copy_backwards_avx512`]),
+/// and elsewhere in 2 KiB pieces, which glibc copies with vector
+/// instructions; anywhere else it is one `memcpy`, and the check is three
+/// instructions. (On a later host, an AVX-512 EPYC, glibc's `memcpy` at
+/// such a distance was only 1.3 times slower, and the pieces 1.9 times at
+/// 64 KiB: the backward copy matched the untrapped `memcpy` there.)
 ///
 /// # Safety
 /// As for `std::ptr::copy_nonoverlapping`: both ranges valid for `len`
@@ -69,6 +73,12 @@ unsafe fn copy_bytes(source: *const u8, dest: *mut u8, len: usize) {
     if len <= ALIASED_COPY_CHUNK || !nearly_aliased(source, dest) {
         // SAFETY: the caller's contract.
         unsafe { std::ptr::copy_nonoverlapping(source, dest, len) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the caller's contract, and the CPU has AVX-512F.
+        unsafe { copy_backwards_avx512(source, dest, len) };
         return;
     }
     let mut done = 0;
@@ -81,6 +91,36 @@ unsafe fn copy_bytes(source: *const u8, dest: *mut u8, len: usize) {
         std::hint::black_box(dest);
         done += piece;
     }
+}
+
+/// [`copy_bytes`] in the trap, on a CPU with AVX-512: from the end to the
+/// start, 128 bytes a step through vector registers. Going backwards, no
+/// load reads an address that aliases, modulo 4 KiB, a store made just
+/// before it, which is what slows a forward copy (glibc's or our 2 KiB
+/// pieces) when the destination lies a few bytes past the source. Measured
+/// on an AMD EPYC with AVX-512, destination 16 bytes past: 64 KiB in 650 ns
+/// against 960 ns in pieces, 4 KiB in 21 ns against 26 ns, as fast as an
+/// untrapped `memcpy`.
+///
+/// # Safety
+/// As for [`copy_bytes`], on a CPU that has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_backwards_avx512(source: *const u8, dest: *mut u8, len: usize) {
+    type Step = [u128; 8];
+    let step = std::mem::size_of::<Step>();
+    let mut end = len;
+    while end >= step {
+        end -= step;
+        // SAFETY: `end + step <= len`, inside both ranges the caller
+        // vouched for; unaligned reads and writes need no alignment.
+        unsafe {
+            let piece = source.add(end).cast::<Step>().read_unaligned();
+            dest.add(end).cast::<Step>().write_unaligned(piece);
+        }
+    }
+    // SAFETY: the first `end` bytes, inside both ranges.
+    unsafe { std::ptr::copy_nonoverlapping(source, dest, end) };
 }
 
 /// Copies `source` into `dest`, which must be as long, steering around a
