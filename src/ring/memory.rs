@@ -127,7 +127,8 @@ unsafe fn copy_backwards_avx512(source: *const u8, dest: *mut u8, len: usize) {
 /// trap of glibc's `memcpy` before 2.39 on AMD Zen 3 and Zen 4 (glibc bug
 /// 30994): a copy of 2 KiB or more whose destination lies a few bytes past
 /// its source, modulo 4 KiB, runs 15 to 25 times slower. Such a copy goes
-/// in 2 KiB pieces instead; any other is one `memcpy`. For copies into or
+/// backwards through AVX-512 registers where the CPU has them, else in
+/// 2 KiB pieces (see `copy_bytes`); any other is one `memcpy`. For copies into or
 /// out of ring memory that the caller holds as slices (the writer's own
 /// heap blocks, GStreamer's mapped buffers).
 ///

@@ -238,6 +238,9 @@ struct Link {
     last_block_len: u64,
     /// Whether the last sleep ended within `BRIEF_SLEEP`.
     slept_briefly: bool,
+    /// Whether the last sleep ended at our frame timer (see `pacer`), not
+    /// at the writer's wake-up.
+    woken_by_timer: bool,
     /// Whether buffers waiting together go downstream as one list: for raw
     /// audio only, a stream of samples whose buffer boundaries mean
     /// nothing. Elsewhere a list can change what a sink does (multifilesink
@@ -529,6 +532,7 @@ impl ShmRingSrc {
             read_at_wake: 0,
             last_block_len: 0,
             slept_briefly: false,
+            woken_by_timer: false,
             batch: false,
             discont: false,
             wakeups_counted: 0,
@@ -1797,8 +1801,12 @@ impl ShmRingSrc {
             // its stream is not live), and bound the sleep, since the batch
             // may never fill. Without the busy wait only: a reader that
             // spins before it sleeps keeps up record by record.
+            // Our frame timer woke us before the frame came: still ask for
+            // the batch, so that the writer need not wake us for that frame,
+            // but let this sleep end at the batch or its bound.
+            let timer_came_early = link.woken_by_timer && link.read_since_wake == 0;
             let fast = link.read_since_wake >= BATCH_AFTER_RECORDS
-                || (link.last_block_len > 0 && link.slept_briefly && link.read_since_wake > 0);
+                || (link.last_block_len > 0 && (timer_came_early || link.slept_briefly && link.read_since_wake > 0));
             let batch = if !link.busy_wait && fast {
                 self.batch_bytes(link)
             } else {
@@ -1818,7 +1826,7 @@ impl ShmRingSrc {
             // Frames that come fast: our own timer wakes us one frame's gap
             // from now, so that the writer seldom has to (see `pacer`).
             let frame_timed = !link.busy_wait && {
-                let frames = batch > 0 && link.last_block_len > 0;
+                let frames = batch > 0 && link.last_block_len > 0 && !timer_came_early;
                 link.pacer
                     .arm_for_next_frame(slept_at, link.read_since_wake, frames, BRIEF_SLEEP)
             };
@@ -1831,11 +1839,12 @@ impl ShmRingSrc {
                 gst::element_imp_error!(self, gst::ResourceError::Read, ["{err}"]);
                 gst::FlowError::Error
             })?;
+            link.woken_by_timer = frame_timed && ready[3] && !ready[0];
             if ready[3] {
                 link.pacer.fired();
-                if frame_timed {
-                    self.stats.sleep_ended_by_timer();
-                }
+            }
+            if link.woken_by_timer {
+                self.stats.sleep_ended_by_timer();
             }
             if ready[0] {
                 self.stats.woken();

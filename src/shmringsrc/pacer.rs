@@ -18,7 +18,9 @@
 //!   `BRIEF_SLEEP` apart, the timer fires one frame's gap after the reader
 //!   fell asleep, and the reader takes whatever arrived; the writer's batch
 //!   (see `ring::wake`) stays the bound in case the timer is late
-//!   ([`Pacer::arm_for_next_frame`]). The reader never spins.
+//!   ([`Pacer::arm_for_next_frame`]). A timer that comes before the frame
+//!   leaves the reader to sleep on for the batch, with no timer, as it
+//!   did before. The reader never spins.
 //!
 //! Either way a late record is simply waited for as before: the timer only
 //! ever adds a wake-up, and the protocol that guarantees none is lost is
@@ -113,8 +115,8 @@ impl Pacer {
     }
 
     /// The reader, without `busy-wait`, is about to sleep after reading
-    /// `buffers` since it last fell asleep. Learns the time per buffer from
-    /// that, and if `frames` (the sleep is for frames in heap blocks, which
+    /// `buffers` since it last fell asleep with any read before. Learns the
+    /// time per buffer from that, and if `frames` (the sleep is for frames in heap blocks, which
     /// came fast) and the gap is shorter than `longest`, arms the timer for
     /// one gap from now. Returns whether it did.
     pub(super) fn arm_for_next_frame(&mut self, now: Instant, buffers: u32, frames: bool, longest: Duration) -> bool {
@@ -131,7 +133,13 @@ impl Pacer {
                 (self.frame_gap * 3 + gap) / 4
             };
         }
-        self.sleep_began = Some(now);
+        // A sleep that follows a wake-up with nothing read (the timer fired
+        // before the frame) does not start a new measurement: one that
+        // started there would span only the rest of the gap, and the
+        // estimate would settle at half the real one.
+        if buffers > 0 || self.sleep_began.is_none() {
+            self.sleep_began = Some(now);
+        }
         let gap = self.frame_gap;
         if frames && !gap.is_zero() && gap < longest {
             self.arm_in(gap)
@@ -166,5 +174,42 @@ impl Pacer {
     /// How long to watch the queue once the timer fired.
     pub(super) fn window(&self) -> Duration {
         2 * MARGIN
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LONGEST: Duration = Duration::from_micros(500);
+
+    /// Frames 100 µs apart, each preceded by a timer that fired 10 µs
+    /// early (a sleep with nothing read): the gap learnt is still 100 µs,
+    /// not the 10 µs left after the early wake-up.
+    #[test]
+    fn a_timer_that_fires_early_does_not_shrink_the_gap_learnt() {
+        let mut pacer = Pacer::new().expect("a timerfd");
+        let start = Instant::now();
+        let at = |micros: u64| start + Duration::from_micros(micros);
+        pacer.arm_for_next_frame(at(0), 1, true, LONGEST);
+        for frame in 1..20 {
+            assert!(!pacer.arm_for_next_frame(at(frame * 100 - 10), 0, false, LONGEST));
+            assert!(pacer.arm_for_next_frame(at(frame * 100), 1, true, LONGEST));
+        }
+        assert_eq!(pacer.frame_gap, Duration::from_micros(100));
+    }
+
+    /// A pause counts as `longest` at most, so the timer is back in use at
+    /// the first sleep after it.
+    #[test]
+    fn a_pause_moves_the_gap_learnt_by_a_bounded_step() {
+        let mut pacer = Pacer::new().expect("a timerfd");
+        let start = Instant::now();
+        let at = |micros: u64| start + Duration::from_micros(micros);
+        for frame in 0..20 {
+            pacer.arm_for_next_frame(at(frame * 100), 1, true, LONGEST);
+        }
+        assert!(pacer.arm_for_next_frame(at(1_000_000), 1, true, LONGEST));
+        assert_eq!(pacer.frame_gap, Duration::from_micros(200));
     }
 }
