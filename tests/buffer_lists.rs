@@ -158,12 +158,12 @@ fn lists_arrive_whole_and_in_order(test: &str, sink_properties: &str) {
     assert_no_criticals_here("the writer");
 }
 
-/// The reader's `batch-sleeps-timed-out` counter.
-fn batch_sleeps_timed_out(source: &gst::Element) -> u64 {
+/// The reader's `stats` counter `name`.
+fn reader_counter(source: &gst::Element, name: &str) -> u64 {
     source
         .property::<gst::Structure>("stats")
-        .get::<u64>("batch-sleeps-timed-out")
-        .expect("the reader counts its batched sleeps that timed out")
+        .get::<u64>(name)
+        .unwrap_or_else(|err| panic!("the reader counts {name}: {err}"))
 }
 
 /// A reader in this process, playing: `shmringsrc` (named `source`) into an
@@ -183,18 +183,27 @@ fn app_reader(socket: &std::path::Path) -> (gst::Pipeline, gst::Element, gst_app
     (reader, source, out)
 }
 
-/// Pushes `bursts` lists of `per_burst` buffers of `len` bytes, each only
-/// once the reader has received every buffer of the one before, byte for
-/// byte.
-fn push_bursts((appsrc, out): (&gst_app::AppSrc, &gst_app::AppSink), bursts: u64, per_burst: u64, len: usize) {
-    for burst in 0..bursts {
+/// A burst test (`test` names its scratch directory): 8 lists of
+/// `per_burst` buffers of `len` bytes, each pushed only once the reader has
+/// received every buffer of the one before, byte for byte; then waits
+/// until `done` holds for the reader's source (`what` says what it waits
+/// for), and ends both pipelines.
+fn bursts_until(test: &str, per_burst: u64, len: usize, what: &str, done: impl Fn(&gst::Element) -> bool) {
+    init_gst();
+    let scratch = Scratch::new(test);
+    let socket = scratch.socket();
+    let (writer, appsrc) = app_writer(&socket, "");
+    let (reader, source, out) = app_reader(&socket);
+    for burst in 0..8 {
         let first = burst * per_burst;
         let (list, _) = timed_list(first, per_burst, |_| len);
         appsrc.push_buffer_list(list).expect("the writer takes the burst");
         for expected in first..first + per_burst {
-            pull_buffer(out, expected, len);
+            pull_buffer(&out, expected, len);
         }
     }
+    wait_until(what, || done(&source));
+    end_bursts(&writer, &appsrc, &reader);
 }
 
 /// Pulls the next buffer from `out` and checks that it is buffer `index`
@@ -233,16 +242,13 @@ fn end_bursts(writer: &gst::Pipeline, appsrc: &gst_app::AppSrc, reader: &gst::Pi
 /// buffer at a time and asks for no batch.
 #[test]
 fn a_burst_that_fills_no_batch_ends_the_batched_sleep_at_its_bound() {
-    init_gst();
-    let scratch = Scratch::new("batch_bound");
-    let socket = scratch.socket();
-    let (writer, appsrc) = app_writer(&socket, "");
-    let (reader, source, out) = app_reader(&socket);
-    push_bursts((&appsrc, &out), 8, 40, 256);
-    wait_until("half of the reader's batched sleeps end at their bound", || {
-        batch_sleeps_timed_out(&source) >= 4
-    });
-    end_bursts(&writer, &appsrc, &reader);
+    bursts_until(
+        "batch_bound",
+        40,
+        256,
+        "half of the reader's batched sleeps end at their bound",
+        |source| reader_counter(source, "batch-sleeps-timed-out") >= 4,
+    );
 }
 
 /// The same with buffers too large to travel inline: the sink copies each
@@ -253,32 +259,13 @@ fn a_burst_that_fills_no_batch_ends_the_batched_sleep_at_its_bound() {
 /// batch): at its bound, or at the reader's own timer.
 #[test]
 fn bursts_of_buffers_in_heap_blocks_end_the_batched_sleep_without_the_writer() {
-    init_gst();
-    let scratch = Scratch::new("block_batch_bound");
-    let socket = scratch.socket();
-    let (writer, appsrc) = app_writer(&socket, "");
-    let (reader, source, out) = app_reader(&socket);
-    push_bursts((&appsrc, &out), 8, 8, 8192);
-    wait_until("a batched sleep of the reader ends without the writer", || {
-        batch_sleeps_timed_out(&source) + sleeps_ended_by_timer(&source) > 0
-    });
-    end_bursts(&writer, &appsrc, &reader);
-}
-
-/// The reader's `wakeups-received` counter: sleeps the writer ended.
-fn wakeups_received(source: &gst::Element) -> u64 {
-    source
-        .property::<gst::Structure>("stats")
-        .get::<u64>("wakeups-received")
-        .expect("the reader counts the writer's wake-ups")
-}
-
-/// The reader's `sleeps-ended-by-timer` counter.
-fn sleeps_ended_by_timer(source: &gst::Element) -> u64 {
-    source
-        .property::<gst::Structure>("stats")
-        .get::<u64>("sleeps-ended-by-timer")
-        .expect("the reader counts the sleeps its timer ended")
+    bursts_until(
+        "block_batch_bound",
+        8,
+        8192,
+        "a batched sleep of the reader ends without the writer",
+        |source| reader_counter(source, "batch-sleeps-timed-out") + reader_counter(source, "sleeps-ended-by-timer") > 0,
+    );
 }
 
 /// Buffers in heap blocks that come one by one, steadily and faster than
@@ -317,7 +304,12 @@ fn frames_that_come_fast_wake_the_reader_at_its_own_timer() {
         })
     };
     const WINDOW: u64 = 200;
-    let counters = || (sleeps_ended_by_timer(&source), wakeups_received(&source));
+    let counters = || {
+        (
+            reader_counter(&source, "sleeps-ended-by-timer"),
+            reader_counter(&source, "wakeups-received"),
+        )
+    };
     let mut received = 0;
     let mut window_start = counters();
     loop {

@@ -116,9 +116,10 @@ impl Pacer {
 
     /// The reader, without `busy-wait`, is about to sleep after reading
     /// `buffers` since it last fell asleep with any read before. Learns the
-    /// time per buffer from that, and if `frames` (the sleep is for frames in heap blocks, which
-    /// came fast) and the gap is shorter than `longest`, arms the timer for
-    /// one gap from now. Returns whether it did.
+    /// time per buffer from that, and if `frames` (the sleep is for frames
+    /// in heap blocks, which came fast) and the gap is shorter than
+    /// `longest`, arms the timer for one gap from now. Returns whether it
+    /// did.
     pub(super) fn arm_for_next_frame(&mut self, now: Instant, buffers: u32, frames: bool, longest: Duration) -> bool {
         if let Some(began) = self.sleep_began
             && buffers > 0
